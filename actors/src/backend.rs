@@ -1,0 +1,142 @@
+//! What an actor needs from its media server (DESIGN.md §10), as a trait. The real clients
+//! (reqwest) live in `src/backend/`; tests use doubles. Units here are the system's own:
+//! milliseconds for positions and durations, [`Millis`] for dates.
+
+use crate::event::{ExternalIds, ItemType, Millis};
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// Who the server says it is (`/identity` on Plex, `/System/Info/Public` on Jellyfin and Emby).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerIdentity {
+    pub server_id: String,
+    pub name: Option<String>,
+    pub version: Option<String>,
+}
+
+/// One movie or episode as the backend reports it for the actor's user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RemoteItem {
+    /// The item's id on that server (Plex ratingKey, Jellyfin/Emby item id).
+    pub item_id: String,
+    pub item_type: ItemType,
+    pub title: Option<String>,
+    pub series_title: Option<String>,
+    pub year: Option<u32>,
+    pub season: Option<u32>,
+    pub episode: Option<u32>,
+    /// The item's own provider ids, lower-case keys.
+    pub external_ids: ExternalIds,
+    /// The show's provider ids (episodes only).
+    pub series_external_ids: ExternalIds,
+    pub played: bool,
+    /// When the user last played it, if the server knows.
+    pub last_played_at: Option<Millis>,
+    /// Resume position; 0 when none.
+    pub position_ms: u64,
+    pub duration_ms: Option<u64>,
+    /// The library (Plex section, Jellyfin/Emby parent library) it belongs to, when known.
+    pub library_id: Option<String>,
+}
+
+/// One page of a library listing. `next` is an opaque cursor the client understands; the
+/// actor persists it as the sync checkpoint so an interrupted sync resumes where it stopped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ItemPage {
+    pub items: Vec<RemoteItem>,
+    /// `None` when this was the last page.
+    pub next: Option<String>,
+    /// Total number of items the listing will produce, when the server says.
+    pub total: Option<u64>,
+}
+
+/// Why a call to a media server failed; decides whether the outbox retries it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum BackendError {
+    #[error("authentication failed (HTTP {status}): check the backend's token")]
+    Auth { status: u16 },
+    #[error("not found on the media server: {what}")]
+    NotFound { what: String },
+    #[error("rate limited by the media server{}", retry_after_text(.retry_after_ms))]
+    RateLimited { retry_after_ms: Option<u64> },
+    #[error("media server error HTTP {status}: {message}")]
+    Server { status: u16, message: String },
+    #[error("request rejected with HTTP {status}: {message}")]
+    Client { status: u16, message: String },
+    #[error("request timed out after {after_ms} ms")]
+    Timeout { after_ms: u64 },
+    #[error("network error: {message}")]
+    Network { message: String },
+    #[error("unexpected answer from the media server: {message}")]
+    BadResponse { message: String },
+}
+
+fn retry_after_text(ms: &Option<u64>) -> String {
+    match ms {
+        Some(ms) => format!(" (retry after {} s)", ms.div_ceil(1000)),
+        None => String::new(),
+    }
+}
+
+impl BackendError {
+    /// Network errors, timeouts, 408, 429 and 5xx are retried (DESIGN.md §7); any other 4xx and
+    /// an answer we cannot read are not.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            BackendError::RateLimited { .. }
+            | BackendError::Server { .. }
+            | BackendError::Timeout { .. }
+            | BackendError::Network { .. } => true,
+            BackendError::Client { status, .. } => *status == 408,
+            BackendError::Auth { .. }
+            | BackendError::NotFound { .. }
+            | BackendError::BadResponse { .. } => false,
+        }
+    }
+
+    /// The server's `Retry-After`, when it sent one.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            BackendError::RateLimited {
+                retry_after_ms: Some(ms),
+            } => Some(Duration::from_millis(*ms)),
+            _ => None,
+        }
+    }
+}
+
+/// A media server, seen from one (user, backend) pair: every call is for that pair's user.
+#[async_trait]
+pub trait BackendApi: Send + Sync + 'static {
+    /// The server's identity; also the reachability check shown in status.
+    async fn identity(&self) -> Result<ServerIdentity, BackendError>;
+
+    /// One page of the user's movies and episodes. `cursor` is `None` for the first page and
+    /// otherwise a value of [`ItemPage::next`] returned earlier (possibly before a restart).
+    async fn list_items(
+        &self,
+        cursor: Option<&str>,
+        page_size: usize,
+    ) -> Result<ItemPage, BackendError>;
+
+    /// One item by its id on this server, with ids, series ids, numbers and the user's state.
+    /// `Ok(None)` when the server does not know it.
+    async fn get_item(&self, item_id: &str) -> Result<Option<RemoteItem>, BackendError>;
+
+    /// Mark played (with the time it was played, when the server accepts one) or unplayed.
+    async fn set_played(
+        &self,
+        item_id: &str,
+        played: bool,
+        at: Option<Millis>,
+    ) -> Result<(), BackendError>;
+
+    /// Set the resume position of an unplayed item.
+    async fn set_position(
+        &self,
+        item_id: &str,
+        position_ms: u64,
+        duration_ms: Option<u64>,
+    ) -> Result<(), BackendError>;
+}

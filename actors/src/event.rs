@@ -200,6 +200,27 @@ impl WebhookEvent {
     }
 }
 
+/// An accepted webhook event addressed to one pair, as written to the journal before the
+/// webhook is acknowledged. Its key in [`crate::store::Tree::Journal`] is `seq` big-endian;
+/// the pair actor removes it in the same batch that persists the event's effect.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JournalEntry {
+    /// Monotonic across restarts: replay order.
+    pub seq: u64,
+    pub pair: crate::store::PairKey,
+    /// The webhook request it came from (one request can fan out to several pairs).
+    pub request_id: String,
+    /// When this service received it: the time of the change (DESIGN.md §6 rule 3).
+    pub received_at: Millis,
+    pub event: WebhookEvent,
+}
+
+impl JournalEntry {
+    pub fn key(seq: u64) -> [u8; 8] {
+        seq.to_be_bytes()
+    }
+}
+
 /// Server and user ids are compared case-insensitively with dashes removed
 /// (Jellyfin writes GUIDs with and without dashes, in either case).
 pub fn normalize_id(id: &str) -> String {

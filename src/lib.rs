@@ -1,3 +1,21 @@
-//! `watchstate`: the outside world of the service — CLI, config, HTTP (warp), webhook decoders,
-//! the sled store and the media servers' HTTP clients. The actor system lives in
-//! `watchstate-actors` (`actors/`).
+//! `watchstate`: the outside world of the service. The actor system and the sync rules live in
+//! the `watchstate-actors` crate (`actors/`); this crate turns bytes into its events and
+//! implements its traits.
+//!
+//! - [`cli`]: the `watchstate` command (serve, check-config, apikey);
+//! - [`config`]: `config.toml`, typed and validated once;
+//! - [`logging`]: tracing set-up (text or JSON lines);
+//! - [`http`]: the warp server, authentication, request ids, JSON errors;
+//! - [`ingest`]: the [`ingest::EventSink`] the webhook handler hands routed events to;
+//! - [`journal`]: the durable, group-committed journal behind that sink;
+//! - [`store`]: the sled implementation of the actors' store;
+//! - [`app`]: wires everything together for `serve`, tests and benchmarks.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod ingest;
+pub mod journal;
+pub mod logging;
+pub mod store;

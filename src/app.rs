@@ -1,0 +1,146 @@
+//! Wiring: from a validated [`Config`] to a running service (store, journal, actors, HTTP),
+//! and back down again in order on shutdown. `serve`, the integration tests and the
+//! benchmarks all start the service through [`App::start`].
+
+use crate::config::Config;
+use crate::http::{self, Api, ReadyCheck};
+use crate::store::SledStore;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{0}")]
+    Store(#[from] crate::store::OpenError),
+    #[error("storage error: {0}")]
+    Storage(String),
+    #[error("cannot listen on {addr}: {source} (change server.listen or stop what uses that port)")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start the actors: {0}")]
+    Actors(String),
+}
+
+/// A running service.
+pub struct App {
+    /// Where the HTTP API listens (the real port when the config said `:0`).
+    pub addr: SocketAddr,
+    /// The API key in force (for tests and the startup log line, which masks it).
+    pub api_key: String,
+    store: SledStore,
+    shutdown_tx: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<()>>,
+}
+
+impl App {
+    /// Open the store, start the actors and the HTTP server.
+    pub async fn start(config: Config) -> Result<App, AppError> {
+        let store = SledStore::open(&config.storage.path, config.storage.cache_bytes)?;
+        let api_key = store
+            .api_key(config.server.api_key.as_deref())
+            .map_err(|e| AppError::Storage(e.to_string()))?;
+
+        let readiness_store = store.clone();
+        let api = Arc::new(Api {
+            api_key: api_key.clone(),
+            secure_webhooks: config.server.secure_webhooks,
+            max_body_bytes: config.server.max_body_bytes,
+            started: Instant::now(),
+            readiness: Box::new(move || {
+                vec![
+                    ReadyCheck {
+                        name: "config".into(),
+                        ok: true,
+                        message: None,
+                    },
+                    store_check(&readiness_store),
+                ]
+            }),
+        });
+        let routes: Arc<dyn http::Routes> = Arc::new(http::service::ServiceRoutes::new());
+
+        let listener = TcpListener::bind(config.server.listen)
+            .await
+            .map_err(|source| AppError::Listen {
+                addr: config.server.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| AppError::Listen {
+            addr: config.server.listen,
+            source,
+        })?;
+        let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(http::serve(listener, api, routes, async move {
+            let _ = shutdown_rx.await;
+        }));
+        tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), "watchstate is serving");
+        Ok(App {
+            addr,
+            api_key,
+            store,
+            shutdown_tx: Some(shutdown_tx),
+            server: Some(server),
+        })
+    }
+
+    /// Stop accepting, finish in-flight requests, stop the actors, flush the store.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown_tx.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
+        if let Err(e) = self.store.flush_async().await {
+            tracing::error!(error = %e, "final flush failed");
+        }
+        tracing::info!("watchstate stopped");
+    }
+}
+
+fn store_check(store: &SledStore) -> ReadyCheck {
+    use watchstate_actors::store::{Store, Tree};
+    match store.get(Tree::Meta, b"schema_version") {
+        Ok(_) => ReadyCheck {
+            name: "store".into(),
+            ok: true,
+            message: None,
+        },
+        Err(e) => ReadyCheck {
+            name: "store".into(),
+            ok: false,
+            message: Some(e.to_string()),
+        },
+    }
+}
+
+/// `watchstate serve`: run until SIGINT or SIGTERM, then shut down gracefully.
+pub async fn serve_until_signal(config: Config) -> Result<(), AppError> {
+    let app = App::start(config).await?;
+    wait_for_signal().await;
+    tracing::info!("shutting down: finishing in-flight requests");
+    app.stop().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,114 @@
+//! The `watchstate` command.
+
+use crate::config::{Config, LogFormat};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "watchstate",
+    version,
+    about = "Keeps watch state (played, unplayed, resume position) in sync across Plex, Jellyfin and Emby"
+)]
+pub struct Cli {
+    /// The configuration file.
+    #[arg(long, short = 'c', global = true, default_value = "./config.toml", env = "WATCHSTATE_CONFIG")]
+    pub config: PathBuf,
+    /// Log format: readable text or JSON lines (overrides log.format).
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormatArg>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormatArg {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service (the default).
+    Serve,
+    /// Validate the configuration and exit (0 when valid).
+    CheckConfig,
+    /// Print the API key (generated and stored at first use when server.api_key is unset).
+    Apikey,
+}
+
+/// Run the command line; the process exits with the returned code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let format = match cli.log_format {
+        Some(LogFormatArg::Json) => LogFormat::Json,
+        Some(LogFormatArg::Text) => LogFormat::Text,
+        None => config.log.format,
+    };
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::CheckConfig => {
+            let pairs = config.pairs().count();
+            println!(
+                "{}: ok ({} users, {} backends)",
+                cli.config.display(),
+                config.users.len(),
+                pairs
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Apikey => {
+            if let Some(k) = &config.server.api_key {
+                println!("{}", k.trim());
+                return ExitCode::SUCCESS;
+            }
+            let store = match crate::store::SledStore::open(&config.storage.path, config.storage.cache_bytes) {
+                Ok(s) => s,
+                Err(e) => {
+                    // The running service holds the database lock; it keeps a copy of the key.
+                    if let Some(k) = crate::store::SledStore::read_key_file(&config.storage.path) {
+                        println!("{k}");
+                        return ExitCode::SUCCESS;
+                    }
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match store.api_key(config.server.api_key.as_deref()) {
+                Ok(k) => {
+                    println!("{k}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Serve => {
+            crate::logging::init(format, config.log.level.as_deref());
+            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(crate::app::serve_until_signal(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,303 @@
+//! The sled implementation of the actors' [`Store`]: one database under `storage.path` with
+//! the trees `journal`, `pairs` and `meta` (DESIGN.md §7).
+
+use std::path::{Path, PathBuf};
+use watchstate_actors::store::{Batch, Store, StoreError, Tree};
+
+/// Why the database could not be opened; each message says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot create the data directory {path}: {source} (check storage.path and its permissions)")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the data directory {path} is not writable: {source} (check storage.path and its permissions)")]
+    NotWritable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open the database in {path}: {message}")]
+    Sled { path: PathBuf, message: String },
+    #[error("cannot move the corrupted database {path} aside: {source}")]
+    MoveAside {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The process's sled database.
+#[derive(Clone)]
+pub struct SledStore {
+    db: sled::Db,
+    journal: sled::Tree,
+    pairs: sled::Tree,
+    meta: sled::Tree,
+    /// Where a corrupted database was moved at open, if that happened: shown in status, and
+    /// the reason every actor starts empty and rebuilds through its first scheduled sync.
+    moved_aside: Option<PathBuf>,
+    /// The database directory.
+    path: PathBuf,
+}
+
+const API_KEY: &[u8] = b"api_key";
+const SCHEMA_VERSION: &[u8] = b"schema_version";
+const SCHEMA: u32 = 1;
+const KEY_FILE: &str = "api_key";
+
+impl SledStore {
+    /// Open (or create) the database at `path` with a page cache of `cache_bytes`.
+    /// A corrupted database is moved aside to `<path>.corrupt-<unix seconds>` and a new one
+    /// is created: state is then rebuilt by the actors' scheduled sync.
+    pub fn open(path: &Path, cache_bytes: u64) -> Result<SledStore, OpenError> {
+        std::fs::create_dir_all(path).map_err(|source| OpenError::CreateDir {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let probe = path.join(".write-test");
+        std::fs::write(&probe, b"ok")
+            .and_then(|_| std::fs::remove_file(&probe))
+            .map_err(|source| OpenError::NotWritable {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        match Self::open_db(path, cache_bytes) {
+            Ok(db) => Self::from_db(db, None, path),
+            Err(sled::Error::Corruption { .. }) => {
+                let secs = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let mut aside = path.as_os_str().to_owned();
+                aside.push(format!(".corrupt-{secs}"));
+                let aside = PathBuf::from(aside);
+                std::fs::rename(path, &aside).map_err(|source| OpenError::MoveAside {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                tracing::error!(
+                    corrupt = %aside.display(),
+                    "the database was corrupted; it was moved aside and a new one is created; \
+                     every actor rebuilds its state through a full scheduled sync"
+                );
+                std::fs::create_dir_all(path).map_err(|source| OpenError::CreateDir {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                let db = Self::open_db(path, cache_bytes).map_err(|e| OpenError::Sled {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })?;
+                Self::from_db(db, Some(aside), path)
+            }
+            Err(e) => Err(OpenError::Sled {
+                path: path.to_path_buf(),
+                message: match e {
+                    sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                        "it is locked by another process (is watchstate already running with this storage.path?)".to_string()
+                    }
+                    other => other.to_string(),
+                },
+            }),
+        }
+    }
+
+    fn open_db(path: &Path, cache_bytes: u64) -> sled::Result<sled::Db> {
+        sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_bytes)
+            .open()
+    }
+
+    fn from_db(db: sled::Db, moved_aside: Option<PathBuf>, path: &Path) -> Result<SledStore, OpenError> {
+        let sled_err = |e: sled::Error| OpenError::Sled {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        };
+        let store = SledStore {
+            journal: db.open_tree(Tree::Journal.name()).map_err(sled_err)?,
+            pairs: db.open_tree(Tree::Pairs.name()).map_err(sled_err)?,
+            meta: db.open_tree(Tree::Meta.name()).map_err(sled_err)?,
+            db,
+            moved_aside,
+            path: path.to_path_buf(),
+        };
+        store
+            .meta
+            .insert(SCHEMA_VERSION, &SCHEMA.to_be_bytes())
+            .map_err(sled_err)?;
+        Ok(store)
+    }
+
+    pub fn moved_aside(&self) -> Option<&Path> {
+        self.moved_aside.as_deref()
+    }
+
+    fn tree(&self, tree: Tree) -> &sled::Tree {
+        match tree {
+            Tree::Journal => &self.journal,
+            Tree::Pairs => &self.pairs,
+            Tree::Meta => &self.meta,
+        }
+    }
+
+    /// The API key from `server.api_key`, or the one generated at first start (32 random
+    /// bytes as hex), stored and reused.
+    pub fn api_key(&self, configured: Option<&str>) -> Result<String, StoreError> {
+        if let Some(k) = configured {
+            return Ok(k.trim().to_string());
+        }
+        if let Some(v) = self.meta.get(API_KEY).map_err(err)? {
+            return String::from_utf8(v.to_vec())
+                .map_err(|_| StoreError("the stored API key is not text".into()));
+        }
+        let bytes: [u8; 32] = rand::random();
+        let key = hex::encode(bytes);
+        // Only the first writer wins, so two processes (serve and apikey) agree.
+        match self
+            .meta
+            .compare_and_swap(API_KEY, None as Option<&[u8]>, Some(key.as_bytes()))
+            .map_err(err)?
+        {
+            Ok(()) => {
+                self.db.flush().map_err(err)?;
+                self.write_key_file(&key);
+                Ok(key)
+            }
+            Err(current) => Ok(String::from_utf8_lossy(&current.current.unwrap_or_default()).into_owned()),
+        }
+    }
+
+    /// The generated key is also written to `<storage.path>/api_key` (mode 0600), so that
+    /// `watchstate apikey` can print it while the service holds the database lock.
+    fn write_key_file(&self, key: &str) {
+        let path = self.path.join(KEY_FILE);
+        let written = std::fs::write(&path, format!("{key}\n"));
+        #[cfg(unix)]
+        if written.is_ok() {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+        }
+        if let Err(e) = written {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write the API key file");
+        }
+    }
+
+    /// The generated key as kept beside the database, for when the database is locked.
+    pub fn read_key_file(path: &Path) -> Option<String> {
+        let text = std::fs::read_to_string(path.join(KEY_FILE)).ok()?;
+        let key = text.trim();
+        (!key.is_empty()).then(|| key.to_string())
+    }
+
+    /// A number never handed out before, across restarts: journal sequence numbers.
+    pub fn next_id(&self) -> Result<u64, StoreError> {
+        self.db.generate_id().map_err(err)
+    }
+
+    /// Entries in the journal, in order.
+    pub fn journal_len(&self) -> usize {
+        self.journal.len()
+    }
+
+    pub async fn flush_async(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await.map(|_| ()).map_err(err)
+    }
+
+    /// Approximate bytes on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+fn err(e: sled::Error) -> StoreError {
+    StoreError(e.to_string())
+}
+
+impl Store for SledStore {
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tree(tree).get(key).map_err(err)?.map(|v| v.to_vec()))
+    }
+
+    fn scan_prefix(&self, tree: Tree, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        self.tree(tree)
+            .scan_prefix(prefix)
+            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(err))
+            .collect()
+    }
+
+    fn apply(&self, batch: Batch) -> Result<(), StoreError> {
+        if batch.ops.is_empty() {
+            return Ok(());
+        }
+        let first = batch.ops[0].tree;
+        if batch.ops.iter().all(|op| op.tree == first) {
+            let mut b = sled::Batch::default();
+            for op in batch.ops {
+                match op.value {
+                    Some(v) => b.insert(op.key, v),
+                    None => b.remove(op.key),
+                }
+            }
+            return self.tree(first).apply_batch(b).map_err(err);
+        }
+        use sled::Transactional;
+        (&self.journal, &self.pairs, &self.meta)
+            .transaction(|(j, p, m)| {
+                for op in &batch.ops {
+                    let t = match op.tree {
+                        Tree::Journal => j,
+                        Tree::Pairs => p,
+                        Tree::Meta => m,
+                    };
+                    match &op.value {
+                        Some(v) => {
+                            t.insert(op.key.as_slice(), v.as_slice())?;
+                        }
+                        None => {
+                            t.remove(op.key.as_slice())?;
+                        }
+                    }
+                }
+                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| StoreError(format!("{e:?}")))
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map(|_| ()).map_err(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_across_trees_are_applied_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = SledStore::open(dir.path(), 1 << 20).unwrap();
+            let mut b = Batch::new();
+            b.put(Tree::Journal, 1u64.to_be_bytes().to_vec(), b"e".to_vec());
+            s.apply(b).unwrap();
+            let mut b = Batch::new();
+            b.put(Tree::Pairs, b"u/b/1".to_vec(), b"state".to_vec());
+            b.remove(Tree::Journal, 1u64.to_be_bytes().to_vec());
+            s.apply(b).unwrap();
+            s.flush().unwrap();
+        }
+        let s = SledStore::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(s.get(Tree::Pairs, b"u/b/1").unwrap(), Some(b"state".to_vec()));
+        assert_eq!(s.journal_len(), 0);
+    }
+
+    #[test]
+    fn generated_api_key_is_stable() {
+        let dir = tempfile::tempdir().unwrap();
+        let k1 = SledStore::open(dir.path(), 1 << 20).unwrap().api_key(None).unwrap();
+        let k2 = SledStore::open(dir.path(), 1 << 20).unwrap().api_key(None).unwrap();
+        assert_eq!(k1, k2);
+        assert!(k1.len() >= 32 && k1.chars().all(|c| c.is_ascii_hexdigit()));
+    }
+}

@@ -1,0 +1,171 @@
+//! Starting the real service for tests: in-process on 127.0.0.1:0, or the real binary.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use watchstate::app::App;
+use watchstate::config::Config;
+
+pub const API_KEY: &str = "test-key-0123456789abcdef";
+
+/// A temporary data dir and a config file inside it.
+pub struct TestDir {
+    pub dir: tempfile::TempDir,
+}
+
+impl TestDir {
+    pub fn new() -> TestDir {
+        TestDir {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+    /// Write `config.toml` with the server on port 0 and storage in this dir, then `extra`.
+    pub fn config(&self, server_extra: &str, rest: &str) -> PathBuf {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n{server_extra}\n[storage]\npath = {:?}\n[sync]\ninterval = \"0\"\n{rest}\n",
+            self.data().display().to_string()
+        );
+        let p = self.dir.path().join("config.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+}
+
+/// The service running in this test process.
+pub struct TestApp {
+    pub app: Option<App>,
+    pub base: String,
+    pub key: String,
+    pub client: reqwest::Client,
+    pub dir: TestDir,
+}
+
+impl TestApp {
+    pub async fn start(dir: TestDir, server_extra: &str, rest: &str) -> TestApp {
+        let path = dir.config(server_extra, rest);
+        let config = Config::load(&path).expect("valid test config");
+        let app = App::start(config).await.expect("app starts");
+        TestApp {
+            base: format!("http://{}/v1/api", app.addr),
+            key: app.api_key.clone(),
+            app: Some(app),
+            client: reqwest::Client::new(),
+            dir,
+        }
+    }
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+    pub async fn stop(mut self) {
+        if let Some(app) = self.app.take() {
+            app.stop().await;
+        }
+    }
+}
+
+/// The real `watchstate` binary.
+pub fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_watchstate"))
+}
+
+/// A `watchstate serve` child process and the address it listens on.
+pub struct Served {
+    pub child: Child,
+    pub addr: String,
+    /// Everything the process logged so far and later (collected by a thread).
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Served {
+    /// Start `watchstate serve --config path --log-format json` and wait until it serves.
+    pub fn start(config: &Path) -> Served {
+        let mut child = bin()
+            .args(["serve", "--log-format", "json", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn watchstate");
+        let stderr = child.stderr.take().unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("watchstate is serving") {
+                    let _ = tx.send(line.clone());
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("watchstate did not start; log: {:?}", log.lock().unwrap()));
+        let v: serde_json::Value = serde_json::from_str(&line).expect("json log line");
+        let addr = v["addr"].as_str().expect("addr in the start line").to_string();
+        Served { child, addr, log }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}/v1/api{}", self.addr, path)
+    }
+
+    /// Wait for the process to exit, with a deadline.
+    pub fn wait_exit(&mut self, deadline: Duration) -> Option<std::process::ExitStatus> {
+        let end = Instant::now() + deadline;
+        while Instant::now() < end {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{sig}"), self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Poll `check` until it returns `Some`, or panic after `deadline` naming `what`.
+pub async fn eventually<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if Instant::now() > end {
+            panic!("timed out after {deadline:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -2,9 +2,18 @@
 //! and back down again in order on shutdown. `serve`, the integration tests and the
 //! benchmarks all start the service through [`App::start`].
 
+use crate::backend::{self, ClientConfig};
 use crate::config::Config;
+use crate::http::service::ServiceRoutes;
+use crate::http::webhook::{RequestLog, WebhookService};
 use crate::http::{self, Api, ReadyCheck};
+use crate::journal::Journal;
 use crate::store::SledStore;
+use crate::webhook::{RouteTarget, UnmatchedLog};
+use watchstate_actors::clock::SystemClock;
+use watchstate_actors::config::{PairSpec, SyncSettings};
+use watchstate_actors::store::{PairKey, Store};
+use watchstate_actors::supervisor::SupervisorHandle;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -34,25 +43,108 @@ pub struct App {
     /// The API key in force (for tests and the startup log line, which masks it).
     pub api_key: String,
     store: SledStore,
+    actors: SupervisorHandle,
     shutdown_tx: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
 }
 
 impl App {
-    /// Open the store, start the actors and the HTTP server.
+    /// Open the store, start the actors, replay the journal, start the HTTP server.
     pub async fn start(config: Config) -> Result<App, AppError> {
         let store = SledStore::open(&config.storage.path, config.storage.cache_bytes)?;
         let api_key = store
             .api_key(config.server.api_key.as_deref())
             .map_err(|e| AppError::Storage(e.to_string()))?;
 
+        let mut specs = Vec::new();
+        let mut targets = Vec::new();
+        for (user, name, b) in config.pairs() {
+            let client = backend::build_client(ClientConfig {
+                kind: b.kind,
+                base_url: b.parsed_url(),
+                token: b.token.clone(),
+                user_id: b.user_id.clone(),
+                timeout: config.sync.request_timeout,
+            })
+            .map_err(|e| AppError::Actors(format!("users.{user}.backends.{name}: {e}")))?;
+            let key = PairKey::new(user, name);
+            specs.push((
+                PairSpec {
+                    key,
+                    kind: b.kind,
+                    server_id: b.server_id.clone(),
+                    backend_user_id: b.user_id.clone(),
+                    import: b.import,
+                    export: b.export,
+                    sync_interval: config.sync_interval_of(b),
+                    ignore_libraries: b.ignore_libraries.clone(),
+                },
+                client,
+            ));
+            targets.push(RouteTarget {
+                user: user.to_string(),
+                backend: name.to_string(),
+                server_id: b.server_id.clone(),
+                user_id: b.user_id.clone(),
+            });
+        }
+        let settings = SyncSettings {
+            progress: config.sync.progress,
+            progress_min: config.sync.progress_min,
+            progress_threshold: config.sync.progress_threshold,
+            push_attempts: config.sync.push_attempts,
+            max_requests_per_second: config.sync.max_requests_per_second,
+            page_size: config.sync.page_size,
+            ..SyncSettings::default()
+        };
+        let pair_count = specs.len();
+        let actors = SupervisorHandle::start(
+            specs,
+            settings,
+            Arc::new(store.clone()) as Arc<dyn Store>,
+            Arc::new(SystemClock),
+        )
+        .await
+        .map_err(|e| AppError::Actors(e.to_string()))?;
+
+        let dispatch_to = actors.clone();
+        let journal = Arc::new(Journal::start(
+            store.clone(),
+            Arc::new(move |entry| dispatch_to.dispatch(entry).map_err(|e| e.to_string())),
+        ));
+        let replayed = journal
+            .replay()
+            .map_err(|e| AppError::Storage(e.to_string()))?;
+        if replayed > 0 {
+            tracing::info!(replayed, "replaying journaled events from the previous run");
+        }
+
         let readiness_store = store.clone();
+        let readiness_actors = actors.clone();
         let api = Arc::new(Api {
             api_key: api_key.clone(),
             secure_webhooks: config.server.secure_webhooks,
             max_body_bytes: config.server.max_body_bytes,
             started: Instant::now(),
             readiness: Box::new(move || {
+                let report = readiness_actors.ready();
+                let actors_check = ReadyCheck {
+                    name: "actors".into(),
+                    ok: report.ready,
+                    message: (!report.ready).then(|| {
+                        format!(
+                            "{} of {} actors running; not running: {}",
+                            report.running,
+                            report.actors,
+                            report
+                                .not_running
+                                .iter()
+                                .map(|(k, s)| format!("{k} ({s:?})"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    }),
+                };
                 vec![
                     ReadyCheck {
                         name: "config".into(),
@@ -60,10 +152,23 @@ impl App {
                         message: None,
                     },
                     store_check(&readiness_store),
+                    actors_check,
                 ]
             }),
         });
-        let routes: Arc<dyn http::Routes> = Arc::new(http::service::ServiceRoutes::new());
+        let routes: Arc<dyn http::Routes> = Arc::new(ServiceRoutes {
+            webhook: WebhookService {
+                targets,
+                sink: journal.clone(),
+                unmatched: UnmatchedLog::default(),
+                requests: RequestLog::new(1000),
+                counters: Default::default(),
+                max_body_bytes: config.server.max_body_bytes,
+            },
+            actors: Some(actors.clone()),
+            journal: Some(journal),
+            store: Some(store.clone()),
+        });
 
         let listener = TcpListener::bind(config.server.listen)
             .await
@@ -79,11 +184,12 @@ impl App {
         let server = tokio::spawn(http::serve(listener, api, routes, async move {
             let _ = shutdown_rx.await;
         }));
-        tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), "watchstate is serving");
+        tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), pairs = pair_count, "watchstate is serving");
         Ok(App {
             addr,
             api_key,
             store,
+            actors,
             shutdown_tx: Some(shutdown_tx),
             server: Some(server),
         })
@@ -97,6 +203,7 @@ impl App {
         if let Some(server) = self.server.take() {
             let _ = server.await;
         }
+        self.actors.shutdown().await;
         if let Err(e) = self.store.flush_async().await {
             tracing::error!(error = %e, "final flush failed");
         }

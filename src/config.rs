@@ -315,6 +315,12 @@ impl Config {
             for (name, b) in &uc.backends {
                 let at = format!("users.{user}.backends.{name}");
                 check_name(name).map_err(|m| (at.clone(), m))?;
+                if name == "items" {
+                    return Err((
+                        at,
+                        "the backend name \"items\" is reserved (the status API uses /status/users/<user>/items); pick another".into(),
+                    ));
+                }
                 match url::Url::parse(&b.url) {
                     Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.host().is_some() => {}
                     Ok(u) => {

@@ -8,6 +8,8 @@
 pub mod auth;
 pub mod reply;
 pub mod service;
+pub mod status;
+pub mod webhook;
 
 use crate::http::reply::{error, json, Reply};
 use bytes::{Bytes, BytesMut};

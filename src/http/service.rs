@@ -1,31 +1,53 @@
 //! The service's routes beyond the system ones: the webhook and the status API.
 
-use super::{Api, Body, Request, Routes};
-use crate::http::reply::Reply;
+use super::reply::Reply;
+use super::webhook::WebhookService;
+use super::{method_not_allowed, Api, Body, Request, Routes, PREFIX};
+use crate::journal::Journal;
+use crate::store::SledStore;
+use http::Method;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use watchstate_actors::supervisor::SupervisorHandle;
 
-pub struct ServiceRoutes {}
-
-impl ServiceRoutes {
-    pub fn new() -> Self {
-        ServiceRoutes {}
-    }
-}
-
-impl Default for ServiceRoutes {
-    fn default() -> Self {
-        Self::new()
-    }
+/// The route table of the running service.
+pub struct ServiceRoutes {
+    pub webhook: WebhookService,
+    /// `None` when only the webhook intake runs (decoder tests with an in-memory sink).
+    pub actors: Option<SupervisorHandle>,
+    /// For journal depth and flush counts in status and metrics.
+    pub journal: Option<Arc<Journal>>,
+    /// For the "corrupt database moved aside" note in status.
+    pub store: Option<SledStore>,
 }
 
 impl Routes for ServiceRoutes {
     fn handle<'a>(
         &'a self,
-        _api: &'a Api,
-        _req: &'a Request,
-        _body: &'a mut Body,
+        api: &'a Api,
+        req: &'a Request,
+        body: &'a mut Body,
     ) -> Pin<Box<dyn Future<Output = Option<Reply>> + Send + 'a>> {
-        Box::pin(async move { None })
+        Box::pin(async move {
+            let path = req.path.trim_end_matches('/');
+            let rest = path.strip_prefix(PREFIX)?;
+            if rest == "/webhook" {
+                return Some(match req.method {
+                    Method::POST | Method::PUT => self.webhook.handle(req, body).await,
+                    _ => method_not_allowed("GET, POST, PUT"),
+                });
+            }
+            if rest == "/metrics" {
+                return Some(match req.method {
+                    Method::GET => self.metrics().await,
+                    _ => method_not_allowed("GET"),
+                });
+            }
+            if rest == "/status" || rest.starts_with("/status/") {
+                return self.status(api, req, &rest["/status".len()..]).await;
+            }
+            None
+        })
     }
 }

@@ -5,13 +5,17 @@
 //! - [`cli`]: the `watchstate` command (serve, check-config, apikey);
 //! - [`config`]: `config.toml`, typed and validated once;
 //! - [`logging`]: tracing set-up (text or JSON lines);
-//! - [`http`]: the warp server, authentication, request ids, JSON errors;
+//! - [`http`]: the warp server, authentication, request ids, JSON errors, the webhook intake
+//!   and the status API;
+//! - [`webhook`]: the pure decoders (one per sender) and routing;
 //! - [`ingest`]: the [`ingest::EventSink`] the webhook handler hands routed events to;
 //! - [`journal`]: the durable, group-committed journal behind that sink;
 //! - [`store`]: the sled implementation of the actors' store;
+//! - [`backend`]: the media servers' HTTP clients (one per server);
 //! - [`app`]: wires everything together for `serve`, tests and benchmarks.
 
 pub mod app;
+pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod http;
@@ -19,3 +23,4 @@ pub mod ingest;
 pub mod journal;
 pub mod logging;
 pub mod store;
+pub mod webhook;

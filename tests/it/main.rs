@@ -1,4 +1,8 @@
 //! The integration tests: one binary (fast to link), one module per area.
 
-mod foundation;
 mod harness;
+mod support;
+
+mod decode_fixtures;
+mod decode_props;
+mod foundation;

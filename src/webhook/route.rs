@@ -1,0 +1,435 @@
+//! Routing (DESIGN.md §4): which configured (user, backend) pairs a decoded event goes to.
+//!
+//! - the event's server id must equal the backend's configured server id (always);
+//! - a non-generic event's user id must equal that backend's configured user id;
+//! - a generic event (`item_added`) goes to every pair on that server;
+//! - ids compare with [`normalize_id`] (case-insensitive, dashes ignored);
+//! - `ignore` events and state events about something that is not a movie or an episode are
+//!   ignored before matching; `test` events are matched, then answered as a test.
+//!
+//! Requests that match nothing are the most common set-up mistake, so [`UnmatchedLog`] keeps
+//! the last few with the ids they carried, for the status API.
+
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use watchstate_actors::event::{normalize_id, EventKind, Millis, Sender, WebhookEvent};
+use watchstate_actors::store::PairKey;
+
+/// One configured (user, backend) pair, as routing needs it. Built from the config by the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteTarget {
+    /// The user's name in `config.toml`.
+    pub user: String,
+    /// The backend's name under that user.
+    pub backend: String,
+    /// The media server's id (Plex machine identifier, Jellyfin/Emby server id).
+    pub server_id: String,
+    /// The user's id on that server (Plex account id, Jellyfin/Emby user id).
+    pub user_id: String,
+}
+
+impl RouteTarget {
+    fn pair(&self) -> PairKey {
+        PairKey::new(self.user.clone(), self.backend.clone())
+    }
+}
+
+/// What to do with a decoded event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteOutcome {
+    /// Hand the event to these pairs (never empty).
+    Routed(Vec<PairKey>),
+    /// Decoded, understood, and nothing to do; `reason` says why.
+    Ignored { reason: String },
+    /// No configured pair matches the ids the event carried; `reason` names them.
+    Unmatched { reason: String },
+    /// A sender's test notification; `routed` lists the pairs real events would go to.
+    Test { routed: Vec<PairKey> },
+}
+
+/// Routes one event to the configured targets. Pure: same inputs, same answer.
+pub fn route(event: &WebhookEvent, targets: &[RouteTarget]) -> RouteOutcome {
+    if event.event == EventKind::Ignore {
+        return RouteOutcome::Ignored {
+            reason: format!("{} is not used", describe_event(event)),
+        };
+    }
+    let needs_item = event.event.is_state_event() || event.event == EventKind::ItemAdded;
+    if needs_item && event.item_type.is_none() {
+        return RouteOutcome::Ignored {
+            reason: format!(
+                "{} is not about a movie or episode",
+                describe_event(event)
+            ),
+        };
+    }
+
+    let server = normalize_id(&event.backend_id);
+    let on_server: Vec<&RouteTarget> = if server.is_empty() {
+        Vec::new()
+    } else {
+        targets
+            .iter()
+            .filter(|t| normalize_id(&t.server_id) == server)
+            .collect()
+    };
+    let user = event
+        .user_id
+        .as_deref()
+        .map(normalize_id)
+        .filter(|u| !u.is_empty());
+
+    if event.event == EventKind::Test {
+        let routed = match &user {
+            Some(u) => on_server
+                .iter()
+                .filter(|t| &normalize_id(&t.user_id) == u)
+                .map(|t| t.pair())
+                .collect(),
+            None => on_server.iter().map(|t| t.pair()).collect(),
+        };
+        return RouteOutcome::Test {
+            routed: dedup(routed),
+        };
+    }
+
+    if server.is_empty() {
+        return RouteOutcome::Unmatched {
+            reason: format!(
+                "the {} webhook carried no server id; configured server ids: {}",
+                event.sender,
+                configured_servers(targets)
+            ),
+        };
+    }
+    if on_server.is_empty() {
+        return RouteOutcome::Unmatched {
+            reason: format!(
+                "no backend with server id {} is configured; configured server ids: {}",
+                event.backend_id,
+                configured_servers(targets)
+            ),
+        };
+    }
+    if event.generic {
+        return RouteOutcome::Routed(dedup(on_server.iter().map(|t| t.pair()).collect()));
+    }
+    let Some(user) = user else {
+        return RouteOutcome::Unmatched {
+            reason: format!(
+                "the {} event {} for server id {} carried no user id, and only library events go to every user{}",
+                event.sender,
+                event.raw_event,
+                event.backend_id,
+                no_user_hint(event.sender)
+            ),
+        };
+    };
+    let routed: Vec<PairKey> = on_server
+        .iter()
+        .filter(|t| normalize_id(&t.user_id) == user)
+        .map(|t| t.pair())
+        .collect();
+    if routed.is_empty() {
+        let configured = on_server
+            .iter()
+            .map(|t| format!("{}/{} (user id {})", t.user, t.backend, t.user_id))
+            .collect::<Vec<_>>()
+            .join(", ");
+        return RouteOutcome::Unmatched {
+            reason: format!(
+                "no backend with server id {} and user id {} is configured; configured on that server: {}",
+                event.backend_id,
+                event.user_id.as_deref().unwrap_or_default(),
+                configured
+            ),
+        };
+    }
+    RouteOutcome::Routed(dedup(routed))
+}
+
+fn describe_event(event: &WebhookEvent) -> String {
+    if event.raw_event.is_empty() {
+        format!("a {} event without a name", event.sender)
+    } else {
+        event.raw_event.clone()
+    }
+}
+
+fn no_user_hint(sender: Sender) -> &'static str {
+    match sender {
+        Sender::Emby => " (in Emby's webhook settings, include all users)",
+        Sender::Jellyfin => " (in the Jellyfin webhook plugin, select the users to send events for)",
+        Sender::Plex | Sender::Tautulli => "",
+    }
+}
+
+fn configured_servers(targets: &[RouteTarget]) -> String {
+    let mut ids: Vec<&str> = targets.iter().map(|t| t.server_id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    if ids.is_empty() {
+        "none".into()
+    } else {
+        ids.join(", ")
+    }
+}
+
+fn dedup(mut pairs: Vec<PairKey>) -> Vec<PairKey> {
+    let mut seen = Vec::with_capacity(pairs.len());
+    pairs.retain(|p| {
+        if seen.contains(p) {
+            false
+        } else {
+            seen.push(p.clone());
+            true
+        }
+    });
+    pairs
+}
+
+/// One request that matched no pair, as the status API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnmatchedRecord {
+    /// When it was received (ms since the epoch).
+    pub at: Millis,
+    pub sender: Sender,
+    /// The sender's own event name.
+    pub raw_event: String,
+    /// The ids it carried: what the user compares with the config.
+    pub backend_id: String,
+    pub user_id: Option<String>,
+    pub user_name: Option<String>,
+    pub reason: String,
+}
+
+/// The last unmatched requests (a bounded ring) and how many there were in all.
+/// Shared by the HTTP handlers (record) and the status API (snapshot); cheap to lock.
+#[derive(Debug)]
+pub struct UnmatchedLog {
+    /// Oldest first; never longer than `capacity`.
+    entries: Mutex<VecDeque<UnmatchedRecord>>,
+    /// How many records are kept; older ones are dropped.
+    capacity: usize,
+    /// Every unmatched request since start, including dropped ones.
+    total: AtomicU64,
+}
+
+impl Default for UnmatchedLog {
+    fn default() -> Self {
+        UnmatchedLog::new(UnmatchedLog::DEFAULT_CAPACITY)
+    }
+}
+
+impl UnmatchedLog {
+    pub const DEFAULT_CAPACITY: usize = 50;
+
+    pub fn new(capacity: usize) -> Self {
+        UnmatchedLog {
+            entries: Mutex::new(VecDeque::with_capacity(capacity.min(1024))),
+            capacity,
+            total: AtomicU64::new(0),
+        }
+    }
+
+    /// Records an unmatched event at time `at`.
+    pub fn record(&self, event: &WebhookEvent, reason: &str, at: Millis) {
+        self.push(UnmatchedRecord {
+            at,
+            sender: event.sender,
+            raw_event: event.raw_event.clone(),
+            backend_id: event.backend_id.clone(),
+            user_id: event.user_id.clone(),
+            user_name: event.user_name.clone(),
+            reason: reason.to_string(),
+        });
+    }
+
+    /// Records an unmatched event received now.
+    pub fn record_now(&self, event: &WebhookEvent, reason: &str) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as Millis)
+            .unwrap_or_default();
+        self.record(event, reason, now);
+    }
+
+    pub fn push(&self, record: UnmatchedRecord) {
+        self.total.fetch_add(1, Ordering::Relaxed);
+        if self.capacity == 0 {
+            return;
+        }
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        while entries.len() >= self.capacity {
+            entries.pop_front();
+        }
+        entries.push_back(record);
+    }
+
+    /// The kept records, newest first.
+    pub fn snapshot(&self) -> Vec<UnmatchedRecord> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.iter().rev().cloned().collect()
+    }
+
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use watchstate_actors::event::{ExternalIds, ItemType};
+
+    fn target(user: &str, backend: &str, server: &str, uid: &str) -> RouteTarget {
+        RouteTarget {
+            user: user.into(),
+            backend: backend.into(),
+            server_id: server.into(),
+            user_id: uid.into(),
+        }
+    }
+
+    fn targets() -> Vec<RouteTarget> {
+        vec![
+            target("alice", "jelly", "16588A9F-062A-40C4-9665-86B1D220BFFC", "02700C83-44D5-4261-9B39-319296C0D4C7"),
+            target("bob", "jelly", "16588a9f062a40c4966586b1d220bffc", "b0b"),
+            target("alice", "plex", "plexsrv", "1"),
+        ]
+    }
+
+    fn ev(kind: EventKind, server: &str, user: Option<&str>) -> WebhookEvent {
+        WebhookEvent {
+            sender: Sender::Jellyfin,
+            backend_id: server.into(),
+            user_id: user.map(String::from),
+            user_name: None,
+            event: kind,
+            raw_event: "Raw".into(),
+            generic: kind == EventKind::ItemAdded,
+            item_type: Some(ItemType::Movie),
+            item_id: Some("i".into()),
+            title: None,
+            series_title: None,
+            season: None,
+            episode: None,
+            year: None,
+            played: None,
+            position_ms: None,
+            duration_ms: None,
+            external_ids: ExternalIds::new(),
+            series_external_ids: ExternalIds::new(),
+            library_id: None,
+        }
+    }
+
+    const JF: &str = "16588a9f062a40c4966586b1d220bffc";
+
+    #[test]
+    fn user_scoped_event_goes_to_one_pair_with_normalised_ids() {
+        let e = ev(EventKind::Play, JF, Some("02700c8344d542619b39319296c0d4c7"));
+        assert_eq!(route(&e, &targets()), RouteOutcome::Routed(vec![PairKey::new("alice", "jelly")]));
+        let e = ev(EventKind::Play, "16588A9F062A40C4966586B1D220BFFC", Some("B0B"));
+        assert_eq!(route(&e, &targets()), RouteOutcome::Routed(vec![PairKey::new("bob", "jelly")]));
+    }
+
+    #[test]
+    fn generic_event_fans_out_to_every_user_of_the_server() {
+        let e = ev(EventKind::ItemAdded, JF, None);
+        assert_eq!(
+            route(&e, &targets()),
+            RouteOutcome::Routed(vec![PairKey::new("alice", "jelly"), PairKey::new("bob", "jelly")])
+        );
+    }
+
+    #[test]
+    fn mismatched_ids_are_unmatched_with_the_ids() {
+        let e = ev(EventKind::Play, "other", Some("1"));
+        match route(&e, &targets()) {
+            RouteOutcome::Unmatched { reason } => {
+                assert!(reason.contains("server id other"), "{reason}");
+                assert!(reason.contains("plexsrv"), "{reason}");
+            }
+            o => panic!("{o:?}"),
+        }
+        let e = ev(EventKind::Play, JF, Some("stranger"));
+        match route(&e, &targets()) {
+            RouteOutcome::Unmatched { reason } => {
+                assert!(reason.contains("user id stranger"), "{reason}");
+                assert!(reason.contains("bob/jelly (user id b0b)"), "{reason}");
+            }
+            o => panic!("{o:?}"),
+        }
+        let e = ev(EventKind::Play, JF, None);
+        assert!(matches!(route(&e, &targets()), RouteOutcome::Unmatched { .. }));
+        let e = ev(EventKind::Play, "", Some("1"));
+        match route(&e, &targets()) {
+            RouteOutcome::Unmatched { reason } => assert!(reason.contains("no server id"), "{reason}"),
+            o => panic!("{o:?}"),
+        }
+        let e = ev(EventKind::ItemAdded, "nope", None);
+        assert!(matches!(route(&e, &targets()), RouteOutcome::Unmatched { .. }));
+        let e = ev(EventKind::Play, JF, Some("b0b"));
+        assert!(matches!(route(&e, &[]), RouteOutcome::Unmatched { reason } if reason.contains("none")));
+    }
+
+    #[test]
+    fn ignore_and_non_items_are_ignored() {
+        let mut e = ev(EventKind::Ignore, JF, Some("b0b"));
+        e.raw_event = "media.rate".into();
+        assert_eq!(
+            route(&e, &targets()),
+            RouteOutcome::Ignored { reason: "media.rate is not used".into() }
+        );
+        let mut e = ev(EventKind::Play, JF, Some("b0b"));
+        e.item_type = None;
+        assert!(matches!(route(&e, &targets()), RouteOutcome::Ignored { reason } if reason.contains("not about a movie or episode")));
+        let mut e = ev(EventKind::ItemAdded, JF, None);
+        e.item_type = None;
+        assert!(matches!(route(&e, &targets()), RouteOutcome::Ignored { .. }));
+    }
+
+    #[test]
+    fn test_events_report_the_pairs_they_would_reach() {
+        let mut e = ev(EventKind::Test, JF, None);
+        e.item_type = None;
+        assert_eq!(
+            route(&e, &targets()),
+            RouteOutcome::Test { routed: vec![PairKey::new("alice", "jelly"), PairKey::new("bob", "jelly")] }
+        );
+        let e = ev(EventKind::Test, JF, Some("b0b"));
+        assert_eq!(route(&e, &targets()), RouteOutcome::Test { routed: vec![PairKey::new("bob", "jelly")] });
+        let e = ev(EventKind::Test, "unknown", None);
+        assert_eq!(route(&e, &targets()), RouteOutcome::Test { routed: vec![] });
+    }
+
+    #[test]
+    fn duplicate_targets_are_routed_once() {
+        let mut t = targets();
+        t.push(t[0].clone());
+        let e = ev(EventKind::Play, JF, Some("02700c8344d542619b39319296c0d4c7"));
+        assert_eq!(route(&e, &t), RouteOutcome::Routed(vec![PairKey::new("alice", "jelly")]));
+    }
+
+    #[test]
+    fn unmatched_log_is_bounded_and_counts_everything() {
+        let log = UnmatchedLog::new(3);
+        for i in 0..5 {
+            let e = ev(EventKind::Play, &format!("s{i}"), Some("u"));
+            log.record(&e, "why", i);
+        }
+        assert_eq!(log.total(), 5);
+        let snap = log.snapshot();
+        assert_eq!(snap.len(), 3);
+        assert_eq!(snap[0].backend_id, "s4");
+        assert_eq!(snap[2].backend_id, "s2");
+        assert_eq!(snap[0].at, 4);
+        assert_eq!(UnmatchedLog::default().capacity, 50);
+        let json = serde_json::to_value(&snap[0]).unwrap();
+        assert_eq!(json["sender"], "jellyfin");
+        assert_eq!(json["user_id"], "u");
+    }
+}

@@ -1,0 +1,196 @@
+//! Tautulli webhooks: the guide's JSON template (Plex-shaped, every value a string), sent with
+//! `PUT` or `POST`. The event is `tautulli.<action>`.
+//!
+//! | Tautulli event | normalised |
+//! |---|---|
+//! | `tautulli.play` (`start`) / `pause` / `resume` / `stop` | play / pause / resume / stop |
+//! | `tautulli.watched` | scrobble, `played = true` |
+//! | `tautulli.created` | item_added (generic) |
+//! | a test notification (unrendered `{placeholders}`) or `tautulli.test` | test |
+//! | anything else (`change`, `buffer`, `error`, `newdevice`, ...) | ignore |
+//!
+//! `Metadata.Guids` (`{imdb_id}`, `{thetvdb_id}`, ...) name the show for an episode and the
+//! movie for a movie.
+
+use super::fields::{self, str_field};
+use super::{blank, plex};
+use serde_json::{Map, Value};
+use watchstate_actors::event::{EventKind, ItemType, Sender, WebhookEvent};
+
+pub fn decode(obj: &Map<String, Value>) -> WebhookEvent {
+    // Unrendered placeholders are absent values; finding any means a test notification.
+    let raw_event = str_field(obj, "event").unwrap_or_default();
+    let mut obj = obj.clone();
+    let had_placeholders = obj
+        .values_mut()
+        .fold(false, |found, v| blank_placeholders(v) || found);
+    let mut ev = blank(Sender::Tautulli, plex::server_id(&obj), raw_event.clone());
+    plex::fill_account(&obj, &mut ev);
+    if let Some(meta) = fields::object(&obj, "Metadata") {
+        plex::fill_metadata(meta, &mut ev);
+        fill_guids(meta, &mut ev);
+    }
+    let lower = raw_event.to_ascii_lowercase();
+    let action = lower.strip_prefix("tautulli.").unwrap_or(&lower);
+    let (kind, played) = if had_placeholders {
+        (EventKind::Test, None)
+    } else {
+        match action {
+            "play" | "start" => (EventKind::Play, None),
+            "pause" => (EventKind::Pause, None),
+            "resume" => (EventKind::Resume, None),
+            "stop" => (EventKind::Stop, None),
+            "watched" => (EventKind::Scrobble, Some(true)),
+            "created" => (EventKind::ItemAdded, None),
+            "test" => (EventKind::Test, None),
+            _ => (EventKind::Ignore, None),
+        }
+    };
+    ev.event = kind;
+    ev.played = played;
+    ev.generic = kind == EventKind::ItemAdded;
+    ev
+}
+
+/// `Metadata.Guids` of the template, plus any Plex guid the payload carries.
+fn fill_guids(meta: &Map<String, Value>, ev: &mut WebhookEvent) {
+    let is_episode = ev.item_type == Some(ItemType::Episode);
+    if let Some(Value::Object(guids)) = fields::get_exact(meta, "Guids") {
+        let target = if is_episode {
+            &mut ev.series_external_ids
+        } else {
+            &mut ev.external_ids
+        };
+        for (provider, value) in guids {
+            if let Some(value) = fields::string(value) {
+                super::ids::insert(target, provider, &value);
+            }
+        }
+    }
+    plex::fill_guids(meta, ev);
+}
+
+/// Replaces every string that is exactly one `{placeholder}` with `null`; true if any was found.
+fn blank_placeholders(v: &mut Value) -> bool {
+    match v {
+        Value::String(s) if is_placeholder(s) => {
+            *v = Value::Null;
+            true
+        }
+        Value::String(s) => {
+            // `tautulli.{action}`: the event of an unrendered template.
+            if s.contains('{') && s.contains('}') && s.starts_with("tautulli.") {
+                *v = Value::Null;
+                true
+            } else {
+                false
+            }
+        }
+        Value::Array(items) => items
+            .iter_mut()
+            .fold(false, |found, i| blank_placeholders(i) || found),
+        Value::Object(map) => map
+            .values_mut()
+            .fold(false, |found, i| blank_placeholders(i) || found),
+        _ => false,
+    }
+}
+
+fn is_placeholder(s: &str) -> bool {
+    let s = s.trim();
+    s.len() > 2
+        && s.starts_with('{')
+        && s.ends_with('}')
+        && s[1..s.len() - 1]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn dec(v: Value) -> WebhookEvent {
+        decode(v.as_object().unwrap())
+    }
+
+    fn body(event: &str, media_type: &str) -> Value {
+        json!({"event": event, "Account": {"id": "28467193", "title": "bob"},
+               "Server": {"uuid": "9d2c"},
+               "Metadata": {"type": media_type, "ratingKey": "70315", "title": "Pilot",
+                            "grandparentTitle": "Severance", "index": "1", "parentIndex": "1",
+                            "viewOffset": "1452000", "duration": "3417000", "year": "",
+                            "librarySectionID": "2",
+                            "Guids": {"imdb": "tt11280740", "tvdb": "371980", "tmdb": "", "tvmaze": "bad"}}})
+    }
+
+    #[test]
+    fn event_table() {
+        for (name, kind, played) in [
+            ("tautulli.play", EventKind::Play, None),
+            ("tautulli.start", EventKind::Play, None),
+            ("tautulli.pause", EventKind::Pause, None),
+            ("tautulli.resume", EventKind::Resume, None),
+            ("tautulli.stop", EventKind::Stop, None),
+            ("tautulli.watched", EventKind::Scrobble, Some(true)),
+            ("tautulli.created", EventKind::ItemAdded, None),
+            ("tautulli.test", EventKind::Test, None),
+            ("tautulli.buffer", EventKind::Ignore, None),
+            ("tautulli.newdevice", EventKind::Ignore, None),
+        ] {
+            let ev = dec(body(name, "movie"));
+            assert_eq!(ev.event, kind, "{name}");
+            assert_eq!(ev.played, played, "{name}");
+            assert_eq!(ev.generic, kind == EventKind::ItemAdded, "{name}");
+            assert_eq!(ev.sender, Sender::Tautulli);
+        }
+    }
+
+    #[test]
+    fn strings_become_numbers_and_episode_guids_name_the_show() {
+        let ev = dec(body("tautulli.pause", "episode"));
+        assert_eq!(ev.user_id.as_deref(), Some("28467193"));
+        assert_eq!((ev.season, ev.episode, ev.year), (Some(1), Some(1), None));
+        assert_eq!((ev.position_ms, ev.duration_ms), (Some(1_452_000), Some(3_417_000)));
+        assert!(ev.external_ids.is_empty());
+        assert_eq!(ev.series_external_ids.len(), 2);
+        assert_eq!(ev.series_external_ids["tvdb"], "371980");
+        assert_eq!(ev.library_id.as_deref(), Some("2"));
+
+        let ev = dec(body("tautulli.play", "movie"));
+        assert_eq!(ev.external_ids["imdb"], "tt11280740");
+        assert!(ev.series_external_ids.is_empty());
+        assert_eq!((ev.season, ev.episode), (None, None));
+    }
+
+    #[test]
+    fn unrendered_template_is_a_test() {
+        let ev = dec(json!({"event": "tautulli.{action}",
+            "Account": {"id": "{user_id}", "title": "{username}"},
+            "Server": {"uuid": "{server_machine_id}"},
+            "Metadata": {"type": "{media_type}", "ratingKey": "{rating_key}", "viewOffset": "{view_offset}",
+                         "Guids": {"imdb": "{imdb_id}"}}}));
+        assert_eq!(ev.event, EventKind::Test);
+        assert_eq!(ev.backend_id, "");
+        assert_eq!(ev.user_id, None);
+        assert_eq!(ev.item_id, None);
+        assert_eq!(ev.position_ms, None);
+        assert!(ev.external_ids.is_empty());
+
+        // Rendered event, one field left unrendered: still a test.
+        let ev = dec(json!({"event": "tautulli.play", "Server": {"uuid": "abc"},
+                            "Metadata": {"ratingKey": "{rating_key}"}}));
+        assert_eq!(ev.event, EventKind::Test);
+        assert_eq!(ev.backend_id, "abc");
+    }
+
+    #[test]
+    fn blank_user_of_created_is_none() {
+        let mut v = body("tautulli.created", "movie");
+        v["Account"] = json!({"id": "", "title": ""});
+        let ev = dec(v);
+        assert_eq!((ev.user_id, ev.user_name), (None, None));
+        assert!(ev.generic);
+    }
+}

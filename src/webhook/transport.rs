@@ -1,0 +1,480 @@
+//! How the JSON arrives: raw body (`application/json`, `text/plain`, no content type), a
+//! `multipart/form-data` field (Plex `payload`, Emby 4.7/4.8 `data`) or an
+//! `application/x-www-form-urlencoded` field (Emby `data`). Everything here works on the
+//! in-memory body, never panics, and turns each failure into a [`DecodeError`] that says what
+//! was wrong.
+
+use super::DecodeError;
+use serde_json::Value;
+
+/// The form fields that carry a webhook's JSON, in the order they are looked for.
+const JSON_FIELDS: [&str; 2] = ["payload", "data"];
+
+/// A parsed `Content-Type`: the lower-cased media type and its parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContentType {
+    /// e.g. `multipart/form-data`; lower-case, without parameters.
+    pub mime: String,
+    /// Parameter names lower-cased; values unquoted, case kept (a boundary is case-sensitive).
+    pub params: Vec<(String, String)>,
+}
+
+impl ContentType {
+    /// Parses `type/subtype; a=b; c="d;e"`. Never fails: garbage gives an odd `mime`.
+    pub fn parse(raw: &str) -> ContentType {
+        let mut parts = split_params(raw).into_iter();
+        let mime = parts
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        let params = parts
+            .filter_map(|p| {
+                let (k, v) = p.split_once('=')?;
+                Some((k.trim().to_ascii_lowercase(), unquote(v.trim())))
+            })
+            .collect();
+        ContentType { mime, params }
+    }
+
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn is_multipart(&self) -> bool {
+        self.mime.starts_with("multipart/")
+    }
+
+    pub fn is_urlencoded(&self) -> bool {
+        self.mime == "application/x-www-form-urlencoded"
+    }
+}
+
+/// Splits on `;` outside double quotes.
+fn split_params(raw: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut escaped = false;
+    for c in raw.chars() {
+        if escaped {
+            cur.push(c);
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' if quoted => {
+                cur.push(c);
+                escaped = true;
+            }
+            '"' => {
+                quoted = !quoted;
+                cur.push(c);
+            }
+            ';' if !quoted => out.push(std::mem::take(&mut cur)),
+            _ => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out
+}
+
+fn unquote(v: &str) -> String {
+    if v.len() >= 2 && v.starts_with('"') && v.ends_with('"') {
+        let inner = &v[1..v.len() - 1];
+        let mut out = String::with_capacity(inner.len());
+        let mut chars = inner.chars();
+        while let Some(c) = chars.next() {
+            if c == '\\' {
+                if let Some(n) = chars.next() {
+                    out.push(n);
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    } else {
+        v.to_string()
+    }
+}
+
+/// Where the JSON was found; kept for error messages and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Envelope {
+    /// The whole body is the JSON.
+    Raw,
+    /// A multipart field of that name.
+    Multipart(&'static str),
+    /// A url-encoded form field of that name.
+    Form(&'static str),
+}
+
+/// One part of a multipart body. Only what the decoders need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part<'a> {
+    /// The `name` of `Content-Disposition: form-data; name="..."`; `None` if absent.
+    pub name: Option<String>,
+    /// Present for file parts (Plex `thumb`): they are never the JSON.
+    pub filename: Option<String>,
+    pub body: &'a [u8],
+}
+
+/// Extracts the webhook's JSON object text from the request body.
+pub fn extract_json(content_type: Option<&str>, body: &[u8]) -> Result<(Value, Envelope), DecodeError> {
+    let body = strip_bom(body);
+    if body.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(DecodeError::EmptyBody);
+    }
+    let ct = content_type.map(ContentType::parse);
+    match &ct {
+        Some(ct) if ct.is_multipart() => {
+            let boundary = match ct.param("boundary") {
+                Some(b) if !b.is_empty() => b.to_string(),
+                _ => sniff_boundary(body).ok_or(DecodeError::MissingBoundary)?,
+            };
+            from_multipart(body, &boundary)
+        }
+        Some(ct) if ct.is_urlencoded() => {
+            // Some senders label raw JSON as a form; accept it when it looks like JSON.
+            if looks_like_json(body) {
+                return parse_json(body).map(|v| (v, Envelope::Raw));
+            }
+            from_form(body)
+        }
+        _ => {
+            if !looks_like_json(body) {
+                // No or a misleading content type: try the other envelopes before giving up.
+                if let Some(boundary) = sniff_boundary(body) {
+                    return from_multipart(body, &boundary);
+                }
+                if let Ok(found) = from_form(body) {
+                    return Ok(found);
+                }
+            }
+            parse_json(body).map(|v| (v, Envelope::Raw))
+        }
+    }
+}
+
+fn strip_bom(body: &[u8]) -> &[u8] {
+    body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body)
+}
+
+fn looks_like_json(body: &[u8]) -> bool {
+    matches!(
+        body.iter().find(|b| !b.is_ascii_whitespace()),
+        Some(b'{') | Some(b'[')
+    )
+}
+
+/// Parses JSON; invalid UTF-8 inside strings is replaced rather than rejected.
+pub fn parse_json(bytes: &[u8]) -> Result<Value, DecodeError> {
+    let bytes = strip_bom(bytes);
+    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(DecodeError::EmptyBody);
+    }
+    let result = match std::str::from_utf8(bytes) {
+        Ok(s) => serde_json::from_str(s),
+        Err(_) => serde_json::from_str(&String::from_utf8_lossy(bytes)),
+    };
+    result.map_err(|e| DecodeError::InvalidJson {
+        line: e.line(),
+        column: e.column(),
+        message: strip_position(&e.to_string()),
+    })
+}
+
+/// serde_json appends " at line L column C"; the error's Display says it once, in front.
+fn strip_position(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+/// A body that starts with `--<boundary>` line is multipart even without a content type.
+fn sniff_boundary(body: &[u8]) -> Option<String> {
+    let start = body.iter().position(|b| !b.is_ascii_whitespace())?;
+    let rest = body[start..].strip_prefix(b"--")?;
+    let end = rest.iter().position(|b| *b == b'\r' || *b == b'\n')?;
+    let boundary = std::str::from_utf8(&rest[..end]).ok()?.trim_end();
+    if boundary.is_empty() || boundary.len() > 200 || boundary.contains(char::is_whitespace) {
+        return None;
+    }
+    Some(boundary.to_string())
+}
+
+fn from_multipart(body: &[u8], boundary: &str) -> Result<(Value, Envelope), DecodeError> {
+    let parts = parse_multipart(body, boundary)?;
+    for field in JSON_FIELDS {
+        if let Some(part) = parts
+            .iter()
+            .find(|p| p.filename.is_none() && p.name.as_deref() == Some(field))
+        {
+            let value = parse_json(part.body).map_err(|e| DecodeError::InField {
+                field,
+                source: Box::new(e),
+            })?;
+            return Ok((value, Envelope::Multipart(field)));
+        }
+    }
+    Err(DecodeError::NoJsonField {
+        envelope: "multipart",
+        present: parts
+            .iter()
+            .map(|p| p.name.clone().unwrap_or_else(|| "(unnamed)".into()))
+            .collect(),
+    })
+}
+
+fn from_form(body: &[u8]) -> Result<(Value, Envelope), DecodeError> {
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_bytes(body).map_err(|e| DecodeError::InvalidForm(e.to_string()))?;
+    for field in JSON_FIELDS {
+        if let Some((_, v)) = pairs.iter().find(|(k, _)| k == field) {
+            let value = parse_json(v.as_bytes()).map_err(|e| DecodeError::InField {
+                field,
+                source: Box::new(e),
+            })?;
+            return Ok((value, Envelope::Form(field)));
+        }
+    }
+    Err(DecodeError::NoJsonField {
+        envelope: "form",
+        present: pairs.into_iter().map(|(k, _)| k).take(20).collect(),
+    })
+}
+
+/// An in-memory `multipart/form-data` parser (RFC 7578 / RFC 2046 §5.1). Lenient: accepts LF
+/// line ends, a missing closing delimiter (the last part then runs to the end of the body) and
+/// preamble text; strict only where guessing would mis-read a part.
+pub fn parse_multipart<'a>(body: &'a [u8], boundary: &str) -> Result<Vec<Part<'a>>, DecodeError> {
+    if boundary.is_empty() || boundary.len() > 200 {
+        return Err(DecodeError::MissingBoundary);
+    }
+    let delim = format!("--{boundary}");
+    let delim = delim.as_bytes();
+    // The first delimiter may open the body or follow a preamble line.
+    let mut pos = if body.starts_with(delim) {
+        0
+    } else {
+        match find_delimiter(body, delim, 0) {
+            Some((at, _)) => at,
+            None => {
+                return Err(DecodeError::BadMultipart(format!(
+                    "the boundary '{boundary}' of the content type never appears in the body"
+                )))
+            }
+        }
+    };
+    let mut parts = Vec::new();
+    loop {
+        // `pos` is at a delimiter.
+        let mut cur = pos + delim.len();
+        if body[cur..].starts_with(b"--") {
+            break; // closing delimiter
+        }
+        // Transport padding, then the line end.
+        while cur < body.len() && (body[cur] == b' ' || body[cur] == b'\t') {
+            cur += 1;
+        }
+        if body[cur..].starts_with(b"\r\n") {
+            cur += 2;
+        } else if body[cur..].starts_with(b"\n") {
+            cur += 1;
+        } else if cur >= body.len() {
+            break;
+        } else {
+            return Err(DecodeError::BadMultipart(
+                "a boundary line is followed by text instead of a line end".into(),
+            ));
+        }
+        let (headers, body_start) = match find_headers_end(body, cur) {
+            Some(found) => found,
+            None => {
+                return Err(DecodeError::BadMultipart(
+                    "a part's headers are not ended by an empty line".into(),
+                ))
+            }
+        };
+        let (name, filename) = parse_disposition(&body[cur..headers]);
+        let (part_end, next) = match find_delimiter(body, delim, body_start) {
+            Some((at, content_end)) => (content_end, Some(at)),
+            None => (trim_trailing_newline(body, body_start), None),
+        };
+        parts.push(Part {
+            name,
+            filename,
+            body: &body[body_start..part_end.max(body_start)],
+        });
+        match next {
+            Some(at) => pos = at,
+            None => break,
+        }
+    }
+    Ok(parts)
+}
+
+/// Finds the next delimiter that starts a line at or after `from`.
+/// Returns (delimiter position, end of the preceding part's content).
+fn find_delimiter(body: &[u8], delim: &[u8], from: usize) -> Option<(usize, usize)> {
+    let mut i = from;
+    while i + delim.len() <= body.len() {
+        let found = body[i..]
+            .windows(delim.len())
+            .position(|w| w == delim)
+            .map(|p| p + i)?;
+        if found >= 2 && &body[found - 2..found] == b"\r\n" {
+            return Some((found, found - 2));
+        }
+        if found >= 1 && body[found - 1] == b'\n' {
+            return Some((found, found - 1));
+        }
+        if found == from && from == 0 {
+            return Some((found, found));
+        }
+        i = found + 1;
+    }
+    None
+}
+
+/// Returns (end of the header block, start of the part body).
+fn find_headers_end(body: &[u8], from: usize) -> Option<(usize, usize)> {
+    // A part with no headers at all starts with the empty line.
+    if body[from..].starts_with(b"\r\n") {
+        return Some((from, from + 2));
+    }
+    if body[from..].starts_with(b"\n") {
+        return Some((from, from + 1));
+    }
+    let mut i = from;
+    while i < body.len() {
+        if body[i..].starts_with(b"\r\n\r\n") {
+            return Some((i, i + 4));
+        }
+        if body[i..].starts_with(b"\n\n") {
+            return Some((i, i + 2));
+        }
+        if body[i..].starts_with(b"\n\r\n") {
+            return Some((i, i + 3));
+        }
+        i += 1;
+    }
+    None
+}
+
+fn trim_trailing_newline(body: &[u8], start: usize) -> usize {
+    let mut end = body.len();
+    if end >= start + 2 && &body[end - 2..end] == b"\r\n" {
+        end -= 2;
+    } else if end > start && body[end - 1] == b'\n' {
+        end -= 1;
+    }
+    end
+}
+
+/// Reads `name` and `filename` from the part's `Content-Disposition` header.
+fn parse_disposition(headers: &[u8]) -> (Option<String>, Option<String>) {
+    let text = String::from_utf8_lossy(headers);
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
+        if !key.trim().eq_ignore_ascii_case("content-disposition") {
+            continue;
+        }
+        let mut name = None;
+        let mut filename = None;
+        for p in split_params(value).into_iter().skip(1) {
+            if let Some((k, v)) = p.split_once('=') {
+                match k.trim().to_ascii_lowercase().as_str() {
+                    "name" => name = Some(unquote(v.trim())),
+                    "filename" | "filename*" => filename = Some(unquote(v.trim())),
+                    _ => {}
+                }
+            }
+        }
+        return (name, filename);
+    }
+    (None, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_type_params_and_quotes() {
+        let ct = ContentType::parse("Multipart/Form-Data; boundary=\"a;b c\"; charset=utf-8");
+        assert_eq!(ct.mime, "multipart/form-data");
+        assert_eq!(ct.param("boundary"), Some("a;b c"));
+        assert_eq!(ct.param("charset"), Some("utf-8"));
+        assert!(ct.is_multipart());
+    }
+
+    #[test]
+    fn multipart_crlf_with_thumb_part() {
+        let body = b"--XyZ\r\nContent-Disposition: form-data; name=\"payload\"\r\nContent-Type: application/json\r\n\r\n{\"a\":1}\r\n--XyZ\r\nContent-Disposition: form-data; name=\"thumb\"; filename=\"thumb.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n\xff\xd8--XyZ-not\r\n--XyZ--\r\n";
+        let parts = parse_multipart(body, "XyZ").unwrap();
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[0].name.as_deref(), Some("payload"));
+        assert_eq!(parts[0].body, b"{\"a\":1}");
+        assert_eq!(parts[1].filename.as_deref(), Some("thumb.jpg"));
+        assert_eq!(parts[1].body, b"\xff\xd8--XyZ-not");
+        let (v, env) = extract_json(Some("multipart/form-data; boundary=XyZ"), body).unwrap();
+        assert_eq!(v["a"], 1);
+        assert_eq!(env, Envelope::Multipart("payload"));
+    }
+
+    #[test]
+    fn multipart_lf_preamble_and_missing_close() {
+        let body = b"preamble\n--b\nContent-Disposition: form-data; name=data\n\n{\"Event\":\"x\"}\n";
+        let (v, env) = extract_json(Some("multipart/form-data; boundary=b"), body).unwrap();
+        assert_eq!(v["Event"], "x");
+        assert_eq!(env, Envelope::Multipart("data"));
+    }
+
+    #[test]
+    fn multipart_without_json_field_names_the_fields() {
+        let body = b"--b\r\nContent-Disposition: form-data; name=\"other\"\r\n\r\nx\r\n--b--";
+        let err = extract_json(Some("multipart/form-data; boundary=b"), body).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("no 'payload'"), "{msg}");
+        assert!(msg.contains("other"), "{msg}");
+    }
+
+    #[test]
+    fn multipart_boundary_sniffed_without_param() {
+        let body = b"--abc\r\nContent-Disposition: form-data; name=\"payload\"\r\n\r\n{}\r\n--abc--\r\n";
+        let (_, env) = extract_json(Some("multipart/form-data"), body).unwrap();
+        assert_eq!(env, Envelope::Multipart("payload"));
+        let (_, env) = extract_json(None, body).unwrap();
+        assert_eq!(env, Envelope::Multipart("payload"));
+    }
+
+    #[test]
+    fn urlencoded_data_field() {
+        let body = b"data=%7B%22Event%22%3A%22library.new%22%7D&x=1";
+        let (v, env) = extract_json(Some("application/x-www-form-urlencoded"), body).unwrap();
+        assert_eq!(v["Event"], "library.new");
+        assert_eq!(env, Envelope::Form("data"));
+    }
+
+    #[test]
+    fn invalid_json_reports_line_and_column() {
+        let err = extract_json(Some("application/json"), b"{\n\"a\":\n  ]").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("invalid JSON at line 3 column 3"), "{msg}");
+    }
+
+    #[test]
+    fn empty_and_bom() {
+        assert!(matches!(extract_json(None, b"  \r\n"), Err(DecodeError::EmptyBody)));
+        let (v, _) = extract_json(Some("text/plain"), b"\xEF\xBB\xBF{\"a\":2}").unwrap();
+        assert_eq!(v["a"], 2);
+    }
+}

@@ -1,0 +1,204 @@
+//! Emby 4.8 (routes of the Emby 4.8.11.0 OpenAPI document). Auth: `X-Emby-Token`. Positions
+//! are ticks; `DatePlayed` is `yyyyMMddHHmmss` (UTC).
+//! Series ids: like Jellyfin, one `GET /Users/{uid}/Items?Ids=…&Fields=ProviderIds` per page for
+//! the shows not cached yet.
+//! Setting a position reads the item's `UserData` first and sends it back whole with the new
+//! position: Emby resets every field absent from the body (favourite, play count, ...).
+
+use super::http::{format_compact_utc, HttpCore};
+use super::mediabrowser::{
+    ms_to_ticks, next_cursor, parse_cursor, provider_ids, ItemDto, ItemsResult, PublicSystemInfo,
+    UserDataUpdate,
+};
+use super::{ClientConfig, SeriesIdCache};
+use async_trait::async_trait;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT};
+use reqwest::Method;
+use watchstate_actors::backend::{BackendApi, BackendError, ItemPage, RemoteItem, ServerIdentity};
+use watchstate_actors::event::{ExternalIds, Millis};
+
+/// `UserDataLastPlayedDate`/`UserDataPlayCount` make recent Emby servers include those fields
+/// of `UserData` in listings.
+const LIST_FIELDS: &str = "ProviderIds,UserDataPlayCount,UserDataLastPlayedDate";
+
+/// Client for one Emby user.
+#[derive(Debug)]
+pub struct EmbyClient {
+    /// Transport with the `X-Emby-Token` header.
+    http: HttpCore,
+    /// The `{UserId}` of every route.
+    user_id: String,
+    /// Show provider ids already fetched.
+    series: SeriesIdCache,
+}
+
+impl EmbyClient {
+    pub fn new(cfg: ClientConfig) -> Result<Self, BackendError> {
+        let mut headers = HeaderMap::new();
+        let mut token = HeaderValue::from_str(&cfg.token).map_err(|_| BackendError::Client {
+            status: 0,
+            message: "the Emby token contains characters not allowed in a header".into(),
+        })?;
+        token.set_sensitive(true);
+        headers.insert(HeaderName::from_static("x-emby-token"), token);
+        headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
+        Ok(EmbyClient {
+            http: HttpCore::new(cfg.base_url, cfg.timeout, headers)?,
+            user_id: cfg.user_id,
+            series: SeriesIdCache::default(),
+        })
+    }
+
+    fn items_path(&self) -> String {
+        format!("/Users/{}/Items", self.user_id)
+    }
+
+    async fn fetch_item(&self, item_id: &str) -> Result<Option<ItemDto>, BackendError> {
+        let path = format!("/Users/{}/Items/{item_id}", self.user_id);
+        let req = self.http.request(Method::GET, &path, &[]);
+        match self.http.send_json(req, &format!("item {item_id}")).await {
+            Ok(item) => Ok(Some(item)),
+            Err(BackendError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Fills the cache for the shows of `items` that are not in it yet (one request).
+    async fn load_series(&self, items: &[ItemDto]) -> Result<(), BackendError> {
+        let mut missing: Vec<&str> = items
+            .iter()
+            .filter_map(ItemDto::show_id)
+            .filter(|id| self.series.get(id).is_none())
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let query = [
+            ("Ids", missing.join(",")),
+            ("Fields", "ProviderIds".to_string()),
+        ];
+        let req = self.http.request(Method::GET, &self.items_path(), &query);
+        let shows: ItemsResult = self.http.send_json(req, "list shows").await?;
+        let mut found: std::collections::HashMap<String, ExternalIds> = shows
+            .items
+            .into_iter()
+            .map(|s| {
+                let ids = provider_ids(s.provider_ids.as_ref());
+                (s.id, ids)
+            })
+            .collect();
+        for id in missing {
+            let ids = found.remove(id).unwrap_or_default();
+            self.series.insert(id.to_string(), ids);
+        }
+        Ok(())
+    }
+
+    fn convert(&self, item: ItemDto) -> Option<RemoteItem> {
+        let series = item
+            .show_id()
+            .and_then(|id| self.series.get(id))
+            .unwrap_or_default();
+        item.into_remote(series)
+    }
+}
+
+#[async_trait]
+impl BackendApi for EmbyClient {
+    async fn identity(&self) -> Result<ServerIdentity, BackendError> {
+        let req = self.http.request(Method::GET, "/System/Info/Public", &[]);
+        let info: PublicSystemInfo = self.http.send_json(req, "server identity").await?;
+        Ok(info.into())
+    }
+
+    async fn list_items(
+        &self,
+        cursor: Option<&str>,
+        page_size: usize,
+    ) -> Result<ItemPage, BackendError> {
+        let start = parse_cursor(cursor);
+        let query = [
+            ("Recursive", "true".to_string()),
+            ("IncludeItemTypes", "Movie,Episode".to_string()),
+            ("Fields", LIST_FIELDS.to_string()),
+            ("EnableUserData", "true".to_string()),
+            ("StartIndex", start.to_string()),
+            ("Limit", page_size.to_string()),
+        ];
+        let req = self.http.request(Method::GET, &self.items_path(), &query);
+        let page: ItemsResult = self.http.send_json(req, "list items").await?;
+        self.load_series(&page.items).await?;
+        let got = page.items.len();
+        let next = next_cursor(start, got, page_size, page.total_record_count);
+        let items = page
+            .items
+            .into_iter()
+            .filter_map(|i| self.convert(i))
+            .collect();
+        Ok(ItemPage {
+            items,
+            next,
+            total: page.total_record_count,
+        })
+    }
+
+    async fn get_item(&self, item_id: &str) -> Result<Option<RemoteItem>, BackendError> {
+        let Some(item) = self.fetch_item(item_id).await? else {
+            return Ok(None);
+        };
+        self.load_series(std::slice::from_ref(&item)).await?;
+        Ok(self.convert(item))
+    }
+
+    async fn set_played(
+        &self,
+        item_id: &str,
+        played: bool,
+        at: Option<Millis>,
+    ) -> Result<(), BackendError> {
+        let path = format!("/Users/{}/PlayedItems/{item_id}", self.user_id);
+        let req = if played {
+            let query: Vec<(&str, String)> = at
+                .map(|at| ("DatePlayed", format_compact_utc(at)))
+                .into_iter()
+                .collect();
+            self.http.request(Method::POST, &path, &query)
+        } else {
+            self.http.request(Method::DELETE, &path, &[])
+        };
+        let what = format!(
+            "mark {item_id} {}",
+            if played { "played" } else { "unplayed" }
+        );
+        self.http.send(req, &what).await.map(drop)
+    }
+
+    async fn set_position(
+        &self,
+        item_id: &str,
+        position_ms: u64,
+        _duration_ms: Option<u64>,
+    ) -> Result<(), BackendError> {
+        let Some(item) = self.fetch_item(item_id).await? else {
+            return Err(BackendError::NotFound {
+                what: format!("item {item_id}"),
+            });
+        };
+        let current = item.user_data.unwrap_or_default();
+        let body = UserDataUpdate {
+            playback_position_ticks: ms_to_ticks(position_ms),
+            played: false,
+            play_count: current.play_count,
+            is_favorite: current.is_favorite,
+            last_played_date: current.last_played_date,
+        };
+        let path = format!("/Users/{}/Items/{item_id}/UserData", self.user_id);
+        let req = self.http.request(Method::POST, &path, &[]).json(&body);
+        self.http
+            .send(req, &format!("set position of {item_id}"))
+            .await
+            .map(drop)
+    }
+}

@@ -1,0 +1,300 @@
+//! Sending a request to a media server and classifying what went wrong (DESIGN.md §7 retries
+//! on the classification): 401/403 → `Auth`, 404 → `NotFound`, 429 → `RateLimited` with the
+//! `Retry-After`, 5xx → `Server`, other 4xx → `Client`, timeout → `Timeout`, no connection →
+//! `Network`, unreadable JSON → `BadResponse`. Also the date helpers the clients share.
+//!
+//! Tokens travel only in default headers set at construction, so neither URLs nor error
+//! messages (which never include headers) can leak them.
+
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use serde::de::DeserializeOwned;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use watchstate_actors::backend::BackendError;
+use watchstate_actors::event::Millis;
+
+/// How many characters of an error body go into an error message: enough to tell why.
+const ERROR_BODY_CHARS: usize = 200;
+
+/// A reqwest client bound to one server: base URL, auth headers and the timeout.
+#[derive(Debug, Clone)]
+pub struct HttpCore {
+    /// Shared connection pool; carries the auth headers as defaults.
+    client: reqwest::Client,
+    /// The server's address including any path prefix; request paths are appended to it.
+    base: url::Url,
+    /// Reported in `Timeout` errors.
+    timeout: Duration,
+}
+
+impl HttpCore {
+    /// `headers` are sent with every request (auth and client identification).
+    pub fn new(
+        base: url::Url,
+        timeout: Duration,
+        headers: HeaderMap,
+    ) -> Result<Self, BackendError> {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .default_headers(headers)
+            .user_agent(concat!("watchstate-rs/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| BackendError::Network {
+                message: format!("cannot build the HTTP client: {e}"),
+            })?;
+        Ok(HttpCore {
+            client,
+            base,
+            timeout,
+        })
+    }
+
+    /// The absolute URL of `path` (starting with `/`) under the base URL, with `query`.
+    pub fn url(&self, path: &str, query: &[(&str, String)]) -> url::Url {
+        let mut url = self.base.clone();
+        let prefix = self.base.path().trim_end_matches('/');
+        url.set_path(&format!("{prefix}{path}"));
+        url.set_query(None);
+        if !query.is_empty() {
+            let mut pairs = url.query_pairs_mut();
+            for (k, v) in query {
+                pairs.append_pair(k, v);
+            }
+        }
+        url
+    }
+
+    /// A request builder for `method path?query`; finish it and pass it to [`Self::send`].
+    pub fn request(&self, method: Method, path: &str, query: &[(&str, String)]) -> RequestBuilder {
+        self.client.request(method, self.url(path, query))
+    }
+
+    /// Sends the request; `Ok` only for a 2xx answer, anything else classified.
+    pub async fn send(&self, req: RequestBuilder, what: &str) -> Result<Response, BackendError> {
+        let resp = req.send().await.map_err(|e| self.transport_error(e))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let retry_after = resp
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        let body = resp.text().await.unwrap_or_default();
+        Err(classify_status(status, retry_after, what, &body))
+    }
+
+    /// Sends the request and decodes a 2xx JSON answer.
+    pub async fn send_json<T: DeserializeOwned>(
+        &self,
+        req: RequestBuilder,
+        what: &str,
+    ) -> Result<T, BackendError> {
+        let resp = self.send(req, what).await?;
+        let bytes = resp.bytes().await.map_err(|e| self.transport_error(e))?;
+        serde_json::from_slice(&bytes).map_err(|e| BackendError::BadResponse {
+            message: format!("{what}: the answer is not the expected JSON ({e})"),
+        })
+    }
+
+    /// Turns a reqwest failure (no HTTP status) into `Timeout` or `Network`.
+    fn transport_error(&self, e: reqwest::Error) -> BackendError {
+        if e.is_timeout() {
+            return BackendError::Timeout {
+                after_ms: self.timeout.as_millis() as u64,
+            };
+        }
+        let e = e.without_url();
+        let mut message = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            message.push_str(": ");
+            message.push_str(&s.to_string());
+            source = s.source();
+        }
+        BackendError::Network {
+            message: format!("{message} (is the server running at {}?)", self.host()),
+        }
+    }
+
+    /// `scheme://host:port` of the base URL, for messages (no path, no credentials).
+    fn host(&self) -> String {
+        format!(
+            "{}://{}{}",
+            self.base.scheme(),
+            self.base.host_str().unwrap_or(""),
+            self.base
+                .port()
+                .map(|p| format!(":{p}"))
+                .unwrap_or_default()
+        )
+    }
+}
+
+/// The error for a non-2xx status; `body` is cut to a readable length.
+pub fn classify_status(
+    status: StatusCode,
+    retry_after_ms: Option<u64>,
+    what: &str,
+    body: &str,
+) -> BackendError {
+    let code = status.as_u16();
+    let message: String = {
+        let text = body.trim();
+        let short: String = text.chars().take(ERROR_BODY_CHARS).collect();
+        if short.is_empty() {
+            format!(
+                "{what}: {}",
+                status.canonical_reason().unwrap_or("no reason")
+            )
+        } else {
+            format!("{what}: {short}")
+        }
+    };
+    match code {
+        401 | 403 => BackendError::Auth { status: code },
+        404 => BackendError::NotFound {
+            what: what.to_string(),
+        },
+        429 => BackendError::RateLimited { retry_after_ms },
+        500..=599 => BackendError::Server {
+            status: code,
+            message,
+        },
+        _ => BackendError::Client {
+            status: code,
+            message,
+        },
+    }
+}
+
+/// `Retry-After` as milliseconds from `now`: delta-seconds or an HTTP date (RFC 9110 §10.2.3).
+/// A date in the past means "now" (0).
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<u64> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(secs.saturating_mul(1000));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(now)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+    )
+}
+
+/// An ISO 8601 / RFC 3339 date as Jellyfin and Emby write it (`2024-05-01T10:00:00.0000000Z`,
+/// also with a numeric offset or no zone, read as UTC) → unix ms.
+pub fn parse_iso8601_ms(s: &str) -> Option<Millis> {
+    let s = s.trim();
+    // humantime reads `Z`, `+00:00` and no zone; a different offset is applied by hand.
+    let (body, offset_secs) = match s.len().checked_sub(6).map(|i| s.split_at(i)) {
+        Some((body, tail))
+            if (tail.starts_with('+') || tail.starts_with('-'))
+                && tail.as_bytes()[3] == b':'
+                && tail != "+00:00" =>
+        {
+            let hours: i64 = tail[1..3].parse().ok()?;
+            let minutes: i64 = tail[4..6].parse().ok()?;
+            let sign = if tail.starts_with('-') { -1 } else { 1 };
+            (body, sign * (hours * 3600 + minutes * 60))
+        }
+        _ => (s, 0),
+    };
+    let t = humantime::parse_rfc3339_weak(body).ok()?;
+    let ms = t.duration_since(UNIX_EPOCH).ok()?.as_millis() as i64;
+    Some(ms - offset_secs * 1000)
+}
+
+/// Unix ms → `2024-05-01T10:00:00Z` (RFC 3339, UTC, whole seconds).
+pub fn format_rfc3339(ms: Millis) -> String {
+    humantime::format_rfc3339_seconds(system_time(ms)).to_string()
+}
+
+/// Unix ms → `20240501100000` (Emby's `DatePlayed` format, UTC).
+pub fn format_compact_utc(ms: Millis) -> String {
+    let text = format_rfc3339(ms); // 2024-05-01T10:00:00Z
+    text.chars().filter(|c| c.is_ascii_digit()).collect()
+}
+
+fn system_time(ms: Millis) -> SystemTime {
+    if ms >= 0 {
+        UNIX_EPOCH + Duration::from_millis(ms as u64)
+    } else {
+        UNIX_EPOCH
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        let now = UNIX_EPOCH + Duration::from_secs(784_111_777); // Sun, 06 Nov 1994 08:49:37 GMT
+        assert_eq!(parse_retry_after("7", now), Some(7_000));
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:50:07 GMT", now),
+            Some(30_000)
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now),
+            Some(0)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn statuses_are_classified() {
+        let c = |s: u16| classify_status(StatusCode::from_u16(s).unwrap(), Some(5), "x", "body");
+        assert_eq!(c(401), BackendError::Auth { status: 401 });
+        assert_eq!(c(403), BackendError::Auth { status: 403 });
+        assert!(matches!(c(404), BackendError::NotFound { .. }));
+        assert_eq!(
+            c(429),
+            BackendError::RateLimited {
+                retry_after_ms: Some(5)
+            }
+        );
+        assert!(matches!(c(503), BackendError::Server { status: 503, .. }));
+        assert!(matches!(c(400), BackendError::Client { status: 400, .. }));
+    }
+
+    #[test]
+    fn iso_dates_parse_with_any_precision_and_offset() {
+        assert_eq!(parse_iso8601_ms("1970-01-01T00:00:01Z"), Some(1_000));
+        assert_eq!(
+            parse_iso8601_ms("2024-05-01T10:00:00.1234567Z"),
+            Some(1_714_557_600_123)
+        );
+        assert_eq!(
+            parse_iso8601_ms("2024-05-01T12:00:00+02:00"),
+            Some(1_714_557_600_000)
+        );
+        assert_eq!(
+            parse_iso8601_ms("2024-05-01T10:00:00"),
+            Some(1_714_557_600_000)
+        );
+        assert_eq!(parse_iso8601_ms("yesterday"), None);
+    }
+
+    #[test]
+    fn dates_format_for_each_server() {
+        assert_eq!(format_rfc3339(1_714_557_600_500), "2024-05-01T10:00:00Z");
+        assert_eq!(format_compact_utc(1_714_557_600_000), "20240501100000");
+    }
+
+    #[test]
+    fn urls_keep_the_base_prefix() {
+        let core = HttpCore::new(
+            url::Url::parse("http://h:1/emby/").unwrap(),
+            Duration::from_secs(1),
+            HeaderMap::new(),
+        )
+        .unwrap();
+        let url = core.url("/Users/u/Items", &[("Ids", "a,b".to_string())]);
+        assert_eq!(url.as_str(), "http://h:1/emby/Users/u/Items?Ids=a%2Cb");
+    }
+}

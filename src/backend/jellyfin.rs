@@ -1,0 +1,200 @@
+//! Jellyfin 10.9+ (routes of the 10.11.11 and 12.0 OpenAPI documents; the legacy
+//! `/Users/{userId}/...` play-state routes are hidden since 10.9 and not used).
+//!
+//! Auth: `Authorization: MediaBrowser Client=…, Device=…, DeviceId=…, Version=…, Token="…"`
+//! (the legacy `X-Emby-Token` is refused by default from 12.0). Positions are ticks.
+//! Series ids: the episodes of a page name their show (`SeriesId`); the shows not yet cached
+//! are fetched in one `GET /Items?ids=…&fields=ProviderIds` per page and cached.
+
+use super::http::{format_rfc3339, HttpCore};
+use super::mediabrowser::{
+    ms_to_ticks, next_cursor, parse_cursor, ItemDto, ItemsResult, PublicSystemInfo, UserDataUpdate,
+};
+use super::{ClientConfig, SeriesIdCache};
+use async_trait::async_trait;
+use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION};
+use reqwest::Method;
+use watchstate_actors::backend::{BackendApi, BackendError, ItemPage, RemoteItem, ServerIdentity};
+use watchstate_actors::event::{ExternalIds, Millis};
+
+/// The `fields` a listing asks for beyond the defaults.
+const LIST_FIELDS: &str = "ProviderIds";
+
+/// Client for one Jellyfin user.
+#[derive(Debug)]
+pub struct JellyfinClient {
+    /// Transport with the `Authorization` header.
+    http: HttpCore,
+    /// Every call is made with `userId` = this.
+    user_id: String,
+    /// Show provider ids already fetched.
+    series: SeriesIdCache,
+}
+
+impl JellyfinClient {
+    pub fn new(cfg: ClientConfig) -> Result<Self, BackendError> {
+        let mut headers = HeaderMap::new();
+        let auth = format!(
+            "MediaBrowser Client=\"watchstate-rs\", Device=\"watchstate-rs\", DeviceId=\"watchstate-rs-{}\", Version=\"{}\", Token=\"{}\"",
+            cfg.user_id.replace('"', ""),
+            env!("CARGO_PKG_VERSION"),
+            cfg.token
+        );
+        let mut value = HeaderValue::from_str(&auth).map_err(|_| BackendError::Client {
+            status: 0,
+            message: "the Jellyfin token contains characters not allowed in a header".into(),
+        })?;
+        value.set_sensitive(true);
+        headers.insert(AUTHORIZATION, value);
+        headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
+        Ok(JellyfinClient {
+            http: HttpCore::new(cfg.base_url, cfg.timeout, headers)?,
+            user_id: cfg.user_id,
+            series: SeriesIdCache::default(),
+        })
+    }
+
+    fn user(&self) -> (&'static str, String) {
+        ("userId", self.user_id.clone())
+    }
+
+    /// Fills the cache for the shows of `items` that are not in it yet (one request).
+    async fn load_series(&self, items: &[ItemDto]) -> Result<(), BackendError> {
+        let mut missing: Vec<&str> = items
+            .iter()
+            .filter_map(ItemDto::show_id)
+            .filter(|id| self.series.get(id).is_none())
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let query = [
+            self.user(),
+            ("ids", missing.join(",")),
+            ("fields", "ProviderIds".to_string()),
+        ];
+        let req = self.http.request(Method::GET, "/Items", &query);
+        let shows: ItemsResult = self.http.send_json(req, "list shows").await?;
+        let mut found: std::collections::HashMap<String, ExternalIds> = shows
+            .items
+            .into_iter()
+            .map(|s| {
+                let ids = super::mediabrowser::provider_ids(s.provider_ids.as_ref());
+                (s.id, ids)
+            })
+            .collect();
+        for id in missing {
+            let ids = found.remove(id).unwrap_or_default();
+            self.series.insert(id.to_string(), ids);
+        }
+        Ok(())
+    }
+
+    fn convert(&self, item: ItemDto) -> Option<RemoteItem> {
+        let series = item
+            .show_id()
+            .and_then(|id| self.series.get(id))
+            .unwrap_or_default();
+        item.into_remote(series)
+    }
+}
+
+#[async_trait]
+impl BackendApi for JellyfinClient {
+    async fn identity(&self) -> Result<ServerIdentity, BackendError> {
+        let req = self.http.request(Method::GET, "/System/Info/Public", &[]);
+        let info: PublicSystemInfo = self.http.send_json(req, "server identity").await?;
+        Ok(info.into())
+    }
+
+    async fn list_items(
+        &self,
+        cursor: Option<&str>,
+        page_size: usize,
+    ) -> Result<ItemPage, BackendError> {
+        let start = parse_cursor(cursor);
+        let query = [
+            self.user(),
+            ("recursive", "true".to_string()),
+            ("includeItemTypes", "Movie,Episode".to_string()),
+            ("fields", LIST_FIELDS.to_string()),
+            ("enableUserData", "true".to_string()),
+            ("startIndex", start.to_string()),
+            ("limit", page_size.to_string()),
+        ];
+        let req = self.http.request(Method::GET, "/Items", &query);
+        let page: ItemsResult = self.http.send_json(req, "list items").await?;
+        self.load_series(&page.items).await?;
+        let got = page.items.len();
+        let next = next_cursor(start, got, page_size, page.total_record_count);
+        let items = page
+            .items
+            .into_iter()
+            .filter_map(|i| self.convert(i))
+            .collect();
+        Ok(ItemPage {
+            items,
+            next,
+            total: page.total_record_count,
+        })
+    }
+
+    async fn get_item(&self, item_id: &str) -> Result<Option<RemoteItem>, BackendError> {
+        let path = format!("/Items/{item_id}");
+        let req = self.http.request(Method::GET, &path, &[self.user()]);
+        let item: ItemDto = match self.http.send_json(req, &format!("item {item_id}")).await {
+            Ok(item) => item,
+            Err(BackendError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        self.load_series(std::slice::from_ref(&item)).await?;
+        Ok(self.convert(item))
+    }
+
+    async fn set_played(
+        &self,
+        item_id: &str,
+        played: bool,
+        at: Option<Millis>,
+    ) -> Result<(), BackendError> {
+        let path = format!("/UserPlayedItems/{item_id}");
+        let req = if played {
+            let mut query = vec![self.user()];
+            if let Some(at) = at {
+                query.push(("datePlayed", format_rfc3339(at)));
+            }
+            self.http.request(Method::POST, &path, &query)
+        } else {
+            self.http.request(Method::DELETE, &path, &[self.user()])
+        };
+        let what = format!(
+            "mark {item_id} {}",
+            if played { "played" } else { "unplayed" }
+        );
+        self.http.send(req, &what).await.map(drop)
+    }
+
+    async fn set_position(
+        &self,
+        item_id: &str,
+        position_ms: u64,
+        _duration_ms: Option<u64>,
+    ) -> Result<(), BackendError> {
+        let path = format!("/UserItems/{item_id}/UserData");
+        let body = UserDataUpdate {
+            playback_position_ticks: ms_to_ticks(position_ms),
+            played: false,
+            ..Default::default()
+        };
+        let req = self
+            .http
+            .request(Method::POST, &path, &[self.user()])
+            .json(&body);
+        self.http
+            .send(req, &format!("set position of {item_id}"))
+            .await
+            .map(drop)
+    }
+}

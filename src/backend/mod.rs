@@ -1,0 +1,114 @@
+//! The media servers' HTTP clients (DESIGN.md §10): one file per server, each implementing
+//! [`BackendApi`] of `watchstate-actors` with reqwest (rustls).
+//!
+//! - [`plex`]: Plex Media Server (`X-Plex-Token`), positions in ms, dates in unix seconds.
+//! - [`jellyfin`]: Jellyfin 10.9+ routes (`Authorization: MediaBrowser Token="…"`), ticks.
+//! - [`emby`]: Emby 4.8 (`X-Emby-Token`), ticks.
+//! - [`mediabrowser`]: the item shape Jellyfin and Emby share (`BaseItemDto`, `UserData`).
+//! - [`http`]: the one place that sends a request and turns failures into [`BackendError`].
+//!
+//! Build a client with [`build_client`]; every call is made for [`ClientConfig::user_id`].
+
+pub mod emby;
+pub mod http;
+pub mod jellyfin;
+pub mod mediabrowser;
+pub mod plex;
+
+pub use emby::EmbyClient;
+pub use jellyfin::JellyfinClient;
+pub use plex::PlexClient;
+
+use std::sync::Arc;
+use std::time::Duration;
+use watchstate_actors::backend::{BackendApi, BackendError};
+use watchstate_actors::event::BackendKind;
+
+/// What a client needs to talk to one media server for one user.
+#[derive(Clone)]
+pub struct ClientConfig {
+    /// Which server API to speak.
+    pub kind: BackendKind,
+    /// Where the server answers, possibly with a path prefix (`http://host/emby`).
+    pub base_url: url::Url,
+    /// The API key or user token; sent only in a header, never logged.
+    pub token: String,
+    /// The server's id of the user whose state is read and written (Jellyfin/Emby user id;
+    /// for Plex the token already names the account, the id is only used in logs).
+    pub user_id: String,
+    /// Bound on each whole request (connect, send, read the body).
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for ClientConfig {
+    // Hand-written so that the token never reaches a log line through `{:?}`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("kind", &self.kind)
+            .field("base_url", &self.base_url.as_str())
+            .field("token", &"<redacted>")
+            .field("user_id", &self.user_id)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// The client for `cfg.kind`, ready to use. Fails only when the HTTP client cannot be built
+/// (e.g. a token that is not a valid header value).
+pub fn build_client(cfg: ClientConfig) -> Result<Arc<dyn BackendApi>, BackendError> {
+    Ok(match cfg.kind {
+        BackendKind::Plex => Arc::new(PlexClient::new(cfg)?),
+        BackendKind::Jellyfin => Arc::new(JellyfinClient::new(cfg)?),
+        BackendKind::Emby => Arc::new(EmbyClient::new(cfg)?),
+    })
+}
+
+/// Show ids looked up once per show and kept for later pages and later listings, so that a
+/// listing of N episodes costs one extra request per page (Jellyfin/Emby) or per show (Plex),
+/// not one per episode. Bounded: cleared when full (show ids rarely change; a refetch is cheap).
+#[derive(Debug, Default)]
+pub(crate) struct SeriesIdCache {
+    /// show id on the server → the show's provider ids (empty when it has none).
+    map: std::sync::Mutex<std::collections::HashMap<String, watchstate_actors::event::ExternalIds>>,
+}
+
+impl SeriesIdCache {
+    /// Past this many shows the cache starts over instead of growing without bound.
+    const CAPACITY: usize = 20_000;
+
+    pub(crate) fn get(&self, show_id: &str) -> Option<watchstate_actors::event::ExternalIds> {
+        self.lock().get(show_id).cloned()
+    }
+
+    pub(crate) fn insert(&self, show_id: String, ids: watchstate_actors::event::ExternalIds) {
+        let mut map = self.lock();
+        if map.len() >= Self::CAPACITY {
+            map.clear();
+        }
+        map.insert(show_id, ids);
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::HashMap<String, watchstate_actors::event::ExternalIds>,
+    > {
+        // A panic while holding this lock cannot leave the map inconsistent.
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Maps a provider name as a server spells it (`Imdb`, `TheMovieDb`, `thetvdb`) to the
+/// system's lower-case key; `None` for providers the sync does not match on.
+pub(crate) fn provider_key(name: &str) -> Option<&'static str> {
+    Some(match name.to_ascii_lowercase().as_str() {
+        "imdb" => "imdb",
+        "tmdb" | "themoviedb" => "tmdb",
+        "tvdb" | "thetvdb" => "tvdb",
+        "tvmaze" => "tvmaze",
+        "tvrage" => "tvrage",
+        "anidb" => "anidb",
+        _ => return None,
+    })
+}

@@ -1,0 +1,709 @@
+//! Plex Media Server (routes of the community OpenAPI document, LukeHagar 1.1.1).
+//!
+//! Auth: `X-Plex-Token` as a header (never in the URL), `X-Plex-Client-Identifier` and
+//! `Accept: application/json` (Plex answers XML otherwise). Positions and durations are ms,
+//! `lastViewedAt` is unix seconds.
+//!
+//! Listing walks the movie and show sections of `/library/sections/all` in order: `type=1`
+//! (movies) in movie sections, `type=4` (episodes) in show sections, with `includeGuids=1` and
+//! `X-Plex-Container-Start`/`-Size`. The cursor is `<section key>:<offset>`.
+//!
+//! Ids: `Guid[]` (`imdb://…`, `tmdb://…`, `tvdb://…`) and the item's `guid` when it is a legacy
+//! agent guid (`com.plexapp.agents.imdb://tt…?lang=en`). An episode's legacy guid
+//! (`com.plexapp.agents.thetvdb://<show>/<season>/<episode>`) names the show: it gives series
+//! ids. Otherwise series ids come from the show (`grandparentRatingKey`): the page's uncached
+//! shows are fetched in one `GET /library/metadata/{k1,k2,…}` and cached.
+
+use super::http::HttpCore;
+use super::{provider_key, ClientConfig, SeriesIdCache};
+use async_trait::async_trait;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT};
+use reqwest::Method;
+use serde::{Deserialize, Deserializer};
+use std::sync::Mutex;
+use watchstate_actors::backend::{BackendApi, BackendError, ItemPage, RemoteItem, ServerIdentity};
+use watchstate_actors::event::{ExternalIds, ItemType, Millis};
+
+/// `identifier` of the library provider for scrobble/unscrobble.
+const LIBRARY_IDENTIFIER: &str = "com.plexapp.plugins.library";
+/// Sent as `X-Plex-Client-Identifier`/`X-Plex-Product`: Plex wants every client named.
+const CLIENT_NAME: &str = "watchstate-rs";
+
+/// Client for one Plex account (the token's).
+#[derive(Debug)]
+pub struct PlexClient {
+    /// Transport with the `X-Plex-*` headers.
+    http: HttpCore,
+    /// Movie and show sections of the current listing, so that each page costs one request.
+    sections: Mutex<Option<Vec<Section>>>,
+    /// Show provider ids already fetched.
+    series: SeriesIdCache,
+}
+
+/// Every Plex answer is wrapped in `MediaContainer`.
+#[derive(Debug, Deserialize)]
+struct Container<T> {
+    #[serde(rename = "MediaContainer")]
+    media_container: T,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct IdentityContainer {
+    machine_identifier: String,
+    version: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SectionsContainer {
+    #[serde(rename = "Directory", default)]
+    directory: Vec<Section>,
+}
+
+/// A library section of `/library/sections/all`.
+#[derive(Debug, Clone, Deserialize)]
+struct Section {
+    /// The section id used in paths and cursors.
+    #[serde(deserialize_with = "string_or_number")]
+    key: String,
+    /// `movie`, `show`, `artist`, `photo`; only the first two are listed.
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MetadataContainer {
+    #[serde(rename = "Metadata", default)]
+    metadata: Vec<PlexItem>,
+    /// Items in the whole section: tells when the section is exhausted.
+    #[serde(default, deserialize_with = "opt_number")]
+    total_size: Option<i64>,
+    /// Hoisted from the items when they all share it.
+    #[serde(
+        rename = "librarySectionID",
+        default,
+        deserialize_with = "opt_string_or_number"
+    )]
+    library_section_id: Option<String>,
+}
+
+/// The fields of a Plex `Metadata` item the sync reads.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PlexItem {
+    #[serde(deserialize_with = "string_or_number")]
+    rating_key: String,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    title: Option<String>,
+    /// `plex://…` for modern agents, `com.plexapp.agents.…` for legacy ones.
+    guid: Option<String>,
+    #[serde(rename = "Guid", default)]
+    guids: Vec<GuidTag>,
+    #[serde(default, deserialize_with = "opt_number")]
+    year: Option<i64>,
+    #[serde(default, deserialize_with = "opt_number")]
+    duration: Option<i64>,
+    #[serde(default, deserialize_with = "opt_number")]
+    view_count: Option<i64>,
+    #[serde(default, deserialize_with = "opt_number")]
+    view_offset: Option<i64>,
+    #[serde(default, deserialize_with = "opt_number")]
+    last_viewed_at: Option<i64>,
+    grandparent_title: Option<String>,
+    #[serde(default, deserialize_with = "opt_string_or_number")]
+    grandparent_rating_key: Option<String>,
+    grandparent_guid: Option<String>,
+    #[serde(default, deserialize_with = "opt_number")]
+    parent_index: Option<i64>,
+    #[serde(default, deserialize_with = "opt_number")]
+    index: Option<i64>,
+    #[serde(
+        rename = "librarySectionID",
+        default,
+        deserialize_with = "opt_string_or_number"
+    )]
+    library_section_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct GuidTag {
+    id: String,
+}
+
+/// What one guid string says: the item's own id, or (legacy episode guids) the show's.
+#[derive(Debug, PartialEq, Eq)]
+enum GuidMeaning {
+    Item(&'static str, String),
+    Series(&'static str, String),
+    Nothing,
+}
+
+/// Parses a Plex guid: `imdb://tt1`, `tmdb://2`, `tvdb://3`, legacy agents
+/// (`com.plexapp.agents.thetvdb://123/1/2?lang=en`, `…themoviedb://…`, `…xbmcnfo…`, `…hama://anidb-1`)
+/// and NFO agents (`tv.plex.agents.nfo.movie://movie/imdb_tt1`). `plex://`, `local://` and
+/// `none` agents carry no external id.
+fn parse_guid(guid: &str) -> GuidMeaning {
+    let Some((scheme, rest)) = guid.split_once("://") else {
+        return GuidMeaning::Nothing;
+    };
+    let scheme = scheme.to_ascii_lowercase();
+    let value = rest.split('?').next().unwrap_or("").trim();
+    if value.is_empty() {
+        return GuidMeaning::Nothing;
+    }
+    if let Some(agent) = scheme.strip_prefix("com.plexapp.agents.") {
+        let (agent, value) = match agent {
+            "hama" => match parse_hama(value) {
+                Some(pair) => pair,
+                None => return GuidMeaning::Nothing,
+            },
+            "xbmcnfo" if value.starts_with("tt") => ("imdb", value.to_string()),
+            "xbmcnfo" => ("tmdb", value.to_string()),
+            "xbmcnfotv" => ("tvdb", value.to_string()),
+            other => match provider_key(other) {
+                Some(key) => (key, value.to_string()),
+                None => return GuidMeaning::Nothing,
+            },
+        };
+        // `<show>/<season>/<episode>`: relative to the show, so it identifies the show.
+        return match value.split_once('/') {
+            Some((show, _)) if !show.is_empty() => GuidMeaning::Series(agent, show.to_string()),
+            Some(_) => GuidMeaning::Nothing,
+            None => GuidMeaning::Item(agent, value),
+        };
+    }
+    if scheme.starts_with("tv.plex.agents.nfo") {
+        let last = value.rsplit('/').next().unwrap_or("");
+        return match last.split_once('_') {
+            Some((source, id)) if !id.is_empty() => match provider_key(source) {
+                Some(key) => GuidMeaning::Item(key, id.to_string()),
+                None => GuidMeaning::Nothing,
+            },
+            _ => GuidMeaning::Nothing,
+        };
+    }
+    match provider_key(&scheme) {
+        Some(key) if !value.contains('/') => GuidMeaning::Item(key, value.to_string()),
+        _ => GuidMeaning::Nothing,
+    }
+}
+
+/// `anidb-123`, `tvdb2-456`, `tsdb-7` (the HAMA agent's ids).
+fn parse_hama(value: &str) -> Option<(&'static str, String)> {
+    let (source, id) = value.split_once('-')?;
+    let source = source.trim_end_matches(|c: char| c.is_ascii_digit());
+    let key = match source {
+        "anidb" => "anidb",
+        "tvdb" => "tvdb",
+        "tmdb" | "tsdb" => "tmdb",
+        "imdb" => "imdb",
+        _ => return None,
+    };
+    // Any `/<season>/<episode>` tail is kept: the caller decides item or show from it.
+    (!id.is_empty()).then(|| (key, id.to_string()))
+}
+
+impl PlexItem {
+    fn item_type(&self) -> Option<ItemType> {
+        match self.kind.as_deref() {
+            Some("movie") => Some(ItemType::Movie),
+            Some("episode") => Some(ItemType::Episode),
+            _ => None,
+        }
+    }
+
+    /// (own ids, series ids found in the guids themselves).
+    fn ids(&self) -> (ExternalIds, ExternalIds) {
+        let mut own = ExternalIds::new();
+        let mut series = ExternalIds::new();
+        let all = self
+            .guids
+            .iter()
+            .map(|g| g.id.as_str())
+            .chain(self.guid.as_deref());
+        for guid in all {
+            match parse_guid(guid) {
+                GuidMeaning::Item(k, v) => {
+                    own.entry(k.to_string()).or_insert(v);
+                }
+                GuidMeaning::Series(k, v) => {
+                    series.entry(k.to_string()).or_insert(v);
+                }
+                GuidMeaning::Nothing => {}
+            }
+        }
+        if let Some(GuidMeaning::Item(k, v)) = self.grandparent_guid.as_deref().map(parse_guid) {
+            series.entry(k.to_string()).or_insert(v);
+        }
+        (own, series)
+    }
+
+    /// The show to fetch for series ids, when the guids did not already give them.
+    fn show_to_fetch(&self) -> Option<&str> {
+        if self.item_type() != Some(ItemType::Episode) || !self.ids().1.is_empty() {
+            return None;
+        }
+        self.grandparent_rating_key
+            .as_deref()
+            .filter(|k| !k.is_empty())
+    }
+
+    fn into_remote(
+        self,
+        show_ids: Option<ExternalIds>,
+        library: Option<&str>,
+    ) -> Option<RemoteItem> {
+        let item_type = self.item_type()?;
+        let (own, mut series) = self.ids();
+        let episode = item_type == ItemType::Episode;
+        if episode && series.is_empty() {
+            series = show_ids.unwrap_or_default();
+        }
+        let number = |n: Option<i64>| n.and_then(|n| u32::try_from(n).ok());
+        let positive = |n: Option<i64>| n.filter(|n| *n > 0).map(|n| n as u64);
+        Some(RemoteItem {
+            item_id: self.rating_key,
+            item_type,
+            title: self.title,
+            series_title: if episode {
+                self.grandparent_title
+            } else {
+                None
+            },
+            year: number(self.year),
+            season: if episode {
+                number(self.parent_index)
+            } else {
+                None
+            },
+            episode: if episode { number(self.index) } else { None },
+            external_ids: own,
+            series_external_ids: if episode { series } else { ExternalIds::new() },
+            played: self.view_count.unwrap_or(0) > 0,
+            last_played_at: self
+                .last_viewed_at
+                .filter(|s| *s > 0)
+                .map(|s| s.saturating_mul(1000) as Millis),
+            position_ms: positive(self.view_offset).unwrap_or(0),
+            duration_ms: positive(self.duration),
+            library_id: self.library_section_id.or(library.map(str::to_string)),
+        })
+    }
+}
+
+impl PlexClient {
+    pub fn new(cfg: ClientConfig) -> Result<Self, BackendError> {
+        let mut headers = HeaderMap::new();
+        let mut token = HeaderValue::from_str(&cfg.token).map_err(|_| BackendError::Client {
+            status: 0,
+            message: "the Plex token contains characters not allowed in a header".into(),
+        })?;
+        token.set_sensitive(true);
+        headers.insert(HeaderName::from_static("x-plex-token"), token);
+        headers.insert(
+            HeaderName::from_static("x-plex-client-identifier"),
+            HeaderValue::from_static(CLIENT_NAME),
+        );
+        headers.insert(
+            HeaderName::from_static("x-plex-product"),
+            HeaderValue::from_static(CLIENT_NAME),
+        );
+        headers.insert(
+            HeaderName::from_static("x-plex-version"),
+            HeaderValue::from_static(env!("CARGO_PKG_VERSION")),
+        );
+        headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
+        Ok(PlexClient {
+            http: HttpCore::new(cfg.base_url, cfg.timeout, headers)?,
+            sections: Mutex::new(None),
+            series: SeriesIdCache::default(),
+        })
+    }
+
+    /// Movie and show sections, from the cache unless `reload`.
+    async fn sections(&self, reload: bool) -> Result<Vec<Section>, BackendError> {
+        if !reload {
+            if let Some(s) = self.lock_sections().clone() {
+                return Ok(s);
+            }
+        }
+        let req = self.http.request(Method::GET, "/library/sections/all", &[]);
+        let all: Container<SectionsContainer> =
+            self.http.send_json(req, "library sections").await?;
+        let sections: Vec<Section> = all
+            .media_container
+            .directory
+            .into_iter()
+            .filter(|s| s.kind == "movie" || s.kind == "show")
+            .collect();
+        *self.lock_sections() = Some(sections.clone());
+        Ok(sections)
+    }
+
+    fn lock_sections(&self) -> std::sync::MutexGuard<'_, Option<Vec<Section>>> {
+        self.sections.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn metadata(&self, keys: &str, what: &str) -> Result<MetadataContainer, BackendError> {
+        let path = format!("/library/metadata/{keys}");
+        let query = [("includeGuids", "1".to_string())];
+        let req = self.http.request(Method::GET, &path, &query);
+        let c: Container<MetadataContainer> = self.http.send_json(req, what).await?;
+        Ok(c.media_container)
+    }
+
+    /// Fetches (in one request) and caches the ids of the shows these episodes need.
+    async fn load_shows(&self, items: &[PlexItem]) -> Result<(), BackendError> {
+        let mut missing: Vec<&str> = items
+            .iter()
+            .filter_map(PlexItem::show_to_fetch)
+            .filter(|k| self.series.get(k).is_none())
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let shows = match self.metadata(&missing.join(","), "shows").await {
+            Ok(c) => c.metadata,
+            // A show deleted meanwhile: its episodes simply have no series ids.
+            Err(BackendError::NotFound { .. }) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let mut found: std::collections::HashMap<String, ExternalIds> = shows
+            .into_iter()
+            .map(|s| {
+                let ids = s.ids().0;
+                (s.rating_key, ids)
+            })
+            .collect();
+        for key in missing {
+            let ids = found.remove(key).unwrap_or_default();
+            self.series.insert(key.to_string(), ids);
+        }
+        Ok(())
+    }
+
+    fn convert(&self, item: PlexItem, library: Option<&str>) -> Option<RemoteItem> {
+        let show = item.show_to_fetch().and_then(|k| self.series.get(k));
+        item.into_remote(show, library)
+    }
+
+    async fn write(
+        &self,
+        path: &str,
+        method: Method,
+        query: &[(&str, String)],
+        what: &str,
+    ) -> Result<(), BackendError> {
+        let req = self.http.request(method, path, query);
+        self.http.send(req, what).await.map(drop)
+    }
+}
+
+#[async_trait]
+impl BackendApi for PlexClient {
+    async fn identity(&self) -> Result<ServerIdentity, BackendError> {
+        let req = self.http.request(Method::GET, "/identity", &[]);
+        let c: Container<IdentityContainer> = self.http.send_json(req, "server identity").await?;
+        Ok(ServerIdentity {
+            server_id: c.media_container.machine_identifier,
+            name: None,
+            version: c.media_container.version,
+        })
+    }
+
+    async fn list_items(
+        &self,
+        cursor: Option<&str>,
+        page_size: usize,
+    ) -> Result<ItemPage, BackendError> {
+        let sections = self.sections(cursor.is_none()).await?;
+        let position = cursor.and_then(|c| {
+            let (key, offset) = c.rsplit_once(':')?;
+            let offset = offset.parse::<u64>().ok()?;
+            let idx = sections.iter().position(|s| s.key == key)?;
+            Some((idx, offset))
+        });
+        let (idx, offset) = match (cursor, position) {
+            (Some(_), None) => {
+                tracing::warn!(
+                    "listing cursor names no current Plex section; listing again from the start"
+                );
+                (0, 0)
+            }
+            (_, p) => p.unwrap_or((0, 0)),
+        };
+        let Some(section) = sections.get(idx) else {
+            return Ok(ItemPage {
+                items: Vec::new(),
+                next: None,
+                total: Some(0),
+            });
+        };
+        let kind = if section.kind == "movie" { "1" } else { "4" };
+        let path = format!("/library/sections/{}/all", section.key);
+        let query = [
+            ("type", kind.to_string()),
+            ("includeGuids", "1".to_string()),
+            ("X-Plex-Container-Start", offset.to_string()),
+            ("X-Plex-Container-Size", page_size.to_string()),
+        ];
+        let req = self.http.request(Method::GET, &path, &query);
+        let what = format!("section {}", section.key);
+        let page: Container<MetadataContainer> = self.http.send_json(req, &what).await?;
+        let page = page.media_container;
+        self.load_shows(&page.metadata).await?;
+        let got = page.metadata.len() as u64;
+        let section_done = match page.total_size {
+            Some(total) => got == 0 || offset + got >= total.max(0) as u64,
+            None => got < page_size as u64,
+        };
+        let next = if !section_done {
+            Some(format!("{}:{}", section.key, offset + got))
+        } else {
+            sections.get(idx + 1).map(|s| format!("{}:0", s.key))
+        };
+        let library = page
+            .library_section_id
+            .clone()
+            .unwrap_or(section.key.clone());
+        let items = page
+            .metadata
+            .into_iter()
+            .filter_map(|i| self.convert(i, Some(&library)))
+            .collect();
+        Ok(ItemPage {
+            items,
+            next,
+            // Plex counts per section; the listing's total is not known up front.
+            total: None,
+        })
+    }
+
+    async fn get_item(&self, item_id: &str) -> Result<Option<RemoteItem>, BackendError> {
+        let c = match self.metadata(item_id, &format!("item {item_id}")).await {
+            Ok(c) => c,
+            Err(BackendError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let library = c.library_section_id;
+        let Some(item) = c.metadata.into_iter().next() else {
+            return Ok(None);
+        };
+        self.load_shows(std::slice::from_ref(&item)).await?;
+        Ok(self.convert(item, library.as_deref()))
+    }
+
+    async fn set_played(
+        &self,
+        item_id: &str,
+        played: bool,
+        _at: Option<Millis>,
+    ) -> Result<(), BackendError> {
+        // Plex takes no date: the scrobble is stamped with the server's clock.
+        let path = if played {
+            "/:/scrobble"
+        } else {
+            "/:/unscrobble"
+        };
+        let query = [
+            ("identifier", LIBRARY_IDENTIFIER.to_string()),
+            ("key", item_id.to_string()),
+        ];
+        let what = format!(
+            "mark {item_id} {}",
+            if played { "played" } else { "unplayed" }
+        );
+        self.write(path, Method::PUT, &query, &what).await
+    }
+
+    async fn set_position(
+        &self,
+        item_id: &str,
+        position_ms: u64,
+        duration_ms: Option<u64>,
+    ) -> Result<(), BackendError> {
+        let duration = match duration_ms {
+            Some(d) => Some(d),
+            None => match self.get_item(item_id).await? {
+                Some(item) => item.duration_ms,
+                None => {
+                    return Err(BackendError::NotFound {
+                        what: format!("item {item_id}"),
+                    })
+                }
+            },
+        };
+        let mut query = vec![
+            ("ratingKey", item_id.to_string()),
+            ("key", format!("/library/metadata/{item_id}")),
+            ("state", "stopped".to_string()),
+            ("time", position_ms.to_string()),
+        ];
+        if let Some(d) = duration {
+            query.push(("duration", d.to_string()));
+        }
+        self.write(
+            "/:/timeline",
+            Method::POST,
+            &query,
+            &format!("set position of {item_id}"),
+        )
+        .await
+    }
+}
+
+/// Plex writes ids as strings in JSON but some versions and proxies send numbers.
+fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => Ok(s),
+        serde_json::Value::Number(n) => Ok(n.to_string()),
+        other => Err(serde::de::Error::custom(format!(
+            "expected a string or a number, got {other}"
+        ))),
+    }
+}
+
+fn opt_string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    match Option::<serde_json::Value>::deserialize(d)? {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) => Ok(Some(s)),
+        Some(serde_json::Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(other) => Err(serde::de::Error::custom(format!(
+            "expected a string or a number, got {other}"
+        ))),
+    }
+}
+
+/// A number that may arrive as a JSON number or a numeric string.
+fn opt_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    match Option::<serde_json::Value>::deserialize(d)? {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::Number(n)) => {
+            Ok(n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)))
+        }
+        Some(serde_json::Value::String(s)) if s.trim().is_empty() => Ok(None),
+        Some(serde_json::Value::String(s)) => s
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| serde::de::Error::custom(format!("expected a number, got {s:?}"))),
+        Some(serde_json::Value::Bool(b)) => Ok(Some(b as i64)),
+        Some(other) => Err(serde::de::Error::custom(format!(
+            "expected a number, got {other}"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(json: serde_json::Value) -> PlexItem {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn guids_of_every_agent_parse() {
+        use GuidMeaning::*;
+        assert_eq!(
+            parse_guid("imdb://tt0133093"),
+            Item("imdb", "tt0133093".into())
+        );
+        assert_eq!(parse_guid("tmdb://603"), Item("tmdb", "603".into()));
+        assert_eq!(parse_guid("plex://movie/5d776"), Nothing);
+        assert_eq!(
+            parse_guid("com.plexapp.agents.imdb://tt0133093?lang=en"),
+            Item("imdb", "tt0133093".into())
+        );
+        assert_eq!(
+            parse_guid("com.plexapp.agents.themoviedb://603?lang=en"),
+            Item("tmdb", "603".into())
+        );
+        assert_eq!(
+            parse_guid("com.plexapp.agents.thetvdb://121361/1/2?lang=en"),
+            Series("tvdb", "121361".into())
+        );
+        assert_eq!(
+            parse_guid("com.plexapp.agents.thetvdb://121361?lang=en"),
+            Item("tvdb", "121361".into())
+        );
+        assert_eq!(
+            parse_guid("com.plexapp.agents.hama://anidb-123/1/2?lang=en"),
+            Series("anidb", "123".into())
+        );
+        assert_eq!(
+            parse_guid("com.plexapp.agents.xbmcnfo://tt1?lang=en"),
+            Item("imdb", "tt1".into())
+        );
+        assert_eq!(parse_guid("com.plexapp.agents.none://abc"), Nothing);
+        assert_eq!(
+            parse_guid("tv.plex.agents.nfo.movie://movie/imdb_tt5"),
+            Item("imdb", "tt5".into())
+        );
+        assert_eq!(parse_guid("local://12"), Nothing);
+    }
+
+    #[test]
+    fn a_movie_reads_state_in_ms_and_seconds() {
+        let r = item(serde_json::json!({
+            "ratingKey": "101", "type": "movie", "title": "The Matrix", "year": 1999,
+            "guid": "plex://movie/5d776", "Guid": [{"id": "imdb://tt0133093"}, {"id": "tmdb://603"}],
+            "duration": 8160000, "viewCount": 2, "viewOffset": 60000, "lastViewedAt": 1714557600,
+            "librarySectionID": 1
+        }))
+        .into_remote(None, Some("9"))
+        .unwrap();
+        assert_eq!(r.item_id, "101");
+        assert_eq!(r.external_ids["imdb"], "tt0133093");
+        assert_eq!(r.external_ids["tmdb"], "603");
+        assert!(r.played);
+        assert_eq!(r.position_ms, 60_000);
+        assert_eq!(r.duration_ms, Some(8_160_000));
+        assert_eq!(r.last_played_at, Some(1_714_557_600_000));
+        assert_eq!(r.library_id.as_deref(), Some("1"));
+        assert_eq!(r.year, Some(1999));
+    }
+
+    #[test]
+    fn a_legacy_episode_names_its_show() {
+        let it = item(serde_json::json!({
+            "ratingKey": 301, "type": "episode", "title": "Pilot",
+            "guid": "com.plexapp.agents.thetvdb://121361/1/2?lang=en",
+            "grandparentTitle": "Game of Thrones", "grandparentRatingKey": "300",
+            "parentIndex": 1, "index": 2
+        }));
+        assert_eq!(it.show_to_fetch(), None);
+        let r = it.into_remote(None, None).unwrap();
+        assert_eq!(r.item_id, "301");
+        assert!(r.external_ids.is_empty());
+        assert_eq!(r.series_external_ids["tvdb"], "121361");
+        assert_eq!((r.season, r.episode), (Some(1), Some(2)));
+        assert!(!r.played);
+        assert_eq!(r.last_played_at, None);
+    }
+
+    #[test]
+    fn a_modern_episode_takes_series_ids_from_its_show() {
+        let it = item(serde_json::json!({
+            "ratingKey": "201", "type": "episode", "Guid": [{"id": "tvdb://6252618"}],
+            "grandparentRatingKey": "200", "grandparentGuid": "plex://show/abc",
+            "parentIndex": 1, "index": 1
+        }));
+        assert_eq!(it.show_to_fetch(), Some("200"));
+        let show: ExternalIds = [("tvdb".to_string(), "334824".to_string())].into();
+        let r = it.into_remote(Some(show.clone()), None).unwrap();
+        assert_eq!(r.series_external_ids, show);
+        assert_eq!(r.external_ids["tvdb"], "6252618");
+    }
+
+    #[test]
+    fn shows_and_tracks_are_not_items() {
+        assert!(item(serde_json::json!({"ratingKey": "1", "type": "show"}))
+            .into_remote(None, None)
+            .is_none());
+    }
+}

@@ -101,6 +101,7 @@ pub struct StoreError(pub String);
 pub trait Store: Send + Sync + 'static {
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Every (key, value) whose key starts with `prefix`, in key order.
+    #[allow(clippy::type_complexity)]
     fn scan_prefix(&self, tree: Tree, prefix: &[u8])
         -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
     fn apply(&self, batch: Batch) -> Result<(), StoreError>;
@@ -111,6 +112,7 @@ pub trait Store: Send + Sync + 'static {
 /// An in-memory [`Store`] for tests and benchmarks.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
+    #[allow(clippy::type_complexity)]
     trees: Mutex<BTreeMap<(Tree, Vec<u8>), Vec<u8>>>,
 }
 

@@ -1,0 +1,277 @@
+//! Applying a webhook event to a pair's own state (DESIGN.md §6 rules 1–3 and 7).
+//!
+//! Every event ends in exactly one [`Outcome`] with a reason, and its journal entry is removed
+//! in the same batch that persists the effect, even when nothing changed, so the journal
+//! drains and a replay is a no-op by state equality.
+
+use crate::backend::RemoteItem;
+use crate::event::{EventKind, JournalEntry, Millis, WebhookEvent};
+use crate::pair::PairCore;
+use crate::state::Identity;
+use crate::status::{EventRecord, LastEvent, Outcome};
+use crate::store::{Batch, StoreError, Tree};
+
+/// What applying one event decided.
+struct Decision {
+    outcome: Outcome,
+    reason: Option<String>,
+}
+
+impl Decision {
+    fn new(outcome: Outcome, reason: impl Into<Option<&'static str>>) -> Self {
+        Decision {
+            outcome,
+            reason: reason.into().map(str::to_string),
+        }
+    }
+}
+
+/// The identity an event states by itself.
+pub fn event_identity(ev: &WebhookEvent) -> Option<Identity> {
+    Some(Identity {
+        item_type: ev.item_type?,
+        ids: ev.external_ids.clone(),
+        series_ids: ev.series_external_ids.clone(),
+        season: ev.season,
+        episode: ev.episode,
+    })
+}
+
+/// The identity a backend lookup gives.
+pub fn remote_identity(r: &RemoteItem) -> Identity {
+    Identity {
+        item_type: r.item_type,
+        ids: r.external_ids.clone(),
+        series_ids: r.series_external_ids.clone(),
+        season: r.season,
+        episode: r.episode,
+    }
+}
+
+impl PairCore {
+    /// Apply one journalled event; persists the effect and removes the journal entry.
+    pub async fn on_webhook(&mut self, entry: JournalEntry) -> Result<(), StoreError> {
+        let mut batch = Batch::new();
+        batch.remove(Tree::Journal, JournalEntry::key(entry.seq).to_vec());
+        self.meta.counters.received += 1;
+        let lookup = self.lookup_if_needed(&entry.event).await;
+        let decision = self.decide(&entry, lookup, &mut batch);
+        match decision.outcome {
+            Outcome::Applied | Outcome::Registered => self.meta.counters.applied += 1,
+            Outcome::Unchanged | Outcome::Ignored => self.meta.counters.ignored += 1,
+            Outcome::Dropped => self.meta.counters.failed += 1,
+        }
+        let ev = &entry.event;
+        tracing::debug!(pair = %self.spec.key, seq = entry.seq, event = %ev.event,
+            outcome = ?decision.outcome, reason = ?decision.reason, "webhook applied");
+        let now = self.now();
+        self.meta.last_event = Some(LastEvent {
+            at: now,
+            event: ev.event.as_str().to_string(),
+            request_id: entry.request_id.clone(),
+            outcome: decision.outcome,
+            reason: decision.reason.clone(),
+        });
+        let item = ev.title.clone().or_else(|| ev.item_id.clone()).map(|t| {
+            match (&ev.series_title, ev.season, ev.episode) {
+                (Some(s), Some(se), Some(ep)) => format!("{s} S{se:02}E{ep:02} {t}"),
+                _ => t,
+            }
+        });
+        self.push_event_record(EventRecord {
+            at: now,
+            seq: entry.seq,
+            request_id: entry.request_id.clone(),
+            event: ev.event.as_str().to_string(),
+            raw_event: ev.raw_event.clone(),
+            item,
+            outcome: decision.outcome,
+            reason: decision.reason,
+        });
+        self.put_meta(&mut batch);
+        self.commit(batch)
+    }
+
+    /// One `get_item` call when the event carries no usable ids and the index does not know
+    /// its backend item id (rule 1).
+    async fn lookup_if_needed(&mut self, ev: &WebhookEvent) -> Option<Result<RemoteItem, String>> {
+        let relevant = ev.actionable() || ev.event == EventKind::ItemAdded;
+        let usable = event_identity(ev).is_some_and(|i| i.is_usable());
+        let item_id = ev.item_id.as_deref()?;
+        if !relevant || usable || self.items.by_item_id(item_id).is_some() {
+            return None;
+        }
+        match self.backend.get_item(item_id).await {
+            Ok(Some(r)) => Some(Ok(r)),
+            Ok(None) => Some(Err(format!("item {item_id} not found on the server"))),
+            Err(e) => {
+                self.record_error(format!("looking up item {item_id}: {e}"));
+                Some(Err(e.to_string()))
+            }
+        }
+    }
+
+    fn decide(
+        &mut self,
+        entry: &JournalEntry,
+        lookup: Option<Result<RemoteItem, String>>,
+        batch: &mut Batch,
+    ) -> Decision {
+        let ev = &entry.event;
+        let at = entry.received_at;
+        if !(ev.event.is_state_event() || ev.event == EventKind::ItemAdded) {
+            return Decision::new(
+                Outcome::Ignored,
+                "not a playback, marking or item_added event",
+            );
+        }
+        if ev.item_type.is_none() {
+            return Decision::new(Outcome::Ignored, "not a movie or an episode");
+        }
+        if let Some(lib) = &ev.library_id {
+            if self.spec.ignore_libraries.iter().any(|l| l == lib) {
+                return Decision::new(Outcome::Ignored, "library ignored by ignore_libraries");
+            }
+        }
+        // Resolve the identity: the event's own ids, the index, or the lookup.
+        let mut identity = event_identity(ev).expect("item_type checked above");
+        let known_slot = ev
+            .item_id
+            .as_deref()
+            .and_then(|id| self.items.by_item_id(id));
+        if let Some(slot) = known_slot {
+            identity = self.items.get(slot).identity().merged(&identity);
+        }
+        let mut lookup_duration = None;
+        match lookup {
+            Some(Ok(remote)) => {
+                if let Some(lib) = &remote.library_id {
+                    if self.spec.ignore_libraries.iter().any(|l| l == lib) {
+                        return Decision::new(
+                            Outcome::Ignored,
+                            "library ignored by ignore_libraries",
+                        );
+                    }
+                }
+                identity = identity.merged(&remote_identity(&remote));
+                lookup_duration = remote.duration_ms;
+            }
+            Some(Err(e)) if !identity.is_usable() => {
+                self.meta.dropped_no_ids += 1;
+                return Decision {
+                    outcome: Outcome::Dropped,
+                    reason: Some(format!("no external ids (lookup failed: {e})")),
+                };
+            }
+            _ => {}
+        }
+        if !identity.is_usable() {
+            self.meta.dropped_no_ids += 1;
+            return Decision::new(Outcome::Dropped, "no external ids");
+        }
+        // Register (or teach the index) the item when the event names it.
+        let mut slot = None;
+        let mut registered = false;
+        if let Some(item_id) = ev.item_id.as_deref() {
+            let (s, is_new) = self
+                .items
+                .upsert(item_id, &identity, ev.title.as_deref(), at);
+            let duration = ev.duration_ms.or(lookup_duration);
+            if duration.is_some() {
+                self.items.get_mut(s).duration_ms = duration;
+            }
+            registered = is_new;
+            slot = Some(s);
+            self.put_item(batch, s);
+            self.apply_pending_for(s, batch);
+        } else if let Some(s) = self.items.find(&identity) {
+            slot = Some(s);
+        }
+        if ev.event == EventKind::ItemAdded {
+            return if registered {
+                Decision::new(Outcome::Registered, "item registered")
+            } else {
+                Decision::new(Outcome::Unchanged, "item already known")
+            };
+        }
+        if !self.spec.import {
+            return Decision::new(Outcome::Ignored, "import disabled for this backend");
+        }
+        if let Some(played) = ev.asserts_played() {
+            return self.apply_played(slot, &identity, played, at, &entry.request_id, batch);
+        }
+        match ev.position_ms {
+            Some(pos) => self.apply_position(slot, &identity, pos, at, &entry.request_id, batch),
+            None => Decision::new(Outcome::Unchanged, "event carries no position"),
+        }
+    }
+
+    fn apply_played(
+        &mut self,
+        slot: Option<u32>,
+        identity: &Identity,
+        played: bool,
+        at: Millis,
+        request_id: &str,
+        batch: &mut Batch,
+    ) -> Decision {
+        if let Some(s) = slot {
+            let item = self.items.get(s);
+            if item.played == played {
+                return Decision::new(Outcome::Unchanged, "state already equal");
+            }
+            if at < item.played_at {
+                return Decision::new(Outcome::Ignored, "older than the stored state");
+            }
+            // Our own push coming back before its confirmation: the echo of a sibling's change.
+            let item_id = item.item_id.to_string();
+            if let Some((want, changed_at)) = self.outbox.wanted_played(&item_id) {
+                if want == played {
+                    self.settle_echo(s, played, changed_at, batch);
+                    return Decision::new(Outcome::Unchanged, "echo of our own push");
+                }
+            }
+            let item = self.items.get_mut(s);
+            item.played = played;
+            item.played_at = at;
+            if played {
+                item.position_ms = 0;
+                item.position_at = at;
+            }
+            self.put_item(batch, s);
+        }
+        self.propagate(identity, Some(played), None, at, request_id);
+        Decision::new(Outcome::Applied, None)
+    }
+
+    fn apply_position(
+        &mut self,
+        slot: Option<u32>,
+        identity: &Identity,
+        pos: u64,
+        at: Millis,
+        request_id: &str,
+        batch: &mut Batch,
+    ) -> Decision {
+        if let Some(s) = slot {
+            let item = self.items.get(s);
+            if item.position_ms == pos {
+                return Decision::new(Outcome::Unchanged, "position already equal");
+            }
+            if at < item.position_at {
+                return Decision::new(Outcome::Ignored, "older than the stored position");
+            }
+            if self.outbox.wanted_position(&item.item_id) == Some(pos) {
+                return Decision::new(Outcome::Unchanged, "echo of our own push");
+            }
+            let item = self.items.get_mut(s);
+            item.position_ms = pos;
+            item.position_at = at;
+            self.put_item(batch, s);
+        }
+        if self.settings.progress && pos > self.settings.progress_min.as_millis() as u64 {
+            self.propagate(identity, None, Some(pos), at, request_id);
+        }
+        Decision::new(Outcome::Applied, None)
+    }
+}

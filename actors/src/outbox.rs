@@ -1,0 +1,610 @@
+//! The outbox of a pair (DESIGN.md §7): pushes waiting for the media server, their retry
+//! schedule, and dead letters. Persisted under `<pair>/o/` and `<pair>/d/`.
+//!
+//! Pushes run in spawned tasks so a slow server never blocks the actor's mailbox; the result
+//! comes back as `PairMsg::PushResult`. At most [`MAX_IN_FLIGHT`] pushes run at once per
+//! actor, and never two for the same item (their order matters).
+
+use crate::backend::BackendError;
+use crate::event::Millis;
+use crate::store::PairKey;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+/// Concurrent pushes per actor: enough to keep latency low while a sync backlog drains.
+pub const MAX_IN_FLIGHT: usize = 4;
+
+/// When to retry a failed push: exponential backoff with jitter, as data (svix style).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetrySchedule {
+    /// Delay after the first failure.
+    pub base: Duration,
+    /// Upper bound of the doubling delay.
+    pub max: Duration,
+    /// Total attempts (first try included) before a push becomes a dead letter.
+    pub attempts: u32,
+    /// Relative jitter, 0.1 = ±10 %.
+    pub jitter: f64,
+}
+
+impl RetrySchedule {
+    /// The delay before the next attempt after `failed_attempts` failures (≥ 1), or `None`
+    /// when the push must become a dead letter. `unit` is a uniform random number in [0, 1).
+    /// A server's `Retry-After` is honoured: the delay is never shorter than it asks.
+    pub fn next_delay(
+        &self,
+        failed_attempts: u32,
+        error: &BackendError,
+        unit: f64,
+    ) -> Option<Duration> {
+        if !error.is_retryable() || failed_attempts >= self.attempts.max(1) {
+            return None;
+        }
+        let exp = failed_attempts.saturating_sub(1).min(30);
+        let raw = self.base.saturating_mul(1u32 << exp).min(self.max);
+        let factor = 1.0 + self.jitter * (2.0 * unit.clamp(0.0, 1.0) - 1.0);
+        let jittered = raw.mul_f64(factor.max(0.0)).min(self.max);
+        Some(match error.retry_after() {
+            Some(ra) => ra.max(jittered),
+            None => jittered,
+        })
+    }
+}
+
+/// What to write on the media server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PushAction {
+    SetPlayed {
+        played: bool,
+        at: Option<Millis>,
+    },
+    SetPosition {
+        position_ms: u64,
+        duration_ms: Option<u64>,
+    },
+}
+
+impl PushAction {
+    pub fn describe(&self) -> String {
+        match self {
+            PushAction::SetPlayed { played: true, .. } => "mark_played".into(),
+            PushAction::SetPlayed { played: false, .. } => "mark_unplayed".into(),
+            PushAction::SetPosition { position_ms, .. } => format!("set_position {position_ms}"),
+        }
+    }
+
+    fn is_played(&self) -> bool {
+        matches!(self, PushAction::SetPlayed { .. })
+    }
+}
+
+/// One queued push, persisted as JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    /// Monotonic per pair: order of pushes and store key.
+    pub id: u64,
+    pub item_id: String,
+    pub action: PushAction,
+    /// The change time stored with the new state once the server confirms (rule 4).
+    pub changed_at: Millis,
+    pub origin: PairKey,
+    pub request_id: String,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// Not before this time (clock ms).
+    pub due_at: Millis,
+    pub created_at: Millis,
+    pub last_error: Option<String>,
+}
+
+/// Queued pushes and dead letters of one pair.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    pub queue: BTreeMap<u64, OutboxEntry>,
+    pub dead: BTreeMap<u64, OutboxEntry>,
+    /// Entry ids whose push is running.
+    pub in_flight: HashSet<u64>,
+    /// Item id → queued entry ids, so "what is wanted for this item" needs no scan.
+    by_item: HashMap<String, Vec<u64>>,
+}
+
+impl Outbox {
+    /// Queue a push. A played push supersedes queued (not running) pushes of the same item;
+    /// a position push supersedes queued position pushes. Returns the ids it removed.
+    pub fn enqueue(&mut self, entry: OutboxEntry) -> Vec<u64> {
+        let mut removed = Vec::new();
+        if let Some(ids) = self.by_item.get(&entry.item_id) {
+            for id in ids {
+                if self.in_flight.contains(id) {
+                    continue;
+                }
+                if let Some(old) = self.queue.get(id) {
+                    if entry.action.is_played() || !old.action.is_played() {
+                        removed.push(*id);
+                    }
+                }
+            }
+        }
+        for id in &removed {
+            self.remove(*id);
+        }
+        self.insert(entry);
+        removed
+    }
+
+    /// Put back an entry (restore at start, or a dead letter retried).
+    pub fn insert(&mut self, entry: OutboxEntry) {
+        self.by_item
+            .entry(entry.item_id.clone())
+            .or_default()
+            .push(entry.id);
+        self.queue.insert(entry.id, entry);
+    }
+
+    pub fn remove(&mut self, id: u64) -> Option<OutboxEntry> {
+        let e = self.queue.remove(&id)?;
+        self.in_flight.remove(&id);
+        if let Some(ids) = self.by_item.get_mut(&e.item_id) {
+            ids.retain(|x| *x != id);
+            if ids.is_empty() {
+                self.by_item.remove(&e.item_id);
+            }
+        }
+        Some(e)
+    }
+
+    /// The played state the newest queued push for this item wants, with its time.
+    pub fn wanted_played(&self, item_id: &str) -> Option<(bool, Millis)> {
+        self.entries_for(item_id)
+            .filter_map(|e| match e.action {
+                PushAction::SetPlayed { played, .. } => Some((played, e.changed_at)),
+                _ => None,
+            })
+            .next_back()
+    }
+
+    /// The position the newest queued push for this item wants.
+    pub fn wanted_position(&self, item_id: &str) -> Option<u64> {
+        self.entries_for(item_id)
+            .filter_map(|e| match e.action {
+                PushAction::SetPosition { position_ms, .. } => Some(position_ms),
+                _ => None,
+            })
+            .next_back()
+    }
+
+    pub fn entries_for<'a>(
+        &'a self,
+        item_id: &str,
+    ) -> impl DoubleEndedIterator<Item = &'a OutboxEntry> {
+        self.by_item
+            .get(item_id)
+            .map(|v| v.as_slice())
+            .unwrap_or(&[])
+            .iter()
+            .filter_map(|id| self.queue.get(id))
+    }
+
+    /// Entries to start now: due, not running, their item has nothing running, oldest first.
+    pub fn ready(&self, now: Millis, max_in_flight: usize) -> Vec<u64> {
+        let mut busy: HashSet<&str> = self
+            .in_flight
+            .iter()
+            .filter_map(|id| self.queue.get(id))
+            .map(|e| e.item_id.as_str())
+            .collect();
+        let mut out = Vec::new();
+        let mut slots = max_in_flight.saturating_sub(self.in_flight.len());
+        for (id, e) in &self.queue {
+            if slots == 0 {
+                break;
+            }
+            if self.in_flight.contains(id) || e.due_at > now || busy.contains(e.item_id.as_str()) {
+                continue;
+            }
+            busy.insert(e.item_id.as_str());
+            out.push(*id);
+            slots -= 1;
+        }
+        out
+    }
+
+    /// The earliest due time of a queued, not running entry.
+    pub fn next_due(&self) -> Option<Millis> {
+        self.queue
+            .iter()
+            .filter(|(id, _)| !self.in_flight.contains(id))
+            .map(|(_, e)| e.due_at)
+            .min()
+    }
+}
+
+// ---- The actor side: running pushes and handling their results. ----
+
+use crate::backend::BackendApi;
+use crate::pair::{encode, PairCore, PairMsg};
+use crate::status::{DeadLetterView, OutboxStatus, PushRecord, QueuedPushView};
+use crate::store::{Batch, StoreError, Tree};
+use std::sync::Arc;
+
+async fn run_push(
+    backend: Arc<dyn BackendApi>,
+    item_id: String,
+    action: PushAction,
+) -> Result<(), BackendError> {
+    match action {
+        PushAction::SetPlayed { played, at } => backend.set_played(&item_id, played, at).await,
+        PushAction::SetPosition {
+            position_ms,
+            duration_ms,
+        } => {
+            backend
+                .set_position(&item_id, position_ms, duration_ms)
+                .await
+        }
+    }
+}
+
+impl PairCore {
+    pub fn retry_schedule(&self) -> RetrySchedule {
+        RetrySchedule {
+            base: self.settings.retry_base,
+            max: self.settings.retry_max,
+            attempts: self.settings.push_attempts,
+            jitter: self.settings.jitter,
+        }
+    }
+
+    /// Start every push that is due, and arm the wake timer for the next one.
+    pub fn pump_outbox(&mut self) {
+        let now = self.now();
+        for id in self.outbox.ready(now, MAX_IN_FLIGHT) {
+            let Some(entry) = self.outbox.queue.get(&id) else {
+                continue;
+            };
+            self.outbox.in_flight.insert(id);
+            let backend = self.backend.clone();
+            let me = self.myself.clone();
+            let (item_id, action) = (entry.item_id.clone(), entry.action.clone());
+            tokio::spawn(async move {
+                let started = tokio::time::Instant::now();
+                let result = run_push(backend, item_id, action).await;
+                let latency_ms = started.elapsed().as_millis() as u64;
+                let _ = me.cast(PairMsg::PushResult {
+                    entry_id: id,
+                    result,
+                    latency_ms,
+                });
+            });
+        }
+        match self.outbox.next_due() {
+            Some(due) if due > now => {
+                if self.outbox_timer.as_ref().is_some_and(|(at, _)| *at == due) {
+                    return;
+                }
+                if let Some((_, t)) = self.outbox_timer.take() {
+                    t.abort();
+                }
+                let me = self.myself.clone();
+                let wait = std::time::Duration::from_millis((due - now) as u64);
+                let t = tokio::spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    let _ = me.cast(PairMsg::OutboxWake);
+                });
+                self.outbox_timer = Some((due, t));
+            }
+            _ => {}
+        }
+    }
+
+    /// A push finished: store the confirmed state, or schedule a retry, or dead-letter it.
+    pub fn on_push_result(
+        &mut self,
+        entry_id: u64,
+        result: Result<(), BackendError>,
+        latency_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.outbox.in_flight.remove(&entry_id);
+        let Some(mut entry) = self.outbox.queue.get(&entry_id).cloned() else {
+            return Ok(());
+        };
+        entry.attempts += 1;
+        let now = self.now();
+        let mut batch = Batch::new();
+        self.meta.metrics.push_latency.observe(latency_ms);
+        let mut record = PushRecord {
+            at: now,
+            request_id: entry.request_id.clone(),
+            item_id: entry.item_id.clone(),
+            action: entry.action.describe(),
+            attempt: entry.attempts,
+            result: "ok".into(),
+            error: None,
+            latency_ms,
+        };
+        match result {
+            Ok(()) => {
+                self.outbox.remove(entry_id);
+                batch.remove(Tree::Pairs, self.outbox_key(entry_id));
+                self.meta.counters.pushed += 1;
+                self.meta.metrics.push_ok += 1;
+                if let Some(slot) = self.items.by_item_id(&entry.item_id) {
+                    let item = self.items.get_mut(slot);
+                    match entry.action {
+                        PushAction::SetPlayed { played, .. } => {
+                            item.played = played;
+                            item.played_at = entry.changed_at;
+                            if played {
+                                item.position_ms = 0;
+                                item.position_at = entry.changed_at;
+                            }
+                        }
+                        PushAction::SetPosition { position_ms, .. } => {
+                            item.position_ms = position_ms;
+                            item.position_at = entry.changed_at;
+                        }
+                    }
+                    self.put_item(&mut batch, slot);
+                }
+                tracing::debug!(pair = %self.spec.key, item = %entry.item_id,
+                    action = %entry.action.describe(), "push confirmed");
+            }
+            Err(err) => {
+                let unit: f64 = rand::random();
+                entry.last_error = Some(err.to_string());
+                record.error = Some(err.to_string());
+                match self.retry_schedule().next_delay(entry.attempts, &err, unit) {
+                    Some(delay) => {
+                        entry.due_at = now + delay.as_millis() as Millis;
+                        record.result = "retry".into();
+                        self.meta.metrics.push_retried += 1;
+                        self.put_outbox(&mut batch, &entry);
+                        self.outbox.queue.insert(entry_id, entry);
+                    }
+                    None => {
+                        self.outbox.remove(entry_id);
+                        batch.remove(Tree::Pairs, self.outbox_key(entry_id));
+                        batch.put(Tree::Pairs, self.dead_key(entry_id), encode(&entry));
+                        self.meta.counters.push_failed += 1;
+                        self.meta.metrics.push_dead += 1;
+                        record.result = "dead_letter".into();
+                        self.record_error(format!(
+                            "push {} of item {} failed after {} attempt(s): {err}",
+                            entry.action.describe(),
+                            entry.item_id,
+                            entry.attempts
+                        ));
+                        self.outbox.dead.insert(entry_id, entry);
+                    }
+                }
+            }
+        }
+        self.push_push_record(record);
+        self.put_meta(&mut batch);
+        self.commit(batch)
+    }
+
+    /// The media server reported the state a queued push wants: it is there already.
+    pub fn settle_echo(&mut self, slot: u32, played: bool, changed_at: Millis, batch: &mut Batch) {
+        let item_id = self.items.get(slot).item_id.to_string();
+        let queued: Vec<u64> = self
+            .outbox
+            .entries_for(&item_id)
+            .filter(|e| {
+                !self.outbox.in_flight.contains(&e.id)
+                    && matches!(e.action, PushAction::SetPlayed { played: p, .. } if p == played)
+            })
+            .map(|e| e.id)
+            .collect();
+        if queued.is_empty() {
+            // In flight: its result will store the state.
+            return;
+        }
+        for id in queued {
+            self.outbox.remove(id);
+            batch.remove(Tree::Pairs, self.outbox_key(id));
+        }
+        let item = self.items.get_mut(slot);
+        item.played = played;
+        item.played_at = changed_at;
+        if played {
+            item.position_ms = 0;
+            item.position_at = changed_at;
+        }
+        self.put_item(batch, slot);
+    }
+
+    /// Put every dead letter back in the queue with fresh attempts.
+    pub fn retry_dead_letters(&mut self) -> Result<usize, StoreError> {
+        let dead = std::mem::take(&mut self.outbox.dead);
+        let n = dead.len();
+        let now = self.now();
+        let mut batch = Batch::new();
+        for (id, mut e) in dead {
+            batch.remove(Tree::Pairs, self.dead_key(id));
+            e.attempts = 0;
+            e.due_at = now;
+            self.put_outbox(&mut batch, &e);
+            self.outbox.insert(e);
+        }
+        self.commit(batch)?;
+        Ok(n)
+    }
+
+    pub fn outbox_status(&self) -> OutboxStatus {
+        let now = self.now();
+        OutboxStatus {
+            pending: self.outbox.queue.len(),
+            in_flight: self.outbox.in_flight.len(),
+            dead_letters: self.outbox.dead.len(),
+            oldest_age_s: self
+                .outbox
+                .queue
+                .values()
+                .map(|e| e.created_at)
+                .min()
+                .map(|c| ((now - c).max(0) / 1000) as u64),
+            dead: self
+                .outbox
+                .dead
+                .values()
+                .take(20)
+                .map(|e| DeadLetterView {
+                    item_id: e.item_id.clone(),
+                    action: e.action.describe(),
+                    attempts: e.attempts,
+                    error: e.last_error.clone(),
+                    request_id: e.request_id.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    pub fn outbox_view(&self, item_id: &str) -> Vec<QueuedPushView> {
+        let queued = self.outbox.entries_for(item_id).map(|e| (e, false));
+        let dead = self
+            .outbox
+            .dead
+            .values()
+            .filter(|e| e.item_id == item_id)
+            .map(|e| (e, true));
+        queued
+            .chain(dead)
+            .map(|(e, dead)| QueuedPushView {
+                action: e.action.describe(),
+                attempts: e.attempts,
+                dead,
+                last_error: e.last_error.clone(),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sched() -> RetrySchedule {
+        RetrySchedule {
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(300),
+            attempts: 10,
+            jitter: 0.0,
+        }
+    }
+
+    fn server() -> BackendError {
+        BackendError::Server {
+            status: 500,
+            message: "x".into(),
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_from_base_to_max() {
+        let s = sched();
+        let d: Vec<u64> = (1..10)
+            .map(|n| s.next_delay(n, &server(), 0.5).unwrap().as_secs())
+            .collect();
+        assert_eq!(d, vec![1, 2, 4, 8, 16, 32, 64, 128, 256]);
+        let s = RetrySchedule { attempts: 20, ..s };
+        assert_eq!(
+            s.next_delay(12, &server(), 0.5),
+            Some(Duration::from_secs(300))
+        );
+    }
+
+    #[test]
+    fn gives_up_after_attempts_or_on_permanent_errors() {
+        let s = sched();
+        assert_eq!(s.next_delay(10, &server(), 0.5), None);
+        let perm = BackendError::Client {
+            status: 400,
+            message: "bad".into(),
+        };
+        assert_eq!(s.next_delay(1, &perm, 0.5), None);
+        let timeout408 = BackendError::Client {
+            status: 408,
+            message: "t".into(),
+        };
+        assert!(s.next_delay(1, &timeout408, 0.5).is_some());
+    }
+
+    #[test]
+    fn retry_after_is_honoured_and_jitter_stays_in_bounds() {
+        let s = sched();
+        let e = BackendError::RateLimited {
+            retry_after_ms: Some(7000),
+        };
+        assert_eq!(s.next_delay(1, &e, 0.9), Some(Duration::from_secs(7)));
+        let j = RetrySchedule {
+            jitter: 0.5,
+            ..sched()
+        };
+        let lo = j.next_delay(3, &server(), 0.0).unwrap();
+        let hi = j.next_delay(3, &server(), 0.999).unwrap();
+        assert_eq!(lo, Duration::from_secs(2));
+        assert!(hi > Duration::from_millis(5900) && hi <= Duration::from_secs(6));
+    }
+
+    fn entry(id: u64, item: &str, action: PushAction) -> OutboxEntry {
+        OutboxEntry {
+            id,
+            item_id: item.into(),
+            action,
+            changed_at: id as Millis,
+            origin: PairKey::new("u", "a"),
+            request_id: "r".into(),
+            attempts: 0,
+            due_at: 0,
+            created_at: 0,
+            last_error: None,
+        }
+    }
+
+    #[test]
+    fn played_push_supersedes_queued_pushes_of_the_item() {
+        let mut o = Outbox::default();
+        o.enqueue(entry(
+            1,
+            "a",
+            PushAction::SetPosition {
+                position_ms: 5,
+                duration_ms: None,
+            },
+        ));
+        o.enqueue(entry(
+            2,
+            "b",
+            PushAction::SetPlayed {
+                played: true,
+                at: None,
+            },
+        ));
+        let removed = o.enqueue(entry(
+            3,
+            "a",
+            PushAction::SetPlayed {
+                played: true,
+                at: None,
+            },
+        ));
+        assert_eq!(removed, vec![1]);
+        assert_eq!(o.wanted_played("a"), Some((true, 3)));
+        assert_eq!(o.wanted_position("a"), None);
+        assert_eq!(o.ready(0, 4), vec![2, 3]);
+        o.in_flight.insert(3);
+        o.enqueue(entry(
+            4,
+            "a",
+            PushAction::SetPlayed {
+                played: false,
+                at: None,
+            },
+        ));
+        assert_eq!(o.ready(0, 4), vec![2], "one push per item at a time");
+        assert_eq!(o.wanted_played("a"), Some((false, 4)));
+    }
+}

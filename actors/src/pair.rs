@@ -1,0 +1,487 @@
+//! The pair actor (DESIGN.md §5): one per (user, backend). It owns that backend's items for
+//! that user, in memory and in the store, and processes one message at a time, so its state
+//! needs no locks. The rules live beside it: [`crate::apply`] (webhooks),
+//! [`crate::propagate`] (siblings' changes), [`crate::outbox`] (pushes), [`crate::sync`].
+
+use crate::backend::{BackendApi, BackendError, ItemPage};
+use crate::clock::Clock;
+use crate::config::{PairSpec, SyncSettings};
+use crate::event::{JournalEntry, Millis};
+use crate::outbox::{Outbox, OutboxEntry};
+use crate::propagate::{Pending, PendingEntry, StateChanged};
+use crate::state::{Item, Items, StoredItem};
+use crate::status::{
+    ActorState, ConflictRecord, Counters, EventRecord, ItemView, LastError, LastEvent, PairMetrics,
+    PairStatus, PushRecord, RequestOutcome,
+};
+use crate::store::{Batch, PairKey, Store, StoreError, Tree};
+use crate::supervisor::{Router, SyncNowError};
+use crate::sync::{SyncMeta, SyncRun};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use tokio::task::JoinHandle;
+
+/// How many recent events and pushes an actor keeps for status and request traces.
+pub const RECENT_LIMIT: usize = 200;
+/// How many recent conflicts an actor keeps for status.
+pub const CONFLICT_LIMIT: usize = 50;
+
+/// Everything a pair actor receives (DESIGN.md §5).
+pub enum PairMsg {
+    /// A journalled webhook event for this pair.
+    Webhook(Box<JournalEntry>),
+    /// A sibling of the same user applied a change.
+    StateChanged(Box<StateChanged>),
+    /// The scheduled sync timer fired; stale generations (rescheduled timers) are ignored.
+    SyncTick {
+        generation: u64,
+    },
+    /// The API asks for a sync now.
+    SyncNow(RpcReplyPort<Result<(), SyncNowError>>),
+    /// One page fetched by the running sync's fetch task.
+    SyncPage {
+        run: u64,
+        result: Result<ItemPage, BackendError>,
+    },
+    /// A push task finished.
+    PushResult {
+        entry_id: u64,
+        result: Result<(), BackendError>,
+        latency_ms: u64,
+    },
+    /// The outbox retry timer fired.
+    OutboxWake,
+    /// A sibling finished a sync and wants the states this actor knows (rule 8, last step).
+    CatchUp {
+        requester: PairKey,
+    },
+    RetryDeadLetters(RpcReplyPort<usize>),
+    Status(RpcReplyPort<PairStatus>),
+    RecentEvents(usize, RpcReplyPort<Vec<EventRecord>>),
+    RequestOutcome(String, RpcReplyPort<Option<RequestOutcome>>),
+    /// The item with this index key (`m:imdb:tt1`, `e:tvdb:5`), for the items endpoint.
+    ItemQuery(Vec<String>, RpcReplyPort<Option<ItemView>>),
+}
+
+/// The persisted scalars of a pair: counters, outcomes, ids, sync schedule.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PairMeta {
+    pub counters: Counters,
+    pub last_event: Option<LastEvent>,
+    pub last_error: Option<LastError>,
+    pub sync: SyncMeta,
+    /// Next id for outbox and pending entries (monotonic per pair).
+    pub next_id: u64,
+    pub conflicts: u64,
+    pub dropped_no_ids: u64,
+    pub metrics: PairMetrics,
+}
+
+/// What the supervisor hands a pair actor at (re)start.
+pub struct PairArgs {
+    pub spec: PairSpec,
+    pub backend: Arc<dyn BackendApi>,
+    pub settings: Arc<SyncSettings>,
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    pub router: Arc<Router>,
+    /// Shared with the router, which counts messages it sends; the actor counts them down.
+    pub depth: Arc<AtomicUsize>,
+}
+
+/// The actor's state. The rule modules add `impl PairCore` blocks.
+pub struct PairCore {
+    pub spec: PairSpec,
+    /// `<user>/<backend>/`: every store key of this pair starts with it.
+    pub prefix: String,
+    pub backend: Arc<dyn BackendApi>,
+    pub settings: Arc<SyncSettings>,
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    pub router: Arc<Router>,
+    pub depth: Arc<AtomicUsize>,
+    pub myself: ActorRef<PairMsg>,
+    pub items: Items,
+    pub pending: Pending,
+    pub outbox: Outbox,
+    pub meta: PairMeta,
+    pub events: VecDeque<EventRecord>,
+    pub pushes: VecDeque<PushRecord>,
+    pub conflicts: VecDeque<ConflictRecord>,
+    /// The running scheduled sync, if any.
+    pub sync_run: Option<SyncRun>,
+    /// Generation of the armed sync timer; a tick of an older one is ignored.
+    pub sync_generation: u64,
+    pub sync_timer: Option<JoinHandle<()>>,
+    /// The outbox wake timer and the time it is armed for.
+    pub outbox_timer: Option<(Millis, JoinHandle<()>)>,
+}
+
+impl PairCore {
+    pub fn key(&self) -> &PairKey {
+        &self.spec.key
+    }
+
+    pub fn now(&self) -> Millis {
+        self.clock.now_ms()
+    }
+
+    pub fn item_key(&self, item_id: &str) -> Vec<u8> {
+        format!("{}i/{}", self.prefix, item_id).into_bytes()
+    }
+    pub fn pending_key(&self, id: u64) -> Vec<u8> {
+        format!("{}p/{:020}", self.prefix, id).into_bytes()
+    }
+    pub fn outbox_key(&self, id: u64) -> Vec<u8> {
+        format!("{}o/{:020}", self.prefix, id).into_bytes()
+    }
+    pub fn dead_key(&self, id: u64) -> Vec<u8> {
+        format!("{}d/{:020}", self.prefix, id).into_bytes()
+    }
+    pub fn meta_key(&self) -> Vec<u8> {
+        format!("{}m", self.prefix).into_bytes()
+    }
+
+    pub fn next_id(&mut self) -> u64 {
+        self.meta.next_id += 1;
+        self.meta.next_id
+    }
+
+    pub fn put_item(&self, batch: &mut Batch, slot: u32) {
+        let item = self.items.get(slot);
+        batch.put(
+            Tree::Pairs,
+            self.item_key(&item.item_id),
+            encode(&item.to_stored()),
+        );
+    }
+
+    pub fn put_meta(&self, batch: &mut Batch) {
+        batch.put(Tree::Pairs, self.meta_key(), encode(&self.meta));
+    }
+
+    pub fn put_outbox(&self, batch: &mut Batch, entry: &OutboxEntry) {
+        batch.put(Tree::Pairs, self.outbox_key(entry.id), encode(entry));
+    }
+
+    /// Write a batch; a failing store fails the actor, and the supervisor restarts it from
+    /// what was persisted (the journal still holds the unapplied event).
+    pub fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.store.apply(batch)
+    }
+
+    pub fn record_error(&mut self, message: String) {
+        tracing::warn!(pair = %self.spec.key, "{message}");
+        self.meta.last_error = Some(LastError {
+            at: self.now(),
+            message,
+        });
+    }
+
+    pub fn push_event_record(&mut self, rec: EventRecord) {
+        if self.events.len() >= RECENT_LIMIT {
+            self.events.pop_front();
+        }
+        self.events.push_back(rec);
+    }
+
+    pub fn push_push_record(&mut self, rec: PushRecord) {
+        if self.pushes.len() >= RECENT_LIMIT {
+            self.pushes.pop_front();
+        }
+        self.pushes.push_back(rec);
+    }
+
+    /// Send a message to another pair through the router (never fails the sender).
+    pub fn send_to(&self, key: &PairKey, msg: PairMsg) {
+        if let Err(e) = self.router.send(key, msg) {
+            tracing::warn!(from = %self.spec.key, to = %key, "cannot reach sibling: {e}");
+        }
+    }
+
+    /// Load everything persisted under this pair's prefix.
+    fn load(&mut self) -> Result<(), StoreError> {
+        let rows = self
+            .store
+            .scan_prefix(Tree::Pairs, self.prefix.as_bytes())?;
+        let plen = self.prefix.len();
+        for (k, v) in rows {
+            let rest = &k[plen..];
+            let bad = |what: &str| {
+                StoreError(format!(
+                    "cannot decode {what} at {}: delete it or restore a backup",
+                    String::from_utf8_lossy(&k)
+                ))
+            };
+            if rest == b"m" {
+                self.meta = decode(&v).ok_or_else(|| bad("pair meta"))?;
+            } else if rest.starts_with(b"i/") {
+                let s: StoredItem = decode(&v).ok_or_else(|| bad("item"))?;
+                self.items.insert(Item::from_stored(&s));
+            } else if rest.starts_with(b"p/") {
+                let p: PendingEntry = decode(&v).ok_or_else(|| bad("pending state"))?;
+                self.pending.insert(p);
+            } else if rest.starts_with(b"o/") {
+                let e: OutboxEntry = decode(&v).ok_or_else(|| bad("outbox entry"))?;
+                self.outbox.insert(e);
+            } else if rest.starts_with(b"d/") {
+                let e: OutboxEntry = decode(&v).ok_or_else(|| bad("dead letter"))?;
+                self.outbox.dead.insert(e.id, e);
+            }
+        }
+        self.items.shrink();
+        Ok(())
+    }
+
+    fn state(&self) -> ActorState {
+        if self.sync_run.is_some() {
+            ActorState::Syncing
+        } else if self.depth.load(Ordering::Relaxed) > 0 {
+            ActorState::Processing
+        } else {
+            ActorState::Idle
+        }
+    }
+
+    pub fn status(&self) -> PairStatus {
+        PairStatus {
+            user: self.spec.key.user.clone(),
+            backend: self.spec.key.backend.clone(),
+            kind: self.spec.kind,
+            server_id: self.spec.server_id.clone(),
+            backend_user_id: self.spec.backend_user_id.clone(),
+            import: self.spec.import,
+            export: self.spec.export,
+            state: self.state(),
+            items: self.items.len(),
+            mailbox_depth: self.depth.load(Ordering::Relaxed),
+            last_event: self.meta.last_event.clone(),
+            counters: self.meta.counters.clone(),
+            outbox: self.outbox_status(),
+            sync: self.sync_status(),
+            last_error: self.meta.last_error.clone(),
+            restarts: 0,
+            pending: self.pending.len(),
+            conflicts: crate::status::ConflictStatus {
+                count: self.meta.conflicts,
+                recent: self.conflicts.iter().rev().take(10).cloned().collect(),
+            },
+            dropped_no_ids: self.meta.dropped_no_ids,
+            metrics: self.meta.metrics.clone(),
+        }
+    }
+
+    fn request_outcome(&self, request_id: &str) -> Option<RequestOutcome> {
+        let event = self
+            .events
+            .iter()
+            .rev()
+            .find(|e| e.request_id == request_id)
+            .cloned();
+        let pushes: Vec<PushRecord> = self
+            .pushes
+            .iter()
+            .filter(|p| p.request_id == request_id)
+            .cloned()
+            .collect();
+        if event.is_none() && pushes.is_empty() {
+            return None;
+        }
+        Some(RequestOutcome {
+            pair: self.spec.key.clone(),
+            event,
+            pushes,
+        })
+    }
+
+    fn item_view(&self, keys: &[String]) -> Option<ItemView> {
+        let slot = keys.iter().find_map(|k| self.items.find_key(k));
+        let item = slot.map(|s| self.items.get(s).to_stored());
+        let pending = self.pending.view_for_keys(keys);
+        let outbox = item
+            .as_ref()
+            .map(|i| self.outbox_view(&i.item_id))
+            .unwrap_or_default();
+        let conflicts: Vec<ConflictRecord> = match &item {
+            Some(i) => {
+                let d = i.identity.describe();
+                self.conflicts
+                    .iter()
+                    .filter(|c| c.identity == d)
+                    .cloned()
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+        if item.is_none() && pending.is_none() {
+            return None;
+        }
+        Some(ItemView {
+            item,
+            pending,
+            outbox,
+            conflicts,
+        })
+    }
+}
+
+pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("state types serialise to JSON")
+}
+
+pub fn decode<T: for<'de> Deserialize<'de>>(v: &[u8]) -> Option<T> {
+    serde_json::from_slice(v).ok()
+}
+
+/// The ractor actor; its state is [`PairCore`].
+pub struct PairActor;
+
+impl Actor for PairActor {
+    type Msg = PairMsg;
+    type State = PairCore;
+    type Arguments = PairArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<PairMsg>,
+        args: PairArgs,
+    ) -> Result<PairCore, ActorProcessingErr> {
+        let prefix = format!("{}/{}/", args.spec.key.user, args.spec.key.backend);
+        let mut core = PairCore {
+            spec: args.spec,
+            prefix,
+            backend: args.backend,
+            settings: args.settings,
+            store: args.store,
+            clock: args.clock,
+            router: args.router,
+            depth: args.depth,
+            myself,
+            items: Items::default(),
+            pending: Pending::default(),
+            outbox: Outbox::default(),
+            meta: PairMeta::default(),
+            events: VecDeque::new(),
+            pushes: VecDeque::new(),
+            conflicts: VecDeque::new(),
+            sync_run: None,
+            sync_generation: 0,
+            sync_timer: None,
+            outbox_timer: None,
+        };
+        core.load()?;
+        Ok(core)
+    }
+
+    async fn post_start(
+        &self,
+        _myself: ActorRef<PairMsg>,
+        core: &mut PairCore,
+    ) -> Result<(), ActorProcessingErr> {
+        core.schedule_first_sync();
+        core.pump_outbox();
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<PairMsg>,
+        core: &mut PairCore,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(t) = core.sync_timer.take() {
+            t.abort();
+        }
+        if let Some((_, t)) = core.outbox_timer.take() {
+            t.abort();
+        }
+        if let Some(run) = core.sync_run.take() {
+            run.task.abort();
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<PairMsg>,
+        msg: PairMsg,
+        core: &mut PairCore,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            PairMsg::Webhook(entry) => {
+                let r = core.on_webhook(*entry).await;
+                core.depth_down();
+                r?;
+                core.pump_outbox();
+            }
+            PairMsg::StateChanged(sc) => {
+                let r = core.on_state_changed(*sc);
+                core.depth_down();
+                r?;
+                core.pump_outbox();
+            }
+            PairMsg::SyncTick { generation } => {
+                if generation == core.sync_generation && core.sync_run.is_none() {
+                    core.start_sync()?;
+                }
+            }
+            PairMsg::SyncNow(reply) => {
+                let r = if core.sync_run.is_some() {
+                    Err(SyncNowError::AlreadyRunning(core.spec.key.clone()))
+                } else {
+                    core.start_sync().map_err(|e| SyncNowError::Store(e.0))
+                };
+                let _ = reply.send(r);
+            }
+            PairMsg::SyncPage { run, result } => {
+                core.on_sync_page(run, result)?;
+                core.pump_outbox();
+            }
+            PairMsg::PushResult {
+                entry_id,
+                result,
+                latency_ms,
+            } => {
+                core.on_push_result(entry_id, result, latency_ms)?;
+                core.pump_outbox();
+            }
+            PairMsg::OutboxWake => {
+                core.outbox_timer = None;
+                core.pump_outbox();
+            }
+            PairMsg::CatchUp { requester } => core.on_catch_up(&requester),
+            PairMsg::RetryDeadLetters(reply) => {
+                let n = core.retry_dead_letters()?;
+                let _ = reply.send(n);
+                core.pump_outbox();
+            }
+            PairMsg::Status(reply) => {
+                let _ = reply.send(core.status());
+            }
+            PairMsg::RecentEvents(limit, reply) => {
+                let ev: Vec<EventRecord> = core.events.iter().rev().take(limit).cloned().collect();
+                let _ = reply.send(ev);
+            }
+            PairMsg::RequestOutcome(id, reply) => {
+                let _ = reply.send(core.request_outcome(&id));
+            }
+            PairMsg::ItemQuery(keys, reply) => {
+                let _ = reply.send(core.item_view(&keys));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl PairCore {
+    fn depth_down(&self) {
+        let _ = self
+            .depth
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| d.checked_sub(1));
+    }
+}

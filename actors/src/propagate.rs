@@ -1,0 +1,348 @@
+//! Propagation between the pairs of one user (DESIGN.md §6 rules 4–6): `StateChanged` to
+//! siblings, comparison on the target, pending wanted states and conflicts.
+
+use crate::event::Millis;
+use crate::outbox::{OutboxEntry, PushAction};
+use crate::pair::{encode, PairCore, PairMsg, CONFLICT_LIMIT};
+use crate::state::Identity;
+use crate::status::{ConflictRecord, PendingView};
+use crate::store::{Batch, PairKey, StoreError, Tree};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+
+/// A change applied by a sibling (U, A), sent to (U, X) (rule 4). Exactly one of `played`
+/// and `position_ms` is set: a played change clears the position by itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StateChanged {
+    pub identity: Identity,
+    pub played: Option<bool>,
+    pub position_ms: Option<u64>,
+    /// The time of the change (rule 3), stored with the state once pushed.
+    pub changed_at: Millis,
+    pub origin: PairKey,
+    /// The webhook request (or `sync:<pair>`) that caused it, for traces.
+    pub request_id: String,
+}
+
+/// A wanted state for an item this backend does not know yet (rule 5).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingEntry {
+    pub id: u64,
+    pub identity: Identity,
+    pub played: Option<(bool, Millis)>,
+    pub position: Option<(u64, Millis)>,
+    pub origin: PairKey,
+    pub request_id: String,
+    pub since: Millis,
+}
+
+/// Pending wanted states with an index by identity key.
+#[derive(Debug, Default)]
+pub struct Pending {
+    entries: BTreeMap<u64, PendingEntry>,
+    by_key: HashMap<String, u64>,
+}
+
+impl Pending {
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn insert(&mut self, p: PendingEntry) {
+        for k in p.identity.index_keys() {
+            self.by_key.insert(k, p.id);
+        }
+        self.entries.insert(p.id, p);
+    }
+
+    pub fn find(&self, identity: &Identity) -> Option<u64> {
+        identity
+            .index_keys()
+            .iter()
+            .find_map(|k| self.by_key.get(k).copied())
+            .filter(|id| self.entries.contains_key(id))
+    }
+
+    pub fn get_mut(&mut self, id: u64) -> Option<&mut PendingEntry> {
+        self.entries.get_mut(&id)
+    }
+
+    pub fn remove(&mut self, id: u64) -> Option<PendingEntry> {
+        let p = self.entries.remove(&id)?;
+        for k in p.identity.index_keys() {
+            if self.by_key.get(&k) == Some(&id) {
+                self.by_key.remove(&k);
+            }
+        }
+        Some(p)
+    }
+
+    pub fn view_for_keys(&self, keys: &[String]) -> Option<PendingView> {
+        let id = keys.iter().find_map(|k| self.by_key.get(k))?;
+        let p = self.entries.get(id)?;
+        Some(PendingView {
+            identity: p.identity.clone(),
+            played: p.played.map(|x| x.0),
+            played_at: p.played.map(|x| x.1),
+            position_ms: p.position.map(|x| x.0),
+            position_at: p.position.map(|x| x.1),
+            origin: p.origin.clone(),
+            request_id: p.request_id.clone(),
+            since: p.since,
+        })
+    }
+}
+
+impl PairCore {
+    /// Send a change this pair applied to every sibling of the same user that accepts pushes.
+    pub fn propagate(
+        &self,
+        identity: &Identity,
+        played: Option<bool>,
+        position_ms: Option<u64>,
+        changed_at: Millis,
+        request_id: &str,
+    ) {
+        if !self.spec.import {
+            return;
+        }
+        for (sibling, export) in self.router.siblings(self.key()) {
+            if !export {
+                continue;
+            }
+            let msg = StateChanged {
+                identity: identity.clone(),
+                played,
+                position_ms,
+                changed_at,
+                origin: self.spec.key.clone(),
+                request_id: request_id.to_string(),
+            };
+            self.send_to(&sibling, PairMsg::StateChanged(Box::new(msg)));
+        }
+    }
+
+    /// A sibling's change arrived: compare, then push, keep pending, or record a conflict.
+    pub fn on_state_changed(&mut self, sc: StateChanged) -> Result<(), StoreError> {
+        if !self.spec.export || sc.origin.user != self.spec.key.user {
+            return Ok(());
+        }
+        let mut batch = Batch::new();
+        match self.items.find(&sc.identity) {
+            Some(slot) => {
+                let pushed = self.want(slot, &sc, &mut batch);
+                if pushed && sc.request_id == format!("sync:{}", self.spec.key) {
+                    self.meta.sync.pushed += 1;
+                }
+            }
+            None => self.keep_pending(sc, &mut batch),
+        }
+        self.put_meta(&mut batch);
+        self.commit(batch)
+    }
+
+    fn keep_pending(&mut self, sc: StateChanged, batch: &mut Batch) {
+        let now = self.now();
+        let id = match self.pending.find(&sc.identity) {
+            Some(id) => id,
+            None => {
+                let id = self.next_id();
+                self.pending.insert(PendingEntry {
+                    id,
+                    identity: sc.identity.clone(),
+                    played: None,
+                    position: None,
+                    origin: sc.origin.clone(),
+                    request_id: sc.request_id.clone(),
+                    since: now,
+                });
+                id
+            }
+        };
+        let p = self.pending.get_mut(id).expect("just found or inserted");
+        if let Some(played) = sc.played {
+            if p.played.is_none_or(|(_, at)| sc.changed_at >= at) {
+                p.played = Some((played, sc.changed_at));
+                p.position = None;
+                p.origin = sc.origin.clone();
+                p.request_id = sc.request_id.clone();
+            }
+        }
+        if let Some(pos) = sc.position_ms {
+            let newer_played = p.played.is_some_and(|(_, at)| at > sc.changed_at);
+            if !newer_played && p.position.is_none_or(|(_, at)| sc.changed_at >= at) {
+                p.position = Some((pos, sc.changed_at));
+                p.origin = sc.origin.clone();
+                p.request_id = sc.request_id.clone();
+            }
+        }
+        p.identity = p.identity.merged(&sc.identity);
+        let p = p.clone();
+        self.pending.remove(id);
+        self.pending.insert(p.clone());
+        batch.put(Tree::Pairs, self.pending_key(id), encode(&p));
+    }
+
+    /// Apply wanted states kept for the item in `slot`, now that this pair knows it.
+    pub fn apply_pending_for(&mut self, slot: u32, batch: &mut Batch) -> usize {
+        if self.pending.is_empty() {
+            return 0;
+        }
+        let identity = self.items.get(slot).identity();
+        let Some(id) = self.pending.find(&identity) else {
+            return 0;
+        };
+        let p = self.pending.remove(id).expect("found above");
+        batch.remove(Tree::Pairs, self.pending_key(id));
+        let mut pushed = 0;
+        if let Some((played, at)) = p.played {
+            let sc = StateChanged {
+                identity: p.identity.clone(),
+                played: Some(played),
+                position_ms: None,
+                changed_at: at,
+                origin: p.origin.clone(),
+                request_id: p.request_id.clone(),
+            };
+            pushed += self.want(slot, &sc, batch) as usize;
+        }
+        if let Some((pos, at)) = p.position {
+            let sc = StateChanged {
+                identity: p.identity,
+                played: None,
+                position_ms: Some(pos),
+                changed_at: at,
+                origin: p.origin,
+                request_id: p.request_id,
+            };
+            pushed += self.want(slot, &sc, batch) as usize;
+        }
+        pushed
+    }
+
+    /// Compare a wanted state with the item's state (including pushes already queued) and
+    /// queue a push when needed. Returns true when a push was queued.
+    pub fn want(&mut self, slot: u32, sc: &StateChanged, batch: &mut Batch) -> bool {
+        if !self.spec.export {
+            return false;
+        }
+        let item = self.items.get(slot);
+        let item_id = item.item_id.to_string();
+        let (eff_played, eff_played_at) = self
+            .outbox
+            .wanted_played(&item_id)
+            .unwrap_or((item.played, item.played_at));
+        let action = if let Some(played) = sc.played {
+            if eff_played == played {
+                return false;
+            }
+            if eff_played_at > sc.changed_at {
+                self.record_conflict(sc, eff_played_at, format!("played={played}"));
+                return false;
+            }
+            PushAction::SetPlayed {
+                played,
+                at: played.then_some(sc.changed_at),
+            }
+        } else if let Some(pos) = sc.position_ms {
+            let s = &self.settings;
+            if !s.progress || eff_played || pos <= s.progress_min.as_millis() as u64 {
+                return false;
+            }
+            let eff_pos = self
+                .outbox
+                .wanted_position(&item_id)
+                .unwrap_or(item.position_ms);
+            if pos.abs_diff(eff_pos) <= s.progress_threshold.as_millis() as u64 {
+                return false;
+            }
+            if item.position_at > sc.changed_at {
+                self.record_conflict(sc, item.position_at, format!("position={pos}"));
+                return false;
+            }
+            PushAction::SetPosition {
+                position_ms: pos,
+                duration_ms: item.duration_ms,
+            }
+        } else {
+            return false;
+        };
+        let now = self.now();
+        let entry = OutboxEntry {
+            id: self.next_id(),
+            item_id,
+            action,
+            changed_at: sc.changed_at,
+            origin: sc.origin.clone(),
+            request_id: sc.request_id.clone(),
+            attempts: 0,
+            due_at: now,
+            created_at: now,
+            last_error: None,
+        };
+        for removed in self.outbox.enqueue(entry.clone()) {
+            batch.remove(Tree::Pairs, self.outbox_key(removed));
+        }
+        self.put_outbox(batch, &entry);
+        true
+    }
+
+    fn record_conflict(&mut self, sc: &StateChanged, held_at: Millis, wanted: String) {
+        self.meta.conflicts += 1;
+        if self.conflicts.len() >= CONFLICT_LIMIT {
+            self.conflicts.pop_front();
+        }
+        self.conflicts.push_back(ConflictRecord {
+            at: self.now(),
+            identity: sc.identity.describe(),
+            origin: sc.origin.clone(),
+            request_id: sc.request_id.clone(),
+            wanted,
+            wanted_at: sc.changed_at,
+            held_at,
+        });
+    }
+
+    /// A sibling finished a sync: send it every state this pair knows a time for, so the
+    /// sibling can push what its backend lacks (rule 8). Equal states cost it nothing.
+    pub fn on_catch_up(&self, requester: &PairKey) {
+        if !self.spec.import || requester.user != self.spec.key.user {
+            return;
+        }
+        let request_id = format!("sync:{}", requester);
+        for (_, item) in self.items.iter() {
+            let identity = item.identity();
+            if !identity.is_usable() {
+                continue;
+            }
+            if item.played_at > 0 {
+                let msg = StateChanged {
+                    identity: identity.clone(),
+                    played: Some(item.played),
+                    position_ms: None,
+                    changed_at: item.played_at,
+                    origin: self.spec.key.clone(),
+                    request_id: request_id.clone(),
+                };
+                self.send_to(requester, PairMsg::StateChanged(Box::new(msg)));
+            }
+            if !item.played
+                && item.position_at > 0
+                && item.position_ms > self.settings.progress_min.as_millis() as u64
+            {
+                let msg = StateChanged {
+                    identity,
+                    played: None,
+                    position_ms: Some(item.position_ms),
+                    changed_at: item.position_at,
+                    origin: self.spec.key.clone(),
+                    request_id: request_id.clone(),
+                };
+                self.send_to(requester, PairMsg::StateChanged(Box::new(msg)));
+            }
+        }
+    }
+}

@@ -1,0 +1,343 @@
+//! The scheduled sync (DESIGN.md §6 rule 8, issue 6): a `SyncTick` timer message per actor.
+//!
+//! Pages are fetched by a spawned task (rate-limited) that sends each page back as a
+//! `PairMsg::SyncPage`, so webhooks keep being processed, in order, while a run goes on. The
+//! cursor of the next page is persisted with each page's effects: an interrupted run resumes
+//! from it. The next run time is persisted, so a restart neither skips nor repeats a run.
+
+use crate::apply::remote_identity;
+use crate::backend::{BackendApi, BackendError, ItemPage, RemoteItem};
+use crate::event::Millis;
+use crate::pair::{PairCore, PairMsg};
+use crate::status::SyncStatus;
+use crate::store::{Batch, StoreError};
+use ractor::ActorRef;
+use serde::{Deserialize, Serialize};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+
+/// A failed run is retried after this long (or the interval, when shorter).
+pub const FAILED_SYNC_RETRY: Duration = Duration::from_secs(15 * 60);
+
+/// Persisted sync bookkeeping of a pair.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SyncMeta {
+    pub last_started: Option<Millis>,
+    pub last_finished: Option<Millis>,
+    pub last_result: Option<String>,
+    pub seen: u64,
+    pub total: Option<u64>,
+    pub changed: u64,
+    /// Pushes this pair's sync queued (pending applied, catch-up from siblings).
+    pub pushed: u64,
+    /// When the next run is due (clock ms).
+    pub next_at: Option<Millis>,
+    /// The cursor of the next page of an unfinished run: where a resumed run starts.
+    pub checkpoint: Option<String>,
+    pub runs_ok: u64,
+    pub runs_failed: u64,
+}
+
+impl SyncMeta {
+    /// A run started and never finished (crash, shutdown): resume it soon.
+    fn interrupted(&self) -> bool {
+        self.checkpoint.is_some()
+            || match (self.last_started, self.last_finished) {
+                (Some(s), Some(f)) => s > f,
+                (Some(_), None) => true,
+                _ => false,
+            }
+    }
+}
+
+/// The run in progress (memory only; its progress is persisted in [`SyncMeta`]).
+pub struct SyncRun {
+    pub id: u64,
+    /// The page fetch task, aborted if the actor stops.
+    pub task: JoinHandle<()>,
+}
+
+async fn fetch_pages(
+    backend: Arc<dyn BackendApi>,
+    me: ActorRef<PairMsg>,
+    run: u64,
+    mut cursor: Option<String>,
+    page_size: usize,
+    max_rps: f64,
+) {
+    let gap = if max_rps > 0.0 {
+        Duration::from_secs_f64(1.0 / max_rps)
+    } else {
+        Duration::ZERO
+    };
+    let mut last: Option<tokio::time::Instant> = None;
+    loop {
+        if let Some(l) = last {
+            tokio::time::sleep_until(l + gap).await;
+        }
+        last = Some(tokio::time::Instant::now());
+        let result = backend.list_items(cursor.as_deref(), page_size).await;
+        let next = result.as_ref().ok().and_then(|p| p.next.clone());
+        let done = next.is_none();
+        if me.cast(PairMsg::SyncPage { run, result }).is_err() || done {
+            return;
+        }
+        cursor = next;
+    }
+}
+
+impl PairCore {
+    fn stagger(&self) -> Duration {
+        let base = self.settings.first_sync_delay;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.spec.key.hash(&mut h);
+        let window = base.as_millis().max(1) as u64;
+        base + Duration::from_millis(h.finish() % window)
+    }
+
+    /// At start: arm the timer for the persisted next run, or soon when never synced,
+    /// overdue or interrupted.
+    pub fn schedule_first_sync(&mut self) {
+        if self.spec.sync_interval.is_none() {
+            return;
+        }
+        let now = self.now();
+        let m = &self.meta.sync;
+        let delay = match m.next_at {
+            Some(next) if next > now && !m.interrupted() => {
+                Duration::from_millis((next - now) as u64)
+            }
+            _ => self.stagger(),
+        };
+        self.meta.sync.next_at = Some(now + delay.as_millis() as Millis);
+        self.arm_sync_timer(delay);
+    }
+
+    fn arm_sync_timer(&mut self, delay: Duration) {
+        self.sync_generation += 1;
+        if let Some(t) = self.sync_timer.take() {
+            t.abort();
+        }
+        let generation = self.sync_generation;
+        let me = self.myself.clone();
+        self.sync_timer = Some(tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = me.cast(PairMsg::SyncTick { generation });
+        }));
+    }
+
+    /// Begin a run (from the checkpoint when the last one was interrupted).
+    pub fn start_sync(&mut self) -> Result<(), StoreError> {
+        let id = self.next_id();
+        let now = self.now();
+        let resume = self.meta.sync.checkpoint.clone();
+        if let Some(t) = self.sync_timer.take() {
+            t.abort();
+        }
+        let m = &mut self.meta.sync;
+        if resume.is_none() {
+            m.seen = 0;
+            m.changed = 0;
+            m.pushed = 0;
+            m.total = None;
+        }
+        m.last_started = Some(now);
+        tracing::info!(pair = %self.spec.key, resume = resume.is_some(), "scheduled sync started");
+        let task = tokio::spawn(fetch_pages(
+            self.backend.clone(),
+            self.myself.clone(),
+            id,
+            resume,
+            self.settings.page_size.max(1),
+            self.settings.max_requests_per_second,
+        ));
+        self.sync_run = Some(SyncRun { id, task });
+        let mut batch = Batch::new();
+        self.put_meta(&mut batch);
+        self.commit(batch)
+    }
+
+    /// One page of the running sync: compare its items, persist them with the checkpoint.
+    pub fn on_sync_page(
+        &mut self,
+        run: u64,
+        result: Result<ItemPage, BackendError>,
+    ) -> Result<(), StoreError> {
+        if self.sync_run.as_ref().map(|r| r.id) != Some(run) {
+            return Ok(());
+        }
+        let page = match result {
+            Ok(p) => p,
+            Err(e) => return self.finish_sync(Err(e.to_string())),
+        };
+        let mut batch = Batch::new();
+        for item in &page.items {
+            self.sync_item(item, &mut batch);
+        }
+        let m = &mut self.meta.sync;
+        m.seen += page.items.len() as u64;
+        if page.total.is_some() {
+            m.total = page.total;
+        }
+        m.checkpoint = page.next.clone();
+        self.put_meta(&mut batch);
+        self.commit(batch)?;
+        if page.next.is_none() {
+            self.finish_sync(Ok(()))?;
+        }
+        Ok(())
+    }
+
+    /// Rule 8 for one listed item.
+    fn sync_item(&mut self, r: &RemoteItem, batch: &mut Batch) {
+        if let Some(lib) = &r.library_id {
+            if self.spec.ignore_libraries.iter().any(|l| l == lib) {
+                return;
+            }
+        }
+        let now = self.now();
+        let identity = remote_identity(r);
+        let usable = identity.is_usable();
+        let known = self
+            .items
+            .by_item_id(&r.item_id)
+            .or_else(|| self.items.find(&identity));
+        let (slot, _) = self
+            .items
+            .upsert(&r.item_id, &identity, r.title.as_deref(), now);
+        if r.duration_ms.is_some() {
+            self.items.get_mut(slot).duration_ms = r.duration_ms;
+        }
+        let request_id = format!("sync:{}", self.spec.key);
+        let min = self.settings.progress_min.as_millis() as u64;
+        if self.spec.import && usable {
+            let item = self.items.get(slot).clone();
+            let wanted = self.outbox.wanted_played(&item.item_id);
+            if known.is_none() {
+                // First sight: played is a change; unplayed only registers (never an unmark).
+                let it = self.items.get_mut(slot);
+                if r.played {
+                    let at = r.last_played_at.unwrap_or(now);
+                    it.played = true;
+                    it.played_at = at;
+                    self.meta.sync.changed += 1;
+                    self.propagate(&identity, Some(true), None, at, &request_id);
+                } else if r.position_ms > 0 {
+                    it.position_ms = r.position_ms;
+                }
+            } else if item.played != r.played {
+                if wanted.map(|w| w.0) == Some(r.played) {
+                    self.settle_echo(slot, r.played, wanted.map(|w| w.1).unwrap_or(now), batch);
+                } else {
+                    let at = if r.played {
+                        r.last_played_at
+                            .filter(|t| *t > item.played_at)
+                            .unwrap_or(now)
+                    } else {
+                        now
+                    };
+                    let it = self.items.get_mut(slot);
+                    it.played = r.played;
+                    it.played_at = at;
+                    if r.played {
+                        it.position_ms = 0;
+                        it.position_at = at;
+                    }
+                    self.meta.sync.changed += 1;
+                    self.propagate(&identity, Some(r.played), None, at, &request_id);
+                }
+            } else if !r.played
+                && r.position_ms != item.position_ms
+                && self.outbox.wanted_position(&item.item_id) != Some(r.position_ms)
+            {
+                let it = self.items.get_mut(slot);
+                it.position_ms = r.position_ms;
+                it.position_at = now;
+                self.meta.sync.changed += 1;
+                if self.settings.progress && r.position_ms > min {
+                    self.propagate(&identity, None, Some(r.position_ms), now, &request_id);
+                }
+            }
+        }
+        self.meta.sync.pushed += self.apply_pending_for(slot, batch) as u64;
+        self.put_item(batch, slot);
+    }
+
+    fn finish_sync(&mut self, result: Result<(), String>) -> Result<(), StoreError> {
+        let Some(run) = self.sync_run.take() else {
+            return Ok(());
+        };
+        run.task.abort();
+        let now = self.now();
+        let interval = self
+            .spec
+            .sync_interval
+            .unwrap_or(crate::config::DEFAULT_SYNC_INTERVAL);
+        let ok = result.is_ok();
+        let m = &mut self.meta.sync;
+        m.last_finished = Some(now);
+        let wait = match &result {
+            Ok(()) => {
+                m.checkpoint = None;
+                m.runs_ok += 1;
+                m.last_result = Some("ok".into());
+                let unit: f64 = rand::random();
+                let j = 1.0 + self.settings.jitter * (2.0 * unit - 1.0);
+                interval.mul_f64(j.max(0.0))
+            }
+            Err(e) => {
+                m.runs_failed += 1;
+                m.last_result = Some(format!("failed: {e}"));
+                interval.min(FAILED_SYNC_RETRY)
+            }
+        };
+        m.next_at = Some(now + wait.as_millis() as Millis);
+        if let Err(e) = &result {
+            self.record_error(format!("scheduled sync failed: {e}"));
+        } else {
+            tracing::info!(pair = %self.spec.key, seen = self.meta.sync.seen,
+                changed = self.meta.sync.changed, "scheduled sync finished");
+        }
+        let mut batch = Batch::new();
+        self.put_meta(&mut batch);
+        self.commit(batch)?;
+        if self.spec.sync_interval.is_some() {
+            self.arm_sync_timer(wait);
+        }
+        if ok && self.spec.export {
+            for (sibling, _) in self.router.siblings(self.key()) {
+                self.send_to(
+                    &sibling,
+                    PairMsg::CatchUp {
+                        requester: self.spec.key.clone(),
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    pub fn sync_status(&self) -> SyncStatus {
+        let m = &self.meta.sync;
+        SyncStatus {
+            enabled: self.spec.sync_interval.is_some(),
+            running: self.sync_run.is_some(),
+            last_started: m.last_started,
+            last_finished: m.last_finished,
+            last_result: m.last_result.clone(),
+            seen: m.seen,
+            total: m.total,
+            changed: m.changed,
+            pushed: m.pushed,
+            next_at: if self.spec.sync_interval.is_some() {
+                m.next_at
+            } else {
+                None
+            },
+            runs_ok: m.runs_ok,
+            runs_failed: m.runs_failed,
+        }
+    }
+}

@@ -1,0 +1,571 @@
+//! The actor system seen through its handle: routing, persistence, restarts, the rules of
+//! DESIGN.md §6 and the outbox.
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use support::*;
+use watchstate_actors::backend::BackendError;
+use watchstate_actors::event::{EventKind, ExternalIds};
+use watchstate_actors::status::{ActorState, Outcome};
+use watchstate_actors::store::PairKey;
+
+use watchstate_actors::SyncSettings;
+
+fn three() -> Vec<watchstate_actors::PairSpec> {
+    vec![
+        spec("alice", "plex"),
+        spec("alice", "jelly"),
+        spec("alice", "emby"),
+    ]
+}
+
+/// Register the same movie on every listed backend through item_added webhooks.
+async fn register(
+    h: &mut Harness,
+    user: &str,
+    backends: &[&str],
+    m: &watchstate_actors::backend::RemoteItem,
+    prefix: &str,
+) {
+    for b in backends {
+        let mut item = m.clone();
+        item.item_id = format!("{prefix}-{b}");
+        h.backend(user, b).add(item.clone());
+        h.send(user, b, event(EventKind::ItemAdded, &item));
+    }
+    h.settle().await;
+}
+
+fn local(
+    m: &watchstate_actors::backend::RemoteItem,
+    prefix: &str,
+    b: &str,
+) -> watchstate_actors::backend::RemoteItem {
+    let mut item = m.clone();
+    item.item_id = format!("{prefix}-{b}");
+    item
+}
+
+#[tokio::test(start_paused = true)]
+async fn generic_item_added_reaches_every_users_actor_and_drains_the_journal() {
+    let mut h = Harness::start(
+        vec![spec("alice", "jelly"), spec("bob", "jelly")],
+        SyncSettings::default(),
+    )
+    .await;
+    let m = movie("j1", "tt1");
+    h.send("alice", "jelly", event(EventKind::ItemAdded, &m));
+    h.send("bob", "jelly", event(EventKind::ItemAdded, &m));
+    h.settle().await;
+    for user in ["alice", "bob"] {
+        let v = h.handle.item_states(user, "imdb", "tt1").await;
+        assert_eq!(v.len(), 1);
+        let item = v[0]
+            .1
+            .as_ref()
+            .and_then(|v| v.item.clone())
+            .expect("registered");
+        assert_eq!(item.item_id, "j1");
+        let s = h.status(user, "jelly").await;
+        assert_eq!(s.items, 1);
+        assert_eq!(s.last_event.unwrap().outcome, Outcome::Registered);
+    }
+    assert_eq!(
+        h.journal_len(),
+        0,
+        "every journal entry removed once applied"
+    );
+    assert!(h.handle.ready().ready);
+}
+
+#[tokio::test(start_paused = true)]
+async fn scrobble_propagates_once_and_echoes_and_duplicates_stop() {
+    let mut h = Harness::start(three(), SyncSettings::default()).await;
+    let m = movie("x", "tt42");
+    register(&mut h, "alice", &["plex", "jelly", "emby"], &m, "m").await;
+
+    let scrobble = event(EventKind::Scrobble, &local(&m, "m", "plex"));
+    let first = h.send("alice", "plex", scrobble.clone());
+    for _ in 0..4 {
+        h.send("alice", "plex", scrobble.clone());
+    }
+    h.settle().await;
+    assert_eq!(
+        h.backend("alice", "jelly").writes(),
+        vec![Call::SetPlayed("m-jelly".into(), true)]
+    );
+    assert_eq!(
+        h.backend("alice", "emby").writes(),
+        vec![Call::SetPlayed("m-emby".into(), true)]
+    );
+    assert!(
+        h.backend("alice", "plex").writes().is_empty(),
+        "never written back to the origin"
+    );
+
+    // The media server's own webhook about our write: nothing more anywhere.
+    let echo = event(EventKind::MarkPlayed, &local(&m, "m", "jelly"));
+    h.send("alice", "jelly", echo);
+    h.settle().await;
+    assert_eq!(h.backend("alice", "jelly").writes().len(), 1);
+    assert_eq!(h.backend("alice", "emby").writes().len(), 1);
+    assert!(h.backend("alice", "plex").writes().is_empty());
+    let jelly = h.status("alice", "jelly").await;
+    assert_eq!(jelly.last_event.unwrap().outcome, Outcome::Unchanged);
+    assert_eq!(jelly.counters.pushed, 1);
+
+    // The request trace shows the origin's outcome and the pushes it caused.
+    let trace = h.handle.request_outcomes(&first.request_id).await;
+    let origin = trace
+        .iter()
+        .find(|o| o.pair == PairKey::new("alice", "plex"))
+        .unwrap();
+    assert_eq!(origin.event.as_ref().unwrap().outcome, Outcome::Applied);
+    let pushes: usize = trace.iter().map(|o| o.pushes.len()).sum();
+    assert_eq!(pushes, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn replaying_a_journal_entry_changes_nothing_the_second_time() {
+    let mut h = Harness::start(three(), SyncSettings::default()).await;
+    let m = movie("x", "tt7");
+    register(&mut h, "alice", &["plex", "jelly", "emby"], &m, "r").await;
+    let entry = h.send(
+        "alice",
+        "plex",
+        event(EventKind::MarkPlayed, &local(&m, "r", "plex")),
+    );
+    h.settle().await;
+    let before = h.status("alice", "plex").await.counters;
+    h.redeliver(&entry);
+    h.settle().await;
+    let after = h.status("alice", "plex").await;
+    assert_eq!(after.counters.applied, before.applied);
+    assert_eq!(after.last_event.unwrap().outcome, Outcome::Unchanged);
+    assert_eq!(h.backend("alice", "jelly").writes().len(), 1);
+    assert_eq!(h.journal_len(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn mark_unplayed_propagates() {
+    let mut h = Harness::start(three(), SyncSettings::default()).await;
+    let m = episode("x", "900", "12", 1, 2);
+    register(&mut h, "alice", &["plex", "jelly", "emby"], &m, "e").await;
+    h.send(
+        "alice",
+        "emby",
+        event(EventKind::MarkPlayed, &local(&m, "e", "emby")),
+    );
+    h.settle().await;
+    h.clock.advance(60_000);
+    h.send(
+        "alice",
+        "emby",
+        event(EventKind::MarkUnplayed, &local(&m, "e", "emby")),
+    );
+    h.settle().await;
+    for b in ["plex", "jelly"] {
+        assert_eq!(
+            h.backend("alice", b).writes(),
+            vec![
+                Call::SetPlayed(format!("e-{b}"), true),
+                Call::SetPlayed(format!("e-{b}"), false)
+            ]
+        );
+    }
+    let v = h.handle.item_states("alice", "tvdb", "900").await;
+    assert!(v
+        .iter()
+        .all(|(_, v)| !v.as_ref().unwrap().item.as_ref().unwrap().played));
+}
+
+#[tokio::test(start_paused = true)]
+async fn legacy_series_id_episode_reaches_the_right_episode() {
+    let mut h = Harness::start(three(), SyncSettings::default()).await;
+    let target = episode("x", "900", "12", 3, 4);
+    let other = episode("y", "901", "12", 3, 5);
+    register(&mut h, "alice", &["plex", "jelly", "emby"], &target, "t").await;
+    register(&mut h, "alice", &["plex", "jelly", "emby"], &other, "o").await;
+    // Plex legacy agent: only the show's id and the numbers.
+    let mut ev = event(EventKind::Scrobble, &local(&target, "t", "plex"));
+    ev.external_ids = ExternalIds::new();
+    h.send("alice", "plex", ev);
+    h.settle().await;
+    assert_eq!(
+        h.backend("alice", "jelly").writes(),
+        vec![Call::SetPlayed("t-jelly".into(), true)]
+    );
+    assert_eq!(
+        h.backend("alice", "emby").writes(),
+        vec![Call::SetPlayed("t-emby".into(), true)]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn pending_state_is_applied_when_the_item_is_added() {
+    let mut h = Harness::start(three(), SyncSettings::default()).await;
+    let m = movie("x", "tt9");
+    register(&mut h, "alice", &["plex"], &m, "p").await;
+    h.send(
+        "alice",
+        "plex",
+        event(EventKind::Scrobble, &local(&m, "p", "plex")),
+    );
+    h.settle().await;
+    assert!(h.backend("alice", "jelly").writes().is_empty());
+    let s = h.status("alice", "jelly").await;
+    assert_eq!(s.pending, 1);
+    let v = h.handle.item_states("alice", "imdb", "tt9").await;
+    let jelly = v.iter().find(|(k, _)| k.backend == "jelly").unwrap();
+    assert_eq!(
+        jelly.1.as_ref().unwrap().pending.as_ref().unwrap().played,
+        Some(true)
+    );
+
+    register(&mut h, "alice", &["jelly"], &m, "p").await;
+    assert_eq!(
+        h.backend("alice", "jelly").writes(),
+        vec![Call::SetPlayed("p-jelly".into(), true)]
+    );
+    assert_eq!(h.status("alice", "jelly").await.pending, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn positions_propagate_with_minimum_and_threshold_in_ms() {
+    let mut h = Harness::start(three(), SyncSettings::default()).await;
+    let m = movie("x", "tt5");
+    register(&mut h, "alice", &["plex", "jelly", "emby"], &m, "q").await;
+    let send_pos = |h: &mut Harness, kind: EventKind, ms: u64| {
+        let mut ev = event(kind, &local(&m, "q", "plex"));
+        ev.position_ms = Some(ms);
+        h.send("alice", "plex", ev);
+    };
+    send_pos(&mut h, EventKind::Play, 30_000); // under the 60 s minimum
+    h.settle().await;
+    assert!(h.backend("alice", "jelly").writes().is_empty());
+    send_pos(&mut h, EventKind::Progress, 120_000);
+    h.settle().await;
+    assert_eq!(
+        h.backend("alice", "jelly").writes(),
+        vec![Call::SetPosition("q-jelly".into(), 120_000)]
+    );
+    send_pos(&mut h, EventKind::Pause, 140_000); // 20 s away: under the 30 s threshold
+    h.settle().await;
+    assert_eq!(h.backend("alice", "jelly").writes().len(), 1);
+    send_pos(&mut h, EventKind::Stop, 200_000);
+    h.settle().await;
+    assert_eq!(
+        h.backend("alice", "emby").writes().last(),
+        Some(&Call::SetPosition("q-emby".into(), 200_000))
+    );
+    // Once played, positions no longer propagate to it.
+    h.send(
+        "alice",
+        "jelly",
+        event(EventKind::MarkPlayed, &local(&m, "q", "jelly")),
+    );
+    h.settle().await;
+    let jelly_writes = h.backend("alice", "jelly").writes().len();
+    send_pos(&mut h, EventKind::Progress, 900_000);
+    h.settle().await;
+    assert_eq!(h.backend("alice", "jelly").writes().len(), jelly_writes);
+}
+
+#[tokio::test(start_paused = true)]
+async fn switches_and_users_bound_propagation() {
+    let mut specs = three();
+    specs[1].export = false; // jelly: never written
+    specs[2].import = false; // emby: its events change nothing elsewhere
+    specs.push(spec("bob", "plex"));
+    let mut h = Harness::start(specs, SyncSettings::default()).await;
+    let m = movie("x", "tt3");
+    register(&mut h, "alice", &["plex", "jelly", "emby"], &m, "s").await;
+    register(&mut h, "bob", &["plex"], &m, "b").await;
+
+    h.send(
+        "alice",
+        "emby",
+        event(EventKind::MarkPlayed, &local(&m, "s", "emby")),
+    );
+    h.settle().await;
+    assert_eq!(
+        h.status("alice", "emby").await.last_event.unwrap().outcome,
+        Outcome::Ignored
+    );
+    assert!(h.backend("alice", "plex").writes().is_empty());
+
+    h.send(
+        "alice",
+        "plex",
+        event(EventKind::MarkPlayed, &local(&m, "s", "plex")),
+    );
+    h.settle().await;
+    assert!(
+        h.backend("alice", "jelly").writes().is_empty(),
+        "export = false"
+    );
+    assert_eq!(
+        h.backend("alice", "emby").writes(),
+        vec![Call::SetPlayed("s-emby".into(), true)]
+    );
+    assert!(
+        h.backend("bob", "plex").writes().is_empty(),
+        "never across users"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn events_without_ids_use_the_index_or_one_lookup_or_are_dropped() {
+    let mut h = Harness::start(three(), SyncSettings::default()).await;
+    let m = movie("x", "tt8");
+    // jelly and emby know the movie; plex's event carries no ids and plex never saw it.
+    register(&mut h, "alice", &["jelly", "emby"], &m, "l").await;
+    h.backend("alice", "plex").add(local(&m, "l", "plex"));
+    let mut bare = event(EventKind::Scrobble, &local(&m, "l", "plex"));
+    bare.external_ids = ExternalIds::new();
+    h.send("alice", "plex", bare.clone());
+    h.settle().await;
+    assert_eq!(h.backend("alice", "jelly").writes().len(), 1);
+    assert!(h
+        .backend("alice", "plex")
+        .calls()
+        .iter()
+        .any(|(_, c)| *c == Call::GetItem("l-plex".into())));
+
+    let mut unknown = bare;
+    unknown.item_id = Some("nope".into());
+    h.send("alice", "plex", unknown);
+    h.settle().await;
+    let s = h.status("alice", "plex").await;
+    let last = s.last_event.unwrap();
+    assert_eq!(last.outcome, Outcome::Dropped);
+    assert!(last.reason.unwrap().contains("no external ids"));
+    assert_eq!(s.dropped_no_ids, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn state_survives_a_restart() {
+    let mut h = Harness::start(three(), SyncSettings::default()).await;
+    let m = movie("x", "tt11");
+    register(&mut h, "alice", &["plex", "jelly"], &m, "k").await;
+    h.send(
+        "alice",
+        "plex",
+        event(EventKind::Scrobble, &local(&m, "k", "plex")),
+    );
+    h.settle().await;
+    let mut h = h.restart().await;
+    let v = h.handle.item_states("alice", "imdb", "tt11").await;
+    for (k, view) in &v[..2] {
+        assert!(
+            view.as_ref().unwrap().item.as_ref().unwrap().played,
+            "{k} played after restart"
+        );
+    }
+    assert_eq!(h.status("alice", "plex").await.counters.applied, 2);
+    assert_eq!(
+        h.status("alice", "emby").await.pending,
+        1,
+        "pending survives too"
+    );
+    // And the restored index still stops echoes.
+    h.send(
+        "alice",
+        "jelly",
+        event(EventKind::MarkPlayed, &local(&m, "k", "jelly")),
+    );
+    h.settle().await;
+    assert_eq!(h.backend("alice", "jelly").writes().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_actor_is_restarted_and_its_state_survives() {
+    let store = Arc::new(FlakyStore::default());
+    let specs = three();
+    let backends = specs
+        .iter()
+        .map(|s| (s.key.clone(), FakeBackend::new()))
+        .collect();
+    let clock = Arc::new(watchstate_actors::TestClock::new(1_700_000_000_000));
+    let mut h = Harness::start_with(
+        specs,
+        SyncSettings::default(),
+        store.clone(),
+        clock,
+        backends,
+    )
+    .await;
+    let m = movie("x", "tt12");
+    register(&mut h, "alice", &["plex", "jelly"], &m, "f").await;
+
+    store.fail.store(true, Ordering::SeqCst);
+    let entry = h.send(
+        "alice",
+        "plex",
+        event(EventKind::Scrobble, &local(&m, "f", "plex")),
+    );
+    eventually("the actor to fail", || async {
+        let s = h.status("alice", "plex").await;
+        s.restarts == 1 && matches!(s.state, ActorState::Backoff | ActorState::Failed)
+    })
+    .await;
+    assert!(!h.handle.ready().ready);
+    store.fail.store(false, Ordering::SeqCst);
+    eventually("the actor to be back", || async { h.handle.ready().ready }).await;
+    let s = h.status("alice", "plex").await;
+    assert_eq!(s.restarts, 1);
+    assert_eq!(s.items, 1, "state reloaded from the store");
+    assert!(s.last_error.is_some());
+    // The failed event is still journalled; replaying it (as the lead does at start) applies it.
+    assert_eq!(h.journal_len(), 1);
+    h.redeliver(&entry);
+    h.settle().await;
+    assert_eq!(
+        h.backend("alice", "jelly").writes(),
+        vec![Call::SetPlayed("f-jelly".into(), true)]
+    );
+    assert_eq!(h.journal_len(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn outbox_retries_with_backoff_and_honours_retry_after() {
+    let mut h = Harness::start(three(), SyncSettings::default()).await;
+    let m = movie("x", "tt13");
+    register(&mut h, "alice", &["plex", "jelly"], &m, "o").await;
+    let jelly = h.backend("alice", "jelly");
+    jelly.fault(BackendError::Server {
+        status: 500,
+        message: "oops".into(),
+    });
+    jelly.fault(BackendError::RateLimited {
+        retry_after_ms: Some(7_000),
+    });
+    jelly.fault(BackendError::Network {
+        message: "refused".into(),
+    });
+    h.send(
+        "alice",
+        "plex",
+        event(EventKind::Scrobble, &local(&m, "o", "plex")),
+    );
+    eventually("delivery after retries", || async {
+        jelly.writes().len() == 4
+    })
+    .await;
+    h.settle().await;
+    let times: Vec<_> = jelly
+        .calls()
+        .into_iter()
+        .filter(|(_, c)| matches!(c, Call::SetPlayed(..)))
+        .map(|(t, _)| t)
+        .collect();
+    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    // 1 s (±10 %) after the 500, at least the 7 s Retry-After after the 429, ~4 s after the third.
+    assert!(
+        gaps[0] >= Duration::from_millis(900) && gaps[0] <= Duration::from_millis(1200),
+        "{gaps:?}"
+    );
+    assert!(gaps[1] >= Duration::from_secs(7), "{gaps:?}");
+    assert!(
+        gaps[2] >= Duration::from_millis(3600) && gaps[2] <= Duration::from_millis(4500),
+        "{gaps:?}"
+    );
+    let s = h.status("alice", "jelly").await;
+    assert_eq!(s.counters.pushed, 1);
+    assert_eq!(s.outbox.dead_letters, 0);
+    assert!(jelly.item("o-jelly").played);
+}
+
+#[tokio::test(start_paused = true)]
+async fn permanent_errors_become_dead_letters_that_can_be_retried() {
+    let settings = SyncSettings {
+        push_attempts: 3,
+        ..SyncSettings::default()
+    };
+    let mut h = Harness::start(three(), settings).await;
+    let m = movie("x", "tt14");
+    register(&mut h, "alice", &["plex", "jelly", "emby"], &m, "d").await;
+    let jelly = h.backend("alice", "jelly");
+    let emby = h.backend("alice", "emby");
+    jelly.fault(BackendError::Client {
+        status: 400,
+        message: "bad request".into(),
+    });
+    for _ in 0..3 {
+        emby.fault(BackendError::Server {
+            status: 503,
+            message: "down".into(),
+        });
+    }
+    h.send(
+        "alice",
+        "plex",
+        event(EventKind::Scrobble, &local(&m, "d", "plex")),
+    );
+    h.settle().await;
+    let js = h.status("alice", "jelly").await;
+    assert_eq!((js.outbox.dead_letters, js.counters.push_failed), (1, 1));
+    assert_eq!(jelly.writes().len(), 1, "a permanent 4xx is not retried");
+    let es = h.status("alice", "emby").await;
+    assert_eq!(es.outbox.dead_letters, 1);
+    assert_eq!(emby.writes().len(), 3, "push_attempts attempts");
+    assert!(es.last_error.unwrap().message.contains("after 3 attempt"));
+
+    assert_eq!(
+        h.handle
+            .retry_dead_letters(&PairKey::new("alice", "jelly"))
+            .await
+            .unwrap(),
+        1
+    );
+    h.settle().await;
+    assert!(jelly.item("d-jelly").played);
+    let js = h.status("alice", "jelly").await;
+    assert_eq!((js.outbox.dead_letters, js.counters.pushed), (0, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn status_queries_answer_for_every_pair_and_unknown_pairs_are_errors() {
+    let h = Harness::start(three(), SyncSettings::default()).await;
+    let all = h.handle.all_status().await;
+    assert_eq!(all.len(), 3);
+    assert_eq!(all[0].backend, "plex");
+    let json = serde_json::to_value(&all[0]).unwrap();
+    for field in [
+        "user",
+        "backend",
+        "type",
+        "server_id",
+        "backend_user_id",
+        "import",
+        "export",
+        "state",
+        "items",
+        "mailbox_depth",
+        "last_event",
+        "counters",
+        "outbox",
+        "sync",
+        "last_error",
+    ] {
+        assert!(json.get(field).is_some(), "status has {field}");
+    }
+    let unknown = PairKey::new("carol", "plex");
+    assert!(h.handle.pair_status(&unknown).await.is_none());
+    assert!(h.handle.recent_events(&unknown, 5).await.is_none());
+    assert!(h
+        .handle
+        .dispatch(watchstate_actors::event::JournalEntry {
+            seq: 1,
+            pair: unknown,
+            request_id: "r".into(),
+            received_at: 0,
+            event: event(EventKind::ItemAdded, &movie("x", "tt1")),
+        })
+        .is_err());
+    h.handle.shutdown().await;
+    let _ = h.store.flush();
+}

@@ -6,3 +6,6 @@ mod support;
 mod decode_fixtures;
 mod decode_props;
 mod foundation;
+
+mod reliability_common;
+mod reliability_crash;

@@ -115,24 +115,48 @@ impl Body {
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if let Some(n) = declared {
-            if n > limit {
-                return Err(BodyError::TooLarge(limit));
-            }
-        }
         let Some(mut stream) = self.stream.take() else {
             return Ok(Bytes::new());
         };
+        if declared.is_some_and(|n| n > limit) {
+            drain(&mut stream, DRAIN_BYTES).await;
+            return Err(BodyError::TooLarge(limit));
+        }
         let mut buf = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| BodyError::Read(e.to_string()))?;
             if buf.len() as u64 + chunk.len() as u64 > limit {
+                drain(&mut stream, DRAIN_BYTES).await;
                 return Err(BodyError::TooLarge(limit));
             }
             buf.extend_from_slice(&chunk);
         }
         Ok(buf.freeze())
     }
+}
+
+/// How much of a refused (too large) body is read and thrown away so that the sender, still
+/// uploading, gets the 413 instead of a reset connection; beyond this the connection is closed.
+const DRAIN_BYTES: u64 = 8 * 1024 * 1024;
+
+/// How long draining a refused body may take, so a slow sender cannot hold the connection.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Read and discard up to `max` bytes of `stream` (bounded in time by [`DRAIN_TIME`]).
+async fn drain<S>(stream: &mut S, max: u64)
+where
+    S: futures_util::Stream<Item = Result<Bytes, warp::Error>> + Unpin + ?Sized,
+{
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        let mut seen = 0u64;
+        while let Some(Ok(chunk)) = stream.next().await {
+            seen += chunk.len() as u64;
+            if seen > max {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 pub fn body_error_reply(e: BodyError) -> Reply {

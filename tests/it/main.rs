@@ -9,3 +9,4 @@ mod foundation;
 
 mod reliability_common;
 mod reliability_crash;
+mod reliability_hostile;

@@ -44,6 +44,11 @@ const API_KEY: &[u8] = b"api_key";
 const SCHEMA_VERSION: &[u8] = b"schema_version";
 const SCHEMA: u32 = 1;
 const KEY_FILE: &str = "api_key";
+/// Written beside the database once it holds its schema version; lets `open` notice a
+/// database whose content sled silently dropped.
+const INITIALISED_FILE: &str = "watchstate-initialised";
+/// Prefix of the error made from a panic inside sled while it opens (recovers) the database.
+const PANIC_AT_OPEN: &str = "sled panicked while opening the database: ";
 
 impl SledStore {
     /// Open (or create) the database at `path` with a page cache of `cache_bytes`.
@@ -61,39 +66,35 @@ impl SledStore {
                 path: path.to_path_buf(),
                 source,
             })?;
-        match Self::open_db(path, cache_bytes) {
+        let initialised = path.join(INITIALISED_FILE).exists();
+        let opened = Self::open_db(path, cache_bytes);
+        // sled 0.34 does not report a damaged `db` file: its recovery stops at the first
+        // unreadable segment and opens what came before, often nothing at all. A database
+        // that was initialised before (the marker file) but has lost its schema version has
+        // lost its content that way: it is treated as corrupted too.
+        let corrupt = match &opened {
+            // `Unsupported` at open means sled could not make sense of its `conf` file (it
+            // blames an old sled version; every database of ours was made by 0.34), and a
+            // panic inside sled's recovery means it choked on its own files.
+            Err(sled::Error::Corruption { .. } | sled::Error::Unsupported(_)) => true,
+            Err(sled::Error::ReportableBug(m)) if m.starts_with(PANIC_AT_OPEN) => true,
+            Ok(db) => initialised && !has_schema_version(db),
+            Err(_) => false,
+        };
+        if corrupt {
+            drop(opened);
+            return Self::move_aside_and_recreate(path, cache_bytes);
+        }
+        match opened {
             Ok(db) => Self::from_db(db, None, path),
-            Err(sled::Error::Corruption { .. }) => {
-                let secs = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0);
-                let mut aside = path.as_os_str().to_owned();
-                aside.push(format!(".corrupt-{secs}"));
-                let aside = PathBuf::from(aside);
-                std::fs::rename(path, &aside).map_err(|source| OpenError::MoveAside {
-                    path: path.to_path_buf(),
-                    source,
-                })?;
-                tracing::error!(
-                    corrupt = %aside.display(),
-                    "the database was corrupted; it was moved aside and a new one is created; \
-                     every actor rebuilds its state through a full scheduled sync"
-                );
-                std::fs::create_dir_all(path).map_err(|source| OpenError::CreateDir {
-                    path: path.to_path_buf(),
-                    source,
-                })?;
-                let db = Self::open_db(path, cache_bytes).map_err(|e| OpenError::Sled {
-                    path: path.to_path_buf(),
-                    message: e.to_string(),
-                })?;
-                Self::from_db(db, Some(aside), path)
-            }
             Err(e) => Err(OpenError::Sled {
                 path: path.to_path_buf(),
                 message: match e {
-                    sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                    // sled wraps the lock failure in an `Other` error with this text.
+                    sled::Error::Io(io)
+                        if io.kind() == std::io::ErrorKind::WouldBlock
+                            || io.to_string().contains("could not acquire lock") =>
+                    {
                         "it is locked by another process (is watchstate already running with this storage.path?)".to_string()
                     }
                     other => other.to_string(),
@@ -102,11 +103,56 @@ impl SledStore {
         }
     }
 
+    /// Move the database at `path` to `<path>.corrupt-<unix seconds>` and create a new one.
+    fn move_aside_and_recreate(path: &Path, cache_bytes: u64) -> Result<SledStore, OpenError> {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        // A second corruption within the same second gets `-1`, `-2`, ...: never overwrite.
+        let aside = (0u32..)
+            .map(|n| {
+                let mut p = path.as_os_str().to_owned();
+                p.push(format!(".corrupt-{secs}"));
+                if n > 0 {
+                    p.push(format!("-{n}"));
+                }
+                PathBuf::from(p)
+            })
+            .find(|p| !p.exists())
+            .expect("an unused name");
+        std::fs::rename(path, &aside).map_err(|source| OpenError::MoveAside {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        tracing::error!(
+            corrupt = %aside.display(),
+            "the database was corrupted; it was moved aside and a new one is created; \
+             every actor rebuilds its state through a full scheduled sync"
+        );
+        std::fs::create_dir_all(path).map_err(|source| OpenError::CreateDir {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let db = Self::open_db(path, cache_bytes).map_err(|e| OpenError::Sled {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        Self::from_db(db, Some(aside), path)
+    }
+
     fn open_db(path: &Path, cache_bytes: u64) -> sled::Result<sled::Db> {
-        sled::Config::new()
-            .path(path)
-            .cache_capacity(cache_bytes)
-            .open()
+        let config = sled::Config::new().path(path).cache_capacity(cache_bytes);
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open())).unwrap_or_else(
+            |panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                Err(sled::Error::ReportableBug(format!("{PANIC_AT_OPEN}{what}")))
+            },
+        )
     }
 
     fn from_db(
@@ -130,6 +176,15 @@ impl SledStore {
             .meta
             .insert(SCHEMA_VERSION, &SCHEMA.to_be_bytes())
             .map_err(sled_err)?;
+        // The marker says "this database holds a schema version": from now on, opening it
+        // without one means its content was lost (see `open`). Durable before the marker.
+        let marker = path.join(INITIALISED_FILE);
+        if !marker.exists() {
+            store.db.flush().map_err(sled_err)?;
+            if let Err(e) = std::fs::write(&marker, b"watchstate database initialised\n") {
+                tracing::warn!(path = %marker.display(), error = %e, "cannot write the database marker file");
+            }
+        }
         Ok(store)
     }
 
@@ -214,6 +269,15 @@ impl SledStore {
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
     }
+}
+
+/// Whether the database holds the schema version `from_db` writes at every open.
+fn has_schema_version(db: &sled::Db) -> bool {
+    matches!(
+        db.open_tree(Tree::Meta.name())
+            .and_then(|m| m.contains_key(SCHEMA_VERSION)),
+        Ok(true)
+    )
 }
 
 fn err(e: sled::Error) -> StoreError {
@@ -303,6 +367,89 @@ mod tests {
             Some(b"state".to_vec())
         );
         assert_eq!(s.journal_len(), 0);
+    }
+
+    /// sled opens a database whose `db` file is garbage as an empty one, without an error:
+    /// the marker file turns that silent loss into a visible "moved aside".
+    #[test]
+    fn a_garbage_db_file_is_detected_and_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        {
+            let s = SledStore::open(&path, 1 << 20).unwrap();
+            let mut b = Batch::new();
+            b.put(Tree::Pairs, b"u/b/1".to_vec(), b"state".to_vec());
+            s.apply(b).unwrap();
+            s.flush().unwrap();
+            assert!(s.moved_aside().is_none());
+        }
+        for round in 0..2 {
+            let garbage: Vec<u8> = (0..50_000u32)
+                .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+                .collect();
+            std::fs::write(path.join("db"), &garbage).unwrap();
+            let s = SledStore::open(&path, 1 << 20).unwrap();
+            let aside = s
+                .moved_aside()
+                .expect("the lost database is reported")
+                .to_path_buf();
+            assert!(aside.exists(), "round {round}: {}", aside.display());
+            assert_eq!(s.get(Tree::Pairs, b"u/b/1").unwrap(), None);
+            drop(s);
+            // The new database is sound: reopening it moves nothing.
+            let s = SledStore::open(&path, 1 << 20).unwrap();
+            assert!(s.moved_aside().is_none(), "round {round}");
+        }
+    }
+
+    /// Whatever garbage is in the files, `open` gives a working store (the old one moved
+    /// aside or, when sled recovered it, kept), never an error or a panic.
+    #[test]
+    fn open_survives_garbage_anywhere_in_the_files() {
+        let mut seed = 0x51ed_270b_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for case in 0..24 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("data");
+            {
+                let s = SledStore::open(&path, 1 << 20).unwrap();
+                for i in 0..200u32 {
+                    let mut b = Batch::new();
+                    b.put(Tree::Pairs, i.to_be_bytes().to_vec(), vec![i as u8; 64]);
+                    s.apply(b).unwrap();
+                }
+                s.flush().unwrap();
+            }
+            let file = if case % 3 == 0 { "conf" } else { "db" };
+            let target = path.join(file);
+            let mut bytes = std::fs::read(&target).unwrap();
+            match case % 4 {
+                // overwrite a random window
+                0 | 1 => {
+                    let at = (next() as usize) % bytes.len().max(1);
+                    let len = 1 + (next() as usize) % 256;
+                    for i in at..(at + len).min(bytes.len()) {
+                        bytes[i] = next() as u8;
+                    }
+                }
+                // truncate somewhere
+                2 => bytes.truncate((next() as usize) % bytes.len().max(1)),
+                // all zeros
+                _ => bytes.iter_mut().for_each(|b| *b = 0),
+            }
+            std::fs::write(&target, &bytes).unwrap();
+            let s = SledStore::open(&path, 1 << 20)
+                .unwrap_or_else(|e| panic!("case {case} ({file}): {e}"));
+            let mut b = Batch::new();
+            b.put(Tree::Pairs, b"after".to_vec(), b"ok".to_vec());
+            s.apply(b).unwrap();
+            assert_eq!(s.get(Tree::Pairs, b"after").unwrap(), Some(b"ok".to_vec()));
+        }
     }
 
     #[test]

@@ -10,3 +10,4 @@ mod foundation;
 mod reliability_common;
 mod reliability_crash;
 mod reliability_hostile;
+mod reliability_storage;

@@ -10,4 +10,5 @@ mod foundation;
 mod reliability_common;
 mod reliability_crash;
 mod reliability_hostile;
+mod reliability_security;
 mod reliability_storage;

@@ -7,6 +7,7 @@ mod decode_fixtures;
 mod decode_props;
 mod foundation;
 
+mod reliability_backend_faults;
 mod reliability_common;
 mod reliability_crash;
 mod reliability_hostile;

@@ -39,8 +39,12 @@ impl Seen {
         let status = r.status().as_u16();
         let headers = format!("{:?}", r.headers());
         let body = r.text().await.unwrap();
-        self.0.push(format!("{label} -> {status}\n{headers}\n{body}"));
-        (status, serde_json::from_str(&body).unwrap_or(serde_json::Value::Null))
+        self.0
+            .push(format!("{label} -> {status}\n{headers}\n{body}"));
+        (
+            status,
+            serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+        )
     }
 }
 
@@ -57,18 +61,76 @@ async fn reliability_security_no_secret_in_logs_or_answers_and_status_needs_the_
 
     // Webhooks: register the item on dst, mark it played on src (a push to dst follows), a
     // dry run, an undecodable body, an unmatched event, the ready probe.
-    let (code, _) = seen.record("item added", client.post(format!("{base}/webhook")).header("content-type", "application/json").body(jf_item_added(JF_TARGET, 1)).send().await.unwrap()).await;
+    let (code, _) = seen
+        .record(
+            "item added",
+            client
+                .post(format!("{base}/webhook"))
+                .header("content-type", "application/json")
+                .body(jf_item_added(JF_TARGET, 1))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
     assert_eq!(code, 202);
-    let (code, accepted) = seen.record("mark played", client.post(format!("{base}/webhook")).header("content-type", "application/json").body(jf_mark_played(JF_SERVER, 0, 1)).send().await.unwrap()).await;
+    let (code, accepted) = seen
+        .record(
+            "mark played",
+            client
+                .post(format!("{base}/webhook"))
+                .header("content-type", "application/json")
+                .body(jf_mark_played(JF_SERVER, 0, 1))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
     assert_eq!(code, 202);
     let request_id = accepted["request_id"].as_str().unwrap().to_string();
-    let (code, _) = seen.record("dry run", client.post(format!("{base}/webhook?dry_run=1")).header("content-type", "application/json").body(jf_mark_played(JF_SERVER, 0, 2)).send().await.unwrap()).await;
+    let (code, _) = seen
+        .record(
+            "dry run",
+            client
+                .post(format!("{base}/webhook?dry_run=1"))
+                .header("content-type", "application/json")
+                .body(jf_mark_played(JF_SERVER, 0, 2))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
     assert_eq!(code, 200);
-    let (code, _) = seen.record("bad webhook", client.post(format!("{base}/webhook")).body("nope").send().await.unwrap()).await;
+    let (code, _) = seen
+        .record(
+            "bad webhook",
+            client
+                .post(format!("{base}/webhook"))
+                .body("nope")
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
     assert_eq!(code, 400);
-    let (code, _) = seen.record("unmatched", client.post(format!("{base}/webhook")).header("content-type", "application/json").body(jf_mark_played("ffffffffffffffffffffffffffffffff", 0, 3)).send().await.unwrap()).await;
+    let (code, _) = seen
+        .record(
+            "unmatched",
+            client
+                .post(format!("{base}/webhook"))
+                .header("content-type", "application/json")
+                .body(jf_mark_played("ffffffffffffffffffffffffffffffff", 0, 3))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
     assert_eq!(code, 200);
-    seen.record("webhook probe", client.get(format!("{base}/webhook")).send().await.unwrap()).await;
+    seen.record(
+        "webhook probe",
+        client.get(format!("{base}/webhook")).send().await.unwrap(),
+    )
+    .await;
 
     // The push reached the fake (so a token really went over the wire).
     crate::harness::eventually(Duration::from_secs(10), "the push to dst", || {
@@ -91,39 +153,126 @@ async fn reliability_security_no_secret_in_logs_or_answers_and_status_needs_the_
         "/metrics".into(),
     ];
     for route in &routes {
-        let (code, _) = seen.record(route, key(client.get(format!("{base}{route}"))).send().await.unwrap()).await;
+        let (code, _) = seen
+            .record(
+                route,
+                key(client.get(format!("{base}{route}")))
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await;
         assert_eq!(code, 200, "{route}");
-        let (code, _) = seen.record(route, client.get(format!("{base}{route}")).header("Authorization", format!("Bearer {KEY}")).send().await.unwrap()).await;
+        let (code, _) = seen
+            .record(
+                route,
+                client
+                    .get(format!("{base}{route}"))
+                    .header("Authorization", format!("Bearer {KEY}"))
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await;
         assert_eq!(code, 200, "{route} with Bearer");
         let sep = if route.contains('?') { '&' } else { '?' };
-        let (code, _) = seen.record(route, client.get(format!("{base}{route}{sep}apikey={KEY}")).send().await.unwrap()).await;
+        let (code, _) = seen
+            .record(
+                route,
+                client
+                    .get(format!("{base}{route}{sep}apikey={KEY}"))
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await;
         assert_eq!(code, 200, "{route} with ?apikey");
         // Without the key, and with near-miss keys: 401, with a message saying how to pass it.
-        let (code, body) = seen.record(route, client.get(format!("{base}{route}")).send().await.unwrap()).await;
+        let (code, body) = seen
+            .record(
+                route,
+                client.get(format!("{base}{route}")).send().await.unwrap(),
+            )
+            .await;
         assert_eq!(code, 401, "{route} without a key");
-        assert!(body["error"]["message"].as_str().unwrap().to_lowercase().contains("x-apikey"), "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .to_lowercase()
+                .contains("x-apikey"),
+            "{body}"
+        );
         let mut first = KEY.to_string();
         first.replace_range(0..1, "B");
         let mut last = KEY.to_string();
         last.pop();
         last.push('3');
-        for wrong in [first, last, KEY[..KEY.len() - 1].to_string(), format!("{KEY}x"), KEY.to_lowercase(), String::new()] {
-            let (code, _) = seen.record(route, client.get(format!("{base}{route}")).header("X-Apikey", wrong.as_str()).send().await.unwrap()).await;
+        for wrong in [
+            first,
+            last,
+            KEY[..KEY.len() - 1].to_string(),
+            format!("{KEY}x"),
+            KEY.to_lowercase(),
+            String::new(),
+        ] {
+            let (code, _) = seen
+                .record(
+                    route,
+                    client
+                        .get(format!("{base}{route}"))
+                        .header("X-Apikey", wrong.as_str())
+                        .send()
+                        .await
+                        .unwrap(),
+                )
+                .await;
             assert_eq!(code, 401, "{route} with the wrong key {wrong:?}");
         }
     }
     // The write routes: sync (makes the clients list libraries with their tokens; the fake's
     // `{}` answers are the wrong shape, so errors with URLs end up in status) and retry.
-    for (user, backend) in [("sec", "src"), ("sec", "dst"), ("sec2", "plex"), ("sec2", "emby")] {
+    for (user, backend) in [
+        ("sec", "src"),
+        ("sec", "dst"),
+        ("sec2", "plex"),
+        ("sec2", "emby"),
+    ] {
         let route = format!("/status/users/{user}/{backend}/sync");
-        let (code, _) = seen.record(&route, client.post(format!("{base}{route}")).send().await.unwrap()).await;
+        let (code, _) = seen
+            .record(
+                &route,
+                client.post(format!("{base}{route}")).send().await.unwrap(),
+            )
+            .await;
         assert_eq!(code, 401, "{route} without a key");
-        let (code, body) = seen.record(&route, key(client.post(format!("{base}{route}"))).send().await.unwrap()).await;
+        let (code, body) = seen
+            .record(
+                &route,
+                key(client.post(format!("{base}{route}")))
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await;
         assert!(code == 202 || code == 409, "{route}: {code} {body}");
         let route = format!("/status/users/{user}/{backend}/outbox/retry");
-        let (code, _) = seen.record(&route, client.post(format!("{base}{route}")).send().await.unwrap()).await;
+        let (code, _) = seen
+            .record(
+                &route,
+                client.post(format!("{base}{route}")).send().await.unwrap(),
+            )
+            .await;
         assert_eq!(code, 401, "{route} without a key");
-        let (code, _) = seen.record(&route, key(client.post(format!("{base}{route}"))).send().await.unwrap()).await;
+        let (code, _) = seen
+            .record(
+                &route,
+                key(client.post(format!("{base}{route}")))
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await;
         assert_eq!(code, 202, "{route}");
     }
     // Once the syncs have finished (or failed), read every status object again: errors and
@@ -133,29 +282,66 @@ async fn reliability_security_no_secret_in_logs_or_answers_and_status_needs_the_
         let url = format!("{base}/status/users");
         async move {
             let (_, v) = crate::harness::get_json(&client, &url, KEY).await;
-            let busy = v.as_array()?.iter().flat_map(|u| u["backends"].as_array().unwrap().iter()).any(|b| b["state"] == "syncing");
+            let busy = v
+                .as_array()?
+                .iter()
+                .flat_map(|u| u["backends"].as_array().unwrap().iter())
+                .any(|b| b["state"] == "syncing");
             (!busy).then_some(())
         }
     })
     .await;
     for route in &routes {
-        seen.record(route, key(client.get(format!("{base}{route}"))).send().await.unwrap()).await;
+        seen.record(
+            route,
+            key(client.get(format!("{base}{route}")))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
     }
     // Unknown routes and the open system routes.
-    for route in ["/system/healthcheck", "/system/ready", "/nope", "/status/nope/a/b/c/d/e"] {
-        seen.record(route, client.get(format!("{base}{route}")).send().await.unwrap()).await;
+    for route in [
+        "/system/healthcheck",
+        "/system/ready",
+        "/nope",
+        "/status/nope/a/b/c/d/e",
+    ] {
+        seen.record(
+            route,
+            client.get(format!("{base}{route}")).send().await.unwrap(),
+        )
+        .await;
     }
-    seen.record("outside the prefix", client.get(format!("http://{}/?apikey={KEY}", served.addr)).send().await.unwrap()).await;
+    seen.record(
+        "outside the prefix",
+        client
+            .get(format!("http://{}/?apikey={KEY}", served.addr))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
 
     // Give the last log lines a moment to be written, then look everywhere.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let answers = seen.0.join("\n\n");
     let log = served.log_text();
-    assert!(log.contains("\"level\":\"DEBUG\""), "the log is at debug level");
-    assert!(fake.requests.lock().unwrap().len() >= 5, "the clients talked to the fake");
+    assert!(
+        log.contains("\"level\":\"DEBUG\""),
+        "the log is at debug level"
+    );
+    assert!(
+        fake.requests.lock().unwrap().len() >= 5,
+        "the clients talked to the fake"
+    );
     for secret in TOKENS.iter().chain([&KEY]) {
         if let Some(i) = answers.find(secret) {
-            panic!("{secret} appears in an answer: ...{}...", &answers[i.saturating_sub(400)..(i + 100).min(answers.len())]);
+            panic!(
+                "{secret} appears in an answer: ...{}...",
+                &answers[i.saturating_sub(400)..(i + 100).min(answers.len())]
+            );
         }
         if let Some(line) = log.lines().find(|l| l.contains(secret)) {
             panic!("{secret} appears in the log: {line}");

@@ -10,16 +10,16 @@ use crate::http::{self, Api, ReadyCheck};
 use crate::journal::Journal;
 use crate::store::SledStore;
 use crate::webhook::{RouteTarget, UnmatchedLog};
-use watchstate_actors::clock::SystemClock;
-use watchstate_actors::config::{PairSpec, SyncSettings};
-use watchstate_actors::store::{PairKey, Store};
-use watchstate_actors::supervisor::SupervisorHandle;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use watchstate_actors::clock::SystemClock;
+use watchstate_actors::config::{PairSpec, SyncSettings};
+use watchstate_actors::store::{PairKey, Store};
+use watchstate_actors::supervisor::SupervisorHandle;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -27,7 +27,9 @@ pub enum AppError {
     Store(#[from] crate::store::OpenError),
     #[error("storage error: {0}")]
     Storage(String),
-    #[error("cannot listen on {addr}: {source} (change server.listen or stop what uses that port)")]
+    #[error(
+        "cannot listen on {addr}: {source} (change server.listen or stop what uses that port)"
+    )]
     Listen {
         addr: SocketAddr,
         source: std::io::Error,

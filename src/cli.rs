@@ -13,7 +13,13 @@ use std::process::ExitCode;
 )]
 pub struct Cli {
     /// The configuration file.
-    #[arg(long, short = 'c', global = true, default_value = "./config.toml", env = "WATCHSTATE_CONFIG")]
+    #[arg(
+        long,
+        short = 'c',
+        global = true,
+        default_value = "./config.toml",
+        env = "WATCHSTATE_CONFIG"
+    )]
     pub config: PathBuf,
     /// Log format: readable text or JSON lines (overrides log.format).
     #[arg(long, global = true, value_enum)]
@@ -69,7 +75,10 @@ pub fn main() -> ExitCode {
                 println!("{}", k.trim());
                 return ExitCode::SUCCESS;
             }
-            let store = match crate::store::SledStore::open(&config.storage.path, config.storage.cache_bytes) {
+            let store = match crate::store::SledStore::open(
+                &config.storage.path,
+                config.storage.cache_bytes,
+            ) {
                 Ok(s) => s,
                 Err(e) => {
                     // The running service holds the database lock; it keeps a copy of the key.
@@ -94,7 +103,10 @@ pub fn main() -> ExitCode {
         }
         Command::Serve => {
             crate::logging::init(format, config.log.level.as_deref());
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("error: cannot start the async runtime: {e}");

@@ -248,19 +248,29 @@ impl Config {
             key,
             message,
         };
-        let mut table: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| err("(syntax)".into(), e.message().to_string() + &line_of(text, e.span())))?;
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            err(
+                "(syntax)".into(),
+                e.message().to_string() + &line_of(text, e.span()),
+            )
+        })?;
         let from_env = apply_env_overrides(&mut table, env).map_err(|(k, m)| err(k, m))?;
-        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
-            .map_err(|e| {
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
                 let path = e.path().to_string();
                 let inner = e.into_inner();
                 let mut msg = inner.message().to_string();
                 if let Some((_, var)) = from_env.iter().find(|(p, _)| *p == path) {
                     msg.push_str(&format!(" (from environment variable {var})"));
                 }
-                err(if path == "." { "(top level)".into() } else { path }, msg)
+                err(
+                    if path == "." {
+                        "(top level)".into()
+                    } else {
+                        path
+                    },
+                    msg,
+                )
             })?;
         config.validate().map_err(|(k, m)| err(k, m))?;
         Ok(config)
@@ -300,7 +310,10 @@ impl Config {
             return Err(("sync.page_size".into(), "must be at least 1".into()));
         }
         if self.sync.request_timeout.is_zero() {
-            return Err(("sync.request_timeout".into(), "must be greater than 0".into()));
+            return Err((
+                "sync.request_timeout".into(),
+                "must be greater than 0".into(),
+            ));
         }
         // (normalised server id, normalised user id) → where it was first seen.
         let mut seen: HashMap<(String, String), String> = HashMap::new();
@@ -457,7 +470,12 @@ fn apply_env_overrides(
                 .trim()
                 .parse::<bool>()
                 .map(toml::Value::Boolean)
-                .map_err(|_| (path.clone(), format!("expected true or false, got {value:?}")))?,
+                .map_err(|_| {
+                    (
+                        path.clone(),
+                        format!("expected true or false, got {value:?}"),
+                    )
+                })?,
             Some(toml::Value::String(_)) => toml::Value::String(value.clone()),
             Some(_) => return Err((path, "only scalar keys can be overridden".into())),
             // Not in the file: infer the type so that defaults-only configs can be overridden.
@@ -506,9 +524,15 @@ mod tests {
     #[test]
     fn env_overrides_keep_types() {
         let mut env = HashMap::new();
-        env.insert("WATCHSTATE_SERVER_MAX_BODY_BYTES".to_string(), "2048".to_string());
+        env.insert(
+            "WATCHSTATE_SERVER_MAX_BODY_BYTES".to_string(),
+            "2048".to_string(),
+        );
         env.insert("WATCHSTATE_SYNC_INTERVAL".to_string(), "1h".to_string());
-        env.insert("WATCHSTATE_SERVER_SECURE_WEBHOOKS".to_string(), "true".to_string());
+        env.insert(
+            "WATCHSTATE_SERVER_SECURE_WEBHOOKS".to_string(),
+            "true".to_string(),
+        );
         let c = Config::parse("t.toml", "[server]\nmax_body_bytes = 10\n", &env).unwrap();
         assert_eq!(c.server.max_body_bytes, 2048);
         assert!(c.server.secure_webhooks);

@@ -44,10 +44,7 @@ impl Journal {
                 while let Ok(w) = rx.try_recv() {
                     waiters.push(w);
                 }
-                let result = flusher_store
-                    .flush_async()
-                    .await
-                    .map_err(|e| e.to_string());
+                let result = flusher_store.flush_async().await.map_err(|e| e.to_string());
                 counter.fetch_add(1, Ordering::Relaxed);
                 for w in waiters {
                     let _ = w.send(result.clone());

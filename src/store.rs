@@ -109,7 +109,11 @@ impl SledStore {
             .open()
     }
 
-    fn from_db(db: sled::Db, moved_aside: Option<PathBuf>, path: &Path) -> Result<SledStore, OpenError> {
+    fn from_db(
+        db: sled::Db,
+        moved_aside: Option<PathBuf>,
+        path: &Path,
+    ) -> Result<SledStore, OpenError> {
         let sled_err = |e: sled::Error| OpenError::Sled {
             path: path.to_path_buf(),
             message: e.to_string(),
@@ -164,7 +168,9 @@ impl SledStore {
                 self.write_key_file(&key);
                 Ok(key)
             }
-            Err(current) => Ok(String::from_utf8_lossy(&current.current.unwrap_or_default()).into_owned()),
+            Err(current) => {
+                Ok(String::from_utf8_lossy(&current.current.unwrap_or_default()).into_owned())
+            }
         }
     }
 
@@ -219,7 +225,11 @@ impl Store for SledStore {
         Ok(self.tree(tree).get(key).map_err(err)?.map(|v| v.to_vec()))
     }
 
-    fn scan_prefix(&self, tree: Tree, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn scan_prefix(
+        &self,
+        tree: Tree,
+        prefix: &[u8],
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
         self.tree(tree)
             .scan_prefix(prefix)
             .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(err))
@@ -288,15 +298,24 @@ mod tests {
             s.flush().unwrap();
         }
         let s = SledStore::open(dir.path(), 1 << 20).unwrap();
-        assert_eq!(s.get(Tree::Pairs, b"u/b/1").unwrap(), Some(b"state".to_vec()));
+        assert_eq!(
+            s.get(Tree::Pairs, b"u/b/1").unwrap(),
+            Some(b"state".to_vec())
+        );
         assert_eq!(s.journal_len(), 0);
     }
 
     #[test]
     fn generated_api_key_is_stable() {
         let dir = tempfile::tempdir().unwrap();
-        let k1 = SledStore::open(dir.path(), 1 << 20).unwrap().api_key(None).unwrap();
-        let k2 = SledStore::open(dir.path(), 1 << 20).unwrap().api_key(None).unwrap();
+        let k1 = SledStore::open(dir.path(), 1 << 20)
+            .unwrap()
+            .api_key(None)
+            .unwrap();
+        let k2 = SledStore::open(dir.path(), 1 << 20)
+            .unwrap()
+            .api_key(None)
+            .unwrap();
         assert_eq!(k1, k2);
         assert!(k1.len() >= 32 && k1.chars().all(|c| c.is_ascii_hexdigit()));
     }

@@ -51,7 +51,13 @@ pub fn mask_query(query: &str) -> String {
     query
         .split('&')
         .map(|pair| match pair.split_once('=') {
-            Some((k, _)) if k.eq_ignore_ascii_case("apikey") || k.eq_ignore_ascii_case("x-plex-token") || k.eq_ignore_ascii_case("api_key") => format!("{k}=***"),
+            Some((k, _))
+                if k.eq_ignore_ascii_case("apikey")
+                    || k.eq_ignore_ascii_case("x-plex-token")
+                    || k.eq_ignore_ascii_case("api_key") =>
+            {
+                format!("{k}=***")
+            }
             _ => pair.to_string(),
         })
         .collect::<Vec<_>>()

@@ -29,7 +29,11 @@ impl ServiceRoutes {
                 self.retry_outbox(req, user, backend).await
             }
             ["requests", id] if get => self.request_trace(id).await,
-            [] | ["users"] | ["users", _] | ["users", _, _] | ["users", _, _, "events"]
+            []
+            | ["users"]
+            | ["users", _]
+            | ["users", _, _]
+            | ["users", _, _, "events"]
             | ["requests", _] => method_not_allowed("GET"),
             ["users", _, _, "sync"] | ["users", _, _, "outbox", "retry"] => {
                 method_not_allowed("POST")
@@ -195,10 +199,15 @@ impl ServiceRoutes {
                 "give the item as ?external_id=<provider>:<id>, e.g. ?external_id=imdb:tt1375666",
             );
         };
-        let Some((provider, id)) = wanted.split_once(':').filter(|(p, i)| !p.is_empty() && !i.is_empty()) else {
+        let Some((provider, id)) = wanted
+            .split_once(':')
+            .filter(|(p, i)| !p.is_empty() && !i.is_empty())
+        else {
             return error(
                 StatusCode::BAD_REQUEST,
-                format!("external_id must be <provider>:<id> (e.g. imdb:tt1375666), got {wanted:?}"),
+                format!(
+                    "external_id must be <provider>:<id> (e.g. imdb:tt1375666), got {wanted:?}"
+                ),
             );
         };
         let states = actors.item_states(user, provider, id).await;
@@ -226,7 +235,9 @@ impl ServiceRoutes {
             ),
             Err(SyncNowError::AlreadyRunning(_)) => error(
                 StatusCode::CONFLICT,
-                format!("a sync of {user}/{backend} is already running; see its progress in status"),
+                format!(
+                    "a sync of {user}/{backend} is already running; see its progress in status"
+                ),
             ),
             Err(SyncNowError::UnknownPair(_)) => Self::unknown_pair(user, backend),
             Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
@@ -240,7 +251,10 @@ impl ServiceRoutes {
         if self.known_pair(user, backend).is_none() {
             return Self::unknown_pair(user, backend);
         }
-        match actors.retry_dead_letters(&PairKey::new(user, backend)).await {
+        match actors
+            .retry_dead_letters(&PairKey::new(user, backend))
+            .await
+        {
             Ok(n) => json(
                 StatusCode::ACCEPTED,
                 &j!({"request_id": req.request_id, "status": "retrying", "retried": n}),
@@ -281,7 +295,10 @@ impl ServiceRoutes {
         let mut out = String::with_capacity(4096);
         let c = &self.webhook.counters;
         let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-        let _ = writeln!(out, "# HELP watchstate_webhooks_total Webhook requests by outcome.");
+        let _ = writeln!(
+            out,
+            "# HELP watchstate_webhooks_total Webhook requests by outcome."
+        );
         let _ = writeln!(out, "# TYPE watchstate_webhooks_total counter");
         for (outcome, v) in [
             ("received", load(&c.received)),
@@ -292,13 +309,22 @@ impl ServiceRoutes {
             ("rejected", load(&c.rejected)),
             ("unavailable", load(&c.unavailable)),
         ] {
-            let _ = writeln!(out, "watchstate_webhooks_total{{outcome=\"{outcome}\"}} {v}");
+            let _ = writeln!(
+                out,
+                "watchstate_webhooks_total{{outcome=\"{outcome}\"}} {v}"
+            );
         }
         if let Some(jn) = &self.journal {
-            let _ = writeln!(out, "# HELP watchstate_journal_depth Accepted events not yet applied.");
+            let _ = writeln!(
+                out,
+                "# HELP watchstate_journal_depth Accepted events not yet applied."
+            );
             let _ = writeln!(out, "# TYPE watchstate_journal_depth gauge");
             let _ = writeln!(out, "watchstate_journal_depth {}", jn.depth());
-            let _ = writeln!(out, "# HELP watchstate_journal_flushes_total Grouped journal flushes.");
+            let _ = writeln!(
+                out,
+                "# HELP watchstate_journal_flushes_total Grouped journal flushes."
+            );
             let _ = writeln!(out, "# TYPE watchstate_journal_flushes_total counter");
             let _ = writeln!(out, "watchstate_journal_flushes_total {}", jn.flush_count());
         }
@@ -310,15 +336,31 @@ impl ServiceRoutes {
                     s.user, s.backend, s.kind
                 )
             };
-            let _ = writeln!(out, "# HELP watchstate_outbox_depth Pushes waiting per pair.");
+            let _ = writeln!(
+                out,
+                "# HELP watchstate_outbox_depth Pushes waiting per pair."
+            );
             let _ = writeln!(out, "# TYPE watchstate_outbox_depth gauge");
             for s in &all {
-                let _ = writeln!(out, "watchstate_outbox_depth{{{}}} {}", labels(s), s.outbox.pending);
+                let _ = writeln!(
+                    out,
+                    "watchstate_outbox_depth{{{}}} {}",
+                    labels(s),
+                    s.outbox.pending
+                );
             }
-            let _ = writeln!(out, "# HELP watchstate_dead_letters Pushes given up per pair.");
+            let _ = writeln!(
+                out,
+                "# HELP watchstate_dead_letters Pushes given up per pair."
+            );
             let _ = writeln!(out, "# TYPE watchstate_dead_letters gauge");
             for s in &all {
-                let _ = writeln!(out, "watchstate_dead_letters{{{}}} {}", labels(s), s.outbox.dead_letters);
+                let _ = writeln!(
+                    out,
+                    "watchstate_dead_letters{{{}}} {}",
+                    labels(s),
+                    s.outbox.dead_letters
+                );
             }
             let _ = writeln!(out, "# HELP watchstate_items Items tracked per pair.");
             let _ = writeln!(out, "# TYPE watchstate_items gauge");
@@ -329,29 +371,76 @@ impl ServiceRoutes {
             let _ = writeln!(out, "# TYPE watchstate_pushes_total counter");
             for s in &all {
                 let m = &s.metrics;
-                for (result, v) in [("ok", m.push_ok), ("retried", m.push_retried), ("dead", m.push_dead)] {
-                    let _ = writeln!(out, "watchstate_pushes_total{{{},result=\"{result}\"}} {v}", labels(s));
+                for (result, v) in [
+                    ("ok", m.push_ok),
+                    ("retried", m.push_retried),
+                    ("dead", m.push_dead),
+                ] {
+                    let _ = writeln!(
+                        out,
+                        "watchstate_pushes_total{{{},result=\"{result}\"}} {v}",
+                        labels(s)
+                    );
                 }
             }
-            let _ = writeln!(out, "# HELP watchstate_push_latency_ms Time from a change to its confirmed push.");
+            let _ = writeln!(
+                out,
+                "# HELP watchstate_push_latency_ms Time from a change to its confirmed push."
+            );
             let _ = writeln!(out, "# TYPE watchstate_push_latency_ms histogram");
             for s in &all {
                 let h = &s.metrics.push_latency;
                 for (bound, cumulative) in h.buckets.iter().filter(|(b, _)| b.is_finite()) {
-                    let _ = writeln!(out, "watchstate_push_latency_ms_bucket{{{},le=\"{bound}\"}} {cumulative}", labels(s));
+                    let _ = writeln!(
+                        out,
+                        "watchstate_push_latency_ms_bucket{{{},le=\"{bound}\"}} {cumulative}",
+                        labels(s)
+                    );
                 }
-                let _ = writeln!(out, "watchstate_push_latency_ms_bucket{{{},le=\"+Inf\"}} {}", labels(s), h.count);
-                let _ = writeln!(out, "watchstate_push_latency_ms_sum{{{}}} {}", labels(s), h.sum_ms);
-                let _ = writeln!(out, "watchstate_push_latency_ms_count{{{}}} {}", labels(s), h.count);
+                let _ = writeln!(
+                    out,
+                    "watchstate_push_latency_ms_bucket{{{},le=\"+Inf\"}} {}",
+                    labels(s),
+                    h.count
+                );
+                let _ = writeln!(
+                    out,
+                    "watchstate_push_latency_ms_sum{{{}}} {}",
+                    labels(s),
+                    h.sum_ms
+                );
+                let _ = writeln!(
+                    out,
+                    "watchstate_push_latency_ms_count{{{}}} {}",
+                    labels(s),
+                    h.count
+                );
             }
-            let _ = writeln!(out, "# HELP watchstate_sync_runs_total Scheduled sync runs finished per pair.");
+            let _ = writeln!(
+                out,
+                "# HELP watchstate_sync_runs_total Scheduled sync runs finished per pair."
+            );
             let _ = writeln!(out, "# TYPE watchstate_sync_runs_total counter");
             for s in &all {
-                let _ = writeln!(out, "watchstate_sync_runs_total{{{},result=\"ok\"}} {}", labels(s), s.sync.runs_ok);
-                let _ = writeln!(out, "watchstate_sync_runs_total{{{},result=\"failed\"}} {}", labels(s), s.sync.runs_failed);
+                let _ = writeln!(
+                    out,
+                    "watchstate_sync_runs_total{{{},result=\"ok\"}} {}",
+                    labels(s),
+                    s.sync.runs_ok
+                );
+                let _ = writeln!(
+                    out,
+                    "watchstate_sync_runs_total{{{},result=\"failed\"}} {}",
+                    labels(s),
+                    s.sync.runs_failed
+                );
             }
         }
-        text(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", out)
+        text(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            out,
+        )
     }
 }
 

@@ -139,7 +139,14 @@ impl WebhookService {
                 self.counters.rejected.fetch_add(1, Ordering::Relaxed);
                 let message = e.to_string();
                 tracing::info!(request_id = %req.request_id, error = %message, "webhook rejected");
-                self.trace(req, received_at, "rejected", Some(message.clone()), None, vec![]);
+                self.trace(
+                    req,
+                    received_at,
+                    "rejected",
+                    Some(message.clone()),
+                    None,
+                    vec![],
+                );
                 return error(StatusCode::BAD_REQUEST, message);
             }
         };
@@ -201,7 +208,14 @@ impl WebhookService {
                     Err(SinkError::Unavailable(m)) => {
                         self.counters.unavailable.fetch_add(1, Ordering::Relaxed);
                         tracing::error!(request_id = %req.request_id, error = %m, "webhook not accepted");
-                        self.trace(req, received_at, "unavailable", Some(m.clone()), Some(event), vec![]);
+                        self.trace(
+                            req,
+                            received_at,
+                            "unavailable",
+                            Some(m.clone()),
+                            Some(event),
+                            vec![],
+                        );
                         error(
                             StatusCode::SERVICE_UNAVAILABLE,
                             format!("the event could not be stored, nothing was accepted; retry later ({m})"),

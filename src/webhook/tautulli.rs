@@ -152,7 +152,10 @@ mod tests {
         let ev = dec(body("tautulli.pause", "episode"));
         assert_eq!(ev.user_id.as_deref(), Some("28467193"));
         assert_eq!((ev.season, ev.episode, ev.year), (Some(1), Some(1), None));
-        assert_eq!((ev.position_ms, ev.duration_ms), (Some(1_452_000), Some(3_417_000)));
+        assert_eq!(
+            (ev.position_ms, ev.duration_ms),
+            (Some(1_452_000), Some(3_417_000))
+        );
         assert!(ev.external_ids.is_empty());
         assert_eq!(ev.series_external_ids.len(), 2);
         assert_eq!(ev.series_external_ids["tvdb"], "371980");

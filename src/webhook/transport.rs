@@ -23,11 +23,7 @@ impl ContentType {
     /// Parses `type/subtype; a=b; c="d;e"`. Never fails: garbage gives an odd `mime`.
     pub fn parse(raw: &str) -> ContentType {
         let mut parts = split_params(raw).into_iter();
-        let mime = parts
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase();
+        let mime = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
         let params = parts
             .filter_map(|p| {
                 let (k, v) = p.split_once('=')?;
@@ -124,7 +120,10 @@ pub struct Part<'a> {
 }
 
 /// Extracts the webhook's JSON object text from the request body.
-pub fn extract_json(content_type: Option<&str>, body: &[u8]) -> Result<(Value, Envelope), DecodeError> {
+pub fn extract_json(
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<(Value, Envelope), DecodeError> {
     let body = strip_bom(body);
     if body.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(DecodeError::EmptyBody);
@@ -432,7 +431,8 @@ mod tests {
 
     #[test]
     fn multipart_lf_preamble_and_missing_close() {
-        let body = b"preamble\n--b\nContent-Disposition: form-data; name=data\n\n{\"Event\":\"x\"}\n";
+        let body =
+            b"preamble\n--b\nContent-Disposition: form-data; name=data\n\n{\"Event\":\"x\"}\n";
         let (v, env) = extract_json(Some("multipart/form-data; boundary=b"), body).unwrap();
         assert_eq!(v["Event"], "x");
         assert_eq!(env, Envelope::Multipart("data"));
@@ -449,7 +449,8 @@ mod tests {
 
     #[test]
     fn multipart_boundary_sniffed_without_param() {
-        let body = b"--abc\r\nContent-Disposition: form-data; name=\"payload\"\r\n\r\n{}\r\n--abc--\r\n";
+        let body =
+            b"--abc\r\nContent-Disposition: form-data; name=\"payload\"\r\n\r\n{}\r\n--abc--\r\n";
         let (_, env) = extract_json(Some("multipart/form-data"), body).unwrap();
         assert_eq!(env, Envelope::Multipart("payload"));
         let (_, env) = extract_json(None, body).unwrap();
@@ -473,7 +474,10 @@ mod tests {
 
     #[test]
     fn empty_and_bom() {
-        assert!(matches!(extract_json(None, b"  \r\n"), Err(DecodeError::EmptyBody)));
+        assert!(matches!(
+            extract_json(None, b"  \r\n"),
+            Err(DecodeError::EmptyBody)
+        ));
         let (v, _) = extract_json(Some("text/plain"), b"\xEF\xBB\xBF{\"a\":2}").unwrap();
         assert_eq!(v["a"], 2);
     }

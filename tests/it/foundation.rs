@@ -55,7 +55,11 @@ fn shipped_config_is_valid() {
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -114,7 +118,11 @@ fn config_error_duplicate_server_and_user_under_two_users() {
     let text = format!(
         "{BACKEND}\n[users.bob.backends.plex]\ntype = \"plex\"\nurl = \"http://127.0.0.1:32400\"\ntoken = \"t\"\nserver_id = \"ABC\"\nuser_id = \"1\"\n"
     );
-    assert_config_error(&text, "users.bob.backends.plex.user_id", "already configured at users.alice.backends.plex");
+    assert_config_error(
+        &text,
+        "users.bob.backends.plex.user_id",
+        "already configured at users.alice.backends.plex",
+    );
 }
 
 #[test]
@@ -124,13 +132,21 @@ fn config_error_unknown_keys() {
         "users.alice.backends.plex",
         "unknown field `colour`",
     );
-    assert_config_error("[server]\nlisen = \"x\"\n", "server", "unknown field `lisen`");
+    assert_config_error(
+        "[server]\nlisen = \"x\"\n",
+        "server",
+        "unknown field `lisen`",
+    );
     assert_config_error("[extra]\na = 1\n", "extra", "unknown field `extra`");
 }
 
 #[test]
 fn config_error_bad_duration() {
-    assert_config_error("[sync]\ninterval = \"12 parsecs\"\n", "sync.interval", "invalid duration");
+    assert_config_error(
+        "[sync]\ninterval = \"12 parsecs\"\n",
+        "sync.interval",
+        "invalid duration",
+    );
     assert_config_error(
         &format!("{BACKEND}sync_interval = \"soon\"\n"),
         "users.alice.backends.plex.sync_interval",
@@ -189,17 +205,33 @@ async fn auth_matrix_with_open_webhook() {
     // The webhook is open by default.
     let r = c.get(t.url("/webhook")).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["status"], "ready");
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["status"],
+        "ready"
+    );
     // Protected routes: missing key, wrong key, each accepted form.
     let r = c.get(t.url("/status")).send().await.unwrap();
     assert_eq!(r.status(), 401);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], 401);
     let msg = body["error"]["message"].as_str().unwrap();
-    assert!(msg.contains("X-Apikey") && msg.contains("Bearer") && msg.contains("apikey="), "{msg}");
-    let r = c.get(t.url("/status")).header("X-Apikey", "wrong-key-0123456789abcd").send().await.unwrap();
+    assert!(
+        msg.contains("X-Apikey") && msg.contains("Bearer") && msg.contains("apikey="),
+        "{msg}"
+    );
+    let r = c
+        .get(t.url("/status"))
+        .header("X-Apikey", "wrong-key-0123456789abcd")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
-    let r = c.get(t.url("/status")).bearer_auth("nope").send().await.unwrap();
+    let r = c
+        .get(t.url("/status"))
+        .bearer_auth("nope")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     for req in [
         c.get(t.url("/status")).header("X-Apikey", API_KEY),
@@ -226,9 +258,18 @@ async fn auth_with_secure_webhooks() {
     assert_eq!(r.status(), 401);
     let r = c.post(t.url("/webhook")).body("{}").send().await.unwrap();
     assert_eq!(r.status(), 401);
-    let r = c.get(t.url("/webhook")).header("X-Apikey", API_KEY).send().await.unwrap();
+    let r = c
+        .get(t.url("/webhook"))
+        .header("X-Apikey", API_KEY)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let r = c.get(format!("{}?apikey={API_KEY}", t.url("/webhook"))).send().await.unwrap();
+    let r = c
+        .get(format!("{}?apikey={API_KEY}", t.url("/webhook")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     // Health stays open.
     let r = c.get(t.url("/system/healthcheck")).send().await.unwrap();
@@ -245,16 +286,24 @@ async fn body_limit_request_id_and_json_404() {
     )
     .await;
     let c = &t.client;
-    let r = c.post(t.url("/webhook")).body(vec![b'x'; 1001]).send().await.unwrap();
+    let r = c
+        .post(t.url("/webhook"))
+        .body(vec![b'x'; 1001])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 413);
     assert!(r.headers().contains_key("x-request-id"));
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], 413);
     // A chunked body (no Content-Length) over the limit is refused too.
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..20).map(|_| Ok(vec![b'y'; 100])).collect();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..20).map(|_| Ok(vec![b'y'; 100])).collect();
     let r = c
         .post(t.url("/webhook"))
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
         .send()
         .await
         .unwrap();
@@ -266,19 +315,38 @@ async fn body_limit_request_id_and_json_404() {
     let r = c.get(t.url("/system/healthcheck")).send().await.unwrap();
     let id2 = r.headers()["x-request-id"].to_str().unwrap().to_string();
     assert!(!id1.is_empty() && id1 != id2);
-    let r = c.get(t.url("/system/healthcheck")).header("X-Request-Id", "from-proxy-42").send().await.unwrap();
+    let r = c
+        .get(t.url("/system/healthcheck"))
+        .header("X-Request-Id", "from-proxy-42")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.headers()["x-request-id"], "from-proxy-42");
-    let r = c.get(t.url("/system/healthcheck")).header("X-Request-Id", "bad id with spaces").send().await.unwrap();
+    let r = c
+        .get(t.url("/system/healthcheck"))
+        .header("X-Request-Id", "bad id with spaces")
+        .send()
+        .await
+        .unwrap();
     assert_ne!(r.headers()["x-request-id"], "bad id with spaces");
 
     for path in ["/nothing-here", "/status-ish"] {
-        let r = c.get(t.url(path)).header("X-Apikey", API_KEY).send().await.unwrap();
+        let r = c
+            .get(t.url(path))
+            .header("X-Apikey", API_KEY)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 404);
         assert!(r.headers().contains_key("x-request-id"));
         let body: serde_json::Value = r.json().await.unwrap();
         assert_eq!(body["error"]["code"], 404);
     }
-    let r = c.get(format!("http://{}/elsewhere", t.app.as_ref().unwrap().addr)).send().await.unwrap();
+    let r = c
+        .get(format!("http://{}/elsewhere", t.app.as_ref().unwrap().addr))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(r.headers()["content-type"], "application/json");
     t.stop().await;
@@ -290,13 +358,20 @@ fn apikey_is_generated_once_and_accepted() {
     let path = dir.config("", BACKEND);
     let key = |p: &std::path::Path| {
         let out = bin().args(["apikey", "--config"]).arg(p).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     };
     let k1 = key(&path);
     let k2 = key(&path);
     assert_eq!(k1, k2);
-    assert!(k1.len() >= 32 && k1.chars().all(|c| c.is_ascii_hexdigit()), "{k1}");
+    assert!(
+        k1.len() >= 32 && k1.chars().all(|c| c.is_ascii_hexdigit()),
+        "{k1}"
+    );
 
     let served = Served::start(&path);
     // While the service holds the database, the command still prints the same key.
@@ -304,12 +379,25 @@ fn apikey_is_generated_once_and_accepted() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let c = reqwest::Client::new();
-        let r = c.get(served.url("/status")).header("X-Apikey", &k1).send().await.unwrap();
+        let r = c
+            .get(served.url("/status"))
+            .header("X-Apikey", &k1)
+            .send()
+            .await
+            .unwrap();
         assert_ne!(r.status(), 401);
-        let r = c.get(served.url("/status")).header("X-Apikey", "0".repeat(64)).send().await.unwrap();
+        let r = c
+            .get(served.url("/status"))
+            .header("X-Apikey", "0".repeat(64))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 401);
     });
-    assert!(!served.log_text().contains(&k1), "the key must never be logged");
+    assert!(
+        !served.log_text().contains(&k1),
+        "the key must never be logged"
+    );
 }
 
 #[test]
@@ -319,7 +407,8 @@ fn sigterm_finishes_in_flight_requests_and_exits_zero() {
     let mut served = Served::start(&path);
     // Start a request and leave its body unfinished: it is in flight when SIGTERM arrives.
     let mut conn = std::net::TcpStream::connect(&served.addr).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     let body = b"{\"hello\":\"world\"}";
     write!(
         conn,
@@ -348,9 +437,14 @@ fn sigterm_finishes_in_flight_requests_and_exits_zero() {
             Err(e) => panic!("reading the answer failed: {e}; so far {answer:?}"),
         }
     }
-    assert!(answer.starts_with("HTTP/1.1 "), "an HTTP answer: {answer:?}");
+    assert!(
+        answer.starts_with("HTTP/1.1 "),
+        "an HTTP answer: {answer:?}"
+    );
     assert!(answer.contains("x-request-id"), "{answer}");
     drop(conn);
-    let status = served.wait_exit(Duration::from_secs(20)).expect("exits after SIGTERM");
+    let status = served
+        .wait_exit(Duration::from_secs(20))
+        .expect("exits after SIGTERM");
     assert_eq!(status.code(), Some(0), "log: {}", served.log_text());
 }

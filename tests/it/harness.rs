@@ -112,7 +112,10 @@ impl Served {
             .recv_timeout(Duration::from_secs(30))
             .unwrap_or_else(|_| panic!("watchstate did not start; log: {:?}", log.lock().unwrap()));
         let v: serde_json::Value = serde_json::from_str(&line).expect("json log line");
-        let addr = v["addr"].as_str().expect("addr in the start line").to_string();
+        let addr = v["addr"]
+            .as_str()
+            .expect("addr in the start line")
+            .to_string();
         Served { child, addr, log }
     }
 
@@ -167,5 +170,66 @@ where
             panic!("timed out after {deadline:?} waiting for {what}");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Only the HTTP intake (no actors, no journal): the webhook handler in front of a given sink.
+pub struct IntakeServer {
+    pub addr: std::net::SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl IntakeServer {
+    pub async fn start(
+        targets: Vec<watchstate::webhook::RouteTarget>,
+        sink: std::sync::Arc<dyn watchstate::ingest::EventSink>,
+    ) -> IntakeServer {
+        use watchstate::http::service::ServiceRoutes;
+        use watchstate::http::webhook::{RequestLog, WebhookService};
+        let api = std::sync::Arc::new(watchstate::http::Api {
+            api_key: API_KEY.to_string(),
+            secure_webhooks: false,
+            max_body_bytes: 1 << 20,
+            started: Instant::now(),
+            readiness: Box::new(Vec::new),
+        });
+        let routes = std::sync::Arc::new(ServiceRoutes {
+            webhook: WebhookService {
+                targets,
+                sink,
+                unmatched: Default::default(),
+                requests: RequestLog::new(100),
+                counters: Default::default(),
+                max_body_bytes: 1 << 20,
+            },
+            actors: None,
+            journal: None,
+            store: None,
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(watchstate::http::serve(listener, api, routes, async move {
+            let _ = rx.await;
+        }));
+        IntakeServer {
+            addr,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}/v1/api{}", self.addr, path)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
     }
 }

@@ -6,3 +6,4 @@ mod support;
 mod decode_fixtures;
 mod decode_props;
 mod foundation;
+mod webhook_http;

@@ -190,8 +190,8 @@ async fn paging_requests_use_the_servers_parameters(kind: FakeKind) {
             let r = &lists[0];
             assert_eq!(r.param("userId"), Some(fake.user_id()));
             assert_eq!(r.param("recursive"), Some("true"));
-            assert_eq!(r.param("includeItemTypes"), Some("Movie,Episode"));
-            assert!(r.param("fields").unwrap().contains("ProviderIds"));
+            assert_eq!(r.params("includeItemTypes"), ["Movie", "Episode"]);
+            assert_eq!(r.params("fields"), ["ProviderIds"]);
         }
         FakeKind::Emby => {
             assert_eq!(starts, [("0", "4"), ("4", "4"), ("8", "4")]);
@@ -494,4 +494,48 @@ async fn a_large_library_lists_completely() {
     assert_eq!(first_episode.position_ms, 60_000);
     assert!(items["100000"].played);
     assert!(!items["100002"].played);
+}
+
+#[tokio::test]
+async fn plex_episodes_of_vanished_shows_have_no_series_ids() {
+    let lib = FakeLibrary::new()
+        .with(FakeItem::episode("401", "gone-1", 1, 1).ext("tvdb", "1"))
+        .with(FakeItem::episode("402", "gone-2", 1, 1).ext("tvdb", "2"))
+        .with_show(FakeShow::new("403", "Kept").ext("tvdb", "77"))
+        .with(FakeItem::episode("404", "403", 1, 1));
+    let fake = FakeServer::start(FakeKind::Plex, lib).await;
+    let (items, _) = list_all(fake.client().as_ref(), 2).await;
+    let items = by_id(items);
+    assert!(items["401"].series_external_ids.is_empty());
+    assert!(items["402"].series_external_ids.is_empty());
+    assert_eq!(items["404"].series_external_ids["tvdb"], "77");
+    // The batch for both vanished shows failed as a whole, then each was asked alone.
+    let paths: Vec<String> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.starts_with("/library/metadata/"))
+        .map(|r| r.path)
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "/library/metadata/gone-1,gone-2",
+            "/library/metadata/gone-1",
+            "/library/metadata/gone-2",
+            "/library/metadata/403",
+        ]
+    );
+    fake.assert_contract();
+}
+
+#[tokio::test]
+async fn emby_answers_under_its_emby_prefix() {
+    let fake = FakeServer::start(FakeKind::Emby, library()).await;
+    let mut cfg = fake.client_config();
+    cfg.base_url = fake.url().join("emby/").unwrap();
+    let client = build_client(cfg).unwrap();
+    assert_eq!(client.identity().await.unwrap().server_id, fake.server_id());
+    client.set_played("103", true, None).await.unwrap();
+    assert!(fake.item_state("103").played);
+    fake.assert_contract();
 }

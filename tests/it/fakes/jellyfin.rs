@@ -243,7 +243,7 @@ pub(super) fn handle(inner: &Inner, st: &mut State, req: &FakeRequest) -> FakeRe
     let need_user = || FakeResponse::status(400, "userId is required");
     match (m, segs.as_slice()) {
         ("GET", ["Items"]) => {
-            let p = |name: &str| req.param_ci(name).map(str::to_string);
+            let p = |name: &str| req.param_list_ci(name);
             let fields = p("fields").unwrap_or_default().to_ascii_lowercase();
             let render = Render {
                 provider_ids: fields.split(',').any(|f| f.trim() == "providerids"),

@@ -309,6 +309,15 @@ pub struct RecordedRequest {
 }
 
 impl RecordedRequest {
+    /// Every value of a repeated query parameter (exact name), in order.
+    pub fn params(&self, name: &str) -> Vec<&str> {
+        self.query
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
     /// The first value of a query parameter (exact name).
     pub fn param(&self, name: &str) -> Option<&str> {
         self.query
@@ -537,6 +546,18 @@ impl FakeRequest {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Every value of a possibly repeated parameter (case-insensitive name), comma-joined:
+    /// `a=1&a=2` and `a=1,2` read the same, as on Jellyfin.
+    pub(crate) fn param_list_ci(&self, name: &str) -> Option<String> {
+        let values: Vec<&str> = self
+            .query
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect();
+        (!values.is_empty()).then(|| values.join(","))
+    }
+
     pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
@@ -708,9 +729,14 @@ impl FakeServer {
                       body: Bytes| {
                     let inner = handler_inner.clone();
                     async move {
+                        let mut path = path.as_str().to_string();
+                        // Emby serves every route also under `/emby` (its spec's server URL).
+                        if inner.kind == FakeKind::Emby && path.starts_with("/emby/") {
+                            path.drain(.."/emby".len());
+                        }
                         let req = FakeRequest {
                             method: method.as_str().to_string(),
-                            path: path.as_str().to_string(),
+                            path,
                             query: serde_urlencoded::from_str(&query).unwrap_or_default(),
                             headers,
                             body,

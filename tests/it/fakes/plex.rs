@@ -90,10 +90,13 @@ fn item_json(st: &State, user: &str, item: &FakeItem, include_guids: bool) -> Va
         out["lastViewedAt"] = json!(at / 1000);
     }
     if item.item_type == ItemType::Episode {
+        if let Some(show_id) = &item.show_id {
+            // A show missing from the library stands for one deleted while listing.
+            out["grandparentRatingKey"] = json!(show_id);
+            out["grandparentKey"] = json!(format!("/library/metadata/{show_id}"));
+        }
         if let Some(show) = item.show_id.as_deref().and_then(|id| st.show(id)) {
             out["grandparentTitle"] = json!(show.title);
-            out["grandparentRatingKey"] = json!(show.id);
-            out["grandparentKey"] = json!(format!("/library/metadata/{}", show.id));
             out["grandparentGuid"] = json!(show_guid(show));
         }
         out["parentIndex"] = json!(item.season);

@@ -408,17 +408,23 @@ async fn a_closed_port_is_a_network_error(kind: FakeKind) {
     assert!(err.is_retryable());
 }
 
+/// One test module per scenario with a test per server: `backend_clients::<scenario>::plex`.
 macro_rules! per_kind {
     ($($name:ident),* $(,)?) => {
-        mod plex {
-            $(#[tokio::test] async fn $name() { super::$name(crate::fakes::FakeKind::Plex).await })*
-        }
-        mod jellyfin {
-            $(#[tokio::test] async fn $name() { super::$name(crate::fakes::FakeKind::Jellyfin).await })*
-        }
-        mod emby {
-            $(#[tokio::test] async fn $name() { super::$name(crate::fakes::FakeKind::Emby).await })*
-        }
+        $(mod $name {
+            #[tokio::test]
+            async fn plex() {
+                super::$name(crate::fakes::FakeKind::Plex).await
+            }
+            #[tokio::test]
+            async fn jellyfin() {
+                super::$name(crate::fakes::FakeKind::Jellyfin).await
+            }
+            #[tokio::test]
+            async fn emby() {
+                super::$name(crate::fakes::FakeKind::Emby).await
+            }
+        })*
     };
 }
 
@@ -538,4 +544,39 @@ async fn emby_answers_under_its_emby_prefix() {
     client.set_played("103", true, None).await.unwrap();
     assert!(fake.item_state("103").played);
     fake.assert_contract();
+}
+
+async fn items_added_after_start_are_listed(kind: FakeKind) {
+    let fake = FakeServer::start(kind, library()).await;
+    let client = fake.client();
+    assert_eq!(client.get_item("108").await.unwrap(), None);
+    fake.add_item(
+        FakeItem::movie("108", "Arrival")
+            .ext("imdb", "tt2543164")
+            .played_at(MATRIX_PLAYED_AT),
+    );
+    let arrival = client.get_item("108").await.unwrap().expect("added item");
+    assert!(arrival.played);
+    assert_eq!(arrival.external_ids["imdb"], "tt2543164");
+    fake.clear_log();
+    let (items, _) = list_all(client.as_ref(), 50).await;
+    assert!(items.iter().any(|i| i.item_id == "108"));
+    assert!(fake.writes().is_empty());
+    assert!(fake.requests().iter().all(|r| r.status == 200));
+    fake.assert_contract();
+}
+
+per_kind!(items_added_after_start_are_listed);
+
+#[tokio::test]
+async fn plex_answers_xml_without_the_json_accept_header() {
+    let fake = FakeServer::start(FakeKind::Plex, library()).await;
+    let resp = reqwest::Client::new()
+        .get(fake.url().join("library/sections/all").unwrap())
+        .header("X-Plex-Token", fake.token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.text().await.unwrap().starts_with("<?xml"));
 }

@@ -793,6 +793,45 @@ impl FakeServer {
             .insert(token.to_string(), user_id.to_string());
     }
 
+    /// Adds an item after start, as when the server scans new media (pair it with an
+    /// `ItemAdded`/`library.new` webhook in a test). Replaces an item with the same id.
+    pub fn add_item(&self, item: FakeItem) {
+        let user = self.inner.user_id.clone();
+        let mut st = self.lock();
+        if item.initial != ItemState::default() {
+            *st.state_mut(&user, &item.id) = item.initial;
+        }
+        match st.item_index.get(&item.id).copied() {
+            Some(i) => st.items[i] = item,
+            None => {
+                let i = st.items.len();
+                st.item_index.insert(item.id.clone(), i);
+                st.items.push(item);
+            }
+        }
+    }
+
+    /// Adds a show after start (before adding its episodes).
+    pub fn add_show(&self, show: FakeShow) {
+        let mut st = self.lock();
+        match st.show_index.get(&show.id).copied() {
+            Some(i) => st.shows[i] = show,
+            None => {
+                let i = st.shows.len();
+                st.show_index.insert(show.id.clone(), i);
+                st.shows.push(show);
+            }
+        }
+    }
+
+    /// Forgets the recorded requests and writes (not the contract violations), so that a
+    /// test can look at one phase alone.
+    pub fn clear_log(&self) {
+        let mut st = self.lock();
+        st.requests.clear();
+        st.writes.clear();
+    }
+
     /// A client config for the default user (5 s timeout).
     pub fn client_config(&self) -> ClientConfig {
         ClientConfig {

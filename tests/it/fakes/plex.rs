@@ -11,6 +11,9 @@
 //! - `POST /:/timeline?ratingKey&key&state&time&duration`: `stopped` stores the offset; at 90 %
 //!   of the duration or more Plex counts the item as watched.
 //!
+//! GETs without `Accept: application/json` get XML, as from Plex; writes need
+//! `X-Plex-Client-Identifier`.
+//!
 //! Items with a legacy agent guid ([`FakeItem::plex_guid`]) have `guid` and no `Guid[]`.
 
 use super::{FakeItem, FakeRequest, FakeResponse, FakeShow, Inner, State};
@@ -150,6 +153,22 @@ fn paging(req: &FakeRequest, name: &str) -> Option<usize> {
 pub(super) fn handle(inner: &Inner, st: &mut State, req: &FakeRequest) -> FakeResponse {
     let m = req.method.as_str();
     let path = req.path.as_str();
+    let wants_json = ["accept", "accepts"].iter().any(|h| {
+        req.header(h)
+            .is_some_and(|v| v.contains("application/json"))
+    });
+    if m == "GET" && !wants_json {
+        // Plex answers XML unless asked for JSON.
+        return FakeResponse {
+            status: 200,
+            body: "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<MediaContainer size=\"0\"/>".into(),
+            content_type: "text/xml",
+            retry_after: None,
+        };
+    }
+    if is_write(req) && req.header("x-plex-client-identifier").is_none() {
+        return FakeResponse::status(400, "X-Plex-Client-Identifier is required");
+    }
     if m == "GET" && path == "/identity" {
         return container(json!({
             "size": 0,

@@ -17,7 +17,7 @@ use reqwest::Method;
 use watchstate_actors::backend::{BackendApi, BackendError, ItemPage, RemoteItem, ServerIdentity};
 use watchstate_actors::event::{ExternalIds, Millis};
 
-/// The `fields` a listing asks for beyond the defaults (one value of the `fields` array).
+/// The `fields` a listing asks for beyond the defaults.
 const LIST_FIELDS: &str = "ProviderIds";
 
 /// Client for one Jellyfin user.
@@ -70,11 +70,12 @@ impl JellyfinClient {
         if missing.is_empty() {
             return Ok(());
         }
-        // Array parameters repeat the name (OpenAPI `form`, `explode: true`); Jellyfin also
-        // reads comma lists, servers built from the document may not.
-        let mut query = vec![self.user()];
-        query.extend(missing.iter().map(|id| ("ids", id.to_string())));
-        query.push(("fields", "ProviderIds".to_string()));
+        // Array parameters as the document describes them: "multiple, comma delimited".
+        let query = [
+            self.user(),
+            ("ids", missing.join(",")),
+            ("fields", "ProviderIds".to_string()),
+        ];
         let req = self.http.request(Method::GET, "/Items", &query);
         let shows: ItemsResult = self.http.send_json(req, "list shows").await?;
         let mut found: std::collections::HashMap<String, ExternalIds> = shows
@@ -118,8 +119,7 @@ impl BackendApi for JellyfinClient {
         let query = [
             self.user(),
             ("recursive", "true".to_string()),
-            ("includeItemTypes", "Movie".to_string()),
-            ("includeItemTypes", "Episode".to_string()),
+            ("includeItemTypes", "Movie,Episode".to_string()),
             ("fields", LIST_FIELDS.to_string()),
             ("enableUserData", "true".to_string()),
             ("startIndex", start.to_string()),

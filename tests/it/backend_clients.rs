@@ -1,7 +1,9 @@
 //! The real Plex, Jellyfin and Emby clients against their fake servers: listing and paging,
 //! lookups, writes in each server's units, and the classification of every failure.
 
-use crate::fakes::{FakeItem, FakeKind, FakeLibrary, FakeServer, FakeShow, Fault, WriteChange};
+use crate::fakes::{
+    FakeIdentity, FakeItem, FakeKind, FakeLibrary, FakeServer, FakeShow, Fault, WriteChange,
+};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use watchstate::backend::{build_client, ClientConfig};
@@ -190,7 +192,7 @@ async fn paging_requests_use_the_servers_parameters(kind: FakeKind) {
             let r = &lists[0];
             assert_eq!(r.param("userId"), Some(fake.user_id()));
             assert_eq!(r.param("recursive"), Some("true"));
-            assert_eq!(r.params("includeItemTypes"), ["Movie", "Episode"]);
+            assert_eq!(r.params("includeItemTypes"), ["Movie,Episode"]);
             assert_eq!(r.params("fields"), ["ProviderIds"]);
         }
         FakeKind::Emby => {
@@ -579,4 +581,25 @@ async fn plex_answers_xml_without_the_json_accept_header() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     assert!(resp.text().await.unwrap().starts_with("<?xml"));
+}
+
+#[tokio::test]
+async fn a_fake_can_take_the_ids_of_recorded_payloads() {
+    let identity = FakeIdentity {
+        server_id: Some("16588a9f062a40c4966586b1d220bffc".into()),
+        user_id: Some("e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1".into()),
+        token: Some("fixture-key".into()),
+    };
+    let fake = FakeServer::start_with(FakeKind::Jellyfin, library(), identity).await;
+    assert_eq!(fake.token(), "fixture-key");
+    let client = fake.client();
+    assert_eq!(
+        client.identity().await.unwrap().server_id,
+        "16588a9f062a40c4966586b1d220bffc"
+    );
+    client.set_played("105", true, None).await.unwrap();
+    assert!(
+        fake.item_state_for("e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1", "105")
+            .played
+    );
 }

@@ -649,11 +649,29 @@ pub(crate) fn now_ms() -> Millis {
         .unwrap_or(0)
 }
 
+/// Fixed ids for a fake, e.g. to match the ids inside recorded webhook payloads; each `None`
+/// is generated (random server and user ids, a fixed token per kind).
+#[derive(Debug, Clone, Default)]
+pub struct FakeIdentity {
+    pub server_id: Option<String>,
+    pub user_id: Option<String>,
+    pub token: Option<String>,
+}
+
 impl FakeServer {
     /// Starts a fake of `kind` serving `library` on `127.0.0.1:<free port>`, with one user
     /// ([`Self::user_id`], [`Self::token`]).
     pub async fn start(kind: FakeKind, library: FakeLibrary) -> FakeServer {
-        let (server_id, user_id, token) = match kind {
+        Self::start_with(kind, library, FakeIdentity::default()).await
+    }
+
+    /// [`Self::start`] with the server id, user id or token chosen by the test.
+    pub async fn start_with(
+        kind: FakeKind,
+        library: FakeLibrary,
+        identity: FakeIdentity,
+    ) -> FakeServer {
+        let (generated_server, generated_user, generated_token) = match kind {
             FakeKind::Plex => (
                 format!("{:040x}", rand::random::<u128>()),
                 "1".to_string(),
@@ -670,6 +688,9 @@ impl FakeServer {
                 "emby-api-key-secret".to_string(),
             ),
         };
+        let server_id = identity.server_id.unwrap_or(generated_server);
+        let user_id = identity.user_id.unwrap_or(generated_user);
+        let token = identity.token.unwrap_or(generated_token);
         let mut user_state: HashMap<String, HashMap<String, ItemState>> = HashMap::new();
         let defaults: HashMap<String, ItemState> = library
             .items

@@ -37,7 +37,7 @@ impl EmbyClient {
         let mut headers = HeaderMap::new();
         let mut token = HeaderValue::from_str(&cfg.token).map_err(|_| BackendError::Client {
             status: 0,
-            message: "the Emby token contains characters not allowed in a header".into(),
+            message: "the Emby token contains characters not allowed in an HTTP header: check the token in the configuration".into(),
         })?;
         token.set_sensitive(true);
         headers.insert(HeaderName::from_static("x-emby-token"), token);

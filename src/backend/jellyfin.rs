@@ -42,7 +42,7 @@ impl JellyfinClient {
         );
         let mut value = HeaderValue::from_str(&auth).map_err(|_| BackendError::Client {
             status: 0,
-            message: "the Jellyfin token contains characters not allowed in a header".into(),
+            message: "the Jellyfin token contains characters not allowed in an HTTP header: check the token in the configuration".into(),
         })?;
         value.set_sensitive(true);
         headers.insert(AUTHORIZATION, value);
@@ -70,6 +70,7 @@ impl JellyfinClient {
         if missing.is_empty() {
             return Ok(());
         }
+        // Array parameters as the document describes them: "multiple, comma delimited".
         let query = [
             self.user(),
             ("ids", missing.join(",")),

@@ -1,8 +1,11 @@
 //! The integration tests: one binary (fast to link), one module per area.
 
+mod fakes;
 mod harness;
 mod support;
 
+mod backend_clients;
+mod contract;
 mod decode_fixtures;
 mod decode_props;
 mod foundation;

@@ -345,6 +345,22 @@ impl Harness {
         }
     }
 
+    /// Start with fakes that `fill` prepares before any actor runs (for sync tests).
+    pub async fn start_filled(
+        specs: Vec<PairSpec>,
+        settings: SyncSettings,
+        fill: impl FnOnce(&HashMap<PairKey, Arc<FakeBackend>>),
+    ) -> Harness {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let clock = Arc::new(TestClock::new(1_700_000_000_000));
+        let backends: HashMap<PairKey, Arc<FakeBackend>> = specs
+            .iter()
+            .map(|s| (s.key.clone(), FakeBackend::new()))
+            .collect();
+        fill(&backends);
+        Self::start_with(specs, settings, store, clock, backends).await
+    }
+
     /// Stop and start again on the same store, clock and backends (a process restart).
     pub async fn restart(self) -> Harness {
         self.handle.shutdown().await;

@@ -139,6 +139,11 @@ impl Router {
     }
 }
 
+fn depth_of(router: &Router, key: &PairKey) -> Arc<AtomicUsize> {
+    let slots = router.slots.read().expect("router lock");
+    slots[key].depth.clone()
+}
+
 /// Messages of the supervisor actor.
 pub enum SupMsg {
     /// A message for a pair whose actor is down: buffer it until the restart.
@@ -179,10 +184,7 @@ impl SupState {
         let Some((spec, backend)) = self.specs.get(key).cloned() else {
             return;
         };
-        let depth = {
-            let slots = self.router.slots.read().expect("router lock");
-            slots[key].depth.clone()
-        };
+        let depth = depth_of(&self.router, key);
         let args = PairArgs {
             spec,
             backend,
@@ -196,6 +198,13 @@ impl SupState {
             Ok((actor, _join)) => {
                 self.by_actor.insert(actor.get_id(), key.clone());
                 let buffered = self.buffered.remove(key).unwrap_or_default();
+                // Messages that died with the old mailbox are gone (webhooks stay in the
+                // journal); count only what the new actor will really receive.
+                let counted = buffered
+                    .iter()
+                    .filter(|m| matches!(m, PairMsg::Webhook(_) | PairMsg::StateChanged(_)))
+                    .count();
+                depth_of(&self.router, key).store(counted, Ordering::Relaxed);
                 for m in buffered {
                     if let Err(e) = actor.send_message(m) {
                         tracing::warn!(pair = %key, "lost a buffered message: {e:?}");

@@ -383,12 +383,24 @@ impl Harness {
 
     /// Journal and dispatch an event to one pair, as the lead's webhook handler does.
     pub fn send(&mut self, user: &str, backend: &str, ev: WebhookEvent) -> JournalEntry {
+        let now = watchstate_actors::Clock::now_ms(&*self.clock);
+        self.send_at(user, backend, ev, now)
+    }
+
+    /// Like [`Harness::send`] with a chosen receive time (a late delivery).
+    pub fn send_at(
+        &mut self,
+        user: &str,
+        backend: &str,
+        ev: WebhookEvent,
+        received_at: Millis,
+    ) -> JournalEntry {
         self.seq += 1;
         let entry = JournalEntry {
             seq: self.seq,
             pair: PairKey::new(user, backend),
             request_id: format!("req-{}", self.seq),
-            received_at: watchstate_actors::Clock::now_ms(&*self.clock),
+            received_at,
             event: ev,
         };
         self.redeliver(&entry);

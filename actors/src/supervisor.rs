@@ -68,7 +68,9 @@ struct Slot {
     depth: Arc<AtomicUsize>,
     /// Set by the supervisor while the actor is down (backoff / failed).
     down: Option<ActorState>,
+    /// Restarts so far, shown in status.
     restarts: u32,
+    /// Why it went down, shown while it is down.
     last_failure: Option<LastError>,
 }
 
@@ -156,6 +158,7 @@ pub enum SupMsg {
 
 /// What the supervisor needs to (re)start pair actors.
 pub struct SupArgs {
+    /// One pair actor per entry.
     specs: Vec<(PairSpec, Arc<dyn BackendApi>)>,
     settings: Arc<SyncSettings>,
     store: Arc<dyn Store>,
@@ -164,6 +167,7 @@ pub struct SupArgs {
 }
 
 pub struct SupState {
+    /// Kept to restart a pair with the same configuration and client.
     specs: HashMap<PairKey, (PairSpec, Arc<dyn BackendApi>)>,
     settings: Arc<SyncSettings>,
     store: Arc<dyn Store>,
@@ -173,6 +177,7 @@ pub struct SupState {
     buffered: HashMap<PairKey, Vec<PairMsg>>,
     /// Which pair a linked actor is, to handle its supervision events.
     by_actor: HashMap<ActorId, PairKey>,
+    /// Set by `Shutdown`: stopped actors are then not restarted.
     shutting_down: bool,
 }
 
@@ -391,9 +396,11 @@ fn unavailable_status(
 #[derive(Clone)]
 pub struct SupervisorHandle {
     router: Arc<Router>,
+    /// For shutdown.
     supervisor: ActorRef<SupMsg>,
     /// Specs in configuration order, for status listings and fallbacks.
     specs: Arc<Vec<PairSpec>>,
+    /// Flushed at shutdown.
     store: Arc<dyn Store>,
 }
 

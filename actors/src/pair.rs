@@ -97,6 +97,9 @@ pub struct PairArgs {
     pub router: Arc<Router>,
     /// Shared with the router, which counts messages it sends; the actor counts them down.
     pub depth: Arc<AtomicUsize>,
+    /// True on a restart after a failure: the actor re-reads its own journal entries, since
+    /// the events that were in the dead actor's mailbox are still journalled but lost in memory.
+    pub replay_journal: bool,
 }
 
 /// The actor's state. The rule modules add `impl PairCore` blocks.
@@ -397,6 +400,9 @@ impl Actor for PairActor {
             outbox_timer: None,
         };
         core.load()?;
+        if args.replay_journal {
+            core.replay_own_journal()?;
+        }
         Ok(core)
     }
 
@@ -500,6 +506,29 @@ impl Actor for PairActor {
 }
 
 impl PairCore {
+    /// Queue this pair's journal entries (JSON-encoded [`JournalEntry`] values) to itself, in
+    /// sequence order. Applying an already-applied entry changes nothing (state equality).
+    fn replay_own_journal(&mut self) -> Result<(), StoreError> {
+        let mut n = 0;
+        for (_, v) in self.store.scan_prefix(Tree::Journal, b"")? {
+            let Some(entry) = decode::<JournalEntry>(&v) else {
+                continue;
+            };
+            if entry.pair != self.spec.key {
+                continue;
+            }
+            self.depth.fetch_add(1, Ordering::Relaxed);
+            if self.myself.cast(PairMsg::Webhook(Box::new(entry))).is_err() {
+                self.depth_down();
+            }
+            n += 1;
+        }
+        if n > 0 {
+            tracing::info!(pair = %self.spec.key, entries = n, "replaying journal after a restart");
+        }
+        Ok(())
+    }
+
     fn depth_down(&self) {
         let _ = self
             .depth

@@ -185,7 +185,7 @@ pub struct SupState {
 pub struct Supervisor;
 
 impl SupState {
-    async fn spawn_pair(&mut self, myself: &ActorRef<SupMsg>, key: &PairKey) {
+    async fn spawn_pair(&mut self, myself: &ActorRef<SupMsg>, key: &PairKey, restart: bool) {
         let Some((spec, backend)) = self.specs.get(key).cloned() else {
             return;
         };
@@ -198,6 +198,7 @@ impl SupState {
             clock: self.clock.clone(),
             router: self.router.clone(),
             depth,
+            replay_journal: restart,
         };
         match Actor::spawn_linked(None, PairActor, args, myself.get_cell()).await {
             Ok((actor, _join)) => {
@@ -280,7 +281,7 @@ impl Actor for Supervisor {
             shutting_down: false,
         };
         for key in &order {
-            state.spawn_pair(&myself, key).await;
+            state.spawn_pair(&myself, key, false).await;
         }
         Ok(state)
     }
@@ -309,7 +310,7 @@ impl Actor for Supervisor {
             SupMsg::Restart(key) => {
                 if !state.shutting_down {
                     tracing::info!(pair = %key, "restarting pair actor");
-                    state.spawn_pair(&myself, &key).await;
+                    state.spawn_pair(&myself, &key, true).await;
                 }
             }
             SupMsg::Shutdown(reply) => {

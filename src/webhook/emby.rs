@@ -5,7 +5,7 @@
 //! | `Event` | normalised |
 //! |---|---|
 //! | `playback.start` / `playback.pause` / `playback.unpause` | play / pause / resume |
-//! | `playback.stop` | stop; `played = true` only if `PlayedToCompletion` |
+//! | `playback.stop` | stop; `played = true` only if `PlayedToCompletion` (or `Item.Played`) is true |
 //! | `playback.scrobble` | scrobble, `played = true` |
 //! | `item.markplayed` / `item.markunplayed` | mark_played / mark_unplayed (forced state) |
 //! | `library.new` | item_added (generic) |
@@ -32,11 +32,12 @@ pub fn decode(obj: &Map<String, Value>) -> WebhookEvent {
     let playback = fields::object(obj, "PlaybackInfo");
     if let Some(item) = item {
         ev.item_id = str_field(item, "Id");
-        ev.item_type = str_field(item, "Type").and_then(|t| match t.to_ascii_lowercase().as_str() {
-            "movie" => Some(ItemType::Movie),
-            "episode" => Some(ItemType::Episode),
-            _ => None,
-        });
+        ev.item_type =
+            str_field(item, "Type").and_then(|t| match t.to_ascii_lowercase().as_str() {
+                "movie" => Some(ItemType::Movie),
+                "episode" => Some(ItemType::Episode),
+                _ => None,
+            });
         ev.title = str_field(item, "Name");
         ev.year = u32_field(item, "ProductionYear").filter(|y| *y > 0);
         if ev.item_type == Some(ItemType::Episode) {
@@ -60,10 +61,12 @@ pub fn decode(obj: &Map<String, Value>) -> WebhookEvent {
         "playback.pause" => (EventKind::Pause, None),
         "playback.unpause" => (EventKind::Resume, None),
         "playback.stop" => {
-            let completed = playback
-                .and_then(|p| bool_field(p, "PlayedToCompletion"))
-                .or_else(|| item.and_then(|i| bool_field(i, "PlayedToCompletion")));
-            (EventKind::Stop, (completed == Some(true)).then_some(true))
+            // Any of these being true asserts played; false never asserts unplayed.
+            let completed = playback.and_then(|p| bool_field(p, "PlayedToCompletion"))
+                == Some(true)
+                || item.and_then(|i| bool_field(i, "PlayedToCompletion")) == Some(true)
+                || item.and_then(|i| bool_field(i, "Played")) == Some(true);
+            (EventKind::Stop, completed.then_some(true))
         }
         "playback.scrobble" => (EventKind::Scrobble, Some(true)),
         "item.markplayed" => (EventKind::MarkPlayed, Some(true)),
@@ -101,12 +104,43 @@ mod tests {
             ("playback.start", json!({}), EventKind::Play, None),
             ("playback.pause", json!({}), EventKind::Pause, None),
             ("playback.unpause", json!({}), EventKind::Resume, None),
-            ("playback.stop", json!({"PlaybackInfo": {"PlayedToCompletion": true}}), EventKind::Stop, Some(true)),
-            ("playback.stop", json!({"PlaybackInfo": {"PlayedToCompletion": false}}), EventKind::Stop, None),
+            (
+                "playback.stop",
+                json!({"PlaybackInfo": {"PlayedToCompletion": true}}),
+                EventKind::Stop,
+                Some(true),
+            ),
+            (
+                "playback.stop",
+                json!({"PlaybackInfo": {"PlayedToCompletion": false}}),
+                EventKind::Stop,
+                None,
+            ),
             ("playback.stop", json!({}), EventKind::Stop, None),
-            ("playback.scrobble", json!({}), EventKind::Scrobble, Some(true)),
-            ("item.markplayed", json!({}), EventKind::MarkPlayed, Some(true)),
-            ("item.markunplayed", json!({}), EventKind::MarkUnplayed, Some(false)),
+            (
+                "playback.stop",
+                json!({"Item": {"Type": "Movie", "Played": true}}),
+                EventKind::Stop,
+                Some(true),
+            ),
+            (
+                "playback.scrobble",
+                json!({}),
+                EventKind::Scrobble,
+                Some(true),
+            ),
+            (
+                "item.markplayed",
+                json!({}),
+                EventKind::MarkPlayed,
+                Some(true),
+            ),
+            (
+                "item.markunplayed",
+                json!({}),
+                EventKind::MarkUnplayed,
+                Some(false),
+            ),
             ("library.new", json!({}), EventKind::ItemAdded, None),
             ("system.notificationtest", json!({}), EventKind::Test, None),
             ("system.webhooktest", json!({}), EventKind::Test, None),
@@ -123,23 +157,40 @@ mod tests {
 
     #[test]
     fn fields_ticks_and_provider_ids() {
-        let ev = dec("playback.stop", json!({"PlaybackInfo": {"PositionTicks": 33912345670u64}}));
+        let ev = dec(
+            "playback.stop",
+            json!({"PlaybackInfo": {"PositionTicks": 33912345670u64}}),
+        );
         assert_eq!(ev.backend_id, "srv");
         assert_eq!(ev.user_id.as_deref(), Some("u1"));
         assert_eq!(ev.item_id.as_deref(), Some("88213"));
         assert_eq!(ev.position_ms, Some(3_391_234));
         assert_eq!(ev.duration_ms, Some(3_417_000));
-        assert_eq!((ev.season, ev.episode, ev.year), (Some(1), Some(1), Some(2022)));
+        assert_eq!(
+            (ev.season, ev.episode, ev.year),
+            (Some(1), Some(1), Some(2022))
+        );
         assert_eq!(ev.external_ids["imdb"], "tt11650328");
         assert_eq!(ev.external_ids["tvdb"], "7889611");
     }
 
     #[test]
     fn missing_parts() {
-        let ev = decode(json!({"Event": "system.notificationtest", "Server": {"Id": "srv"}}).as_object().unwrap());
+        let ev = decode(
+            json!({"Event": "system.notificationtest", "Server": {"Id": "srv"}})
+                .as_object()
+                .unwrap(),
+        );
         assert_eq!(ev.event, EventKind::Test);
-        assert_eq!((ev.user_id.clone(), ev.item_id.clone(), ev.position_ms), (None, None, None));
-        let ev = decode(json!({"event": "library.new", "item": {"id": "5", "type": "movie", "serverid": "s2"}}).as_object().unwrap());
+        assert_eq!(
+            (ev.user_id.clone(), ev.item_id.clone(), ev.position_ms),
+            (None, None, None)
+        );
+        let ev = decode(
+            json!({"event": "library.new", "item": {"id": "5", "type": "movie", "serverid": "s2"}})
+                .as_object()
+                .unwrap(),
+        );
         assert_eq!(ev.backend_id, "s2");
         assert_eq!(ev.item_type, Some(ItemType::Movie));
         assert_eq!(ev.event, EventKind::ItemAdded);

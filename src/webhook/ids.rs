@@ -141,7 +141,7 @@ pub fn parse_plex_guid(guid: &str, is_episode: bool) -> Option<PlexGuid> {
     }
     if let Some(kind) = scheme.strip_prefix("tv.plex.agents.nfo.") {
         let mut segments = rest.split('/').filter(|s| !s.is_empty());
-        let (first, last) = (segments.next()?, segments.last());
+        let (first, last) = (segments.next()?, segments.next_back());
         let (kind_segment, id_segment) = match last {
             Some(last) => (first, last),
             None => ("", first),
@@ -149,10 +149,10 @@ pub fn parse_plex_guid(guid: &str, is_episode: bool) -> Option<PlexGuid> {
         let (source, value) = id_segment.split_once('_')?;
         let provider = provider_key(source)?;
         let id = validate(provider, value)?;
-        let names_show = kind == "series" && matches!(kind_segment, "show" | "series" | "tvshow");
+        // A series agent's id names the show unless its kind segment says episode.
+        let names_show = kind == "series"
+            && (kind_segment.is_empty() || matches!(kind_segment, "show" | "series" | "tvshow"));
         let target = if names_show && is_episode {
-            GuidTarget::Series
-        } else if kind == "series" && kind_segment.is_empty() && is_episode {
             GuidTarget::Series
         } else {
             GuidTarget::Item
@@ -252,11 +252,26 @@ mod tests {
 
     #[test]
     fn plex_modern_guids_are_item_ids() {
-        assert_eq!(g("imdb://tt13429908", true), Some((GuidTarget::Item, "imdb", "tt13429908".into())));
-        assert_eq!(g("tmdb://2499236", true), Some((GuidTarget::Item, "tmdb", "2499236".into())));
-        assert_eq!(g("tvdb://8031280", false), Some((GuidTarget::Item, "tvdb", "8031280".into())));
-        assert_eq!(g("tvmaze://12", false), Some((GuidTarget::Item, "tvmaze", "12".into())));
-        assert_eq!(g("anidb://99", false), Some((GuidTarget::Item, "anidb", "99".into())));
+        assert_eq!(
+            g("imdb://tt13429908", true),
+            Some((GuidTarget::Item, "imdb", "tt13429908".into()))
+        );
+        assert_eq!(
+            g("tmdb://2499236", true),
+            Some((GuidTarget::Item, "tmdb", "2499236".into()))
+        );
+        assert_eq!(
+            g("tvdb://8031280", false),
+            Some((GuidTarget::Item, "tvdb", "8031280".into()))
+        );
+        assert_eq!(
+            g("tvmaze://12", false),
+            Some((GuidTarget::Item, "tvmaze", "12".into()))
+        );
+        assert_eq!(
+            g("anidb://99", false),
+            Some((GuidTarget::Item, "anidb", "99".into()))
+        );
         assert_eq!(g("tmdb://abc", false), None);
     }
 
@@ -267,7 +282,13 @@ mod tests {
         assert_eq!(g("com.plexapp.agents.none://12345", false), None);
         assert_eq!(g("tv.plex.agents.none://12345", false), None);
         assert_eq!(g("none", false), None);
-        assert_eq!(g("com.plexapp.agents.plexmusic://gracenote/track/1?lang=en", false), None);
+        assert_eq!(
+            g(
+                "com.plexapp.agents.plexmusic://gracenote/track/1?lang=en",
+                false
+            ),
+            None
+        );
         assert_eq!(g("", false), None);
     }
 
@@ -278,7 +299,10 @@ mod tests {
             Some((GuidTarget::Series, "tvdb", "350665".into()))
         );
         assert_eq!(
-            g("com.plexapp.agents.thetvdbdvdorder://81189/2/3?lang=en", true),
+            g(
+                "com.plexapp.agents.thetvdbdvdorder://81189/2/3?lang=en",
+                true
+            ),
             Some((GuidTarget::Series, "tvdb", "81189".into()))
         );
         assert_eq!(
@@ -325,7 +349,10 @@ mod tests {
             g("com.plexapp.agents.hama://tsdb-1429?lang=en", false),
             Some((GuidTarget::Item, "tmdb", "1429".into()))
         );
-        assert_eq!(g("com.plexapp.agents.hama://imdb-tt0245429", false), Some((GuidTarget::Item, "imdb", "tt0245429".into())));
+        assert_eq!(
+            g("com.plexapp.agents.hama://imdb-tt0245429", false),
+            Some((GuidTarget::Item, "imdb", "tt0245429".into()))
+        );
         assert_eq!(g("com.plexapp.agents.hama://kitsu-1", false), None);
     }
 

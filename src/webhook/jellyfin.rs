@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `PlaybackStart` | play |
 //! | `PlaybackProgress` | pause if `IsPaused`, else progress |
-//! | `PlaybackStop` | stop; `played = true` only if `PlayedToCompletion` |
+//! | `PlaybackStop` | stop; `played = true` only if `PlayedToCompletion` (or `Played`) is true |
 //! | `UserDataSaved`, `SaveReason` `PlaybackStart` / `PlaybackProgress` | progress |
 //! | `UserDataSaved`, `SaveReason` `PlaybackFinished` | scrobble, `played = true` |
 //! | `UserDataSaved`, `SaveReason` `TogglePlayed` | mark_played / mark_unplayed by `Played` |
@@ -56,10 +56,14 @@ pub fn decode(obj: &Map<String, Value>) -> WebhookEvent {
                 (EventKind::Progress, None)
             }
         }
-        "playbackstop" => (
-            EventKind::Stop,
-            (bool_field(obj, "PlayedToCompletion") == Some(true)).then_some(true),
-        ),
+        "playbackstop" => {
+            // `PlayedToCompletion` says this session finished it; `Played` (sent by some
+            // versions) is the item's state after the stop. Either asserts played; a false
+            // never asserts unplayed (stopping early does not unmark an item).
+            let completed = bool_field(obj, "PlayedToCompletion") == Some(true)
+                || bool_field(obj, "Played") == Some(true);
+            (EventKind::Stop, completed.then_some(true))
+        }
         "userdatasaved" => user_data_saved(obj),
         "itemadded" => (EventKind::ItemAdded, None),
         _ => (EventKind::Ignore, None),
@@ -104,24 +108,106 @@ mod tests {
     #[test]
     fn event_table() {
         let cases = [
-            (json!({"NotificationType": "PlaybackStart"}), EventKind::Play, None),
-            (json!({"NotificationType": "PlaybackProgress", "IsPaused": true}), EventKind::Pause, None),
-            (json!({"NotificationType": "PlaybackProgress", "IsPaused": false}), EventKind::Progress, None),
-            (json!({"NotificationType": "PlaybackProgress"}), EventKind::Progress, None),
-            (json!({"NotificationType": "PlaybackStop", "PlayedToCompletion": true}), EventKind::Stop, Some(true)),
-            (json!({"NotificationType": "PlaybackStop", "PlayedToCompletion": false}), EventKind::Stop, None),
-            (json!({"NotificationType": "PlaybackStop"}), EventKind::Stop, None),
-            (json!({"NotificationType": "UserDataSaved", "SaveReason": "PlaybackStart"}), EventKind::Progress, None),
-            (json!({"NotificationType": "UserDataSaved", "SaveReason": "PlaybackProgress"}), EventKind::Progress, None),
-            (json!({"NotificationType": "UserDataSaved", "SaveReason": "PlaybackFinished", "Played": true}), EventKind::Scrobble, Some(true)),
-            (json!({"NotificationType": "UserDataSaved", "SaveReason": "TogglePlayed", "Played": true}), EventKind::MarkPlayed, Some(true)),
-            (json!({"NotificationType": "UserDataSaved", "SaveReason": "TogglePlayed", "Played": false}), EventKind::MarkUnplayed, Some(false)),
-            (json!({"NotificationType": "UserDataSaved", "SaveReason": "TogglePlayed"}), EventKind::Ignore, None),
-            (json!({"NotificationType": "UserDataSaved", "SaveReason": "UpdateUserRating", "Played": true}), EventKind::Ignore, None),
-            (json!({"NotificationType": "UserDataSaved"}), EventKind::Ignore, None),
-            (json!({"NotificationType": "ItemAdded"}), EventKind::ItemAdded, None),
-            (json!({"NotificationType": "AuthenticationSuccess"}), EventKind::Ignore, None),
-            (json!({"NotificationType": "SessionStart"}), EventKind::Ignore, None),
+            (
+                json!({"NotificationType": "PlaybackStart"}),
+                EventKind::Play,
+                None,
+            ),
+            (
+                json!({"NotificationType": "PlaybackProgress", "IsPaused": true}),
+                EventKind::Pause,
+                None,
+            ),
+            (
+                json!({"NotificationType": "PlaybackProgress", "IsPaused": false}),
+                EventKind::Progress,
+                None,
+            ),
+            (
+                json!({"NotificationType": "PlaybackProgress"}),
+                EventKind::Progress,
+                None,
+            ),
+            (
+                json!({"NotificationType": "PlaybackStop", "PlayedToCompletion": true}),
+                EventKind::Stop,
+                Some(true),
+            ),
+            (
+                json!({"NotificationType": "PlaybackStop", "PlayedToCompletion": false}),
+                EventKind::Stop,
+                None,
+            ),
+            (
+                json!({"NotificationType": "PlaybackStop"}),
+                EventKind::Stop,
+                None,
+            ),
+            (
+                json!({"NotificationType": "PlaybackStop", "Played": true}),
+                EventKind::Stop,
+                Some(true),
+            ),
+            (
+                json!({"NotificationType": "PlaybackStop", "Played": false, "PlayedToCompletion": false}),
+                EventKind::Stop,
+                None,
+            ),
+            (
+                json!({"NotificationType": "UserDataSaved", "SaveReason": "PlaybackStart"}),
+                EventKind::Progress,
+                None,
+            ),
+            (
+                json!({"NotificationType": "UserDataSaved", "SaveReason": "PlaybackProgress"}),
+                EventKind::Progress,
+                None,
+            ),
+            (
+                json!({"NotificationType": "UserDataSaved", "SaveReason": "PlaybackFinished", "Played": true}),
+                EventKind::Scrobble,
+                Some(true),
+            ),
+            (
+                json!({"NotificationType": "UserDataSaved", "SaveReason": "TogglePlayed", "Played": true}),
+                EventKind::MarkPlayed,
+                Some(true),
+            ),
+            (
+                json!({"NotificationType": "UserDataSaved", "SaveReason": "TogglePlayed", "Played": false}),
+                EventKind::MarkUnplayed,
+                Some(false),
+            ),
+            (
+                json!({"NotificationType": "UserDataSaved", "SaveReason": "TogglePlayed"}),
+                EventKind::Ignore,
+                None,
+            ),
+            (
+                json!({"NotificationType": "UserDataSaved", "SaveReason": "UpdateUserRating", "Played": true}),
+                EventKind::Ignore,
+                None,
+            ),
+            (
+                json!({"NotificationType": "UserDataSaved"}),
+                EventKind::Ignore,
+                None,
+            ),
+            (
+                json!({"NotificationType": "ItemAdded"}),
+                EventKind::ItemAdded,
+                None,
+            ),
+            (
+                json!({"NotificationType": "AuthenticationSuccess"}),
+                EventKind::Ignore,
+                None,
+            ),
+            (
+                json!({"NotificationType": "SessionStart"}),
+                EventKind::Ignore,
+                None,
+            ),
         ];
         for (extra, kind, played) in cases {
             let ev = dec(extra.clone());
@@ -133,7 +219,8 @@ mod tests {
 
     #[test]
     fn fields_ticks_and_ids() {
-        let ev = dec(json!({"NotificationType": "PlaybackStop", "PlaybackPositionTicks": 56722609}));
+        let ev =
+            dec(json!({"NotificationType": "PlaybackStop", "PlaybackPositionTicks": 56722609}));
         assert_eq!(ev.backend_id, "16588A9F-062A-40C4-9665-86B1D220BFFC");
         assert_eq!(ev.user_id.as_deref(), Some("u1"));
         assert_eq!(ev.user_name.as_deref(), Some("Rain"));
@@ -141,7 +228,10 @@ mod tests {
         assert_eq!(ev.item_type, Some(ItemType::Episode));
         assert_eq!(ev.position_ms, Some(5672));
         assert_eq!(ev.duration_ms, Some(1_421_097));
-        assert_eq!((ev.season, ev.episode, ev.year), (Some(1), Some(2), Some(2021)));
+        assert_eq!(
+            (ev.season, ev.episode, ev.year),
+            (Some(1), Some(2), Some(2021))
+        );
         assert_eq!(ev.series_title.as_deref(), Some("Show"));
         assert_eq!(ev.external_ids["anidb"], "238801");
         assert!(ev.series_external_ids.is_empty());
@@ -151,7 +241,9 @@ mod tests {
     fn absent_ticks_are_none_and_strings_are_accepted() {
         let ev = dec(json!({"NotificationType": "ItemAdded"}));
         assert_eq!(ev.position_ms, None);
-        let ev = dec(json!({"NotificationType": "PlaybackProgress", "PlaybackPositionTicks": "14523310000", "IsPaused": "true"}));
+        let ev = dec(
+            json!({"NotificationType": "PlaybackProgress", "PlaybackPositionTicks": "14523310000", "IsPaused": "true"}),
+        );
         assert_eq!(ev.position_ms, Some(1_452_331));
         assert_eq!(ev.event, EventKind::Pause);
     }
@@ -160,7 +252,10 @@ mod tests {
     fn movies_and_non_items() {
         let ev = dec(json!({"NotificationType": "PlaybackStart", "ItemType": "Movie"}));
         assert_eq!(ev.item_type, Some(ItemType::Movie));
-        assert_eq!((ev.season, ev.episode, ev.series_title.clone()), (None, None, None));
+        assert_eq!(
+            (ev.season, ev.episode, ev.series_title.clone()),
+            (None, None, None)
+        );
         let ev = dec(json!({"NotificationType": "PlaybackStart", "ItemType": "Audio"}));
         assert_eq!(ev.item_type, None);
     }

@@ -225,13 +225,21 @@ mod tests {
         let plex = br#"{"event":"media.play","Server":{"uuid":"s"}}"#;
         assert_eq!(decode(&req(None, None, plex)).unwrap().sender, Sender::Plex);
         let taut = br#"{"event":"tautulli.play","Server":{"uuid":"s"}}"#;
-        assert_eq!(decode(&req(None, None, taut)).unwrap().sender, Sender::Tautulli);
+        assert_eq!(
+            decode(&req(None, None, taut)).unwrap().sender,
+            Sender::Tautulli
+        );
     }
 
     #[test]
     fn user_agent_picks_tautulli_for_plex_shaped_json() {
         let body = br#"{"event":"media.play","Server":{"uuid":"s"}}"#;
-        let ev = decode(&req(Some("application/json"), Some("Tautulli/v2.17.2"), body)).unwrap();
+        let ev = decode(&req(
+            Some("application/json"),
+            Some("Tautulli/v2.17.2"),
+            body,
+        ))
+        .unwrap();
         assert_eq!(ev.sender, Sender::Tautulli);
     }
 
@@ -252,12 +260,23 @@ mod tests {
             .to_string()
             .starts_with("not a Plex, Tautulli, Jellyfin or Emby webhook: "));
         assert!(err.to_string().contains("hello"));
-        let err = decode(&req(None, Some("Jellyfin-Server/10.10"), br#"{"Name":"x"}"#)).unwrap_err();
+        let err = decode(&req(
+            None,
+            Some("Jellyfin-Server/10.10"),
+            br#"{"Name":"x"}"#,
+        ))
+        .unwrap_err();
         assert!(err.to_string().contains("Send All Properties"), "{err}");
         let err = decode(&req(None, None, b"[1,2]")).unwrap_err();
         assert!(err.to_string().contains("an array"), "{err}");
         let err = decode(&req(None, None, br#"{"data":"{"}"#)).unwrap_err();
-        assert!(err.to_string().starts_with("field 'data': invalid JSON"), "{err}");
-        assert!(matches!(decode(&req(None, None, b"")), Err(DecodeError::EmptyBody)));
+        assert!(
+            err.to_string().starts_with("field 'data': invalid JSON"),
+            "{err}"
+        );
+        assert!(matches!(
+            decode(&req(None, None, b"")),
+            Err(DecodeError::EmptyBody)
+        ));
     }
 }

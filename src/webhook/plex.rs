@@ -11,9 +11,9 @@
 //! played; `viewCount`/`lastViewedAt` describe the past, not this event, and are not used.
 //! The helpers here are shared with [`super::tautulli`], whose payload is Plex-shaped.
 
+use super::blank;
 use super::fields::{self, get_exact, str_field, u32_field, u64_field};
 use super::ids::{self, GuidTarget};
-use super::blank;
 use serde_json::{Map, Value};
 use watchstate_actors::event::{EventKind, ItemType, Sender, WebhookEvent};
 
@@ -171,7 +171,10 @@ mod tests {
         assert_eq!(ev.item_id.as_deref(), Some("42"));
         assert_eq!(ev.item_type, Some(ItemType::Episode));
         assert_eq!(ev.series_title.as_deref(), Some("Show"));
-        assert_eq!((ev.season, ev.episode, ev.year), (Some(2), Some(3), Some(2020)));
+        assert_eq!(
+            (ev.season, ev.episode, ev.year),
+            (Some(2), Some(3), Some(2020))
+        );
         assert_eq!((ev.position_ms, ev.duration_ms), (Some(1234), Some(5000)));
         assert_eq!(ev.library_id.as_deref(), Some("5"));
         assert_eq!(ev.played, None, "viewCount is history, not this event");
@@ -185,7 +188,10 @@ mod tests {
         ));
         assert_eq!(ev.item_type, None);
         assert_eq!(ev.position_ms, None);
-        assert_eq!((ev.season, ev.episode, ev.series_title.clone()), (None, None, None));
+        assert_eq!(
+            (ev.season, ev.episode, ev.series_title.clone()),
+            (None, None, None)
+        );
     }
 
     #[test]

@@ -59,10 +59,7 @@ pub fn route(event: &WebhookEvent, targets: &[RouteTarget]) -> RouteOutcome {
     let needs_item = event.event.is_state_event() || event.event == EventKind::ItemAdded;
     if needs_item && event.item_type.is_none() {
         return RouteOutcome::Ignored {
-            reason: format!(
-                "{} is not about a movie or episode",
-                describe_event(event)
-            ),
+            reason: format!("{} is not about a movie or episode", describe_event(event)),
         };
     }
 
@@ -161,7 +158,9 @@ fn describe_event(event: &WebhookEvent) -> String {
 fn no_user_hint(sender: Sender) -> &'static str {
     match sender {
         Sender::Emby => " (in Emby's webhook settings, include all users)",
-        Sender::Jellyfin => " (in the Jellyfin webhook plugin, select the users to send events for)",
+        Sender::Jellyfin => {
+            " (in the Jellyfin webhook plugin, select the users to send events for)"
+        }
         Sender::Plex | Sender::Tautulli => "",
     }
 }
@@ -295,7 +294,12 @@ mod tests {
 
     fn targets() -> Vec<RouteTarget> {
         vec![
-            target("alice", "jelly", "16588A9F-062A-40C4-9665-86B1D220BFFC", "02700C83-44D5-4261-9B39-319296C0D4C7"),
+            target(
+                "alice",
+                "jelly",
+                "16588A9F-062A-40C4-9665-86B1D220BFFC",
+                "02700C83-44D5-4261-9B39-319296C0D4C7",
+            ),
             target("bob", "jelly", "16588a9f062a40c4966586b1d220bffc", "b0b"),
             target("alice", "plex", "plexsrv", "1"),
         ]
@@ -330,10 +334,24 @@ mod tests {
 
     #[test]
     fn user_scoped_event_goes_to_one_pair_with_normalised_ids() {
-        let e = ev(EventKind::Play, JF, Some("02700c8344d542619b39319296c0d4c7"));
-        assert_eq!(route(&e, &targets()), RouteOutcome::Routed(vec![PairKey::new("alice", "jelly")]));
-        let e = ev(EventKind::Play, "16588A9F062A40C4966586B1D220BFFC", Some("B0B"));
-        assert_eq!(route(&e, &targets()), RouteOutcome::Routed(vec![PairKey::new("bob", "jelly")]));
+        let e = ev(
+            EventKind::Play,
+            JF,
+            Some("02700c8344d542619b39319296c0d4c7"),
+        );
+        assert_eq!(
+            route(&e, &targets()),
+            RouteOutcome::Routed(vec![PairKey::new("alice", "jelly")])
+        );
+        let e = ev(
+            EventKind::Play,
+            "16588A9F062A40C4966586B1D220BFFC",
+            Some("B0B"),
+        );
+        assert_eq!(
+            route(&e, &targets()),
+            RouteOutcome::Routed(vec![PairKey::new("bob", "jelly")])
+        );
     }
 
     #[test]
@@ -341,7 +359,10 @@ mod tests {
         let e = ev(EventKind::ItemAdded, JF, None);
         assert_eq!(
             route(&e, &targets()),
-            RouteOutcome::Routed(vec![PairKey::new("alice", "jelly"), PairKey::new("bob", "jelly")])
+            RouteOutcome::Routed(vec![
+                PairKey::new("alice", "jelly"),
+                PairKey::new("bob", "jelly")
+            ])
         );
     }
 
@@ -364,16 +385,26 @@ mod tests {
             o => panic!("{o:?}"),
         }
         let e = ev(EventKind::Play, JF, None);
-        assert!(matches!(route(&e, &targets()), RouteOutcome::Unmatched { .. }));
+        assert!(matches!(
+            route(&e, &targets()),
+            RouteOutcome::Unmatched { .. }
+        ));
         let e = ev(EventKind::Play, "", Some("1"));
         match route(&e, &targets()) {
-            RouteOutcome::Unmatched { reason } => assert!(reason.contains("no server id"), "{reason}"),
+            RouteOutcome::Unmatched { reason } => {
+                assert!(reason.contains("no server id"), "{reason}")
+            }
             o => panic!("{o:?}"),
         }
         let e = ev(EventKind::ItemAdded, "nope", None);
-        assert!(matches!(route(&e, &targets()), RouteOutcome::Unmatched { .. }));
+        assert!(matches!(
+            route(&e, &targets()),
+            RouteOutcome::Unmatched { .. }
+        ));
         let e = ev(EventKind::Play, JF, Some("b0b"));
-        assert!(matches!(route(&e, &[]), RouteOutcome::Unmatched { reason } if reason.contains("none")));
+        assert!(
+            matches!(route(&e, &[]), RouteOutcome::Unmatched { reason } if reason.contains("none"))
+        );
     }
 
     #[test]
@@ -382,14 +413,21 @@ mod tests {
         e.raw_event = "media.rate".into();
         assert_eq!(
             route(&e, &targets()),
-            RouteOutcome::Ignored { reason: "media.rate is not used".into() }
+            RouteOutcome::Ignored {
+                reason: "media.rate is not used".into()
+            }
         );
         let mut e = ev(EventKind::Play, JF, Some("b0b"));
         e.item_type = None;
-        assert!(matches!(route(&e, &targets()), RouteOutcome::Ignored { reason } if reason.contains("not about a movie or episode")));
+        assert!(
+            matches!(route(&e, &targets()), RouteOutcome::Ignored { reason } if reason.contains("not about a movie or episode"))
+        );
         let mut e = ev(EventKind::ItemAdded, JF, None);
         e.item_type = None;
-        assert!(matches!(route(&e, &targets()), RouteOutcome::Ignored { .. }));
+        assert!(matches!(
+            route(&e, &targets()),
+            RouteOutcome::Ignored { .. }
+        ));
     }
 
     #[test]
@@ -398,10 +436,17 @@ mod tests {
         e.item_type = None;
         assert_eq!(
             route(&e, &targets()),
-            RouteOutcome::Test { routed: vec![PairKey::new("alice", "jelly"), PairKey::new("bob", "jelly")] }
+            RouteOutcome::Test {
+                routed: vec![PairKey::new("alice", "jelly"), PairKey::new("bob", "jelly")]
+            }
         );
         let e = ev(EventKind::Test, JF, Some("b0b"));
-        assert_eq!(route(&e, &targets()), RouteOutcome::Test { routed: vec![PairKey::new("bob", "jelly")] });
+        assert_eq!(
+            route(&e, &targets()),
+            RouteOutcome::Test {
+                routed: vec![PairKey::new("bob", "jelly")]
+            }
+        );
         let e = ev(EventKind::Test, "unknown", None);
         assert_eq!(route(&e, &targets()), RouteOutcome::Test { routed: vec![] });
     }
@@ -410,8 +455,15 @@ mod tests {
     fn duplicate_targets_are_routed_once() {
         let mut t = targets();
         t.push(t[0].clone());
-        let e = ev(EventKind::Play, JF, Some("02700c8344d542619b39319296c0d4c7"));
-        assert_eq!(route(&e, &t), RouteOutcome::Routed(vec![PairKey::new("alice", "jelly")]));
+        let e = ev(
+            EventKind::Play,
+            JF,
+            Some("02700c8344d542619b39319296c0d4c7"),
+        );
+        assert_eq!(
+            route(&e, &t),
+            RouteOutcome::Routed(vec![PairKey::new("alice", "jelly")])
+        );
     }
 
     #[test]

@@ -21,9 +21,7 @@ pub fn decode(obj: &Map<String, Value>) -> WebhookEvent {
     // Unrendered placeholders are absent values; finding any means a test notification.
     let raw_event = str_field(obj, "event").unwrap_or_default();
     let mut obj = obj.clone();
-    let had_placeholders = obj
-        .values_mut()
-        .fold(false, |found, v| blank_placeholders(v) || found);
+    let had_placeholders = blank_all(obj.values_mut());
     let mut ev = blank(Sender::Tautulli, plex::server_id(&obj), raw_event.clone());
     plex::fill_account(&obj, &mut ev);
     if let Some(meta) = fields::object(&obj, "Metadata") {
@@ -72,28 +70,28 @@ fn fill_guids(meta: &Map<String, Value>, ev: &mut WebhookEvent) {
 
 /// Replaces every string that is exactly one `{placeholder}` with `null`; true if any was found.
 fn blank_placeholders(v: &mut Value) -> bool {
-    match v {
-        Value::String(s) if is_placeholder(s) => {
-            *v = Value::Null;
-            true
-        }
+    let found = match v {
+        // `tautulli.{action}` is the event of an unrendered template.
         Value::String(s) => {
-            // `tautulli.{action}`: the event of an unrendered template.
-            if s.contains('{') && s.contains('}') && s.starts_with("tautulli.") {
-                *v = Value::Null;
-                true
-            } else {
-                false
-            }
+            is_placeholder(s) || (s.starts_with("tautulli.") && s.contains('{') && s.contains('}'))
         }
-        Value::Array(items) => items
-            .iter_mut()
-            .fold(false, |found, i| blank_placeholders(i) || found),
-        Value::Object(map) => map
-            .values_mut()
-            .fold(false, |found, i| blank_placeholders(i) || found),
+        Value::Array(items) => return blank_all(items.iter_mut()),
+        Value::Object(map) => return blank_all(map.values_mut()),
         _ => false,
+    };
+    if found {
+        *v = Value::Null;
     }
+    found
+}
+
+/// Visits every value (no short-circuit: all placeholders must be blanked).
+fn blank_all<'a>(values: impl Iterator<Item = &'a mut Value>) -> bool {
+    let mut found = false;
+    for v in values {
+        found |= blank_placeholders(v);
+    }
+    found
 }
 
 fn is_placeholder(s: &str) -> bool {
@@ -152,7 +150,10 @@ mod tests {
         let ev = dec(body("tautulli.pause", "episode"));
         assert_eq!(ev.user_id.as_deref(), Some("28467193"));
         assert_eq!((ev.season, ev.episode, ev.year), (Some(1), Some(1), None));
-        assert_eq!((ev.position_ms, ev.duration_ms), (Some(1_452_000), Some(3_417_000)));
+        assert_eq!(
+            (ev.position_ms, ev.duration_ms),
+            (Some(1_452_000), Some(3_417_000))
+        );
         assert!(ev.external_ids.is_empty());
         assert_eq!(ev.series_external_ids.len(), 2);
         assert_eq!(ev.series_external_ids["tvdb"], "371980");

@@ -23,11 +23,7 @@ impl ContentType {
     /// Parses `type/subtype; a=b; c="d;e"`. Never fails: garbage gives an odd `mime`.
     pub fn parse(raw: &str) -> ContentType {
         let mut parts = split_params(raw).into_iter();
-        let mime = parts
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase();
+        let mime = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
         let params = parts
             .filter_map(|p| {
                 let (k, v) = p.split_once('=')?;
@@ -124,7 +120,10 @@ pub struct Part<'a> {
 }
 
 /// Extracts the webhook's JSON object text from the request body.
-pub fn extract_json(content_type: Option<&str>, body: &[u8]) -> Result<(Value, Envelope), DecodeError> {
+pub fn extract_json(
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<(Value, Envelope), DecodeError> {
     let body = strip_bom(body);
     if body.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(DecodeError::EmptyBody);
@@ -319,25 +318,23 @@ pub fn parse_multipart<'a>(body: &'a [u8], boundary: &str) -> Result<Vec<Part<'a
     Ok(parts)
 }
 
-/// Finds the next delimiter that starts a line at or after `from`.
+/// Finds the next delimiter that starts a line at or after `from` (a delimiter always follows a
+/// line end, so only the bytes after each `\n` are compared: linear in the body's length).
 /// Returns (delimiter position, end of the preceding part's content).
 fn find_delimiter(body: &[u8], delim: &[u8], from: usize) -> Option<(usize, usize)> {
     let mut i = from;
-    while i + delim.len() <= body.len() {
-        let found = body[i..]
-            .windows(delim.len())
-            .position(|w| w == delim)
-            .map(|p| p + i)?;
-        if found >= 2 && &body[found - 2..found] == b"\r\n" {
-            return Some((found, found - 2));
+    while i < body.len() {
+        let nl = i + body[i..].iter().position(|b| *b == b'\n')?;
+        let at = nl + 1;
+        if body[at..].starts_with(delim) {
+            let content_end = if nl > from && body[nl - 1] == b'\r' {
+                nl - 1
+            } else {
+                nl
+            };
+            return Some((at, content_end.max(from)));
         }
-        if found >= 1 && body[found - 1] == b'\n' {
-            return Some((found, found - 1));
-        }
-        if found == from && from == 0 {
-            return Some((found, found));
-        }
-        i = found + 1;
+        i = at;
     }
     None
 }
@@ -432,7 +429,8 @@ mod tests {
 
     #[test]
     fn multipart_lf_preamble_and_missing_close() {
-        let body = b"preamble\n--b\nContent-Disposition: form-data; name=data\n\n{\"Event\":\"x\"}\n";
+        let body =
+            b"preamble\n--b\nContent-Disposition: form-data; name=data\n\n{\"Event\":\"x\"}\n";
         let (v, env) = extract_json(Some("multipart/form-data; boundary=b"), body).unwrap();
         assert_eq!(v["Event"], "x");
         assert_eq!(env, Envelope::Multipart("data"));
@@ -449,7 +447,8 @@ mod tests {
 
     #[test]
     fn multipart_boundary_sniffed_without_param() {
-        let body = b"--abc\r\nContent-Disposition: form-data; name=\"payload\"\r\n\r\n{}\r\n--abc--\r\n";
+        let body =
+            b"--abc\r\nContent-Disposition: form-data; name=\"payload\"\r\n\r\n{}\r\n--abc--\r\n";
         let (_, env) = extract_json(Some("multipart/form-data"), body).unwrap();
         assert_eq!(env, Envelope::Multipart("payload"));
         let (_, env) = extract_json(None, body).unwrap();
@@ -473,7 +472,10 @@ mod tests {
 
     #[test]
     fn empty_and_bom() {
-        assert!(matches!(extract_json(None, b"  \r\n"), Err(DecodeError::EmptyBody)));
+        assert!(matches!(
+            extract_json(None, b"  \r\n"),
+            Err(DecodeError::EmptyBody)
+        ));
         let (v, _) = extract_json(Some("text/plain"), b"\xEF\xBB\xBF{\"a\":2}").unwrap();
         assert_eq!(v["a"], 2);
     }

@@ -41,7 +41,12 @@ fn decode_every_fixture_in_every_transport() {
             }
         }
     }
-    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -58,7 +63,10 @@ fn every_sender_and_transport_is_covered() {
         "emby multipart data",
         "emby form data",
     ] {
-        assert!(cases.iter().any(|c| c.transport == transport), "no case for {transport}");
+        assert!(
+            cases.iter().any(|c| c.transport == transport),
+            "no case for {transport}"
+        );
     }
 }
 
@@ -66,7 +74,11 @@ fn every_sender_and_transport_is_covered() {
 fn decode_is_deterministic_across_transports() {
     // The same fixture must decode to the same event whatever the envelope.
     let cases = fixture_cases();
-    for name in cases.iter().map(|c| c.name.clone()).collect::<std::collections::BTreeSet<_>>() {
+    for name in cases
+        .iter()
+        .map(|c| c.name.clone())
+        .collect::<std::collections::BTreeSet<_>>()
+    {
         let events: Vec<_> = cases
             .iter()
             .filter(|c| c.name == name)
@@ -81,6 +93,9 @@ fn decode_is_deterministic_across_transports() {
             })
             .collect();
         assert!(!events.is_empty(), "{name}");
-        assert!(events.windows(2).all(|w| w[0] == w[1]), "{name}: transports disagree");
+        assert!(
+            events.windows(2).all(|w| w[0] == w[1]),
+            "{name}: transports disagree"
+        );
     }
 }

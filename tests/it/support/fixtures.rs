@@ -48,14 +48,19 @@ pub fn fixture_files() -> Vec<(String, String, Vec<u8>, Value)> {
         .into_iter()
         .map(|meta_path| {
             let meta: Value = serde_json::from_slice(
-                &std::fs::read(&meta_path).unwrap_or_else(|e| panic!("{}: {e}", meta_path.display())),
+                &std::fs::read(&meta_path)
+                    .unwrap_or_else(|e| panic!("{}: {e}", meta_path.display())),
             )
             .unwrap_or_else(|e| panic!("{}: {e}", meta_path.display()));
             let file = meta_path.file_name().unwrap().to_string_lossy().to_string();
             let stem = file.trim_end_matches(".meta.json").to_string();
-            let sample = meta["sample"].as_str().map(String::from).unwrap_or(format!("{stem}.json"));
+            let sample = meta["sample"]
+                .as_str()
+                .map(String::from)
+                .unwrap_or(format!("{stem}.json"));
             let body_path = dir.join(&sample);
-            let body = std::fs::read(&body_path).unwrap_or_else(|e| panic!("{}: {e}", body_path.display()));
+            let body = std::fs::read(&body_path)
+                .unwrap_or_else(|e| panic!("{}: {e}", body_path.display()));
             let sender = meta["sender"]
                 .as_str()
                 .unwrap_or_else(|| panic!("{file}: no sender"))
@@ -68,7 +73,8 @@ pub fn fixture_files() -> Vec<(String, String, Vec<u8>, Value)> {
 }
 
 /// A small JPEG-like blob with the bytes that trip naive parsers: CR, LF and `--`.
-pub const THUMB: &[u8] = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\r\n--not-a-boundary\r\n\r\n\x00\xff\xd9";
+pub const THUMB: &[u8] =
+    b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\r\n--not-a-boundary\r\n\r\n\x00\xff\xd9";
 
 /// A multipart body with the given (name, filename, content type, bytes) parts.
 pub fn multipart(boundary: &str, parts: &[(&str, Option<&str>, &str, &[u8])]) -> Vec<u8> {
@@ -77,9 +83,12 @@ pub fn multipart(boundary: &str, parts: &[(&str, Option<&str>, &str, &[u8])]) ->
         out.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
         match filename {
             Some(f) => out.extend_from_slice(
-                format!("Content-Disposition: form-data; name=\"{name}\"; filename=\"{f}\"\r\n").as_bytes(),
+                format!("Content-Disposition: form-data; name=\"{name}\"; filename=\"{f}\"\r\n")
+                    .as_bytes(),
             ),
-            None => out.extend_from_slice(format!("Content-Disposition: form-data; name=\"{name}\"\r\n").as_bytes()),
+            None => out.extend_from_slice(
+                format!("Content-Disposition: form-data; name=\"{name}\"\r\n").as_bytes(),
+            ),
         }
         out.extend_from_slice(format!("Content-Type: {ct}\r\n\r\n").as_bytes());
         out.extend_from_slice(bytes);
@@ -93,7 +102,11 @@ pub fn multipart(boundary: &str, parts: &[(&str, Option<&str>, &str, &[u8])]) ->
 pub fn fixture_cases() -> Vec<FixtureCase> {
     let mut cases = Vec::new();
     for (name, sender, body, expected) in fixture_files() {
-        let case = |transport: &'static str, method: &'static str, ct: Option<&str>, ua: Option<&str>, body: Vec<u8>| FixtureCase {
+        let case = |transport: &'static str,
+                    method: &'static str,
+                    ct: Option<&str>,
+                    ua: Option<&str>,
+                    body: Vec<u8>| FixtureCase {
             name: name.clone(),
             transport,
             sender: sender.clone(),
@@ -132,26 +145,60 @@ pub fn fixture_cases() -> Vec<FixtureCase> {
             }
             "tautulli" => {
                 let ua = Some("Tautulli/v2.17.2");
-                cases.push(case("tautulli PUT", "PUT", Some("application/json"), ua, body.clone()));
-                cases.push(case("tautulli POST", "POST", Some("application/json"), ua, body.clone()));
+                cases.push(case(
+                    "tautulli PUT",
+                    "PUT",
+                    Some("application/json"),
+                    ua,
+                    body.clone(),
+                ));
+                cases.push(case(
+                    "tautulli POST",
+                    "POST",
+                    Some("application/json"),
+                    ua,
+                    body.clone(),
+                ));
             }
             "jellyfin" => {
                 let ua = Some("Jellyfin-Server/10.10.3");
-                cases.push(case("jellyfin text/plain", "POST", Some("text/plain; charset=utf-8"), ua, body.clone()));
-                cases.push(case("jellyfin application/json", "POST", Some("application/json"), ua, body.clone()));
+                cases.push(case(
+                    "jellyfin text/plain",
+                    "POST",
+                    Some("text/plain; charset=utf-8"),
+                    ua,
+                    body.clone(),
+                ));
+                cases.push(case(
+                    "jellyfin application/json",
+                    "POST",
+                    Some("application/json"),
+                    ua,
+                    body.clone(),
+                ));
             }
             "emby" => {
-                cases.push(case("emby json", "POST", Some("application/json"), None, body.clone()));
+                cases.push(case(
+                    "emby json",
+                    "POST",
+                    Some("application/json"),
+                    None,
+                    body.clone(),
+                ));
                 let boundary = "EmbyBoundary0f3d9c";
                 cases.push(case(
                     "emby multipart data",
                     "POST",
                     Some(&format!("multipart/form-data; boundary={boundary}")),
                     None,
-                    multipart(boundary, &[("data", None, "text/plain; charset=utf-8", &body)]),
+                    multipart(
+                        boundary,
+                        &[("data", None, "text/plain; charset=utf-8", &body)],
+                    ),
                 ));
                 let text = String::from_utf8(body.clone()).expect("emby fixture is UTF-8");
-                let form = serde_urlencoded::to_string([("data", text.as_str())]).expect("urlencode");
+                let form =
+                    serde_urlencoded::to_string([("data", text.as_str())]).expect("urlencode");
                 cases.push(case(
                     "emby form data",
                     "POST",
@@ -191,10 +238,16 @@ pub fn check_expected(event_json: &Value, expected: &Value) -> Result<(), String
 fn same(got: &Value, want: &Value) -> bool {
     match (got, want) {
         (Value::Object(g), Value::Object(w)) => {
-            g.len() == w.len() && w.iter().all(|(k, wv)| g.get(k).is_some_and(|gv| same(gv, wv)))
+            g.len() == w.len()
+                && w.iter()
+                    .all(|(k, wv)| g.get(k).is_some_and(|gv| same(gv, wv)))
         }
-        (Value::Array(g), Value::Array(w)) => g.len() == w.len() && g.iter().zip(w).all(|(a, b)| same(a, b)),
-        (Value::String(g), Value::Number(w)) | (Value::Number(w), Value::String(g)) => g == &w.to_string(),
+        (Value::Array(g), Value::Array(w)) => {
+            g.len() == w.len() && g.iter().zip(w).all(|(a, b)| same(a, b))
+        }
+        (Value::String(g), Value::Number(w)) | (Value::Number(w), Value::String(g)) => {
+            g == &w.to_string()
+        }
         (Value::Number(g), Value::Number(w)) => g.as_f64() == w.as_f64(),
         _ => got == want,
     }
@@ -203,8 +256,16 @@ fn same(got: &Value, want: &Value) -> bool {
 #[test]
 fn check_expected_reports_every_mismatch_and_accepts_string_numbers() {
     let got = serde_json::json!({"a": "1", "b": {"imdb": "tt1"}, "c": null, "actionable": true});
-    assert!(check_expected(&got, &serde_json::json!({"a": 1, "b": {"imdb": "tt1"}, "c": null, "d": null})).is_ok());
-    let err = check_expected(&got, &serde_json::json!({"a": 2, "b": {}, "actionable": false})).unwrap_err();
+    assert!(check_expected(
+        &got,
+        &serde_json::json!({"a": 1, "b": {"imdb": "tt1"}, "c": null, "d": null})
+    )
+    .is_ok());
+    let err = check_expected(
+        &got,
+        &serde_json::json!({"a": 2, "b": {}, "actionable": false}),
+    )
+    .unwrap_err();
     assert_eq!(err.lines().count(), 3, "{err}");
     assert!(err.contains("field 'b'"));
 }

@@ -4,3 +4,4 @@ mod support;
 
 mod decode_fixtures;
 mod decode_props;
+mod decode_route;

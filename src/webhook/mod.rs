@@ -73,7 +73,20 @@ pub enum DecodeError {
 
 /// Decodes one webhook request into the normalised event.
 pub fn decode(req: &RawRequest) -> Result<WebhookEvent, DecodeError> {
-    let (value, _envelope) = transport::extract_json(req.content_type, req.body)?;
+    let value = match transport::extract_json(req.content_type, req.body) {
+        Ok((value, _envelope)) => value,
+        Err(err @ DecodeError::InvalidJson { .. }) => {
+            // A Tautulli test notification of a template with unquoted placeholders
+            // (`"viewOffset": {view_offset}`) is not JSON until they are quoted.
+            match tautulli::quote_bare_placeholders(req.body)
+                .and_then(|fixed| transport::parse_json(fixed.as_bytes()).ok())
+            {
+                Some(value) => value,
+                None => return Err(err),
+            }
+        }
+        Err(err) => return Err(err),
+    };
     decode_value(value, req.user_agent)
 }
 
@@ -228,6 +241,31 @@ mod tests {
         assert_eq!(
             decode(&req(None, None, taut)).unwrap().sender,
             Sender::Tautulli
+        );
+    }
+
+    #[test]
+    fn tautulli_test_with_bare_placeholders_is_a_test() {
+        let body = b"{\"event\": \"tautulli.{action}\", \"Server\": {\"uuid\": \"{server_machine_id}\"},\n \"Metadata\": {\"viewOffset\": {view_offset}, \"year\": {year}}}";
+        let ev = decode(&req(
+            Some("application/json"),
+            Some("Tautulli/v2.17.2"),
+            body,
+        ))
+        .unwrap();
+        assert_eq!(ev.sender, Sender::Tautulli);
+        assert_eq!(ev.event, EventKind::Test);
+        assert_eq!(ev.position_ms, None);
+        // Real syntax errors stay errors.
+        let err = decode(&req(
+            Some("application/json"),
+            None,
+            b"{\"event\": {action}, ]",
+        ))
+        .unwrap_err();
+        assert!(
+            err.to_string().starts_with("invalid JSON at line 1"),
+            "{err}"
         );
     }
 

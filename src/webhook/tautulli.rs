@@ -94,6 +94,46 @@ fn blank_all<'a>(values: impl Iterator<Item = &'a mut Value>) -> bool {
     found
 }
 
+/// Quotes every `{placeholder}` that stands outside a JSON string, so that a test notification
+/// of a template with unquoted numeric placeholders parses. `None` if there was none.
+pub(super) fn quote_bare_placeholders(body: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(body).ok()?;
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut changed = false;
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if in_string {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => in_string = false,
+                _ => {}
+            }
+        } else if c == '"' {
+            in_string = true;
+        } else if c == '{' {
+            // Placeholders are short: look only a few bytes ahead (linear in the body).
+            let window = &rest.as_bytes()[..rest.len().min(64)];
+            if let Some(end) = window.iter().position(|b| *b == b'}') {
+                let candidate = &rest[..=end];
+                if is_placeholder(candidate) {
+                    out.push('"');
+                    out.push_str(candidate);
+                    out.push('"');
+                    rest = &rest[end + 1..];
+                    changed = true;
+                    continue;
+                }
+            }
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    changed.then_some(out)
+}
+
 fn is_placeholder(s: &str) -> bool {
     let s = s.trim();
     s.len() > 2
@@ -184,6 +224,14 @@ mod tests {
                             "Metadata": {"ratingKey": "{rating_key}"}}));
         assert_eq!(ev.event, EventKind::Test);
         assert_eq!(ev.backend_id, "abc");
+    }
+
+    #[test]
+    fn bare_placeholders_are_quoted_outside_strings_only() {
+        let fixed =
+            quote_bare_placeholders(br#"{"a": {x_y}, "b": "{c} \" {d}", "e": {"f": 1}}"#).unwrap();
+        assert_eq!(fixed, r#"{"a": "{x_y}", "b": "{c} \" {d}", "e": {"f": 1}}"#);
+        assert_eq!(quote_bare_placeholders(br#"{"a": "{x}"}"#), None);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Jellyfin webhooks (webhook plugin, generic destination, "Send All Properties"): a flat JSON
-//! object, sent as `text/plain` (the plugin default) or `application/json`.
+//! object, sent as `text/plain` (the plugin default) or `application/json`. The "Generic Form"
+//! destination's url-encoded fields arrive here as the same object with string values.
 //!
 //! | `NotificationType` | normalised |
 //! |---|---|

@@ -270,6 +270,16 @@ mod tests {
     }
 
     #[test]
+    fn jellyfin_generic_form_decodes() {
+        let body = b"NotificationType=PlaybackProgress&ServerId=abc&UserId=u&ItemId=i&ItemType=Movie&IsPaused=True&PlaybackPositionTicks=123456789&Provider_imdb=tt1";
+        let ev = decode(&req(Some("application/x-www-form-urlencoded"), None, body)).unwrap();
+        assert_eq!(ev.sender, Sender::Jellyfin);
+        assert_eq!(ev.event, EventKind::Pause);
+        assert_eq!(ev.position_ms, Some(12_345));
+        assert_eq!(ev.external_ids["imdb"], "tt1");
+    }
+
+    #[test]
     fn user_agent_picks_tautulli_for_plex_shaped_json() {
         let body = br#"{"event":"media.play","Server":{"uuid":"s"}}"#;
         let ev = decode(&req(

@@ -107,6 +107,8 @@ pub enum Envelope {
     Multipart(&'static str),
     /// A url-encoded form field of that name.
     Form(&'static str),
+    /// The form's fields are the properties (Jellyfin "Generic Form" destination).
+    FormFields,
 }
 
 /// One part of a multipart body. Only what the decoders need.
@@ -241,6 +243,17 @@ fn from_form(body: &[u8]) -> Result<(Value, Envelope), DecodeError> {
             })?;
             return Ok((value, Envelope::Form(field)));
         }
+    }
+    // Jellyfin's "Generic Form" destination posts the properties themselves as form fields.
+    if pairs
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("NotificationType"))
+    {
+        let obj = pairs
+            .into_iter()
+            .map(|(k, v)| (k, Value::String(v)))
+            .collect::<serde_json::Map<_, _>>();
+        return Ok((Value::Object(obj), Envelope::FormFields));
     }
     Err(DecodeError::NoJsonField {
         envelope: "form",
@@ -461,6 +474,15 @@ mod tests {
         let (v, env) = extract_json(Some("application/x-www-form-urlencoded"), body).unwrap();
         assert_eq!(v["Event"], "library.new");
         assert_eq!(env, Envelope::Form("data"));
+    }
+
+    #[test]
+    fn jellyfin_generic_form_fields_become_an_object() {
+        let body = b"NotificationType=PlaybackStart&ServerId=abc&PlaybackPositionTicks=50000";
+        let (v, env) = extract_json(Some("application/x-www-form-urlencoded"), body).unwrap();
+        assert_eq!(env, Envelope::FormFields);
+        assert_eq!(v["NotificationType"], "PlaybackStart");
+        assert_eq!(v["PlaybackPositionTicks"], "50000");
     }
 
     #[test]

@@ -40,7 +40,7 @@ pub struct RawRequest<'a> {
 /// was wrong and, where possible, what to change in the sender's set-up.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
-    #[error("empty body: a webhook must carry a JSON payload (Plex: multipart field 'payload'; Tautulli, Jellyfin, Emby: the JSON body)")]
+    #[error("empty body: a webhook must carry a JSON payload (Plex: multipart field 'payload'; Tautulli, Jellyfin, Emby: the JSON body). Emby before 4.9.0.37 sends its test notification empty: check the set-up with a real event instead")]
     EmptyBody,
     #[error("invalid JSON at line {line} column {column}: {message}")]
     InvalidJson {

@@ -5,7 +5,7 @@
 //! - [`transport`]: where the JSON is (raw body, multipart field, url-encoded field);
 //! - [`plex`], [`tautulli`], [`jellyfin`], [`emby`]: one decoder per sender;
 //! - [`ids`]: provider ids (Plex guids, legacy agents, Emby/Jellyfin provider keys);
-//! - [`route`]: which (user, backend) pairs an event goes to, and the unmatched-request log.
+//! - [`mod@route`]: which (user, backend) pairs an event goes to, and the unmatched-request log.
 //!
 //! The sender is recognised by the body's shape; the user agent is only a hint used to pick
 //! Tautulli over Plex and to write better error messages.

@@ -9,9 +9,6 @@ use super::fields;
 use serde_json::{Map, Value};
 use watchstate_actors::event::ExternalIds;
 
-/// The providers we keep, by their canonical (lower-case) key.
-pub const PROVIDERS: [&str; 6] = ["imdb", "tmdb", "tvdb", "tvmaze", "tvrage", "anidb"];
-
 /// Maps a sender's provider name (`Imdb`, `Tv Maze`, `themoviedb`, `thetvdb`, `TVDB`, ...) to
 /// its canonical key; `None` for providers we do not sync on (`TmdbCollection`, `Zap2It`, ...).
 pub fn provider_key(raw: &str) -> Option<&'static str> {

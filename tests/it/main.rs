@@ -8,5 +8,6 @@ mod backend_clients;
 mod contract;
 mod decode_fixtures;
 mod decode_props;
+mod decode_route;
 mod foundation;
 mod webhook_http;

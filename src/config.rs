@@ -300,7 +300,7 @@ impl Config {
         if self.sync.push_attempts == 0 {
             return Err(("sync.push_attempts".into(), "must be at least 1".into()));
         }
-        if !(self.sync.max_requests_per_second > 0.0) {
+        if self.sync.max_requests_per_second.is_nan() || self.sync.max_requests_per_second <= 0.0 {
             return Err((
                 "sync.max_requests_per_second".into(),
                 "must be greater than 0".into(),

@@ -231,6 +231,8 @@ impl PairCore {
                     return Decision::new(Outcome::Unchanged, "echo of our own push");
                 }
             }
+            // The user's own action here is newer than any sibling change still queued.
+            self.drop_queued_pushes(&item_id, true, batch);
             let item = self.items.get_mut(s);
             item.played = played;
             item.played_at = at;
@@ -264,6 +266,8 @@ impl PairCore {
             if self.outbox.wanted_position(&item.item_id) == Some(pos) {
                 return Decision::new(Outcome::Unchanged, "echo of our own push");
             }
+            let item_id = item.item_id.to_string();
+            self.drop_queued_pushes(&item_id, false, batch);
             let item = self.items.get_mut(s);
             item.position_ms = pos;
             item.position_at = at;

@@ -416,6 +416,22 @@ impl PairCore {
         self.put_item(batch, slot);
     }
 
+    /// Forget queued (not running) pushes of an item superseded by a newer change made on
+    /// this backend: played pushes (and positions) when `played`, else position pushes.
+    pub fn drop_queued_pushes(&mut self, item_id: &str, played: bool, batch: &mut Batch) {
+        let ids: Vec<u64> = self
+            .outbox
+            .entries_for(item_id)
+            .filter(|e| !self.outbox.in_flight.contains(&e.id))
+            .filter(|e| played || matches!(e.action, PushAction::SetPosition { .. }))
+            .map(|e| e.id)
+            .collect();
+        for id in ids {
+            self.outbox.remove(id);
+            batch.remove(Tree::Pairs, self.outbox_key(id));
+        }
+    }
+
     /// Put every dead letter back in the queue with fresh attempts.
     pub fn retry_dead_letters(&mut self) -> Result<usize, StoreError> {
         let dead = std::mem::take(&mut self.outbox.dead);

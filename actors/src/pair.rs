@@ -69,47 +69,71 @@ pub enum PairMsg {
 /// The persisted scalars of a pair: counters, outcomes, ids, sync schedule.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PairMeta {
+    /// Status counters, kept across restarts.
     pub counters: Counters,
     pub last_event: Option<LastEvent>,
     pub last_error: Option<LastError>,
+    /// Schedule, checkpoint and outcome of the scheduled sync.
     pub sync: SyncMeta,
     /// Next id for outbox and pending entries (monotonic per pair).
     pub next_id: u64,
+    /// Conflicts ever recorded (rule 4).
     pub conflicts: u64,
+    /// Events dropped with "no external ids".
     pub dropped_no_ids: u64,
+    /// Push latency and results for `/metrics`.
     pub metrics: PairMetrics,
 }
 
 /// What the supervisor hands a pair actor at (re)start.
 pub struct PairArgs {
+    /// Kept by the supervisor, so a restarted actor gets the same configuration.
     pub spec: PairSpec,
     pub backend: Arc<dyn BackendApi>,
     pub settings: Arc<SyncSettings>,
+    /// The actor reloads its state from here at every (re)start.
     pub store: Arc<dyn Store>,
     pub clock: Arc<dyn Clock>,
     pub router: Arc<Router>,
     /// Shared with the router, which counts messages it sends; the actor counts them down.
     pub depth: Arc<AtomicUsize>,
+    /// True on a restart after a failure: the actor re-reads its own journal entries, since
+    /// the events that were in the dead actor's mailbox are still journalled but lost in memory.
+    pub replay_journal: bool,
 }
 
 /// The actor's state. The rule modules add `impl PairCore` blocks.
 pub struct PairCore {
+    /// This pair's configuration (switches, interval, ignored libraries).
     pub spec: PairSpec,
     /// `<user>/<backend>/`: every store key of this pair starts with it.
     pub prefix: String,
+    /// The only way to the media server.
     pub backend: Arc<dyn BackendApi>,
     pub settings: Arc<SyncSettings>,
+    /// Where every effect is persisted before the actor moves on.
     pub store: Arc<dyn Store>,
+    /// The one clock of change times (rule 3).
     pub clock: Arc<dyn Clock>,
+    /// Reaches the siblings of the same user.
     pub router: Arc<Router>,
+    /// Messages queued for this actor (shared with the router), for `mailbox_depth`.
     pub depth: Arc<AtomicUsize>,
+    /// For timers and push tasks that report back.
     pub myself: ActorRef<PairMsg>,
+    /// The backend's movies and episodes with the external-id index.
     pub items: Items,
+    /// Wanted states for items not known yet (rule 5).
     pub pending: Pending,
+    /// Pushes waiting for the media server, and dead letters.
     pub outbox: Outbox,
+    /// Persisted counters, outcomes, sync schedule.
     pub meta: PairMeta,
+    /// Recent events (memory only) for `/events` and request traces.
     pub events: VecDeque<EventRecord>,
+    /// Recent push attempts (memory only) for request traces.
     pub pushes: VecDeque<PushRecord>,
+    /// Recent conflicts (memory only; the count is persisted).
     pub conflicts: VecDeque<ConflictRecord>,
     /// The running scheduled sync, if any.
     pub sync_run: Option<SyncRun>,
@@ -376,6 +400,9 @@ impl Actor for PairActor {
             outbox_timer: None,
         };
         core.load()?;
+        if args.replay_journal {
+            core.replay_own_journal()?;
+        }
         Ok(core)
     }
 
@@ -479,6 +506,29 @@ impl Actor for PairActor {
 }
 
 impl PairCore {
+    /// Queue this pair's journal entries (JSON-encoded [`JournalEntry`] values) to itself, in
+    /// sequence order. Applying an already-applied entry changes nothing (state equality).
+    fn replay_own_journal(&mut self) -> Result<(), StoreError> {
+        let mut n = 0;
+        for (_, v) in self.store.scan_prefix(Tree::Journal, b"")? {
+            let Some(entry) = decode::<JournalEntry>(&v) else {
+                continue;
+            };
+            if entry.pair != self.spec.key {
+                continue;
+            }
+            self.depth.fetch_add(1, Ordering::Relaxed);
+            if self.myself.cast(PairMsg::Webhook(Box::new(entry))).is_err() {
+                self.depth_down();
+            }
+            n += 1;
+        }
+        if n > 0 {
+            tracing::info!(pair = %self.spec.key, entries = n, "replaying journal after a restart");
+        }
+        Ok(())
+    }
+
     fn depth_down(&self) {
         let _ = self
             .depth

@@ -131,6 +131,7 @@ impl PairCore {
             return Ok(());
         }
         let mut batch = Batch::new();
+        let conflicts_before = self.meta.conflicts;
         match self.items.find(&sc.identity) {
             Some(slot) => {
                 let pushed = self.want(slot, &sc, &mut batch);
@@ -139,6 +140,10 @@ impl PairCore {
                 }
             }
             None => self.keep_pending(sc, &mut batch),
+        }
+        // Equal states (echoes, catch-up of known states) write nothing at all.
+        if batch.is_empty() && self.meta.conflicts == conflicts_before {
+            return Ok(());
         }
         self.put_meta(&mut batch);
         self.commit(batch)

@@ -216,14 +216,26 @@ pub struct StoredItem {
     pub last_seen: Millis,
 }
 
+/// A 64-bit hash of an index key or item id. The indexes store hashes instead of strings
+/// (memory), and every hit is verified against the item itself, so a collision can never
+/// return the wrong item.
+fn h64(s: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    s.hash(&mut h);
+    h.finish()
+}
+
 /// All items of one pair with both indexes. Items are never removed, so a slot is stable.
 #[derive(Debug, Default)]
 pub struct Items {
     slots: Vec<Item>,
-    /// Backend item id → slot: resolves events that carry no external ids.
-    by_item_id: HashMap<Box<str>, u32>,
-    /// Identity index key → slot.
-    by_key: HashMap<Box<str>, u32>,
+    /// Hash of the backend item id → slot: resolves events that carry no external ids.
+    by_item_id: HashMap<u64, u32>,
+    /// Hash of an identity index key → slot.
+    by_key: HashMap<u64, u32>,
+    /// Item ids whose hash collided with another item's (practically never used).
+    item_id_overflow: HashMap<Box<str>, u32>,
 }
 
 impl Items {
@@ -248,20 +260,47 @@ impl Items {
     }
 
     pub fn by_item_id(&self, item_id: &str) -> Option<u32> {
-        self.by_item_id.get(item_id).copied()
+        self.by_item_id
+            .get(&h64(item_id))
+            .copied()
+            .filter(|s| &*self.slots[*s as usize].item_id == item_id)
+            .or_else(|| self.item_id_overflow.get(item_id).copied())
     }
 
     /// The slot of the item this identity names, if known (rule 1).
     pub fn find(&self, identity: &Identity) -> Option<u32> {
-        identity
-            .index_keys()
-            .iter()
-            .find_map(|k| self.by_key.get(k.as_str()).copied())
+        identity.index_keys().iter().find_map(|k| self.find_key(k))
     }
 
     /// The slot for an index key such as `m:imdb:tt1` (for the items endpoint).
     pub fn find_key(&self, key: &str) -> Option<u32> {
-        self.by_key.get(key).copied()
+        let slot = *self.by_key.get(&h64(key))?;
+        self.slots[slot as usize]
+            .identity()
+            .index_keys()
+            .iter()
+            .any(|k| k == key)
+            .then_some(slot)
+    }
+
+    fn index_item_id(&mut self, item_id: &str, slot: u32) {
+        let h = h64(item_id);
+        match self.by_item_id.get(&h) {
+            Some(other) if *other != slot && &*self.slots[*other as usize].item_id != item_id => {
+                self.item_id_overflow.insert(item_id.into(), slot);
+            }
+            _ => {
+                self.by_item_id.insert(h, slot);
+            }
+        }
+    }
+
+    fn unindex_item_id(&mut self, item_id: &str, slot: u32) {
+        let h = h64(item_id);
+        if self.by_item_id.get(&h) == Some(&slot) {
+            self.by_item_id.remove(&h);
+        }
+        self.item_id_overflow.remove(item_id);
     }
 
     /// Insert or update the item with this backend id and identity; returns (slot, is_new).
@@ -282,16 +321,16 @@ impl Items {
                 } else {
                     identity.clone()
                 };
-                let item = &mut self.slots[slot as usize];
-                if &*item.item_id != item_id {
-                    self.by_item_id.remove(&*item.item_id);
-                    item.item_id = item_id.into();
-                    self.by_item_id.insert(item_id.into(), slot);
+                let old_id = self.slots[slot as usize].item_id.clone();
+                if &*old_id != item_id {
+                    self.unindex_item_id(&old_id, slot);
+                    self.slots[slot as usize].item_id = item_id.into();
+                    self.index_item_id(item_id, slot);
                 }
                 if merged != old {
-                    item.set_identity(&merged);
+                    self.slots[slot as usize].set_identity(&merged);
                     for k in merged.index_keys() {
-                        self.by_key.insert(k.into_boxed_str(), slot);
+                        self.by_key.insert(h64(&k), slot);
                     }
                 }
                 let item = &mut self.slots[slot as usize];
@@ -313,10 +352,11 @@ impl Items {
         }
         let slot = self.slots.len() as u32;
         for k in item.identity().index_keys() {
-            self.by_key.insert(k.into_boxed_str(), slot);
+            self.by_key.insert(h64(&k), slot);
         }
-        self.by_item_id.insert(item.item_id.clone(), slot);
+        let id = item.item_id.clone();
         self.slots.push(item);
+        self.index_item_id(&id, slot);
         (slot, true)
     }
 

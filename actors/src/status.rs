@@ -37,74 +37,108 @@ pub enum Outcome {
 /// One processed event, kept in a ring for `/events` and request traces.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventRecord {
+    /// When the actor processed it.
     pub at: Millis,
+    /// Journal sequence: ties the record to the accepted webhook.
     pub seq: u64,
+    /// Links the record to `/status/requests/{request_id}`.
     pub request_id: String,
+    /// The normalised event name.
     pub event: String,
+    /// The sender's own event name, to recognise it in the media server's logs.
     pub raw_event: String,
+    /// Title (or item id) so a person can tell which item it was.
     pub item: Option<String>,
     pub outcome: Outcome,
+    /// Why it was not applied (or how it was resolved): the answer to "why didn't this sync".
     pub reason: Option<String>,
 }
 
 /// One push to the media server, kept in a ring for request traces.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PushRecord {
+    /// When the attempt finished.
     pub at: Millis,
     /// The webhook request that caused it (or `sync:<pair>` for sync-driven pushes).
     pub request_id: String,
+    /// The item's id on the pushed backend.
     pub item_id: String,
+    /// `mark_played`, `mark_unplayed` or `set_position <ms>`.
     pub action: String,
+    /// 1 for the first try.
     pub attempt: u32,
     /// `ok`, `retry`, or `dead_letter`.
     pub result: String,
+    /// The media server's error for a failed attempt.
     pub error: Option<String>,
+    /// Duration of the HTTP call.
     pub latency_ms: u64,
 }
 
 /// The `last_event` object of the status.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LastEvent {
+    /// When it was processed.
     pub at: Millis,
+    /// The normalised event name.
     pub event: String,
+    /// Links to the request trace.
     pub request_id: String,
     pub outcome: Outcome,
+    /// Why it was not applied, when it was not.
     pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Counters {
+    /// Webhook events handed to this actor.
     pub received: u64,
+    /// Events that changed state or registered an item.
     pub applied: u64,
+    /// Events with nothing to do (equal state, import off, ignored library, ...).
     pub ignored: u64,
+    /// Events dropped (no usable ids).
     pub failed: u64,
+    /// Pushes the media server confirmed.
     pub pushed: u64,
+    /// Pushes that became dead letters.
     pub push_failed: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct OutboxStatus {
+    /// Queued pushes (running ones included): the outbox depth of `/metrics`.
     pub pending: usize,
+    /// Pushes whose HTTP call is running now.
     pub in_flight: usize,
+    /// Pushes given up on; `POST .../outbox/retry` puts them back.
     pub dead_letters: usize,
     /// Age of the oldest queued push, in seconds.
     pub oldest_age_s: Option<u64>,
+    /// The first dead letters, so status says what failed and why.
     pub dead: Vec<DeadLetterView>,
 }
 
 /// A dead letter as shown in status.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeadLetterView {
+    /// The item's id on this backend.
     pub item_id: String,
+    /// What was to be written.
     pub action: String,
+    /// Attempts made before giving up.
     pub attempts: u32,
+    /// The last error of the media server.
     pub error: Option<String>,
+    /// The request that caused the push.
     pub request_id: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SyncStatus {
+    /// False when this pair's `sync_interval` is 0.
     pub enabled: bool,
+    /// A run is in progress (`seen`/`total` is its progress).
     pub running: bool,
     pub last_started: Option<Millis>,
     pub last_finished: Option<Millis>,
@@ -114,34 +148,48 @@ pub struct SyncStatus {
     pub seen: u64,
     /// Total the server announced for the running or last run.
     pub total: Option<u64>,
+    /// Items whose state the run changed (and propagated).
     pub changed: u64,
+    /// Pushes to this backend the run queued (pending states, siblings' newer states).
     pub pushed: u64,
+    /// When the next run is due; persisted across restarts.
     pub next_at: Option<Millis>,
+    /// Completed runs, for `/metrics`.
     pub runs_ok: u64,
+    /// Failed runs, for `/metrics`.
     pub runs_failed: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LastError {
     pub at: Millis,
+    /// What went wrong, in words a user can act on.
     pub message: String,
 }
 
 /// A change not applied because the target held a newer one (rule 4).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConflictRecord {
+    /// When the conflict was seen.
     pub at: Millis,
+    /// The item, as `Identity::describe` writes it.
     pub identity: String,
+    /// The sibling whose change was refused.
     pub origin: PairKey,
     pub request_id: String,
+    /// The refused state, e.g. `played=true`.
     pub wanted: String,
+    /// Time of the refused change.
     pub wanted_at: Millis,
+    /// Time of the newer state this backend holds.
     pub held_at: Millis,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ConflictStatus {
+    /// Conflicts since the pair was created (persisted).
     pub count: u64,
+    /// The latest few, newest first.
     pub recent: Vec<ConflictRecord>,
 }
 
@@ -150,7 +198,9 @@ pub struct ConflictStatus {
 pub struct LatencyHistogram {
     /// (upper bound in ms, cumulative count); the last bound is +Inf (`f64::INFINITY` → null).
     pub buckets: Vec<(f64, u64)>,
+    /// Sum of all observed latencies (Prometheus `_sum`).
     pub sum_ms: u64,
+    /// Number of observations (Prometheus `_count`).
     pub count: u64,
 }
 
@@ -184,9 +234,13 @@ impl LatencyHistogram {
 /// Aggregates for `/metrics`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PairMetrics {
+    /// Latency of every push attempt.
     pub push_latency: LatencyHistogram,
+    /// Attempts that succeeded.
     pub push_ok: u64,
+    /// Attempts that failed and were scheduled again.
     pub push_retried: u64,
+    /// Attempts that failed for good (dead letters).
     pub push_dead: u64,
 }
 
@@ -195,19 +249,24 @@ pub struct PairMetrics {
 pub struct PairStatus {
     pub user: String,
     pub backend: String,
+    /// The media server kind (`plex`, `jellyfin`, `emby`).
     #[serde(rename = "type")]
     pub kind: BackendKind,
+    /// From the configuration, to check routing against webhooks.
     pub server_id: String,
     pub backend_user_id: String,
     pub import: bool,
     pub export: bool,
     pub state: ActorState,
+    /// Tracked movies and episodes.
     pub items: usize,
+    /// Webhooks and sibling changes sent and not yet handled.
     pub mailbox_depth: usize,
     pub last_event: Option<LastEvent>,
     pub counters: Counters,
     pub outbox: OutboxStatus,
     pub sync: SyncStatus,
+    /// The latest failure (lookup, push, sync, actor crash).
     pub last_error: Option<LastError>,
     /// How often the supervisor restarted this actor.
     pub restarts: u32,
@@ -222,13 +281,16 @@ pub struct PairStatus {
 /// A wanted state waiting for its item (rule 5), as shown by the items endpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PendingView {
+    /// The ids the wanted state is waiting for.
     pub identity: Identity,
     pub played: Option<bool>,
     pub played_at: Option<Millis>,
     pub position_ms: Option<u64>,
     pub position_at: Option<Millis>,
+    /// The sibling that wants it.
     pub origin: PairKey,
     pub request_id: String,
+    /// How long it has been waiting.
     pub since: Millis,
 }
 
@@ -236,7 +298,9 @@ pub struct PendingView {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QueuedPushView {
     pub action: String,
+    /// Attempts made so far.
     pub attempts: u32,
+    /// True for a dead letter.
     pub dead: bool,
     pub last_error: Option<String>,
 }
@@ -244,9 +308,13 @@ pub struct QueuedPushView {
 /// One item on one backend with what is waiting for it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ItemView {
+    /// The item as this backend has it; `None` when only a pending state exists.
     pub item: Option<StoredItem>,
+    /// A wanted state waiting for this backend to learn the item.
     pub pending: Option<PendingView>,
+    /// Pushes queued or dead for the item.
     pub outbox: Vec<QueuedPushView>,
+    /// Sibling changes refused because this backend held a newer one.
     pub conflicts: Vec<ConflictRecord>,
 }
 
@@ -262,8 +330,11 @@ pub struct RequestOutcome {
 /// `/system/ready`: every actor up?
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReadyReport {
+    /// True when every configured pair has a running actor.
     pub ready: bool,
+    /// Configured pairs.
     pub actors: usize,
+    /// Pairs whose actor is running.
     pub running: usize,
     /// Pairs not running, with their state.
     pub not_running: Vec<(PairKey, ActorState)>,

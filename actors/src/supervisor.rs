@@ -68,7 +68,9 @@ struct Slot {
     depth: Arc<AtomicUsize>,
     /// Set by the supervisor while the actor is down (backoff / failed).
     down: Option<ActorState>,
+    /// Restarts so far, shown in status.
     restarts: u32,
+    /// Why it went down, shown while it is down.
     last_failure: Option<LastError>,
 }
 
@@ -139,6 +141,11 @@ impl Router {
     }
 }
 
+fn depth_of(router: &Router, key: &PairKey) -> Arc<AtomicUsize> {
+    let slots = router.slots.read().expect("router lock");
+    slots[key].depth.clone()
+}
+
 /// Messages of the supervisor actor.
 pub enum SupMsg {
     /// A message for a pair whose actor is down: buffer it until the restart.
@@ -151,6 +158,7 @@ pub enum SupMsg {
 
 /// What the supervisor needs to (re)start pair actors.
 pub struct SupArgs {
+    /// One pair actor per entry.
     specs: Vec<(PairSpec, Arc<dyn BackendApi>)>,
     settings: Arc<SyncSettings>,
     store: Arc<dyn Store>,
@@ -159,6 +167,7 @@ pub struct SupArgs {
 }
 
 pub struct SupState {
+    /// Kept to restart a pair with the same configuration and client.
     specs: HashMap<PairKey, (PairSpec, Arc<dyn BackendApi>)>,
     settings: Arc<SyncSettings>,
     store: Arc<dyn Store>,
@@ -168,6 +177,7 @@ pub struct SupState {
     buffered: HashMap<PairKey, Vec<PairMsg>>,
     /// Which pair a linked actor is, to handle its supervision events.
     by_actor: HashMap<ActorId, PairKey>,
+    /// Set by `Shutdown`: stopped actors are then not restarted.
     shutting_down: bool,
 }
 
@@ -175,14 +185,11 @@ pub struct SupState {
 pub struct Supervisor;
 
 impl SupState {
-    async fn spawn_pair(&mut self, myself: &ActorRef<SupMsg>, key: &PairKey) {
+    async fn spawn_pair(&mut self, myself: &ActorRef<SupMsg>, key: &PairKey, restart: bool) {
         let Some((spec, backend)) = self.specs.get(key).cloned() else {
             return;
         };
-        let depth = {
-            let slots = self.router.slots.read().expect("router lock");
-            slots[key].depth.clone()
-        };
+        let depth = depth_of(&self.router, key);
         let args = PairArgs {
             spec,
             backend,
@@ -191,11 +198,19 @@ impl SupState {
             clock: self.clock.clone(),
             router: self.router.clone(),
             depth,
+            replay_journal: restart,
         };
         match Actor::spawn_linked(None, PairActor, args, myself.get_cell()).await {
             Ok((actor, _join)) => {
                 self.by_actor.insert(actor.get_id(), key.clone());
                 let buffered = self.buffered.remove(key).unwrap_or_default();
+                // Messages that died with the old mailbox are gone (webhooks stay in the
+                // journal); count only what the new actor will really receive.
+                let counted = buffered
+                    .iter()
+                    .filter(|m| matches!(m, PairMsg::Webhook(_) | PairMsg::StateChanged(_)))
+                    .count();
+                depth_of(&self.router, key).store(counted, Ordering::Relaxed);
                 for m in buffered {
                     if let Err(e) = actor.send_message(m) {
                         tracing::warn!(pair = %key, "lost a buffered message: {e:?}");
@@ -266,7 +281,7 @@ impl Actor for Supervisor {
             shutting_down: false,
         };
         for key in &order {
-            state.spawn_pair(&myself, key).await;
+            state.spawn_pair(&myself, key, false).await;
         }
         Ok(state)
     }
@@ -295,7 +310,7 @@ impl Actor for Supervisor {
             SupMsg::Restart(key) => {
                 if !state.shutting_down {
                     tracing::info!(pair = %key, "restarting pair actor");
-                    state.spawn_pair(&myself, &key).await;
+                    state.spawn_pair(&myself, &key, true).await;
                 }
             }
             SupMsg::Shutdown(reply) => {
@@ -382,9 +397,11 @@ fn unavailable_status(
 #[derive(Clone)]
 pub struct SupervisorHandle {
     router: Arc<Router>,
+    /// For shutdown.
     supervisor: ActorRef<SupMsg>,
     /// Specs in configuration order, for status listings and fallbacks.
     specs: Arc<Vec<PairSpec>>,
+    /// Flushed at shutdown.
     store: Arc<dyn Store>,
 }
 

@@ -219,7 +219,8 @@ impl PairCore {
                 // First sight: played is a change; unplayed only registers (never an unmark).
                 let it = self.items.get_mut(slot);
                 if r.played {
-                    let at = r.last_played_at.unwrap_or(now);
+                    // A server clock ahead of ours must not put changes in our future.
+                    let at = r.last_played_at.unwrap_or(now).min(now);
                     it.played = true;
                     it.played_at = at;
                     self.meta.sync.changed += 1;
@@ -235,6 +236,7 @@ impl PairCore {
                         r.last_played_at
                             .filter(|t| *t > item.played_at)
                             .unwrap_or(now)
+                            .min(now)
                     } else {
                         now
                     };

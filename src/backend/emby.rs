@@ -7,15 +7,15 @@
 
 use super::http::{format_compact_utc, HttpCore};
 use super::mediabrowser::{
-    ms_to_ticks, next_cursor, parse_cursor, provider_ids, ItemDto, ItemsResult, PublicSystemInfo,
-    UserDataUpdate,
+    cache_shows, ms_to_ticks, next_cursor, parse_cursor, to_remote, uncached_shows, ItemDto,
+    ItemsResult, PublicSystemInfo, UserDataUpdate,
 };
 use super::{ClientConfig, SeriesIdCache};
 use async_trait::async_trait;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT};
 use reqwest::Method;
 use watchstate_actors::backend::{BackendApi, BackendError, ItemPage, RemoteItem, ServerIdentity};
-use watchstate_actors::event::{ExternalIds, Millis};
+use watchstate_actors::event::Millis;
 
 /// `UserDataLastPlayedDate`/`UserDataPlayCount` make recent Emby servers include those fields
 /// of `UserData` in listings.
@@ -37,7 +37,7 @@ impl EmbyClient {
         let mut headers = HeaderMap::new();
         let mut token = HeaderValue::from_str(&cfg.token).map_err(|_| BackendError::Client {
             status: 0,
-            message: "the Emby token contains characters not allowed in a header".into(),
+            message: "the Emby token contains characters not allowed in an HTTP header: check the token in the configuration".into(),
         })?;
         token.set_sensitive(true);
         headers.insert(HeaderName::from_static("x-emby-token"), token);
@@ -65,13 +65,7 @@ impl EmbyClient {
 
     /// Fills the cache for the shows of `items` that are not in it yet (one request).
     async fn load_series(&self, items: &[ItemDto]) -> Result<(), BackendError> {
-        let mut missing: Vec<&str> = items
-            .iter()
-            .filter_map(ItemDto::show_id)
-            .filter(|id| self.series.get(id).is_none())
-            .collect();
-        missing.sort_unstable();
-        missing.dedup();
+        let missing = uncached_shows(items, &self.series);
         if missing.is_empty() {
             return Ok(());
         }
@@ -81,27 +75,8 @@ impl EmbyClient {
         ];
         let req = self.http.request(Method::GET, &self.items_path(), &query);
         let shows: ItemsResult = self.http.send_json(req, "list shows").await?;
-        let mut found: std::collections::HashMap<String, ExternalIds> = shows
-            .items
-            .into_iter()
-            .map(|s| {
-                let ids = provider_ids(s.provider_ids.as_ref());
-                (s.id, ids)
-            })
-            .collect();
-        for id in missing {
-            let ids = found.remove(id).unwrap_or_default();
-            self.series.insert(id.to_string(), ids);
-        }
+        cache_shows(&self.series, &missing, shows);
         Ok(())
-    }
-
-    fn convert(&self, item: ItemDto) -> Option<RemoteItem> {
-        let series = item
-            .show_id()
-            .and_then(|id| self.series.get(id))
-            .unwrap_or_default();
-        item.into_remote(series)
     }
 }
 
@@ -135,7 +110,7 @@ impl BackendApi for EmbyClient {
         let items = page
             .items
             .into_iter()
-            .filter_map(|i| self.convert(i))
+            .filter_map(|i| to_remote(&self.series, i))
             .collect();
         Ok(ItemPage {
             items,
@@ -149,7 +124,7 @@ impl BackendApi for EmbyClient {
             return Ok(None);
         };
         self.load_series(std::slice::from_ref(&item)).await?;
-        Ok(self.convert(item))
+        Ok(to_remote(&self.series, item))
     }
 
     async fn set_played(

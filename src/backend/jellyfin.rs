@@ -8,14 +8,15 @@
 
 use super::http::{format_rfc3339, HttpCore};
 use super::mediabrowser::{
-    ms_to_ticks, next_cursor, parse_cursor, ItemDto, ItemsResult, PublicSystemInfo, UserDataUpdate,
+    cache_shows, ms_to_ticks, next_cursor, parse_cursor, to_remote, uncached_shows, ItemDto,
+    ItemsResult, PublicSystemInfo, UserDataUpdate,
 };
 use super::{ClientConfig, SeriesIdCache};
 use async_trait::async_trait;
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION};
 use reqwest::Method;
 use watchstate_actors::backend::{BackendApi, BackendError, ItemPage, RemoteItem, ServerIdentity};
-use watchstate_actors::event::{ExternalIds, Millis};
+use watchstate_actors::event::Millis;
 
 /// The `fields` a listing asks for beyond the defaults.
 const LIST_FIELDS: &str = "ProviderIds";
@@ -42,7 +43,7 @@ impl JellyfinClient {
         );
         let mut value = HeaderValue::from_str(&auth).map_err(|_| BackendError::Client {
             status: 0,
-            message: "the Jellyfin token contains characters not allowed in a header".into(),
+            message: "the Jellyfin token contains characters not allowed in an HTTP header: check the token in the configuration".into(),
         })?;
         value.set_sensitive(true);
         headers.insert(AUTHORIZATION, value);
@@ -60,16 +61,11 @@ impl JellyfinClient {
 
     /// Fills the cache for the shows of `items` that are not in it yet (one request).
     async fn load_series(&self, items: &[ItemDto]) -> Result<(), BackendError> {
-        let mut missing: Vec<&str> = items
-            .iter()
-            .filter_map(ItemDto::show_id)
-            .filter(|id| self.series.get(id).is_none())
-            .collect();
-        missing.sort_unstable();
-        missing.dedup();
+        let missing = uncached_shows(items, &self.series);
         if missing.is_empty() {
             return Ok(());
         }
+        // Array parameters as the document describes them: "multiple, comma delimited".
         let query = [
             self.user(),
             ("ids", missing.join(",")),
@@ -77,27 +73,8 @@ impl JellyfinClient {
         ];
         let req = self.http.request(Method::GET, "/Items", &query);
         let shows: ItemsResult = self.http.send_json(req, "list shows").await?;
-        let mut found: std::collections::HashMap<String, ExternalIds> = shows
-            .items
-            .into_iter()
-            .map(|s| {
-                let ids = super::mediabrowser::provider_ids(s.provider_ids.as_ref());
-                (s.id, ids)
-            })
-            .collect();
-        for id in missing {
-            let ids = found.remove(id).unwrap_or_default();
-            self.series.insert(id.to_string(), ids);
-        }
+        cache_shows(&self.series, &missing, shows);
         Ok(())
-    }
-
-    fn convert(&self, item: ItemDto) -> Option<RemoteItem> {
-        let series = item
-            .show_id()
-            .and_then(|id| self.series.get(id))
-            .unwrap_or_default();
-        item.into_remote(series)
     }
 }
 
@@ -132,7 +109,7 @@ impl BackendApi for JellyfinClient {
         let items = page
             .items
             .into_iter()
-            .filter_map(|i| self.convert(i))
+            .filter_map(|i| to_remote(&self.series, i))
             .collect();
         Ok(ItemPage {
             items,
@@ -150,7 +127,7 @@ impl BackendApi for JellyfinClient {
             Err(e) => return Err(e),
         };
         self.load_series(std::slice::from_ref(&item)).await?;
-        Ok(self.convert(item))
+        Ok(to_remote(&self.series, item))
     }
 
     async fn set_played(

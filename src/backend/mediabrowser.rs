@@ -194,6 +194,47 @@ pub fn next_cursor(start: u64, got: usize, asked: usize, total: Option<u64>) -> 
     more.then(|| end.to_string())
 }
 
+/// The shows named by the episodes of `items` whose provider ids are not cached yet (sorted,
+/// once each): what the next "list shows" request of a page must ask for.
+pub(crate) fn uncached_shows<'a>(
+    items: &'a [ItemDto],
+    cache: &super::SeriesIdCache,
+) -> Vec<&'a str> {
+    let mut missing: Vec<&str> = items
+        .iter()
+        .filter_map(ItemDto::show_id)
+        .filter(|id| cache.get(id).is_none())
+        .collect();
+    missing.sort_unstable();
+    missing.dedup();
+    missing
+}
+
+/// Cache the provider ids of every show in `asked`; a show the server did not return is cached
+/// with no ids, so it is not asked for again.
+pub(crate) fn cache_shows(cache: &super::SeriesIdCache, asked: &[&str], shows: ItemsResult) {
+    let mut found: HashMap<String, ExternalIds> = shows
+        .items
+        .into_iter()
+        .map(|s| {
+            let ids = provider_ids(s.provider_ids.as_ref());
+            (s.id, ids)
+        })
+        .collect();
+    for id in asked {
+        cache.insert(id.to_string(), found.remove(*id).unwrap_or_default());
+    }
+}
+
+/// One item as the actors see it, with its show's ids from `cache`.
+pub(crate) fn to_remote(cache: &super::SeriesIdCache, item: ItemDto) -> Option<RemoteItem> {
+    let series = item
+        .show_id()
+        .and_then(|id| cache.get(id))
+        .unwrap_or_default();
+    item.into_remote(series)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

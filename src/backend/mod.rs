@@ -53,8 +53,9 @@ impl std::fmt::Debug for ClientConfig {
     }
 }
 
-/// The client for `cfg.kind`, ready to use. Fails only when the HTTP client cannot be built
-/// (e.g. a token that is not a valid header value).
+/// The client for `cfg.kind`, ready to use. Makes no request. Fails only when the HTTP client
+/// cannot be built: a token that cannot be an HTTP header value gives
+/// `BackendError::Client { status: 0, .. }` (not retryable: the configuration must change).
 pub fn build_client(cfg: ClientConfig) -> Result<Arc<dyn BackendApi>, BackendError> {
     Ok(match cfg.kind {
         BackendKind::Plex => Arc::new(PlexClient::new(cfg)?),
@@ -111,4 +112,49 @@ pub(crate) fn provider_key(name: &str) -> Option<&'static str> {
         "anidb" => "anidb",
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_client_shows_its_token_in_debug_output() {
+        for kind in [BackendKind::Plex, BackendKind::Jellyfin, BackendKind::Emby] {
+            let cfg = ClientConfig {
+                kind,
+                base_url: url::Url::parse("http://127.0.0.1:9/").unwrap(),
+                token: "s3cret-t0ken".to_string(),
+                user_id: "u1".to_string(),
+                timeout: Duration::from_secs(1),
+            };
+            assert!(!format!("{cfg:?}").contains("s3cret"));
+            let text = match kind {
+                BackendKind::Plex => format!("{:?}", PlexClient::new(cfg).unwrap()),
+                BackendKind::Jellyfin => format!("{:?}", JellyfinClient::new(cfg).unwrap()),
+                BackendKind::Emby => format!("{:?}", EmbyClient::new(cfg).unwrap()),
+            };
+            assert!(!text.contains("s3cret"), "{kind}: {text}");
+        }
+    }
+
+    #[test]
+    fn a_token_that_cannot_be_a_header_is_refused() {
+        let cfg = ClientConfig {
+            kind: BackendKind::Emby,
+            base_url: url::Url::parse("http://127.0.0.1:9/").unwrap(),
+            token: "bad\ntoken".to_string(),
+            user_id: "u1".to_string(),
+            timeout: Duration::from_secs(1),
+        };
+        assert!(build_client(cfg).is_err());
+    }
+
+    #[test]
+    fn provider_names_map_to_system_keys() {
+        assert_eq!(provider_key("Imdb"), Some("imdb"));
+        assert_eq!(provider_key("TheMovieDb"), Some("tmdb"));
+        assert_eq!(provider_key("thetvdb"), Some("tvdb"));
+        assert_eq!(provider_key("TmdbCollection"), None);
+    }
 }

@@ -298,7 +298,7 @@ impl PlexClient {
         let mut headers = HeaderMap::new();
         let mut token = HeaderValue::from_str(&cfg.token).map_err(|_| BackendError::Client {
             status: 0,
-            message: "the Plex token contains characters not allowed in a header".into(),
+            message: "the Plex token contains characters not allowed in an HTTP header: check the token in the configuration".into(),
         })?;
         token.set_sensitive(true);
         headers.insert(HeaderName::from_static("x-plex-token"), token);
@@ -315,6 +315,12 @@ impl PlexClient {
             HeaderValue::from_static(env!("CARGO_PKG_VERSION")),
         );
         headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
+        // The community spec names this header parameter `accepts` (default XML); real Plex
+        // reads `Accept`. Both are sent so that either reading answers JSON.
+        headers.insert(
+            HeaderName::from_static("accepts"),
+            HeaderValue::from_static("application/json"),
+        );
         Ok(PlexClient {
             http: HttpCore::new(cfg.base_url, cfg.timeout, headers)?,
             sections: Mutex::new(None),
@@ -368,7 +374,19 @@ impl PlexClient {
         }
         let shows = match self.metadata(&missing.join(","), "shows").await {
             Ok(c) => c.metadata,
-            // A show deleted meanwhile: its episodes simply have no series ids.
+            // One of several shows gone, or a server that reads one id per path: ask singly.
+            Err(BackendError::NotFound { .. }) if missing.len() > 1 => {
+                let mut shows = Vec::new();
+                for key in &missing {
+                    match self.metadata(key, "show").await {
+                        Ok(c) => shows.extend(c.metadata),
+                        Err(BackendError::NotFound { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                shows
+            }
+            // The show was deleted meanwhile: its episodes simply have no series ids.
             Err(BackendError::NotFound { .. }) => Vec::new(),
             Err(e) => return Err(e),
         };

@@ -32,17 +32,17 @@ pub fn keys_equal(presented: &str, expected: &str) -> bool {
 }
 
 /// `Ok` when the request carries the right key, else the 401 to answer.
-pub fn check(req: &Request, expected: &str) -> Result<(), Reply> {
+pub fn check(req: &Request, expected: &str) -> Result<(), Box<Reply>> {
     match presented_key(req) {
-        None => Err(error(
+        None => Err(Box::new(error(
             StatusCode::UNAUTHORIZED,
             format!("this route needs the API key: {HOW}"),
-        )),
+        ))),
         Some(k) if keys_equal(&k, expected) => Ok(()),
-        Some(_) => Err(error(
+        Some(_) => Err(Box::new(error(
             StatusCode::UNAUTHORIZED,
             format!("the API key is wrong: {HOW}"),
-        )),
+        ))),
     }
 }
 

@@ -260,7 +260,7 @@ impl Api {
                 return if !is_webhook && !known_route(path) {
                     not_found(req)
                 } else {
-                    reply
+                    *reply
                 };
             }
         }

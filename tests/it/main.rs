@@ -1,15 +1,13 @@
 //! The integration tests: one binary (fast to link), one module per area.
 
+mod fakes;
 mod harness;
 mod support;
 
+mod backend_clients;
+mod contract;
 mod decode_fixtures;
 mod decode_props;
+mod decode_route;
 mod foundation;
-
-mod reliability_backend_faults;
-mod reliability_common;
-mod reliability_crash;
-mod reliability_hostile;
-mod reliability_security;
-mod reliability_storage;
+mod webhook_http;

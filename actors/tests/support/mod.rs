@@ -345,6 +345,22 @@ impl Harness {
         }
     }
 
+    /// Start with fakes that `fill` prepares before any actor runs (for sync tests).
+    pub async fn start_filled(
+        specs: Vec<PairSpec>,
+        settings: SyncSettings,
+        fill: impl FnOnce(&HashMap<PairKey, Arc<FakeBackend>>),
+    ) -> Harness {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let clock = Arc::new(TestClock::new(1_700_000_000_000));
+        let backends: HashMap<PairKey, Arc<FakeBackend>> = specs
+            .iter()
+            .map(|s| (s.key.clone(), FakeBackend::new()))
+            .collect();
+        fill(&backends);
+        Self::start_with(specs, settings, store, clock, backends).await
+    }
+
     /// Stop and start again on the same store, clock and backends (a process restart).
     pub async fn restart(self) -> Harness {
         self.handle.shutdown().await;
@@ -367,12 +383,24 @@ impl Harness {
 
     /// Journal and dispatch an event to one pair, as the lead's webhook handler does.
     pub fn send(&mut self, user: &str, backend: &str, ev: WebhookEvent) -> JournalEntry {
+        let now = watchstate_actors::Clock::now_ms(&*self.clock);
+        self.send_at(user, backend, ev, now)
+    }
+
+    /// Like [`Harness::send`] with a chosen receive time (a late delivery).
+    pub fn send_at(
+        &mut self,
+        user: &str,
+        backend: &str,
+        ev: WebhookEvent,
+        received_at: Millis,
+    ) -> JournalEntry {
         self.seq += 1;
         let entry = JournalEntry {
             seq: self.seq,
             pair: PairKey::new(user, backend),
             request_id: format!("req-{}", self.seq),
-            received_at: watchstate_actors::Clock::now_ms(&*self.clock),
+            received_at,
             event: ev,
         };
         self.redeliver(&entry);

@@ -1,0 +1,333 @@
+//! The scheduled sync (DESIGN.md §6 rule 8): timers, rule-8 comparisons, paging, rate limit,
+//! checkpoints and the persisted next-run time. All under paused tokio time.
+
+mod support;
+
+use std::time::Duration;
+use support::*;
+use watchstate_actors::event::EventKind;
+use watchstate_actors::store::PairKey;
+use watchstate_actors::{PairSpec, SyncNowError, SyncSettings};
+
+type Fakes = std::collections::HashMap<PairKey, std::sync::Arc<FakeBackend>>;
+
+fn fake(fakes: &Fakes, backend: &str) -> std::sync::Arc<FakeBackend> {
+    fakes[&PairKey::new("alice", backend)].clone()
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn synced(user: &str, backend: &str) -> PairSpec {
+    PairSpec {
+        sync_interval: Some(12 * HOUR),
+        ..spec(user, backend)
+    }
+}
+
+fn three_synced() -> Vec<PairSpec> {
+    vec![
+        synced("alice", "plex"),
+        synced("alice", "jelly"),
+        synced("alice", "emby"),
+    ]
+}
+
+/// Put the same movie on each backend as `<prefix>-<backend>`, played where listed.
+fn library(fakes: &Fakes, imdb: &str, prefix: &str, played_on: &[&str]) {
+    for b in ["plex", "jelly", "emby"] {
+        if let Some(fake) = fakes.get(&PairKey::new("alice", b)) {
+            let mut m = movie(&format!("{prefix}-{b}"), imdb);
+            if played_on.contains(&b) {
+                m.played = true;
+                m.last_played_at = Some(1_600_000_000_000);
+            }
+            fake.add(m);
+        }
+    }
+}
+
+async fn wait_runs(h: &Harness, runs: u64) {
+    eventually("every pair to finish its sync run", || async {
+        h.handle
+            .all_status()
+            .await
+            .iter()
+            .all(|s| s.sync.runs_ok >= runs && !s.sync.running)
+    })
+    .await;
+    h.settle().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn first_sync_pushes_played_only_on_one_backend_and_never_unmarks() {
+    let h = Harness::start_filled(three_synced(), SyncSettings::default(), |h| {
+        library(h, "tt1", "a", &["plex"]);
+        library(h, "tt2", "b", &[]);
+        library(h, "tt3", "c", &["plex", "jelly", "emby"]);
+    })
+    .await;
+    wait_runs(&h, 1).await;
+    for b in ["jelly", "emby"] {
+        assert_eq!(
+            h.backend("alice", b).writes(),
+            vec![Call::SetPlayed(format!("a-{b}"), true)],
+            "{b}"
+        );
+    }
+    assert!(h.backend("alice", "plex").writes().is_empty());
+    let s = h.status("alice", "plex").await;
+    assert_eq!((s.items, s.sync.seen, s.sync.total), (3, 3, Some(3)));
+    assert_eq!(s.sync.last_result.as_deref(), Some("ok"));
+    assert!(s.sync.next_at.unwrap() > s.sync.last_finished.unwrap() + 10 * 3_600_000);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_all_unplayed_backend_changes_nothing_elsewhere_and_gets_the_played_states() {
+    let specs = vec![synced("alice", "plex"), synced("alice", "emby")];
+    let h = Harness::start_filled(specs, SyncSettings::default(), |h| {
+        library(h, "tt1", "a", &["plex"]);
+        library(h, "tt2", "b", &["plex"]);
+    })
+    .await;
+    wait_runs(&h, 1).await;
+    assert!(
+        h.backend("alice", "plex").writes().is_empty(),
+        "nothing unmarked on plex"
+    );
+    let mut emby = h.backend("alice", "emby").writes();
+    emby.sort_by_key(|c| format!("{c:?}"));
+    assert_eq!(
+        emby,
+        vec![
+            Call::SetPlayed("a-emby".into(), true),
+            Call::SetPlayed("b-emby".into(), true)
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unmark_or_a_mark_made_without_webhook_is_found_by_the_next_run() {
+    let h = Harness::start_filled(three_synced(), SyncSettings::default(), |h| {
+        library(h, "tt1", "a", &["plex", "jelly", "emby"]);
+        library(h, "tt2", "b", &[]);
+    })
+    .await;
+    wait_runs(&h, 1).await;
+    assert!(h.backends.values().all(|b| b.writes().is_empty()));
+
+    // Unmarked on plex, no webhook: the API-triggered run finds it.
+    h.backend("alice", "plex").set_state("a-plex", false, None);
+    h.clock.advance(60_000);
+    h.handle
+        .sync_now(&PairKey::new("alice", "plex"))
+        .await
+        .unwrap();
+    h.settle().await;
+    eventually("the unmark to reach jelly and emby", || async {
+        ["jelly", "emby"]
+            .iter()
+            .all(|b| !h.backend("alice", b).item(&format!("a-{b}")).played)
+    })
+    .await;
+    assert_eq!(
+        h.backend("alice", "jelly").writes(),
+        vec![Call::SetPlayed("a-jelly".into(), false)]
+    );
+
+    // Marked on jelly, no webhook: the timer-driven run 12 h later finds it.
+    h.backend("alice", "jelly").set_state("b-jelly", true, None);
+    tokio::time::sleep(14 * HOUR).await;
+    wait_runs(&h, 2).await;
+    eventually("the mark to reach plex and emby", || async {
+        ["plex", "emby"]
+            .iter()
+            .all(|b| h.backend("alice", b).item(&format!("b-{b}")).played)
+    })
+    .await;
+    assert_eq!(
+        h.backend("alice", "plex").writes(),
+        vec![Call::SetPlayed("b-plex".into(), true)]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn twenty_thousand_items_sync_with_paging_and_the_rate_limit() {
+    let settings = SyncSettings {
+        page_size: 200,
+        max_requests_per_second: 5.0,
+        ..SyncSettings::default()
+    };
+    let h = Harness::start_filled(vec![synced("alice", "plex")], settings, |h| {
+        let fake = fake(h, "plex");
+        for i in 0..20_000 {
+            let mut m = movie(&format!("{i:05}"), &format!("tt{i}"));
+            m.played = i % 3 == 0;
+            fake.add(m);
+        }
+    })
+    .await;
+    wait_runs(&h, 1).await;
+    let s = h.status("alice", "plex").await;
+    assert_eq!((s.items, s.sync.seen), (20_000, 20_000));
+    assert_eq!(
+        s.sync.changed, 6_667,
+        "first sight: played items are changes"
+    );
+    let lists: Vec<_> = h
+        .backend("alice", "plex")
+        .calls()
+        .into_iter()
+        .filter(|(_, c)| matches!(c, Call::List(_)))
+        .collect();
+    assert_eq!(lists.len(), 100);
+    for w in lists.windows(2) {
+        assert!(
+            w[1].0 - w[0].0 >= Duration::from_millis(200),
+            "at most 5 requests per second"
+        );
+    }
+    let v = h.handle.item_states("alice", "imdb", "tt19998").await;
+    assert!(v[0].1.as_ref().unwrap().item.as_ref().unwrap().played);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_interrupted_sync_resumes_from_its_checkpoint_even_after_a_restart() {
+    let settings = SyncSettings {
+        page_size: 100,
+        ..SyncSettings::default()
+    };
+    let h = Harness::start_filled(vec![synced("alice", "plex")], settings, |h| {
+        let fake = fake(h, "plex");
+        for i in 0..1000 {
+            fake.add(movie(&format!("{i:04}"), &format!("tt{i}")));
+        }
+        fake.state.lock().unwrap().list_fail_at.push("500".into());
+    })
+    .await;
+    eventually("the first run to fail", || async {
+        h.status("alice", "plex").await.sync.runs_failed == 1
+    })
+    .await;
+    let s = h.status("alice", "plex").await;
+    assert!(s
+        .sync
+        .last_result
+        .unwrap()
+        .starts_with("failed: media server error HTTP 500"));
+    assert_eq!(s.sync.seen, 500);
+    assert!(s.last_error.is_some());
+
+    let h = h.restart().await;
+    wait_runs(&h, 1).await;
+    let lists = h.backend("alice", "plex").lists();
+    let resumed = &lists[6..];
+    assert_eq!(
+        resumed.first(),
+        Some(&Some("500".to_string())),
+        "resumed at the checkpoint: {lists:?}"
+    );
+    assert_eq!(resumed.len(), 5);
+    let s = h.status("alice", "plex").await;
+    assert_eq!((s.items, s.sync.seen), (1000, 1000));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_next_run_time_survives_a_restart() {
+    let spec = PairSpec {
+        sync_interval: Some(HOUR),
+        ..spec("alice", "plex")
+    };
+    let h = Harness::start_filled(vec![spec], SyncSettings::default(), |h| {
+        library(h, "tt1", "a", &[]);
+    })
+    .await;
+    wait_runs(&h, 1).await;
+    let next = h.status("alice", "plex").await.sync.next_at.unwrap();
+    let h = h.restart().await;
+    assert_eq!(
+        h.status("alice", "plex").await.sync.next_at,
+        Some(next),
+        "not rescheduled"
+    );
+    let now = watchstate_actors::Clock::now_ms(&*h.clock);
+    // Just before the persisted time: no run (a restart does not repeat one) ...
+    tokio::time::sleep(Duration::from_millis((next - now - 1_000) as u64)).await;
+    assert_eq!(h.backend("alice", "plex").lists().len(), 1);
+    // ... and just after it: the run happens (a restart does not skip one).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_runs(&h, 2).await;
+    assert_eq!(h.backend("alice", "plex").lists().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn sync_now_refuses_a_second_run_and_webhooks_flow_during_a_run() {
+    let specs = vec![spec("alice", "plex"), spec("alice", "jelly")];
+    let mut h = Harness::start_filled(specs, SyncSettings::default(), |h| {
+        library(h, "tt1", "a", &[]);
+    })
+    .await;
+    let plex = PairKey::new("alice", "plex");
+    let gate = h.backend("alice", "plex");
+    let held = gate.list_gate.lock().await;
+    h.handle.sync_now(&plex).await.unwrap();
+    assert_eq!(
+        h.handle.sync_now(&plex).await,
+        Err(SyncNowError::AlreadyRunning(plex.clone()))
+    );
+    assert_eq!(
+        h.handle.sync_now(&PairKey::new("zed", "plex")).await,
+        Err(SyncNowError::UnknownPair(PairKey::new("zed", "plex")))
+    );
+    let s = h.status("alice", "plex").await;
+    assert!(s.sync.running);
+    assert_eq!(s.state, watchstate_actors::status::ActorState::Syncing);
+    // Webhooks are applied while the sync waits on the server.
+    h.send(
+        "alice",
+        "jelly",
+        event(EventKind::ItemAdded, &movie("a-jelly", "tt1")),
+    );
+    h.send(
+        "alice",
+        "plex",
+        event(EventKind::ItemAdded, &movie("a-plex", "tt1")),
+    );
+    h.send(
+        "alice",
+        "plex",
+        event(EventKind::Scrobble, &movie("a-plex", "tt1")),
+    );
+    eventually("the webhook to be pushed during the run", || async {
+        h.backend("alice", "jelly").writes() == vec![Call::SetPlayed("a-jelly".into(), true)]
+    })
+    .await;
+    drop(held);
+    eventually("the run to finish", || async {
+        h.status("alice", "plex").await.sync.runs_ok == 1
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unreachable_backend_shows_in_status_and_the_actor_keeps_running() {
+    let h = Harness::start_filled(
+        vec![synced("alice", "plex")],
+        SyncSettings::default(),
+        |h| {
+            fake(h, "plex").state.lock().unwrap().unreachable = true;
+        },
+    )
+    .await;
+    eventually("the run to fail", || async {
+        h.status("alice", "plex").await.sync.runs_failed == 1
+    })
+    .await;
+    let s = h.status("alice", "plex").await;
+    assert_eq!(
+        s.sync.last_result.as_deref(),
+        Some("failed: network error: connection refused")
+    );
+    assert!(s.last_error.unwrap().message.contains("connection refused"));
+    assert!(h.handle.ready().ready);
+    assert_eq!(s.restarts, 0);
+}

@@ -1,0 +1,605 @@
+//! The real Plex, Jellyfin and Emby clients against their fake servers: listing and paging,
+//! lookups, writes in each server's units, and the classification of every failure.
+
+use crate::fakes::{
+    FakeIdentity, FakeItem, FakeKind, FakeLibrary, FakeServer, FakeShow, Fault, WriteChange,
+};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use watchstate::backend::{build_client, ClientConfig};
+use watchstate_actors::backend::{BackendApi, BackendError, RemoteItem};
+use watchstate_actors::event::{ItemType, Millis};
+
+const MATRIX_PLAYED_AT: Millis = 1_714_557_600_000;
+const PILOT_PLAYED_AT: Millis = 1_700_000_000_000;
+
+/// 7 movies, a modern show with 2 episodes, a legacy-agent show with 1 episode.
+fn library() -> FakeLibrary {
+    let mut lib = FakeLibrary::new()
+        .with(
+            FakeItem::movie("101", "The Matrix")
+                .year(1999)
+                .ext("imdb", "tt0133093")
+                .ext("tmdb", "603")
+                .duration_ms(8_160_000)
+                .played_at(MATRIX_PLAYED_AT),
+        )
+        .with(
+            FakeItem::movie("102", "Heat")
+                .year(1995)
+                .ext("imdb", "tt0113277")
+                .position_ms(754_000),
+        );
+    for n in 103..=107 {
+        lib = lib.with(
+            FakeItem::movie(&n.to_string(), &format!("Movie {n}")).ext("tmdb", &format!("9{n}")),
+        );
+    }
+    lib.with_show(
+        FakeShow::new("200", "Dark")
+            .ext("tvdb", "334824")
+            .ext("imdb", "tt5753856"),
+    )
+    .with(
+        FakeItem::episode("201", "200", 1, 1)
+            .title("Secrets")
+            .ext("tvdb", "6252618")
+            .played_at(PILOT_PLAYED_AT),
+    )
+    .with(
+        FakeItem::episode("202", "200", 1, 2)
+            .title("Lies")
+            .ext("tvdb", "6252619")
+            .position_ms(61_000),
+    )
+    .with_show(
+        FakeShow::new("300", "Game of Thrones")
+            .plex_guid("com.plexapp.agents.thetvdb://121361?lang=en")
+            .ext("tvdb", "121361"),
+    )
+    .with(
+        FakeItem::episode("301", "300", 1, 2)
+            .plex_guid("com.plexapp.agents.thetvdb://121361/1/2?lang=en")
+            .ext("tvdb", "3254641"),
+    )
+}
+
+async fn list_all(client: &dyn BackendApi, page_size: usize) -> (Vec<RemoteItem>, usize) {
+    let mut items = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let page = client
+            .list_items(cursor.as_deref(), page_size)
+            .await
+            .expect("a page of the listing");
+        assert!(page.items.len() <= page_size, "page larger than asked");
+        pages += 1;
+        assert!(pages < 1000, "listing does not end");
+        items.extend(page.items);
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    (items, pages)
+}
+
+fn by_id(items: Vec<RemoteItem>) -> BTreeMap<String, RemoteItem> {
+    let n = items.len();
+    let map: BTreeMap<_, _> = items.into_iter().map(|i| (i.item_id.clone(), i)).collect();
+    assert_eq!(map.len(), n, "an item was listed twice");
+    map
+}
+
+fn config(fake: &FakeServer, token: &str, timeout: Duration) -> ClientConfig {
+    ClientConfig {
+        token: token.to_string(),
+        timeout,
+        ..fake.client_config()
+    }
+}
+
+async fn listing_is_complete_and_correct(kind: FakeKind) {
+    let fake = FakeServer::start(kind, library()).await;
+    let client = fake.client();
+    let (items, pages) = list_all(client.as_ref(), 3).await;
+    let items = by_id(items);
+    let ids: Vec<&str> = items.keys().map(String::as_str).collect();
+    assert_eq!(
+        ids,
+        ["101", "102", "103", "104", "105", "106", "107", "201", "202", "301"]
+    );
+    assert!(pages >= 4, "paging was not used ({pages} pages)");
+
+    let matrix = &items["101"];
+    assert_eq!(matrix.item_type, ItemType::Movie);
+    assert_eq!(matrix.title.as_deref(), Some("The Matrix"));
+    assert_eq!(matrix.year, Some(1999));
+    assert_eq!(matrix.external_ids["imdb"], "tt0133093");
+    assert_eq!(matrix.external_ids["tmdb"], "603");
+    assert!(matrix.series_external_ids.is_empty());
+    assert!(matrix.played);
+    assert_eq!(matrix.last_played_at, Some(MATRIX_PLAYED_AT));
+    assert_eq!(matrix.duration_ms, Some(8_160_000));
+    assert_eq!(matrix.position_ms, 0);
+
+    let heat = &items["102"];
+    assert!(!heat.played);
+    assert_eq!(heat.position_ms, 754_000);
+    assert_eq!(heat.last_played_at, None);
+
+    let secrets = &items["201"];
+    assert_eq!(secrets.item_type, ItemType::Episode);
+    assert_eq!(secrets.series_title.as_deref(), Some("Dark"));
+    assert_eq!((secrets.season, secrets.episode), (Some(1), Some(1)));
+    assert_eq!(secrets.external_ids["tvdb"], "6252618");
+    assert_eq!(secrets.series_external_ids["tvdb"], "334824");
+    assert_eq!(secrets.series_external_ids["imdb"], "tt5753856");
+    assert!(secrets.played);
+    assert_eq!(secrets.last_played_at, Some(PILOT_PLAYED_AT));
+    assert_eq!(items["202"].position_ms, 61_000);
+    assert_eq!(items["202"].series_external_ids["tvdb"], "334824");
+
+    let legacy = &items["301"];
+    assert_eq!(legacy.series_external_ids["tvdb"], "121361");
+    assert_eq!((legacy.season, legacy.episode), (Some(1), Some(2)));
+    if kind == FakeKind::Plex {
+        // A legacy episode guid names the show only.
+        assert!(legacy.external_ids.is_empty());
+        assert_eq!(matrix.library_id.as_deref(), Some("1"));
+        assert_eq!(secrets.library_id.as_deref(), Some("2"));
+    } else {
+        assert_eq!(legacy.external_ids["tvdb"], "3254641");
+    }
+    fake.assert_contract();
+}
+
+async fn paging_requests_use_the_servers_parameters(kind: FakeKind) {
+    let fake = FakeServer::start(kind, library()).await;
+    let client = fake.client();
+    list_all(client.as_ref(), 4).await;
+    let lists: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| match kind {
+            FakeKind::Plex => r.path.ends_with("/all") && r.param("type").is_some(),
+            FakeKind::Jellyfin => r.path == "/Items" && r.param("startIndex").is_some(),
+            FakeKind::Emby => r.path.ends_with("/Items") && r.param("StartIndex").is_some(),
+        })
+        .collect();
+    let starts: Vec<(&str, &str)> = lists
+        .iter()
+        .map(|r| match kind {
+            FakeKind::Plex => (
+                r.param("X-Plex-Container-Start").unwrap(),
+                r.param("X-Plex-Container-Size").unwrap(),
+            ),
+            FakeKind::Jellyfin => (r.param("startIndex").unwrap(), r.param("limit").unwrap()),
+            FakeKind::Emby => (r.param("StartIndex").unwrap(), r.param("Limit").unwrap()),
+        })
+        .collect();
+    match kind {
+        // Movies section (7 items), then the show section (3 episodes).
+        FakeKind::Plex => {
+            assert_eq!(starts, [("0", "4"), ("4", "4"), ("0", "4")]);
+            assert_eq!(lists[0].param("type"), Some("1"));
+            assert_eq!(lists[2].param("type"), Some("4"));
+            assert!(lists.iter().all(|r| r.param("includeGuids") == Some("1")));
+        }
+        FakeKind::Jellyfin => {
+            assert_eq!(starts, [("0", "4"), ("4", "4"), ("8", "4")]);
+            let r = &lists[0];
+            assert_eq!(r.param("userId"), Some(fake.user_id()));
+            assert_eq!(r.param("recursive"), Some("true"));
+            assert_eq!(r.params("includeItemTypes"), ["Movie,Episode"]);
+            assert_eq!(r.params("fields"), ["ProviderIds"]);
+        }
+        FakeKind::Emby => {
+            assert_eq!(starts, [("0", "4"), ("4", "4"), ("8", "4")]);
+            let r = &lists[0];
+            assert_eq!(r.path, format!("/Users/{}/Items", fake.user_id()));
+            assert_eq!(r.param("Recursive"), Some("true"));
+            assert_eq!(r.param("IncludeItemTypes"), Some("Movie,Episode"));
+            assert!(r.param("Fields").unwrap().contains("ProviderIds"));
+        }
+    }
+    fake.assert_contract();
+}
+
+async fn get_item_reads_one_item(kind: FakeKind) {
+    let fake = FakeServer::start(kind, library()).await;
+    let client = fake.client();
+    let ep = client.get_item("202").await.unwrap().expect("item 202");
+    assert_eq!(ep.item_type, ItemType::Episode);
+    assert_eq!(ep.series_title.as_deref(), Some("Dark"));
+    assert_eq!(ep.series_external_ids["tvdb"], "334824");
+    assert_eq!((ep.season, ep.episode), (Some(1), Some(2)));
+    assert_eq!(ep.position_ms, 61_000);
+    assert!(!ep.played);
+    let movie = client.get_item("101").await.unwrap().expect("item 101");
+    assert!(movie.played);
+    assert_eq!(movie.last_played_at, Some(MATRIX_PLAYED_AT));
+    assert_eq!(client.get_item("999999").await.unwrap(), None);
+    fake.assert_contract();
+}
+
+async fn writes_change_the_server_in_its_units(kind: FakeKind) {
+    let fake = FakeServer::start(kind, library()).await;
+    let client = fake.client();
+    let at = 1_710_000_000_000;
+
+    client.set_played("103", true, Some(at)).await.unwrap();
+    let s = fake.item_state("103");
+    assert!(s.played);
+    assert_eq!(s.position_ms, 0);
+    if kind != FakeKind::Plex {
+        // Plex stamps the scrobble with its own clock; the others take the date.
+        assert_eq!(s.last_played_at, Some(at));
+    }
+
+    client.set_played("101", false, None).await.unwrap();
+    assert!(!fake.item_state("101").played);
+
+    client
+        .set_position("102", 123_456, Some(8_000_000))
+        .await
+        .unwrap();
+    let s = fake.item_state("102");
+    assert_eq!(s.position_ms, 123_456);
+    assert!(!s.played);
+
+    assert_eq!(
+        fake.writes()
+            .into_iter()
+            .map(|w| (w.item_id, w.change))
+            .collect::<Vec<_>>(),
+        [
+            (
+                "103".to_string(),
+                WriteChange::Played {
+                    at: (kind != FakeKind::Plex).then_some(at)
+                }
+            ),
+            ("101".to_string(), WriteChange::Unplayed),
+            ("102".to_string(), WriteChange::Position { ms: 123_456 }),
+        ]
+    );
+
+    // The raw requests carry each server's units and parameter names.
+    let requests = fake.requests();
+    let find = |pred: &dyn Fn(&crate::fakes::RecordedRequest) -> bool| {
+        requests.iter().find(|r| pred(r)).cloned().expect("request")
+    };
+    match kind {
+        FakeKind::Plex => {
+            let r = find(&|r| r.path == "/:/scrobble");
+            assert_eq!(r.method, "PUT");
+            assert_eq!(r.param("identifier"), Some("com.plexapp.plugins.library"));
+            assert_eq!(r.param("key"), Some("103"));
+            let r = find(&|r| r.path == "/:/unscrobble");
+            assert_eq!((r.method.as_str(), r.param("key")), ("PUT", Some("101")));
+            let r = find(&|r| r.path == "/:/timeline");
+            assert_eq!(r.method, "POST");
+            assert_eq!(r.param("ratingKey"), Some("102"));
+            assert_eq!(r.param("key"), Some("/library/metadata/102"));
+            assert_eq!(r.param("state"), Some("stopped"));
+            assert_eq!(r.param("time"), Some("123456"));
+            assert_eq!(r.param("duration"), Some("8000000"));
+        }
+        FakeKind::Jellyfin => {
+            let r = find(&|r| r.path == "/UserPlayedItems/103");
+            assert_eq!(r.method, "POST");
+            assert_eq!(r.param("userId"), Some(fake.user_id()));
+            assert_eq!(r.param("datePlayed"), Some("2024-03-09T16:00:00Z"));
+            let r = find(&|r| r.path == "/UserPlayedItems/101");
+            assert_eq!(r.method, "DELETE");
+            let r = find(&|r| r.path == "/UserItems/102/UserData");
+            assert_eq!(r.method, "POST");
+            let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+            assert_eq!(body["PlaybackPositionTicks"], 1_234_560_000i64);
+            assert_eq!(body["Played"], false);
+        }
+        FakeKind::Emby => {
+            let uid = fake.user_id();
+            let r = find(&|r| r.path == format!("/Users/{uid}/PlayedItems/103"));
+            assert_eq!(r.method, "POST");
+            assert_eq!(r.param("DatePlayed"), Some("20240309160000"));
+            let r = find(&|r| r.path == format!("/Users/{uid}/PlayedItems/101"));
+            assert_eq!(r.method, "DELETE");
+            let r = find(&|r| r.path == format!("/Users/{uid}/Items/102/UserData"));
+            assert_eq!(r.method, "POST");
+            let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+            assert_eq!(body["PlaybackPositionTicks"], 1_234_560_000i64);
+            assert_eq!(body["Played"], false);
+        }
+    }
+    fake.assert_contract();
+}
+
+async fn writes_to_unknown_items_are_not_found(kind: FakeKind) {
+    let fake = FakeServer::start(kind, library()).await;
+    let client = fake.client();
+    let err = client.set_played("424242", true, None).await.unwrap_err();
+    assert!(matches!(err, BackendError::NotFound { .. }), "{err:?}");
+    assert!(!err.is_retryable());
+    assert!(fake.writes().is_empty());
+}
+
+async fn a_bad_token_is_an_auth_error(kind: FakeKind) {
+    let fake = FakeServer::start(kind, library()).await;
+    let client = build_client(config(&fake, "wrong-token", Duration::from_secs(5))).unwrap();
+    let err = client.list_items(None, 10).await.unwrap_err();
+    assert_eq!(err, BackendError::Auth { status: 401 });
+    assert!(
+        !err.to_string().contains("wrong-token"),
+        "token leaked: {err}"
+    );
+    let err = client.set_played("101", true, None).await.unwrap_err();
+    assert_eq!(err, BackendError::Auth { status: 401 });
+    assert!(fake.item_state("101").played, "state changed without auth");
+}
+
+async fn server_errors_and_rate_limits_are_classified(kind: FakeKind) {
+    let fake = FakeServer::start(kind, library()).await;
+    let client = fake.client();
+
+    fake.inject(Fault::status(500));
+    let err = client.list_items(None, 10).await.unwrap_err();
+    assert!(
+        matches!(err, BackendError::Server { status: 500, .. }),
+        "{err:?}"
+    );
+    assert!(err.is_retryable());
+
+    fake.inject(Fault::rate_limited("7"));
+    let err = client.get_item("101").await.unwrap_err();
+    assert_eq!(
+        err,
+        BackendError::RateLimited {
+            retry_after_ms: Some(7_000)
+        }
+    );
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(7)));
+
+    // A fault limited to writes leaves reads alone, then the write goes through.
+    fake.inject(Fault::status(503).times(2).writes_only());
+    assert!(client.get_item("104").await.unwrap().is_some());
+    for _ in 0..2 {
+        let err = client.set_played("104", true, None).await.unwrap_err();
+        assert!(
+            matches!(err, BackendError::Server { status: 503, .. }),
+            "{err:?}"
+        );
+    }
+    client.set_played("104", true, None).await.unwrap();
+    assert!(fake.item_state("104").played);
+    assert_eq!(fake.writes().len(), 1, "failed attempts are not writes");
+
+    fake.inject(Fault::wrong_json());
+    let err = client.list_items(None, 10).await.unwrap_err();
+    assert!(matches!(err, BackendError::BadResponse { .. }), "{err:?}");
+    assert!(!err.is_retryable());
+
+    fake.inject(Fault::status(400));
+    let err = client.set_played("105", false, None).await.unwrap_err();
+    assert!(
+        matches!(err, BackendError::Client { status: 400, .. }),
+        "{err:?}"
+    );
+    assert!(!err.is_retryable());
+}
+
+async fn a_slow_server_times_out(kind: FakeKind) {
+    let fake = FakeServer::start(kind, library()).await;
+    let client = build_client(config(&fake, fake.token(), Duration::from_millis(200))).unwrap();
+    fake.inject(Fault::delay(Duration::from_secs(3)));
+    let err = client.identity().await.unwrap_err();
+    assert_eq!(err, BackendError::Timeout { after_ms: 200 });
+    assert!(err.is_retryable());
+}
+
+async fn a_closed_port_is_a_network_error(kind: FakeKind) {
+    let fake = FakeServer::start(kind, library()).await;
+    let client = fake.client();
+    let id = client.identity().await.unwrap();
+    assert_eq!(id.server_id, fake.server_id());
+    fake.shutdown().await;
+    let err = client.identity().await.unwrap_err();
+    assert!(matches!(err, BackendError::Network { .. }), "{err:?}");
+    assert!(err.is_retryable());
+}
+
+/// One test module per scenario with a test per server: `backend_clients::<scenario>::plex`.
+macro_rules! per_kind {
+    ($($name:ident),* $(,)?) => {
+        $(mod $name {
+            #[tokio::test]
+            async fn plex() {
+                super::$name(crate::fakes::FakeKind::Plex).await
+            }
+            #[tokio::test]
+            async fn jellyfin() {
+                super::$name(crate::fakes::FakeKind::Jellyfin).await
+            }
+            #[tokio::test]
+            async fn emby() {
+                super::$name(crate::fakes::FakeKind::Emby).await
+            }
+        })*
+    };
+}
+
+per_kind!(
+    listing_is_complete_and_correct,
+    paging_requests_use_the_servers_parameters,
+    get_item_reads_one_item,
+    writes_change_the_server_in_its_units,
+    writes_to_unknown_items_are_not_found,
+    a_bad_token_is_an_auth_error,
+    server_errors_and_rate_limits_are_classified,
+    a_slow_server_times_out,
+    a_closed_port_is_a_network_error,
+);
+
+#[tokio::test]
+async fn a_retry_after_date_becomes_a_delay() {
+    let fake = FakeServer::start(FakeKind::Jellyfin, library()).await;
+    let at = std::time::SystemTime::now() + Duration::from_secs(120);
+    fake.inject(Fault::rate_limited(&httpdate::fmt_http_date(at)));
+    let err = fake.client().identity().await.unwrap_err();
+    let ms = err.retry_after().expect("a retry-after").as_millis();
+    assert!((100_000..=120_000).contains(&ms), "{ms} ms");
+}
+
+#[tokio::test]
+async fn plex_fetches_each_show_once_per_listing() {
+    let fake = FakeServer::start(FakeKind::Plex, library()).await;
+    let client = fake.client();
+    list_all(client.as_ref(), 1).await;
+    let show_fetches: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.starts_with("/library/metadata/"))
+        .collect();
+    // Episodes 201 and 202 are on different pages; the legacy 301 names its show in its guid.
+    assert_eq!(show_fetches.len(), 1, "{show_fetches:?}");
+    assert_eq!(show_fetches[0].path, "/library/metadata/200");
+}
+
+#[tokio::test]
+async fn emby_position_keeps_the_rest_of_the_user_data() {
+    let fake = FakeServer::start(FakeKind::Emby, library()).await;
+    let client = fake.client();
+    client
+        .set_played("104", true, Some(1_710_000_000_000))
+        .await
+        .unwrap();
+    client.set_played("104", false, None).await.unwrap();
+    fake.set_played_directly("105", false);
+    client.set_position("201", 5_000, None).await.unwrap();
+    // 201 was played; Emby replaces the whole user data, the client sent the current
+    // PlayCount and LastPlayedDate back with Played=false and the position.
+    let s = fake.item_state("201");
+    assert_eq!(s.position_ms, 5_000);
+    assert!(!s.played);
+    assert_eq!(s.play_count, 1);
+    assert_eq!(s.last_played_at, Some(PILOT_PLAYED_AT));
+    fake.assert_contract();
+}
+
+#[tokio::test]
+async fn a_large_library_lists_completely() {
+    let lib = FakeLibrary::generated(20_000);
+    assert_eq!(lib.items.len(), 20_000);
+    let fake = FakeServer::start(FakeKind::Jellyfin, lib).await;
+    let (items, pages) = list_all(fake.client().as_ref(), 2_000).await;
+    assert_eq!(pages, 10);
+    let items = by_id(items);
+    assert_eq!(items.len(), 20_000);
+    let first_episode = &items["100001"];
+    assert_eq!(first_episode.series_external_ids["tvdb"], "90");
+    assert_eq!(first_episode.position_ms, 60_000);
+    assert!(items["100000"].played);
+    assert!(!items["100002"].played);
+}
+
+#[tokio::test]
+async fn plex_episodes_of_vanished_shows_have_no_series_ids() {
+    let lib = FakeLibrary::new()
+        .with(FakeItem::episode("401", "gone-1", 1, 1).ext("tvdb", "1"))
+        .with(FakeItem::episode("402", "gone-2", 1, 1).ext("tvdb", "2"))
+        .with_show(FakeShow::new("403", "Kept").ext("tvdb", "77"))
+        .with(FakeItem::episode("404", "403", 1, 1));
+    let fake = FakeServer::start(FakeKind::Plex, lib).await;
+    let (items, _) = list_all(fake.client().as_ref(), 2).await;
+    let items = by_id(items);
+    assert!(items["401"].series_external_ids.is_empty());
+    assert!(items["402"].series_external_ids.is_empty());
+    assert_eq!(items["404"].series_external_ids["tvdb"], "77");
+    // The batch for both vanished shows failed as a whole, then each was asked alone.
+    let paths: Vec<String> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.starts_with("/library/metadata/"))
+        .map(|r| r.path)
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "/library/metadata/gone-1,gone-2",
+            "/library/metadata/gone-1",
+            "/library/metadata/gone-2",
+            "/library/metadata/403",
+        ]
+    );
+    fake.assert_contract();
+}
+
+#[tokio::test]
+async fn emby_answers_under_its_emby_prefix() {
+    let fake = FakeServer::start(FakeKind::Emby, library()).await;
+    let mut cfg = fake.client_config();
+    cfg.base_url = fake.url().join("emby/").unwrap();
+    let client = build_client(cfg).unwrap();
+    assert_eq!(client.identity().await.unwrap().server_id, fake.server_id());
+    client.set_played("103", true, None).await.unwrap();
+    assert!(fake.item_state("103").played);
+    fake.assert_contract();
+}
+
+async fn items_added_after_start_are_listed(kind: FakeKind) {
+    let fake = FakeServer::start(kind, library()).await;
+    let client = fake.client();
+    assert_eq!(client.get_item("108").await.unwrap(), None);
+    fake.add_item(
+        FakeItem::movie("108", "Arrival")
+            .ext("imdb", "tt2543164")
+            .played_at(MATRIX_PLAYED_AT),
+    );
+    let arrival = client.get_item("108").await.unwrap().expect("added item");
+    assert!(arrival.played);
+    assert_eq!(arrival.external_ids["imdb"], "tt2543164");
+    fake.clear_log();
+    let (items, _) = list_all(client.as_ref(), 50).await;
+    assert!(items.iter().any(|i| i.item_id == "108"));
+    assert!(fake.writes().is_empty());
+    assert!(fake.requests().iter().all(|r| r.status == 200));
+    fake.assert_contract();
+}
+
+per_kind!(items_added_after_start_are_listed);
+
+#[tokio::test]
+async fn plex_answers_xml_without_the_json_accept_header() {
+    let fake = FakeServer::start(FakeKind::Plex, library()).await;
+    let resp = reqwest::Client::new()
+        .get(fake.url().join("library/sections/all").unwrap())
+        .header("X-Plex-Token", fake.token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.text().await.unwrap().starts_with("<?xml"));
+}
+
+#[tokio::test]
+async fn a_fake_can_take_the_ids_of_recorded_payloads() {
+    let identity = FakeIdentity {
+        server_id: Some("16588a9f062a40c4966586b1d220bffc".into()),
+        user_id: Some("e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1".into()),
+        token: Some("fixture-key".into()),
+    };
+    let fake = FakeServer::start_with(FakeKind::Jellyfin, library(), identity).await;
+    assert_eq!(fake.token(), "fixture-key");
+    let client = fake.client();
+    assert_eq!(
+        client.identity().await.unwrap().server_id,
+        "16588a9f062a40c4966586b1d220bffc"
+    );
+    client.set_played("105", true, None).await.unwrap();
+    assert!(
+        fake.item_state_for("e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1", "105")
+            .played
+    );
+}

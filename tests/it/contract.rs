@@ -1,0 +1,154 @@
+//! Contract test (issue 5, part 5): every request each client makes is a `METHOD path` of its
+//! server's OpenAPI document, as listed in `tests/contracts/*.txt`. The fakes check each
+//! request they receive; this drives every client method and asserts none was outside.
+
+use crate::fakes::{FakeItem, FakeKind, FakeLibrary, FakeServer, FakeShow};
+use watchstate_actors::backend::BackendApi;
+
+fn library() -> FakeLibrary {
+    FakeLibrary::new()
+        .with(FakeItem::movie("11", "Alien").ext("imdb", "tt0078748"))
+        .with(FakeItem::movie("12", "Aliens").ext("imdb", "tt0090605"))
+        .with_show(FakeShow::new("20", "Severance").ext("tvdb", "371980"))
+        .with(FakeItem::episode("21", "20", 1, 1).ext("tvdb", "7985434"))
+        .with(FakeItem::episode("22", "20", 1, 2).ext("tvdb", "7985435"))
+        .with_show(
+            FakeShow::new("30", "Lost").plex_guid("com.plexapp.agents.thetvdb://73739?lang=en"),
+        )
+        .with(
+            FakeItem::episode("31", "30", 2, 3)
+                .plex_guid("com.plexapp.agents.thetvdb://73739/2/3?lang=en"),
+        )
+}
+
+/// Calls every method of the client at least once, including the error paths a sync meets.
+async fn exercise(client: &dyn BackendApi) {
+    client.identity().await.expect("identity");
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = client.list_items(cursor.as_deref(), 2).await.expect("page");
+        match page.next {
+            Some(n) => cursor = Some(n),
+            None => break,
+        }
+    }
+    assert!(client.get_item("21").await.expect("get").is_some());
+    assert!(client.get_item("11").await.expect("get").is_some());
+    assert!(client
+        .get_item("9999")
+        .await
+        .expect("get unknown")
+        .is_none());
+    client
+        .set_played("11", true, Some(1_700_000_000_000))
+        .await
+        .expect("played with date");
+    client.set_played("12", true, None).await.expect("played");
+    client
+        .set_played("11", false, None)
+        .await
+        .expect("unplayed");
+    client
+        .set_position("22", 90_000, Some(2_700_000))
+        .await
+        .expect("position");
+    client
+        .set_position("21", 30_000, None)
+        .await
+        .expect("position without duration");
+}
+
+async fn every_client_request_is_in_the_contract(kind: FakeKind) {
+    let fake = FakeServer::start(kind, library()).await;
+    exercise(fake.client().as_ref()).await;
+    assert!(fake.requests().len() >= 10);
+    assert_eq!(fake.writes().len(), 5);
+    fake.assert_contract();
+}
+
+#[tokio::test]
+async fn plex_client_requests_are_in_the_contract() {
+    every_client_request_is_in_the_contract(FakeKind::Plex).await;
+}
+
+#[tokio::test]
+async fn jellyfin_client_requests_are_in_the_contract() {
+    every_client_request_is_in_the_contract(FakeKind::Jellyfin).await;
+}
+
+#[tokio::test]
+async fn emby_client_requests_are_in_the_contract() {
+    every_client_request_is_in_the_contract(FakeKind::Emby).await;
+}
+
+/// The check can fail: a route the documents do not define (the pre-10.9 Jellyfin play-state
+/// route) and a wrong method are recorded as violations.
+#[tokio::test]
+async fn a_request_outside_the_contract_is_recorded() {
+    let fake = FakeServer::start(FakeKind::Jellyfin, library()).await;
+    let http = reqwest::Client::new();
+    let base = fake.url();
+    let legacy = base
+        .join(&format!("Users/{}/PlayedItems/11", fake.user_id()))
+        .unwrap();
+    http.post(legacy).send().await.unwrap();
+    http.patch(base.join("UserPlayedItems/11").unwrap())
+        .send()
+        .await
+        .unwrap();
+    http.get(base.join("System/Info/Public").unwrap())
+        .send()
+        .await
+        .unwrap();
+    let v = fake.violations();
+    assert_eq!(
+        v,
+        [
+            format!("POST /Users/{}/PlayedItems/11", fake.user_id()),
+            "PATCH /UserPlayedItems/11".to_string(),
+        ]
+    );
+    let panicked = std::panic::catch_unwind(|| fake.assert_contract());
+    assert!(panicked.is_err(), "assert_contract accepted violations");
+}
+
+/// The lists hold the documented routes the clients rely on (a guard against a bad regeneration).
+#[test]
+fn the_contract_lists_hold_the_routes_of_design_section_10() {
+    let plex = include_str!("../contracts/plex.txt");
+    let jellyfin = include_str!("../contracts/jellyfin.txt");
+    let emby = include_str!("../contracts/emby.txt");
+    let has = |list: &str, line: &str| list.lines().any(|l| l.trim() == line);
+    for line in [
+        "GET /identity",
+        "GET /library/sections/all",
+        "GET /library/sections/{sectionId}/all",
+        "GET /library/metadata/{ids}",
+        "PUT /:/scrobble",
+        "PUT /:/unscrobble",
+        "POST /:/timeline",
+    ] {
+        assert!(has(plex, line), "plex.txt lacks {line}");
+    }
+    for line in [
+        "GET /System/Info/Public",
+        "GET /Items",
+        "GET /Items/{itemId}",
+        "POST /UserPlayedItems/{itemId}",
+        "DELETE /UserPlayedItems/{itemId}",
+        "POST /UserItems/{itemId}/UserData",
+    ] {
+        assert!(has(jellyfin, line), "jellyfin.txt lacks {line}");
+    }
+    assert!(!has(jellyfin, "POST /Users/{userId}/PlayedItems/{itemId}"));
+    for line in [
+        "GET /System/Info/Public",
+        "GET /Users/{UserId}/Items",
+        "GET /Users/{UserId}/Items/{Id}",
+        "POST /Users/{UserId}/PlayedItems/{Id}",
+        "DELETE /Users/{UserId}/PlayedItems/{Id}",
+        "POST /Users/{UserId}/Items/{ItemId}/UserData",
+    ] {
+        assert!(has(emby, line), "emby.txt lacks {line}");
+    }
+}

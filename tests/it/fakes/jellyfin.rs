@@ -1,0 +1,309 @@
+//! Fake Jellyfin 10.11/12.0: routes of its OpenAPI document, `Authorization: MediaBrowser
+//! Token="…"` (legacy `X-Emby-Token` refused, like 12.0's default), PascalCase JSON,
+//! ticks. Also the `BaseItemDto` rendering Emby shares.
+//!
+//! - `GET /System/Info/Public` (no auth)
+//! - `GET /Items?userId&includeItemTypes&ids&fields&startIndex&limit` → `Items`, `TotalRecordCount`
+//! - `GET /Items/{itemId}?userId`
+//! - `POST|DELETE /UserPlayedItems/{itemId}?userId(&datePlayed)` → `UserItemDataDto`
+//! - `GET|POST /UserItems/{itemId}/UserData?userId` (body `UpdateUserItemDataDto`, nullable fields)
+
+use super::{
+    dotnet_date, mediabrowser_token, provider_name, FakeItem, FakeRequest, FakeResponse, FakeShow,
+    Inner, State,
+};
+use serde_json::{json, Map, Value};
+use watchstate_actors::event::{ItemType, Millis};
+
+const TICKS_PER_MS: i64 = 10_000;
+
+pub(super) fn is_write(req: &FakeRequest) -> bool {
+    let s = req.segments();
+    (s.first() == Some(&"UserPlayedItems") && (req.method == "POST" || req.method == "DELETE"))
+        || (s.first() == Some(&"UserItems")
+            && s.get(2) == Some(&"UserData")
+            && req.method == "POST")
+}
+
+/// Which optional parts of an item are rendered.
+#[derive(Clone, Copy)]
+pub(super) struct Render {
+    pub(super) provider_ids: bool,
+    /// `UserData.LastPlayedDate` (Emby listings: only when asked for).
+    pub(super) last_played: bool,
+    /// `UserData.PlayCount` (Emby listings: only when asked for).
+    pub(super) play_count: bool,
+}
+
+impl Render {
+    pub(super) const FULL: Render = Render {
+        provider_ids: true,
+        last_played: true,
+        play_count: true,
+    };
+}
+
+pub(super) fn provider_ids_json(ids: &watchstate_actors::event::ExternalIds) -> Value {
+    Value::Object(
+        ids.iter()
+            .map(|(k, v)| (provider_name(k), Value::String(v.clone())))
+            .collect::<Map<_, _>>(),
+    )
+}
+
+pub(super) fn user_data_json(st: &State, user: &str, item_id: &str, r: Render) -> Value {
+    let s = st.state_of(user, item_id);
+    let mut out = json!({
+        "PlaybackPositionTicks": s.position_ms as i64 * TICKS_PER_MS,
+        "IsFavorite": false,
+        "Played": s.played,
+        "Key": item_id,
+        "ItemId": item_id,
+    });
+    if r.play_count {
+        out["PlayCount"] = json!(s.play_count);
+    }
+    if r.last_played {
+        if let Some(at) = s.last_played_at {
+            out["LastPlayedDate"] = json!(dotnet_date(at));
+        }
+    }
+    out
+}
+
+pub(super) fn item_json(
+    inner: &Inner,
+    st: &State,
+    user: Option<&str>,
+    item: &FakeItem,
+    r: Render,
+) -> Value {
+    let mut out = json!({
+        "Name": item.title,
+        "ServerId": inner.server_id,
+        "Id": item.id,
+        "Type": match item.item_type { ItemType::Movie => "Movie", ItemType::Episode => "Episode" },
+        "IsFolder": false,
+        "MediaType": "Video",
+        "RunTimeTicks": item.duration_ms as i64 * TICKS_PER_MS,
+        "LocationType": "FileSystem",
+    });
+    if let Some(y) = item.year {
+        out["ProductionYear"] = json!(y);
+    }
+    if r.provider_ids {
+        out["ProviderIds"] = provider_ids_json(&item.ids);
+    }
+    if item.item_type == ItemType::Episode {
+        if let Some(show) = item.show_id.as_deref().and_then(|id| st.show(id)) {
+            out["SeriesName"] = json!(show.title);
+            out["SeriesId"] = json!(show.id);
+        }
+        out["ParentIndexNumber"] = json!(item.season);
+        out["IndexNumber"] = json!(item.episode);
+    }
+    if let Some(user) = user {
+        out["UserData"] = user_data_json(st, user, &item.id, r);
+    }
+    out
+}
+
+pub(super) fn show_json(inner: &Inner, show: &FakeShow, r: Render) -> Value {
+    let mut out = json!({
+        "Name": show.title,
+        "ServerId": inner.server_id,
+        "Id": show.id,
+        "Type": "Series",
+        "IsFolder": true,
+    });
+    if r.provider_ids {
+        out["ProviderIds"] = provider_ids_json(&show.ids);
+    }
+    out
+}
+
+pub(super) fn public_info(inner: &Inner, product: &str, version: &str) -> FakeResponse {
+    FakeResponse::json(json!({
+        "LocalAddress": "http://127.0.0.1",
+        "ServerName": format!("fake {product}"),
+        "Version": version,
+        "ProductName": product,
+        "OperatingSystem": "Linux",
+        "Id": inner.server_id,
+        "StartupWizardCompleted": true,
+    }))
+}
+
+/// The `QueryResult<BaseItemDto>` of a listing; shared with Emby (`p` reads its parameters).
+pub(super) fn query_items(
+    inner: &Inner,
+    st: &State,
+    user: Option<&str>,
+    p: impl Fn(&str) -> Option<String>,
+    render: Render,
+) -> Value {
+    let types: Option<Vec<String>> = p("includeItemTypes").map(|t| {
+        t.split(',')
+            .map(|s| s.trim().to_ascii_lowercase())
+            .collect()
+    });
+    let wants = |t: &str| types.as_ref().is_none_or(|ts| ts.iter().any(|x| x == t));
+    let start: usize = p("startIndex").and_then(|s| s.parse().ok()).unwrap_or(0);
+    let limit: usize = p("limit")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(usize::MAX);
+    let mut all: Vec<Value> = Vec::new();
+    let total;
+    if let Some(ids) = p("ids") {
+        for id in ids.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            if let Some(item) = st.item(id) {
+                let t = match item.item_type {
+                    ItemType::Movie => "movie",
+                    ItemType::Episode => "episode",
+                };
+                if wants(t) {
+                    all.push(item_json(inner, st, user, item, render));
+                }
+            } else if let Some(show) = st.show(id) {
+                if wants("series") {
+                    all.push(show_json(inner, show, render));
+                }
+            }
+        }
+        total = all.len();
+        all = all.into_iter().skip(start).take(limit).collect();
+    } else {
+        let matching: Vec<&FakeItem> = st
+            .items
+            .iter()
+            .filter(|i| match i.item_type {
+                ItemType::Movie => wants("movie"),
+                ItemType::Episode => wants("episode"),
+            })
+            .collect();
+        total = matching.len();
+        all = matching
+            .into_iter()
+            .skip(start)
+            .take(limit)
+            .map(|i| item_json(inner, st, user, i, render))
+            .collect();
+    }
+    json!({"Items": all, "TotalRecordCount": total, "StartIndex": start})
+}
+
+fn authorized(st: &State, req: &FakeRequest) -> bool {
+    req.header("authorization")
+        .filter(|h| {
+            let scheme = h.split(' ').next().unwrap_or("");
+            scheme.eq_ignore_ascii_case("MediaBrowser")
+        })
+        .and_then(mediabrowser_token)
+        .is_some_and(|t| st.tokens.contains_key(&t))
+}
+
+pub(super) fn parse_date(s: &str) -> Option<Millis> {
+    let s = s.trim();
+    // ISO 8601, or the legacy `yyyyMMddHHmmss` both servers accept.
+    let iso = if s.len() == 14 && s.chars().all(|c| c.is_ascii_digit()) {
+        format!(
+            "{}-{}-{}T{}:{}:{}Z",
+            &s[0..4],
+            &s[4..6],
+            &s[6..8],
+            &s[8..10],
+            &s[10..12],
+            &s[12..14]
+        )
+    } else {
+        s.to_string()
+    };
+    humantime::parse_rfc3339_weak(&iso)
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_millis() as Millis)
+}
+
+pub(super) fn handle(inner: &Inner, st: &mut State, req: &FakeRequest) -> FakeResponse {
+    let segs = req.segments();
+    let m = req.method.as_str();
+    if m == "GET" && segs == ["System", "Info", "Public"] {
+        return public_info(inner, "Jellyfin Server", "10.11.11");
+    }
+    if !authorized(st, req) {
+        return FakeResponse::empty(401);
+    }
+    let user = req.param_ci("userId").map(str::to_string);
+    if let Some(u) = &user {
+        if !st.known_user(u) {
+            return FakeResponse::status(404, "User not found");
+        }
+    }
+    let need_user = || FakeResponse::status(400, "userId is required");
+    match (m, segs.as_slice()) {
+        ("GET", ["Items"]) => {
+            let p = |name: &str| req.param_list_ci(name);
+            let fields = p("fields").unwrap_or_default().to_ascii_lowercase();
+            let render = Render {
+                provider_ids: fields.split(',').any(|f| f.trim() == "providerids"),
+                last_played: true,
+                play_count: true,
+            };
+            FakeResponse::json(query_items(inner, st, user.as_deref(), p, render))
+        }
+        ("GET", ["Items", id]) => match (st.item(id), st.show(id)) {
+            (Some(item), _) => {
+                FakeResponse::json(item_json(inner, st, user.as_deref(), item, Render::FULL))
+            }
+            (None, Some(show)) => FakeResponse::json(show_json(inner, show, Render::FULL)),
+            _ => FakeResponse::status(404, "Item not found"),
+        },
+        (_, ["UserPlayedItems", id]) if m == "POST" || m == "DELETE" => {
+            let Some(user) = user else { return need_user() };
+            if st.item(id).is_none() {
+                return FakeResponse::status(404, "Item not found");
+            }
+            if m == "POST" {
+                let at = match req.param_ci("datePlayed") {
+                    Some(d) => match parse_date(d) {
+                        Some(at) => Some(at),
+                        None => return FakeResponse::status(400, "invalid datePlayed"),
+                    },
+                    None => None,
+                };
+                st.mark_played(&user, id, at);
+            } else {
+                st.mark_unplayed(&user, id);
+            }
+            FakeResponse::json(user_data_json(st, &user, id, Render::FULL))
+        }
+        (_, ["UserItems", id, "UserData"]) if m == "GET" || m == "POST" => {
+            let Some(user) = user else { return need_user() };
+            if st.item(id).is_none() {
+                return FakeResponse::status(404, "Item not found");
+            }
+            if m == "POST" {
+                let Ok(body) = serde_json::from_slice::<Value>(&req.body) else {
+                    return FakeResponse::status(400, "body is not JSON");
+                };
+                // UpdateUserItemDataDto: every field nullable, absent means unchanged.
+                let ticks = body.get("PlaybackPositionTicks").and_then(Value::as_i64);
+                let played = body.get("Played").and_then(Value::as_bool);
+                let s = st.state_mut(&user, id);
+                if let Some(p) = played {
+                    s.played = p;
+                }
+                if let Some(t) = ticks {
+                    s.position_ms = (t.max(0) / TICKS_PER_MS) as u64;
+                }
+                let ms = s.position_ms;
+                if ticks.is_some() {
+                    st.record_position(&user, id, ms);
+                }
+            }
+            FakeResponse::json(user_data_json(st, &user, id, Render::FULL))
+        }
+        _ => FakeResponse::status(404, "no such route in the fake"),
+    }
+}

@@ -141,6 +141,20 @@ impl SledStore {
         Self::from_db(db, Some(aside), path)
     }
 
+    fn open_db(path: &Path, cache_bytes: u64) -> sled::Result<sled::Db> {
+        let config = sled::Config::new().path(path).cache_capacity(cache_bytes);
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open())).unwrap_or_else(
+            |panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                Err(sled::Error::ReportableBug(format!("{PANIC_AT_OPEN}{what}")))
+            },
+        )
+    }
+
     fn from_db(
         db: sled::Db,
         moved_aside: Option<PathBuf>,

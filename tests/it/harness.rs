@@ -234,3 +234,171 @@ impl IntakeServer {
         }
     }
 }
+
+impl Served {
+    /// Like [`Served::start`], with extra environment variables (e.g. `RUST_LOG=debug`).
+    pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Served {
+        let mut cmd = bin();
+        cmd.args(["serve", "--log-format", "json", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Served::spawn(cmd)
+    }
+
+    fn spawn(mut cmd: Command) -> Served {
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn watchstate");
+        let stderr = child.stderr.take().unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("watchstate is serving") {
+                    let _ = tx.send(line.clone());
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("watchstate did not start; log: {:?}", log.lock().unwrap()));
+        let v: serde_json::Value = serde_json::from_str(&line).expect("json log line");
+        let addr = v["addr"]
+            .as_str()
+            .expect("addr in the start line")
+            .to_string();
+        Served { child, addr, log }
+    }
+
+    /// `kill -9` the process (no shutdown code runs) and reap it.
+    pub fn kill9(&mut self) {
+        self.child.kill().expect("SIGKILL watchstate");
+        self.child.wait().expect("reap watchstate");
+    }
+}
+
+/// `GET url` with the API key; the status code and the body as JSON (`Null` if not JSON).
+pub async fn get_json(client: &reqwest::Client, url: &str, key: &str) -> (u16, serde_json::Value) {
+    let r = client
+        .get(url)
+        .header("X-Apikey", key)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = r.status().as_u16();
+    let body = r.bytes().await.unwrap_or_default();
+    (
+        status,
+        serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// How a [`FakeBackend`] answers every request.
+#[derive(Debug, Clone)]
+pub enum FakeBehaviour {
+    /// 200 with `{}`.
+    Ok,
+    /// This status with an error body, and `Retry-After: secs` when given.
+    Status(u16, Option<u64>),
+    /// Sleep this long, then 200 (a media server that hangs).
+    Slow(Duration),
+}
+
+/// A minimal media server that records every request (method, path?query) and answers as
+/// told: enough to count pushes and to inject faults, without any library semantics.
+pub struct FakeBackend {
+    pub addr: std::net::SocketAddr,
+    /// Every request seen, in arrival order: `"POST /UserPlayedItems/x?userId=.."`.
+    pub requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Changed by the test while the server runs.
+    pub behaviour: std::sync::Arc<std::sync::Mutex<FakeBehaviour>>,
+    /// Dropping it stops the server.
+    _shutdown: tokio::sync::oneshot::Sender<()>,
+}
+
+impl FakeBackend {
+    pub async fn start(behaviour: FakeBehaviour) -> FakeBackend {
+        use warp::Filter;
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let behaviour = std::sync::Arc::new(std::sync::Mutex::new(behaviour));
+        let (rec, beh) = (requests.clone(), behaviour.clone());
+        let raw_query = warp::query::raw().or(warp::any().map(String::new)).unify();
+        let filter = warp::method().and(warp::path::full()).and(raw_query).then(
+            move |m: http::Method, p: warp::path::FullPath, q: String| {
+                let rec = rec.clone();
+                let beh = beh.clone();
+                async move {
+                    rec.lock().unwrap().push(format!("{m} {}?{q}", p.as_str()));
+                    let b = beh.lock().unwrap().clone();
+                    let (code, body, retry) = match b {
+                        FakeBehaviour::Ok => (200, "{}", None),
+                        FakeBehaviour::Slow(d) => {
+                            tokio::time::sleep(d).await;
+                            (200, "{}", None)
+                        }
+                        FakeBehaviour::Status(code, retry) => {
+                            (code, "{\"error\":\"injected\"}", retry)
+                        }
+                    };
+                    let mut resp = warp::reply::Reply::into_response(warp::reply::with_status(
+                        warp::reply::with_header(body, "content-type", "application/json"),
+                        http::StatusCode::from_u16(code).unwrap(),
+                    ));
+                    if let Some(s) = retry {
+                        resp.headers_mut()
+                            .insert("retry-after", s.to_string().parse().unwrap());
+                    }
+                    resp
+                }
+            },
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(
+            warp::serve(filter)
+                .incoming(listener)
+                .graceful(async move {
+                    let _ = rx.await;
+                })
+                .run(),
+        );
+        FakeBackend {
+            addr,
+            requests,
+            behaviour,
+            _shutdown: tx,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn set(&self, b: FakeBehaviour) {
+        *self.behaviour.lock().unwrap() = b;
+    }
+
+    /// Requests whose "METHOD path?query" line contains `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.contains(needle))
+            .count()
+    }
+}
+
+/// A TCP port on 127.0.0.1 where nothing listens (bound, then released).
+pub fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}

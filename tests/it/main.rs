@@ -11,3 +11,10 @@ mod decode_props;
 mod decode_route;
 mod foundation;
 mod webhook_http;
+
+mod reliability_backend_faults;
+mod reliability_common;
+mod reliability_crash;
+mod reliability_hostile;
+mod reliability_security;
+mod reliability_storage;

@@ -17,4 +17,5 @@ mod reliability_common;
 mod reliability_crash;
 mod reliability_hostile;
 mod reliability_security;
+mod reliability_soak;
 mod reliability_storage;

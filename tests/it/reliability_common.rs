@@ -57,12 +57,17 @@ pub fn imdb(n: usize) -> String {
 
 /// A Jellyfin "mark played" webhook (UserDataSaved, TogglePlayed) for movie `n` of user `i`.
 pub fn jf_mark_played(server: &str, user: usize, n: usize) -> String {
+    jf_toggle(server, user, n, true)
+}
+
+/// A Jellyfin "mark played" / "mark unplayed" webhook for movie `n` of user `i`.
+pub fn jf_toggle(server: &str, user: usize, n: usize, played: bool) -> String {
     json!({
         "ServerId": server,
         "ServerName": "jelly",
         "NotificationType": "UserDataSaved",
         "SaveReason": "TogglePlayed",
-        "Played": true,
+        "Played": played,
         "ItemId": format!("{server}-item-{n}"),
         "ItemType": "Movie",
         "Name": format!("Movie {n}"),
@@ -133,4 +138,22 @@ pub async fn global_status(client: &reqwest::Client, base: &str) -> Value {
     let (code, v) = crate::harness::get_json(client, &format!("{base}/status"), API_KEY).await;
     assert_eq!(code, 200, "status: {v}");
     v
+}
+
+/// A Jellyfin PlaybackProgress webhook: movie `n` of user `i` at `position_ms`.
+pub fn jf_progress(server: &str, user: usize, n: usize, position_ms: u64) -> String {
+    json!({
+        "ServerId": server,
+        "NotificationType": "PlaybackProgress",
+        "ItemId": format!("{server}-item-{n}"),
+        "ItemType": "Movie",
+        "Name": format!("Movie {n}"),
+        "RunTimeTicks": 60_000_000_000u64,
+        "PlaybackPositionTicks": position_ms * 10_000,
+        "IsPaused": false,
+        "Provider_imdb": imdb(n),
+        "NotificationUsername": format!("u{user}"),
+        "UserId": jf_user(user),
+    })
+    .to_string()
 }

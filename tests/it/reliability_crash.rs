@@ -64,7 +64,7 @@ async fn round_for(
                     if matches!(r, Ok((202, _))) {
                         counter.fetch_add(1, Ordering::SeqCst);
                     }
-                    (sent, r.map(|(code, body)| (code, body)))
+                    (sent, r)
                 }
             })
             .buffer_unordered(CONCURRENCY)

@@ -10,7 +10,7 @@
 //! CI run is short and the long one is `#[ignore]`d:
 //! `cargo test --test it reliability_soak_long -- --ignored`.
 
-use crate::fakes::{FakeIdentity, FakeItem, FakeKind, FakeLibrary, FakeServer};
+use crate::fakes::{FakeIdentity, FakeItem, FakeKind, FakeLibrary, FakeServer, WriteChange};
 use crate::harness::{eventually, get_json, Served, TestDir, API_KEY};
 use crate::reliability_common::*;
 use futures_util::StreamExt;
@@ -181,6 +181,18 @@ async fn soak(waves: usize) {
         },
     )
     .await;
+    // Exactly once: every flip of every item is one played/unplayed write on the target, no
+    // more (no echo, no repeat), no less.
+    let state_writes = fake
+        .writes()
+        .iter()
+        .filter(|w| !matches!(w.change, WriteChange::Position { .. }))
+        .count();
+    assert_eq!(
+        state_writes,
+        USERS * MOVIES * waves,
+        "played/unplayed writes on the target"
+    );
     let s = global_status(&client, &base).await;
     assert_eq!(s["webhooks"]["rejected"], 0, "{s}");
     assert_eq!(s["webhooks"]["unavailable"], 0, "{s}");

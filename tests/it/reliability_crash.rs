@@ -51,18 +51,24 @@ async fn round_for(
         .unwrap();
     let url = served.url("/webhook");
     let acked = Arc::new(AtomicUsize::new(0));
-    let counter = acked.clone();
+    // Fired by the acknowledgement number `kill_after`: the kill follows within microseconds,
+    // so it lands mid-load however fast the machine answers.
+    let reached = Arc::new(tokio::sync::Notify::new());
+    let (counter, fire) = (acked.clone(), reached.clone());
     let sender = tokio::spawn(async move {
         futures_util::stream::iter(first..first + count)
             .map(|n| {
                 let client = client.clone();
                 let url = url.clone();
                 let counter = counter.clone();
+                let fire = fire.clone();
                 async move {
                     let sent = Sent { n, user: n % users };
                     let r = post_jf(&client, &url, jf_mark_played(JF_SERVER, sent.user, n)).await;
-                    if matches!(r, Ok((202, _))) {
-                        counter.fetch_add(1, Ordering::SeqCst);
+                    if matches!(r, Ok((202, _)))
+                        && counter.fetch_add(1, Ordering::SeqCst) + 1 == kill_after
+                    {
+                        fire.notify_one();
                     }
                     (sent, r)
                 }
@@ -71,15 +77,14 @@ async fn round_for(
             .collect::<Vec<_>>()
             .await
     });
-    eventually(
-        Duration::from_secs(60),
-        "acknowledgements before the kill",
-        || {
-            let n = acked.load(Ordering::SeqCst);
-            async move { (n >= kill_after).then_some(()) }
-        },
-    )
-    .await;
+    tokio::time::timeout(Duration::from_secs(60), reached.notified())
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "only {} of {kill_after} acknowledgements before the kill",
+                acked.load(Ordering::SeqCst)
+            )
+        });
     served.kill9();
     let results = sender.await.unwrap();
     let mut accepted = Vec::new();

@@ -10,3 +10,5 @@ mod decode_fixtures;
 mod decode_props;
 mod foundation;
 mod webhook_http;
+mod e2e_push;
+mod e2e_world;

@@ -122,3 +122,242 @@ async fn plex_scrobble_marks_played_once_on_jellyfin_and_emby_and_the_echo_stops
     assert_eq!(jf["last_event"]["outcome"], "unchanged", "{jf:#}");
     w.stop().await;
 }
+
+const SHOW_TVDB: &str = "371980";
+const EP_TVDB: &str = "7889611";
+
+fn episode(id: &str, show: &str) -> FakeItem {
+    FakeItem::episode(id, show, 1, 1)
+        .title("Good News About Hell")
+        .ext("tvdb", EP_TVDB)
+        .ext("imdb", "tt11650328")
+}
+
+#[tokio::test]
+async fn emby_markunplayed_of_an_episode_unmarks_it_on_plex_and_jellyfin() {
+    let at = 1_700_000_000_000;
+    let show = |id: &str| FakeShow::new(id, "Severance").ext("tvdb", SHOW_TVDB);
+    let w = World::start(
+        FakeLibrary::new()
+            .with_show(show("300"))
+            .with(episode("301", "300").played_at(at)),
+        FakeLibrary::new()
+            .with_show(show("0f1e2d3c4b5a49687766554433221100"))
+            .with(episode("5c1e2d3f4a5b46c7d8e9f0a1b2c3d4e5", "0f1e2d3c4b5a49687766554433221100").played_at(at)),
+        FakeLibrary::new()
+            .with_show(show("88190"))
+            .with(episode("88213", "88190").played_at(at)),
+        SYNC,
+        Extra::default(),
+    )
+    .await;
+    w.sync_all().await;
+    w.app.wait_quiet(Duration::from_millis(200)).await;
+    assert!(w.fakes().iter().all(|f| f.writes().is_empty()), "played everywhere, yet written");
+
+    let item = MbItem {
+        id: "88213".into(),
+        kind: "Episode",
+        name: "Good News About Hell".into(),
+        ids: vec![("Tvdb", EP_TVDB.into()), ("Imdb", "tt11650328".into())],
+        series: Some(("Severance".into(), 1, 1)),
+        runtime_ms: 3_417_000,
+    };
+    accepted(&w, &emby_webhook("item.markunplayed", w.emby.server_id(), w.emby.user_id(), &item)).await;
+    let plex = wait_writes(&w.plex, 1, "an unscrobble on Plex").await;
+    let jf = wait_writes(&w.jellyfin, 1, "an unplayed on Jellyfin").await;
+    assert_eq!(plex[0], write(&w.plex, "301", WriteChange::Unplayed));
+    assert_eq!(
+        jf[0],
+        write(&w.jellyfin, "5c1e2d3f4a5b46c7d8e9f0a1b2c3d4e5", WriteChange::Unplayed)
+    );
+    assert!(!w.plex.item_state("301").played);
+    w.app.wait_quiet(Duration::from_millis(300)).await;
+    assert!(w.emby.writes().is_empty(), "{:?}", w.emby.writes());
+    assert_eq!(w.plex.writes().len(), 1);
+    assert_eq!(w.jellyfin.writes().len(), 1);
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_plex_legacy_agent_episode_scrobble_reaches_the_right_episode_elsewhere() {
+    // Plex matched by the legacy TVDB agent: the episode guid names the show and the numbers.
+    let legacy_show = FakeShow::new("400", "Breaking Bad")
+        .plex_guid("com.plexapp.agents.thetvdb://81189?lang=en");
+    let legacy_ep = |id: &str, e: u32| {
+        FakeItem::episode(id, "400", 2, e)
+            .plex_guid(&format!("com.plexapp.agents.thetvdb://81189/2/{e}?lang=en"))
+    };
+    let show = |id: &str| FakeShow::new(id, "Breaking Bad").ext("tvdb", "81189");
+    let ep = |id: &str, show: &str, e: u32| {
+        FakeItem::episode(id, show, 2, e).ext("tvdb", &format!("43825{e}"))
+    };
+    let w = World::start(
+        FakeLibrary::new()
+            .with_show(legacy_show)
+            .with(legacy_ep("402", 2))
+            .with(legacy_ep("403", 3))
+            .with(legacy_ep("404", 4)),
+        FakeLibrary::new()
+            .with_show(show("a1b2"))
+            .with(ep("jf-e2", "a1b2", 2))
+            .with(ep("jf-e3", "a1b2", 3))
+            .with(ep("jf-e4", "a1b2", 4)),
+        FakeLibrary::new()
+            .with_show(show("700"))
+            .with(ep("702", "700", 2))
+            .with(ep("703", "700", 3))
+            .with(ep("704", "700", 4)),
+        SYNC,
+        Extra::default(),
+    )
+    .await;
+    w.sync_all().await;
+    w.clear_logs();
+
+    let meta = PlexMeta {
+        rating_key: "403".into(),
+        kind: "episode",
+        title: "Episode 2x3".into(),
+        guid: Some("com.plexapp.agents.thetvdb://81189/2/3?lang=en".into()),
+        show: Some(("Breaking Bad".into(), 2, 3)),
+        duration_ms: 2_700_000,
+        ..PlexMeta::default()
+    };
+    accepted(&w, &plex_webhook("media.scrobble", w.plex.server_id(), 1, &meta)).await;
+    let jf = wait_writes(&w.jellyfin, 1, "the episode marked played on Jellyfin").await;
+    let em = wait_writes(&w.emby, 1, "the episode marked played on Emby").await;
+    assert!(is_played(&jf[0], &w.jellyfin, "jf-e3"), "{jf:?}");
+    assert!(is_played(&em[0], &w.emby, "703"), "{em:?}");
+    w.app.wait_quiet(Duration::from_millis(300)).await;
+    assert_eq!(w.jellyfin.writes().len(), 1);
+    assert_eq!(w.emby.writes().len(), 1);
+    assert!(w.plex.writes().is_empty());
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn jellyfin_item_added_gets_the_plex_played_state_for_that_user_only() {
+    use crate::harness::{backend_toml, backend_toml_for, TestApp, TestDir};
+    use crate::fakes::{FakeKind, FakeServer};
+    let plex = FakeServer::start(
+        FakeKind::Plex,
+        FakeLibrary::new().with(movie(PLEX_MOVIE).played_at(1_700_000_000_000)),
+    )
+    .await;
+    let jellyfin = FakeServer::start(FakeKind::Jellyfin, FakeLibrary::new()).await;
+    let bob_jf = "b0b00000000000000000000000000001";
+    plex.add_user("2", "plex-bob-token");
+    jellyfin.add_user(bob_jf, "jf-bob-token");
+    let config = [
+        backend_toml("alice", "plex", &plex, ""),
+        backend_toml("alice", "jellyfin", &jellyfin, ""),
+        backend_toml_for("bob", "plex", &plex, "2", "plex-bob-token", ""),
+        backend_toml_for("bob", "jellyfin", &jellyfin, bob_jf, "jf-bob-token", ""),
+    ]
+    .concat();
+    let app = TestApp::start_sync(TestDir::new(), "", SYNC, &config).await;
+    for (u, b) in [("alice", "jellyfin"), ("bob", "jellyfin"), ("alice", "plex"), ("bob", "plex")] {
+        app.sync_and_wait(u, b).await;
+    }
+    app.wait_quiet(Duration::from_millis(200)).await;
+    let pending = app.pair("alice", "jellyfin").await["pending"].as_u64();
+    assert_eq!(pending, Some(1), "alice's played movie waits for Jellyfin to learn it");
+    assert!(jellyfin.writes().is_empty());
+
+    // Jellyfin scans the movie in and says so, without a user.
+    jellyfin.add_item(movie(JF_MOVIE));
+    let (status, answer) = app
+        .webhook(&jellyfin_item_added(jellyfin.server_id(), &mb_movie(JF_MOVIE)))
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    let routed = answer["routed"].as_array().map(Vec::len);
+    assert_eq!(routed, Some(2), "ItemAdded goes to every user of that server: {answer}");
+    let writes = wait_writes(&jellyfin, 1, "alice's Jellyfin marked played").await;
+    assert!(is_played(&writes[0], &jellyfin, JF_MOVIE), "{writes:?}");
+    app.wait_quiet(Duration::from_millis(300)).await;
+    assert_eq!(jellyfin.writes().len(), 1, "bob got a write: {:?}", jellyfin.writes());
+    assert!(!jellyfin.item_state_for(bob_jf, JF_MOVIE).played);
+    assert!(plex.writes().is_empty());
+    assert_eq!(app.pair("alice", "jellyfin").await["pending"].as_u64(), Some(0));
+    plex.assert_contract();
+    jellyfin.assert_contract();
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_same_webhook_five_times_writes_once_per_other_backend() {
+    let (p, j, e) = movie_libraries();
+    let w = World::start(p, j, e, SYNC, Extra::default()).await;
+    w.sync_all().await;
+    w.clear_logs();
+    let body = emby_webhook("item.markplayed", w.emby.server_id(), w.emby.user_id(), &mb_movie(EMBY_MOVIE));
+    for _ in 0..5 {
+        accepted(&w, &body).await;
+    }
+    wait_received(&w, "emby", 5).await;
+    let plex = wait_writes(&w.plex, 1, "one scrobble on Plex").await;
+    let jf = wait_writes(&w.jellyfin, 1, "one mark played on Jellyfin").await;
+    w.app.wait_quiet(Duration::from_millis(500)).await;
+    assert!(is_played(&plex[0], &w.plex, PLEX_MOVIE), "{plex:?}");
+    assert!(is_played(&jf[0], &w.jellyfin, JF_MOVIE), "{jf:?}");
+    assert_eq!(w.plex.writes().len(), 1, "{:?}", w.plex.writes());
+    assert_eq!(w.jellyfin.writes().len(), 1, "{:?}", w.jellyfin.writes());
+    assert!(w.emby.writes().is_empty());
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn resume_positions_propagate_in_each_servers_unit() {
+    let (p, j, e) = movie_libraries();
+    let w = World::start(p, j, e, SYNC, Extra::default()).await;
+    w.sync_all().await;
+    w.clear_logs();
+
+    // Plex pause at 10 min (ms) → Jellyfin and Emby get ticks.
+    let mut meta = plex_movie_meta();
+    meta.view_offset_ms = Some(600_000);
+    accepted(&w, &plex_webhook("media.pause", w.plex.server_id(), 1, &meta)).await;
+    let jf = wait_writes(&w.jellyfin, 1, "a position on Jellyfin").await;
+    let em = wait_writes(&w.emby, 1, "a position on Emby").await;
+    assert_eq!(jf[0], write(&w.jellyfin, JF_MOVIE, WriteChange::Position { ms: 600_000 }));
+    assert_eq!(em[0], write(&w.emby, EMBY_MOVIE, WriteChange::Position { ms: 600_000 }));
+    let ticks = |fake: &crate::fakes::FakeServer| -> Vec<i64> {
+        fake.requests()
+            .iter()
+            .filter(|r| r.method == "POST" && r.path.ends_with("/UserData"))
+            .map(|r| {
+                let v: serde_json::Value = serde_json::from_str(&r.body).expect("json body");
+                v["PlaybackPositionTicks"].as_i64().expect("PlaybackPositionTicks")
+            })
+            .collect()
+    };
+    assert_eq!(ticks(&w.jellyfin), vec![6_000_000_000]);
+    assert_eq!(ticks(&w.emby), vec![6_000_000_000]);
+    assert!(w.plex.writes().is_empty());
+
+    // Jellyfin pause at 30 min (ticks) → Plex gets ms on its timeline, Emby ticks.
+    w.app.wait_quiet(Duration::from_millis(200)).await;
+    w.clear_logs();
+    accepted(
+        &w,
+        &jellyfin_progress(w.jellyfin.server_id(), w.jellyfin.user_id(), &mb_movie(JF_MOVIE), 1_800_000, true),
+    )
+    .await;
+    let plex = wait_writes(&w.plex, 1, "a position on Plex").await;
+    assert_eq!(plex[0], write(&w.plex, PLEX_MOVIE, WriteChange::Position { ms: 1_800_000 }));
+    let timeline: Vec<_> = w
+        .plex
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/:/timeline")
+        .collect();
+    assert_eq!(timeline.len(), 1);
+    assert_eq!(timeline[0].param("time"), Some("1800000"));
+    assert_eq!(timeline[0].param("duration"), Some("8880000"));
+    wait_writes(&w.emby, 1, "a position on Emby").await;
+    assert_eq!(ticks(&w.emby), vec![18_000_000_000]);
+    w.app.wait_quiet(Duration::from_millis(300)).await;
+    assert!(w.jellyfin.writes().is_empty(), "{:?}", w.jellyfin.writes());
+    w.stop().await;
+}

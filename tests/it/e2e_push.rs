@@ -361,3 +361,169 @@ async fn resume_positions_propagate_in_each_servers_unit() {
     assert!(w.jellyfin.writes().is_empty(), "{:?}", w.jellyfin.writes());
     w.stop().await;
 }
+
+/// The push requests (mark played) a fake received for an item, in order.
+fn played_attempts(fake: &crate::fakes::FakeServer, path_part: &str) -> Vec<crate::fakes::RecordedRequest> {
+    fake.requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path.contains(path_part))
+        .collect()
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_until_delivered() {
+    let (p, j, e) = movie_libraries();
+    let w = World::start(p, j, e, SYNC, Extra::default()).await;
+    w.sync_all().await;
+    w.clear_logs();
+    w.jellyfin.inject(Fault::status(500).times(2).writes_only());
+
+    accepted(&w, &plex_webhook("media.scrobble", w.plex.server_id(), 1, &plex_movie_meta())).await;
+    wait_writes(&w.emby, 1, "Emby written at once").await;
+    // Two failures with backoff (1 s, then 2 s, ±10 %), then the write.
+    let jf = eventually(Duration::from_secs(15), "the Jellyfin push to get through", || async {
+        let w = w.jellyfin.writes();
+        (!w.is_empty()).then_some(w)
+    })
+    .await;
+    assert!(is_played(&jf[0], &w.jellyfin, JF_MOVIE), "{jf:?}");
+    let attempts = played_attempts(&w.jellyfin, "/UserPlayedItems/");
+    let statuses: Vec<u16> = attempts.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, vec![500, 500, 200]);
+    let gap1 = attempts[1].at - attempts[0].at;
+    let gap2 = attempts[2].at - attempts[1].at;
+    assert!(gap1 >= Duration::from_millis(850), "first retry after {gap1:?}");
+    assert!(gap2 >= Duration::from_millis(1700), "second retry after {gap2:?} (backoff doubles)");
+    w.app.wait_quiet(Duration::from_millis(200)).await;
+    let s = w.app.pair("alice", "jellyfin").await;
+    assert_eq!(s["outbox"]["dead_letters"], 0, "{s:#}");
+    assert_eq!(s["counters"]["pushed"], 1, "{s:#}");
+    assert_eq!(w.jellyfin.writes().len(), 1);
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_429_retry_after_is_honoured() {
+    let (p, j, e) = movie_libraries();
+    let w = World::start(p, j, e, SYNC, Extra::default()).await;
+    w.sync_all().await;
+    w.clear_logs();
+    // Retry-After 3 s is well above the first backoff step (1 s).
+    w.emby.inject(Fault::rate_limited("3").writes_only());
+
+    accepted(&w, &plex_webhook("media.scrobble", w.plex.server_id(), 1, &plex_movie_meta())).await;
+    wait_writes(&w.jellyfin, 1, "Jellyfin written at once").await;
+    let em = eventually(Duration::from_secs(15), "the Emby push after Retry-After", || async {
+        let w = w.emby.writes();
+        (!w.is_empty()).then_some(w)
+    })
+    .await;
+    assert!(is_played(&em[0], &w.emby, EMBY_MOVIE), "{em:?}");
+    let attempts = played_attempts(&w.emby, "/PlayedItems/");
+    let statuses: Vec<u16> = attempts.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, vec![429, 200]);
+    let gap = attempts[1].at - attempts[0].at;
+    assert!(gap >= Duration::from_millis(2900), "retried after {gap:?}, Retry-After said 3 s");
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_permanent_4xx_becomes_a_dead_letter_and_the_api_retries_it() {
+    let (p, j, e) = movie_libraries();
+    let w = World::start(p, j, e, SYNC, Extra::default()).await;
+    w.sync_all().await;
+    w.clear_logs();
+    w.emby.inject(Fault::status(400).always().writes_only());
+
+    accepted(&w, &plex_webhook("media.scrobble", w.plex.server_id(), 1, &plex_movie_meta())).await;
+    wait_writes(&w.jellyfin, 1, "Jellyfin written").await;
+    let s = eventually(DEADLINE, "a dead letter on Emby", || async {
+        let s = w.app.pair("alice", "emby").await;
+        (s["outbox"]["dead_letters"] == 1).then_some(s)
+    })
+    .await;
+    // No retries for a 400: one attempt.
+    assert_eq!(played_attempts(&w.emby, "/PlayedItems/").len(), 1);
+    let dead = &s["outbox"]["dead"][0];
+    assert_eq!(dead["item_id"], EMBY_MOVIE, "{s:#}");
+    assert_eq!(dead["attempts"], 1, "{s:#}");
+    assert!(dead["error"].as_str().is_some_and(|e| e.contains("400")), "{s:#}");
+    assert_eq!(s["counters"]["push_failed"], 1, "{s:#}");
+    let global = w.app.get_json("/status").await;
+    assert_eq!(global["outbox"]["dead_letters"], 1, "{global:#}");
+    assert!(w.emby.writes().is_empty());
+
+    w.emby.clear_faults();
+    let (status, body) = w.app.post_api("/status/users/alice/emby/outbox/retry").await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["retried"], 1, "{body}");
+    let em = wait_writes(&w.emby, 1, "the retried push delivered").await;
+    assert!(is_played(&em[0], &w.emby, EMBY_MOVIE), "{em:?}");
+    w.app.wait_quiet(Duration::from_millis(200)).await;
+    let s = w.app.pair("alice", "emby").await;
+    assert_eq!(s["outbox"]["dead_letters"], 0, "{s:#}");
+    assert_eq!(s["outbox"]["pending"], 0, "{s:#}");
+    assert_eq!(w.emby.writes().len(), 1);
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn export_false_is_never_written_and_import_false_changes_nothing_elsewhere() {
+    let (p, j, e) = movie_libraries();
+    let w = World::start(
+        p,
+        j,
+        e,
+        SYNC,
+        Extra {
+            plex: "",
+            jellyfin: "import = false",
+            emby: "export = false",
+        },
+    )
+    .await;
+    w.sync_all().await;
+    w.clear_logs();
+
+    // Plex → Jellyfin only: Emby has export = false.
+    accepted(&w, &plex_webhook("media.scrobble", w.plex.server_id(), 1, &plex_movie_meta())).await;
+    let jf = wait_writes(&w.jellyfin, 1, "Jellyfin written").await;
+    assert!(is_played(&jf[0], &w.jellyfin, JF_MOVIE), "{jf:?}");
+    w.app.wait_quiet(Duration::from_millis(500)).await;
+    assert!(w.emby.writes().is_empty(), "export = false written to: {:?}", w.emby.writes());
+    assert!(!w.emby.item_state(EMBY_MOVIE).played);
+
+    // Jellyfin (import = false) unmarks: nothing changes anywhere.
+    w.clear_logs();
+    let received = w.app.pair("alice", "jellyfin").await["counters"]["received"]
+        .as_u64()
+        .unwrap();
+    accepted(
+        &w,
+        &jellyfin_user_data_saved(
+            w.jellyfin.server_id(),
+            w.jellyfin.user_id(),
+            &mb_movie(JF_MOVIE),
+            "TogglePlayed",
+            false,
+            0,
+        ),
+    )
+    .await;
+    wait_received(&w, "jellyfin", received + 1).await;
+    w.app.wait_quiet(Duration::from_millis(500)).await;
+    for f in w.fakes() {
+        assert!(f.writes().is_empty(), "{:?} written: {:?}", f.kind(), f.writes());
+    }
+    let jf = w.app.pair("alice", "jellyfin").await;
+    assert_eq!(jf["last_event"]["outcome"], "ignored", "{jf:#}");
+    let items = w.app.get_json(&format!("/status/users/alice/items?external_id=imdb:{IMDB}")).await;
+    let plex_state = items["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["backend"] == "plex")
+        .map(|b| b["state"]["item"]["played"].clone());
+    assert_eq!(plex_state, Some(serde_json::json!(true)), "{items:#}");
+    w.stop().await;
+}

@@ -12,3 +12,4 @@ mod foundation;
 mod webhook_http;
 mod e2e_push;
 mod e2e_world;
+mod e2e_schedule;

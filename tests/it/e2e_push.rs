@@ -2,7 +2,7 @@
 //! Emby servers through the real clients; echoes stop, duplicates collapse, failures retry.
 
 use crate::e2e_world::{is_played, wait_writes, write, Extra, World, DEADLINE};
-use crate::fakes::{Fault, FakeItem, FakeLibrary, FakeShow, WriteChange};
+use crate::fakes::{FakeItem, FakeLibrary, FakeShow, Fault, WriteChange};
 use crate::harness::{
     emby_webhook, eventually, jellyfin_item_added, jellyfin_progress, jellyfin_user_data_saved,
     plex_webhook, MbItem, PlexMeta,
@@ -58,15 +58,22 @@ fn mb_movie(id: &str) -> MbItem {
 async fn accepted(w: &World, body: &crate::harness::WebhookBody) -> String {
     let (status, answer) = w.app.webhook(body).await;
     assert_eq!(status, 202, "webhook not accepted: {answer}");
-    answer["request_id"].as_str().unwrap_or_default().to_string()
+    answer["request_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// Wait until the actor `backend` has received `n` webhook events in total.
 async fn wait_received(w: &World, backend: &str, n: u64) {
-    eventually(DEADLINE, &format!("{backend} to receive {n} events"), || async {
-        (w.app.pair("alice", backend).await["counters"]["received"].as_u64() >= Some(n))
-            .then_some(())
-    })
+    eventually(
+        DEADLINE,
+        &format!("{backend} to receive {n} events"),
+        || async {
+            (w.app.pair("alice", backend).await["counters"]["received"].as_u64() >= Some(n))
+                .then_some(())
+        },
+    )
     .await
 }
 
@@ -75,10 +82,17 @@ async fn plex_scrobble_marks_played_once_on_jellyfin_and_emby_and_the_echo_stops
     let (p, j, e) = movie_libraries();
     let w = World::start(p, j, e, SYNC, Extra::default()).await;
     w.sync_all().await;
-    assert!(w.fakes().iter().all(|f| f.writes().is_empty()), "syncing equal libraries wrote");
+    assert!(
+        w.fakes().iter().all(|f| f.writes().is_empty()),
+        "syncing equal libraries wrote"
+    );
     w.clear_logs();
 
-    accepted(&w, &plex_webhook("media.scrobble", w.plex.server_id(), 1, &plex_movie_meta())).await;
+    accepted(
+        &w,
+        &plex_webhook("media.scrobble", w.plex.server_id(), 1, &plex_movie_meta()),
+    )
+    .await;
     let jf = wait_writes(&w.jellyfin, 1, "one mark played on Jellyfin").await;
     let em = wait_writes(&w.emby, 1, "one mark played on Emby").await;
     assert!(is_played(&jf[0], &w.jellyfin, JF_MOVIE), "{jf:?}");
@@ -86,7 +100,11 @@ async fn plex_scrobble_marks_played_once_on_jellyfin_and_emby_and_the_echo_stops
     assert!(w.jellyfin.item_state(JF_MOVIE).played);
     assert!(w.emby.item_state(EMBY_MOVIE).played);
     w.app.wait_quiet(Duration::from_millis(300)).await;
-    assert!(w.plex.writes().is_empty(), "the origin was written to: {:?}", w.plex.writes());
+    assert!(
+        w.plex.writes().is_empty(),
+        "the origin was written to: {:?}",
+        w.plex.writes()
+    );
 
     // The servers tell us about our own writes: Jellyfin's TogglePlayed and Emby's markplayed.
     let received_jf = w.app.pair("alice", "jellyfin").await["counters"]["received"]
@@ -109,7 +127,12 @@ async fn plex_scrobble_marks_played_once_on_jellyfin_and_emby_and_the_echo_stops
     .await;
     accepted(
         &w,
-        &emby_webhook("item.markplayed", w.emby.server_id(), w.emby.user_id(), &mb_movie(EMBY_MOVIE)),
+        &emby_webhook(
+            "item.markplayed",
+            w.emby.server_id(),
+            w.emby.user_id(),
+            &mb_movie(EMBY_MOVIE),
+        ),
     )
     .await;
     wait_received(&w, "jellyfin", received_jf + 1).await;
@@ -117,7 +140,11 @@ async fn plex_scrobble_marks_played_once_on_jellyfin_and_emby_and_the_echo_stops
     w.app.wait_quiet(Duration::from_millis(500)).await;
     assert_eq!(w.jellyfin.writes().len(), 1, "{:?}", w.jellyfin.writes());
     assert_eq!(w.emby.writes().len(), 1, "{:?}", w.emby.writes());
-    assert!(w.plex.writes().is_empty(), "echo reached Plex: {:?}", w.plex.writes());
+    assert!(
+        w.plex.writes().is_empty(),
+        "echo reached Plex: {:?}",
+        w.plex.writes()
+    );
     let jf = w.app.pair("alice", "jellyfin").await;
     assert_eq!(jf["last_event"]["outcome"], "unchanged", "{jf:#}");
     w.stop().await;
@@ -143,7 +170,13 @@ async fn emby_markunplayed_of_an_episode_unmarks_it_on_plex_and_jellyfin() {
             .with(episode("301", "300").played_at(at)),
         FakeLibrary::new()
             .with_show(show("0f1e2d3c4b5a49687766554433221100"))
-            .with(episode("5c1e2d3f4a5b46c7d8e9f0a1b2c3d4e5", "0f1e2d3c4b5a49687766554433221100").played_at(at)),
+            .with(
+                episode(
+                    "5c1e2d3f4a5b46c7d8e9f0a1b2c3d4e5",
+                    "0f1e2d3c4b5a49687766554433221100",
+                )
+                .played_at(at),
+            ),
         FakeLibrary::new()
             .with_show(show("88190"))
             .with(episode("88213", "88190").played_at(at)),
@@ -153,7 +186,10 @@ async fn emby_markunplayed_of_an_episode_unmarks_it_on_plex_and_jellyfin() {
     .await;
     w.sync_all().await;
     w.app.wait_quiet(Duration::from_millis(200)).await;
-    assert!(w.fakes().iter().all(|f| f.writes().is_empty()), "played everywhere, yet written");
+    assert!(
+        w.fakes().iter().all(|f| f.writes().is_empty()),
+        "played everywhere, yet written"
+    );
 
     let item = MbItem {
         id: "88213".into(),
@@ -163,13 +199,26 @@ async fn emby_markunplayed_of_an_episode_unmarks_it_on_plex_and_jellyfin() {
         series: Some(("Severance".into(), 1, 1)),
         runtime_ms: 3_417_000,
     };
-    accepted(&w, &emby_webhook("item.markunplayed", w.emby.server_id(), w.emby.user_id(), &item)).await;
+    accepted(
+        &w,
+        &emby_webhook(
+            "item.markunplayed",
+            w.emby.server_id(),
+            w.emby.user_id(),
+            &item,
+        ),
+    )
+    .await;
     let plex = wait_writes(&w.plex, 1, "an unscrobble on Plex").await;
     let jf = wait_writes(&w.jellyfin, 1, "an unplayed on Jellyfin").await;
     assert_eq!(plex[0], write(&w.plex, "301", WriteChange::Unplayed));
     assert_eq!(
         jf[0],
-        write(&w.jellyfin, "5c1e2d3f4a5b46c7d8e9f0a1b2c3d4e5", WriteChange::Unplayed)
+        write(
+            &w.jellyfin,
+            "5c1e2d3f4a5b46c7d8e9f0a1b2c3d4e5",
+            WriteChange::Unplayed
+        )
     );
     assert!(!w.plex.item_state("301").played);
     w.app.wait_quiet(Duration::from_millis(300)).await;
@@ -224,7 +273,11 @@ async fn a_plex_legacy_agent_episode_scrobble_reaches_the_right_episode_elsewher
         duration_ms: 2_700_000,
         ..PlexMeta::default()
     };
-    accepted(&w, &plex_webhook("media.scrobble", w.plex.server_id(), 1, &meta)).await;
+    accepted(
+        &w,
+        &plex_webhook("media.scrobble", w.plex.server_id(), 1, &meta),
+    )
+    .await;
     let jf = wait_writes(&w.jellyfin, 1, "the episode marked played on Jellyfin").await;
     let em = wait_writes(&w.emby, 1, "the episode marked played on Emby").await;
     assert!(is_played(&jf[0], &w.jellyfin, "jf-e3"), "{jf:?}");
@@ -238,8 +291,8 @@ async fn a_plex_legacy_agent_episode_scrobble_reaches_the_right_episode_elsewher
 
 #[tokio::test]
 async fn jellyfin_item_added_gets_the_plex_played_state_for_that_user_only() {
-    use crate::harness::{backend_toml, backend_toml_for, TestApp, TestDir};
     use crate::fakes::{FakeKind, FakeServer};
+    use crate::harness::{backend_toml, backend_toml_for, TestApp, TestDir};
     let plex = FakeServer::start(
         FakeKind::Plex,
         FakeLibrary::new().with(movie(PLEX_MOVIE).played_at(1_700_000_000_000)),
@@ -257,29 +310,53 @@ async fn jellyfin_item_added_gets_the_plex_played_state_for_that_user_only() {
     ]
     .concat();
     let app = TestApp::start_sync(TestDir::new(), "", SYNC, &config).await;
-    for (u, b) in [("alice", "jellyfin"), ("bob", "jellyfin"), ("alice", "plex"), ("bob", "plex")] {
+    for (u, b) in [
+        ("alice", "jellyfin"),
+        ("bob", "jellyfin"),
+        ("alice", "plex"),
+        ("bob", "plex"),
+    ] {
         app.sync_and_wait(u, b).await;
     }
     app.wait_quiet(Duration::from_millis(200)).await;
     let pending = app.pair("alice", "jellyfin").await["pending"].as_u64();
-    assert_eq!(pending, Some(1), "alice's played movie waits for Jellyfin to learn it");
+    assert_eq!(
+        pending,
+        Some(1),
+        "alice's played movie waits for Jellyfin to learn it"
+    );
     assert!(jellyfin.writes().is_empty());
 
     // Jellyfin scans the movie in and says so, without a user.
     jellyfin.add_item(movie(JF_MOVIE));
     let (status, answer) = app
-        .webhook(&jellyfin_item_added(jellyfin.server_id(), &mb_movie(JF_MOVIE)))
+        .webhook(&jellyfin_item_added(
+            jellyfin.server_id(),
+            &mb_movie(JF_MOVIE),
+        ))
         .await;
     assert_eq!(status, 202, "{answer}");
     let routed = answer["routed"].as_array().map(Vec::len);
-    assert_eq!(routed, Some(2), "ItemAdded goes to every user of that server: {answer}");
+    assert_eq!(
+        routed,
+        Some(2),
+        "ItemAdded goes to every user of that server: {answer}"
+    );
     let writes = wait_writes(&jellyfin, 1, "alice's Jellyfin marked played").await;
     assert!(is_played(&writes[0], &jellyfin, JF_MOVIE), "{writes:?}");
     app.wait_quiet(Duration::from_millis(300)).await;
-    assert_eq!(jellyfin.writes().len(), 1, "bob got a write: {:?}", jellyfin.writes());
+    assert_eq!(
+        jellyfin.writes().len(),
+        1,
+        "bob got a write: {:?}",
+        jellyfin.writes()
+    );
     assert!(!jellyfin.item_state_for(bob_jf, JF_MOVIE).played);
     assert!(plex.writes().is_empty());
-    assert_eq!(app.pair("alice", "jellyfin").await["pending"].as_u64(), Some(0));
+    assert_eq!(
+        app.pair("alice", "jellyfin").await["pending"].as_u64(),
+        Some(0)
+    );
     plex.assert_contract();
     jellyfin.assert_contract();
     app.stop().await;
@@ -291,7 +368,12 @@ async fn the_same_webhook_five_times_writes_once_per_other_backend() {
     let w = World::start(p, j, e, SYNC, Extra::default()).await;
     w.sync_all().await;
     w.clear_logs();
-    let body = emby_webhook("item.markplayed", w.emby.server_id(), w.emby.user_id(), &mb_movie(EMBY_MOVIE));
+    let body = emby_webhook(
+        "item.markplayed",
+        w.emby.server_id(),
+        w.emby.user_id(),
+        &mb_movie(EMBY_MOVIE),
+    );
     for _ in 0..5 {
         accepted(&w, &body).await;
     }
@@ -317,18 +399,30 @@ async fn resume_positions_propagate_in_each_servers_unit() {
     // Plex pause at 10 min (ms) → Jellyfin and Emby get ticks.
     let mut meta = plex_movie_meta();
     meta.view_offset_ms = Some(600_000);
-    accepted(&w, &plex_webhook("media.pause", w.plex.server_id(), 1, &meta)).await;
+    accepted(
+        &w,
+        &plex_webhook("media.pause", w.plex.server_id(), 1, &meta),
+    )
+    .await;
     let jf = wait_writes(&w.jellyfin, 1, "a position on Jellyfin").await;
     let em = wait_writes(&w.emby, 1, "a position on Emby").await;
-    assert_eq!(jf[0], write(&w.jellyfin, JF_MOVIE, WriteChange::Position { ms: 600_000 }));
-    assert_eq!(em[0], write(&w.emby, EMBY_MOVIE, WriteChange::Position { ms: 600_000 }));
+    assert_eq!(
+        jf[0],
+        write(&w.jellyfin, JF_MOVIE, WriteChange::Position { ms: 600_000 })
+    );
+    assert_eq!(
+        em[0],
+        write(&w.emby, EMBY_MOVIE, WriteChange::Position { ms: 600_000 })
+    );
     let ticks = |fake: &crate::fakes::FakeServer| -> Vec<i64> {
         fake.requests()
             .iter()
             .filter(|r| r.method == "POST" && r.path.ends_with("/UserData"))
             .map(|r| {
                 let v: serde_json::Value = serde_json::from_str(&r.body).expect("json body");
-                v["PlaybackPositionTicks"].as_i64().expect("PlaybackPositionTicks")
+                v["PlaybackPositionTicks"]
+                    .as_i64()
+                    .expect("PlaybackPositionTicks")
             })
             .collect()
     };
@@ -341,11 +435,20 @@ async fn resume_positions_propagate_in_each_servers_unit() {
     w.clear_logs();
     accepted(
         &w,
-        &jellyfin_progress(w.jellyfin.server_id(), w.jellyfin.user_id(), &mb_movie(JF_MOVIE), 1_800_000, true),
+        &jellyfin_progress(
+            w.jellyfin.server_id(),
+            w.jellyfin.user_id(),
+            &mb_movie(JF_MOVIE),
+            1_800_000,
+            true,
+        ),
     )
     .await;
     let plex = wait_writes(&w.plex, 1, "a position on Plex").await;
-    assert_eq!(plex[0], write(&w.plex, PLEX_MOVIE, WriteChange::Position { ms: 1_800_000 }));
+    assert_eq!(
+        plex[0],
+        write(&w.plex, PLEX_MOVIE, WriteChange::Position { ms: 1_800_000 })
+    );
     let timeline: Vec<_> = w
         .plex
         .requests()
@@ -363,7 +466,10 @@ async fn resume_positions_propagate_in_each_servers_unit() {
 }
 
 /// The push requests (mark played) a fake received for an item, in order.
-fn played_attempts(fake: &crate::fakes::FakeServer, path_part: &str) -> Vec<crate::fakes::RecordedRequest> {
+fn played_attempts(
+    fake: &crate::fakes::FakeServer,
+    path_part: &str,
+) -> Vec<crate::fakes::RecordedRequest> {
     fake.requests()
         .into_iter()
         .filter(|r| r.method == "POST" && r.path.contains(path_part))
@@ -378,13 +484,21 @@ async fn server_errors_are_retried_until_delivered() {
     w.clear_logs();
     w.jellyfin.inject(Fault::status(500).times(2).writes_only());
 
-    accepted(&w, &plex_webhook("media.scrobble", w.plex.server_id(), 1, &plex_movie_meta())).await;
+    accepted(
+        &w,
+        &plex_webhook("media.scrobble", w.plex.server_id(), 1, &plex_movie_meta()),
+    )
+    .await;
     wait_writes(&w.emby, 1, "Emby written at once").await;
     // Two failures with backoff (1 s, then 2 s, ±10 %), then the write.
-    let jf = eventually(Duration::from_secs(15), "the Jellyfin push to get through", || async {
-        let w = w.jellyfin.writes();
-        (!w.is_empty()).then_some(w)
-    })
+    let jf = eventually(
+        Duration::from_secs(15),
+        "the Jellyfin push to get through",
+        || async {
+            let w = w.jellyfin.writes();
+            (!w.is_empty()).then_some(w)
+        },
+    )
     .await;
     assert!(is_played(&jf[0], &w.jellyfin, JF_MOVIE), "{jf:?}");
     let attempts = played_attempts(&w.jellyfin, "/UserPlayedItems/");
@@ -392,8 +506,14 @@ async fn server_errors_are_retried_until_delivered() {
     assert_eq!(statuses, vec![500, 500, 200]);
     let gap1 = attempts[1].at - attempts[0].at;
     let gap2 = attempts[2].at - attempts[1].at;
-    assert!(gap1 >= Duration::from_millis(850), "first retry after {gap1:?}");
-    assert!(gap2 >= Duration::from_millis(1700), "second retry after {gap2:?} (backoff doubles)");
+    assert!(
+        gap1 >= Duration::from_millis(850),
+        "first retry after {gap1:?}"
+    );
+    assert!(
+        gap2 >= Duration::from_millis(1700),
+        "second retry after {gap2:?} (backoff doubles)"
+    );
     w.app.wait_quiet(Duration::from_millis(200)).await;
     let s = w.app.pair("alice", "jellyfin").await;
     assert_eq!(s["outbox"]["dead_letters"], 0, "{s:#}");
@@ -411,19 +531,30 @@ async fn a_429_retry_after_is_honoured() {
     // Retry-After 3 s is well above the first backoff step (1 s).
     w.emby.inject(Fault::rate_limited("3").writes_only());
 
-    accepted(&w, &plex_webhook("media.scrobble", w.plex.server_id(), 1, &plex_movie_meta())).await;
+    accepted(
+        &w,
+        &plex_webhook("media.scrobble", w.plex.server_id(), 1, &plex_movie_meta()),
+    )
+    .await;
     wait_writes(&w.jellyfin, 1, "Jellyfin written at once").await;
-    let em = eventually(Duration::from_secs(15), "the Emby push after Retry-After", || async {
-        let w = w.emby.writes();
-        (!w.is_empty()).then_some(w)
-    })
+    let em = eventually(
+        Duration::from_secs(15),
+        "the Emby push after Retry-After",
+        || async {
+            let w = w.emby.writes();
+            (!w.is_empty()).then_some(w)
+        },
+    )
     .await;
     assert!(is_played(&em[0], &w.emby, EMBY_MOVIE), "{em:?}");
     let attempts = played_attempts(&w.emby, "/PlayedItems/");
     let statuses: Vec<u16> = attempts.iter().map(|r| r.status).collect();
     assert_eq!(statuses, vec![429, 200]);
     let gap = attempts[1].at - attempts[0].at;
-    assert!(gap >= Duration::from_millis(2900), "retried after {gap:?}, Retry-After said 3 s");
+    assert!(
+        gap >= Duration::from_millis(2900),
+        "retried after {gap:?}, Retry-After said 3 s"
+    );
     w.stop().await;
 }
 
@@ -435,7 +566,11 @@ async fn a_permanent_4xx_becomes_a_dead_letter_and_the_api_retries_it() {
     w.clear_logs();
     w.emby.inject(Fault::status(400).always().writes_only());
 
-    accepted(&w, &plex_webhook("media.scrobble", w.plex.server_id(), 1, &plex_movie_meta())).await;
+    accepted(
+        &w,
+        &plex_webhook("media.scrobble", w.plex.server_id(), 1, &plex_movie_meta()),
+    )
+    .await;
     wait_writes(&w.jellyfin, 1, "Jellyfin written").await;
     let s = eventually(DEADLINE, "a dead letter on Emby", || async {
         let s = w.app.pair("alice", "emby").await;
@@ -447,14 +582,20 @@ async fn a_permanent_4xx_becomes_a_dead_letter_and_the_api_retries_it() {
     let dead = &s["outbox"]["dead"][0];
     assert_eq!(dead["item_id"], EMBY_MOVIE, "{s:#}");
     assert_eq!(dead["attempts"], 1, "{s:#}");
-    assert!(dead["error"].as_str().is_some_and(|e| e.contains("400")), "{s:#}");
+    assert!(
+        dead["error"].as_str().is_some_and(|e| e.contains("400")),
+        "{s:#}"
+    );
     assert_eq!(s["counters"]["push_failed"], 1, "{s:#}");
     let global = w.app.get_json("/status").await;
     assert_eq!(global["outbox"]["dead_letters"], 1, "{global:#}");
     assert!(w.emby.writes().is_empty());
 
     w.emby.clear_faults();
-    let (status, body) = w.app.post_api("/status/users/alice/emby/outbox/retry").await;
+    let (status, body) = w
+        .app
+        .post_api("/status/users/alice/emby/outbox/retry")
+        .await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["retried"], 1, "{body}");
     let em = wait_writes(&w.emby, 1, "the retried push delivered").await;
@@ -486,11 +627,19 @@ async fn export_false_is_never_written_and_import_false_changes_nothing_elsewher
     w.clear_logs();
 
     // Plex → Jellyfin only: Emby has export = false.
-    accepted(&w, &plex_webhook("media.scrobble", w.plex.server_id(), 1, &plex_movie_meta())).await;
+    accepted(
+        &w,
+        &plex_webhook("media.scrobble", w.plex.server_id(), 1, &plex_movie_meta()),
+    )
+    .await;
     let jf = wait_writes(&w.jellyfin, 1, "Jellyfin written").await;
     assert!(is_played(&jf[0], &w.jellyfin, JF_MOVIE), "{jf:?}");
     w.app.wait_quiet(Duration::from_millis(500)).await;
-    assert!(w.emby.writes().is_empty(), "export = false written to: {:?}", w.emby.writes());
+    assert!(
+        w.emby.writes().is_empty(),
+        "export = false written to: {:?}",
+        w.emby.writes()
+    );
     assert!(!w.emby.item_state(EMBY_MOVIE).played);
 
     // Jellyfin (import = false) unmarks: nothing changes anywhere.
@@ -513,11 +662,21 @@ async fn export_false_is_never_written_and_import_false_changes_nothing_elsewher
     wait_received(&w, "jellyfin", received + 1).await;
     w.app.wait_quiet(Duration::from_millis(500)).await;
     for f in w.fakes() {
-        assert!(f.writes().is_empty(), "{:?} written: {:?}", f.kind(), f.writes());
+        assert!(
+            f.writes().is_empty(),
+            "{:?} written: {:?}",
+            f.kind(),
+            f.writes()
+        );
     }
     let jf = w.app.pair("alice", "jellyfin").await;
     assert_eq!(jf["last_event"]["outcome"], "ignored", "{jf:#}");
-    let items = w.app.get_json(&format!("/status/users/alice/items?external_id=imdb:{IMDB}")).await;
+    let items = w
+        .app
+        .get_json(&format!(
+            "/status/users/alice/items?external_id=imdb:{IMDB}"
+        ))
+        .await;
     let plex_state = items["backends"]
         .as_array()
         .unwrap()

@@ -2,7 +2,7 @@
 //! against fake Plex, Jellyfin and Emby servers (no webhooks involved unless said).
 
 use crate::e2e_world::{is_played, wait_writes, write, Extra, World, BACKENDS, DEADLINE};
-use crate::fakes::{Fault, FakeItem, FakeKind, FakeLibrary, FakeServer, WriteChange};
+use crate::fakes::{FakeItem, FakeKind, FakeLibrary, FakeServer, Fault, WriteChange};
 use crate::harness::{backend_toml, eventually, TestApp, TestDir};
 use std::time::Duration;
 
@@ -14,7 +14,8 @@ const PLAYED_AT: i64 = 1_700_000_000_000;
 /// Two movies with the same ids on every server, under each server's own item ids.
 fn two_movies(prefix: &str, played: [bool; 2]) -> FakeLibrary {
     let m = |n: usize, imdb: &str| {
-        let item = FakeItem::movie(&format!("{prefix}{n}"), &format!("Movie {n}")).ext("imdb", imdb);
+        let item =
+            FakeItem::movie(&format!("{prefix}{n}"), &format!("Movie {n}")).ext("imdb", imdb);
         if played[n - 1] {
             item.played_at(PLAYED_AT + n as i64)
         } else {
@@ -61,7 +62,10 @@ async fn the_first_sync_builds_the_index_and_pushes_what_only_plex_has() {
     assert_eq!(w.jellyfin.writes().len(), 1);
     assert_eq!(w.emby.writes().len(), 1);
     assert!(!w.jellyfin.item_state("j2").played && !w.emby.item_state("e2").played);
-    let items = w.app.get_json("/status/users/alice/items?external_id=imdb:tt0000001").await;
+    let items = w
+        .app
+        .get_json("/status/users/alice/items?external_id=imdb:tt0000001")
+        .await;
     for b in items["backends"].as_array().unwrap() {
         assert_eq!(b["state"]["item"]["played"], true, "{items:#}");
     }
@@ -89,10 +93,17 @@ async fn a_new_unplayed_backend_unmarks_nothing_and_an_unmark_between_syncs_prop
     let three = format!("{two}{}", backend_toml("alice", "jellyfin", &jellyfin, ""));
     let app = TestApp::start_sync(dir, "", NO_TIMER, &three).await;
     let s = app.sync_and_wait("alice", "jellyfin").await;
-    assert_eq!(s["sync"]["changed"], 0, "first sight of unplayed items is no change: {s:#}");
+    assert_eq!(
+        s["sync"]["changed"], 0,
+        "first sight of unplayed items is no change: {s:#}"
+    );
     // It gets the played states of its siblings, and unmarks nothing on them.
     let jf = wait_writes(&jellyfin, 2, "both movies pushed to the new Jellyfin").await;
-    let mut ids: Vec<_> = jf.iter().filter(|w| is_played(w, &jellyfin, &w.item_id)).map(|w| w.item_id.clone()).collect();
+    let mut ids: Vec<_> = jf
+        .iter()
+        .filter(|w| is_played(w, &jellyfin, &w.item_id))
+        .map(|w| w.item_id.clone())
+        .collect();
     ids.sort();
     assert_eq!(ids, vec!["j1", "j2"], "{jf:?}");
     app.wait_quiet(Duration::from_millis(300)).await;
@@ -150,8 +161,14 @@ async fn a_change_made_on_the_server_without_webhook_is_found_by_the_next_sync()
     assert_eq!(s["sync"]["changed"], 1, "{s:#}");
     let plex = wait_writes(&w.plex, 1, "movie 2 position on Plex").await;
     let jf = wait_writes(&w.jellyfin, 1, "movie 2 position on Jellyfin").await;
-    assert_eq!(plex[0], write(&w.plex, "p2", WriteChange::Position { ms: 900_000 }));
-    assert_eq!(jf[0], write(&w.jellyfin, "j2", WriteChange::Position { ms: 900_000 }));
+    assert_eq!(
+        plex[0],
+        write(&w.plex, "p2", WriteChange::Position { ms: 900_000 })
+    );
+    assert_eq!(
+        jf[0],
+        write(&w.jellyfin, "j2", WriteChange::Position { ms: 900_000 })
+    );
     w.app.wait_quiet(Duration::from_millis(300)).await;
     assert!(w.emby.writes().is_empty());
     // A second run with nothing changed changes nothing.
@@ -171,7 +188,13 @@ async fn a_change_made_on_the_server_without_webhook_is_found_by_the_next_sync()
 async fn the_api_trigger_answers_202_then_409_and_status_shows_progress_and_outcome() {
     let jf = FakeServer::start(FakeKind::Jellyfin, FakeLibrary::generated(400)).await;
     let sync = "interval = \"6h\"\npage_size = 50\nmax_requests_per_second = 100";
-    let app = TestApp::start_sync(TestDir::new(), "", sync, &backend_toml("alice", "jellyfin", &jf, "")).await;
+    let app = TestApp::start_sync(
+        TestDir::new(),
+        "",
+        sync,
+        &backend_toml("alice", "jellyfin", &jf, ""),
+    )
+    .await;
     let before = app.pair("alice", "jellyfin").await;
     assert_eq!(before["sync"]["enabled"], true, "{before:#}");
     assert_eq!(before["sync"]["running"], false, "{before:#}");
@@ -183,7 +206,13 @@ async fn the_api_trigger_answers_202_then_409_and_status_shows_progress_and_outc
     assert_eq!(status, 202, "{body}");
     let (status, body) = app.post_api("/status/users/alice/jellyfin/sync").await;
     assert_eq!(status, 409, "{body}");
-    assert!(body["error"]["message"].as_str().unwrap_or_default().contains("already running"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("already running"),
+        "{body}"
+    );
     let running = eventually(DEADLINE, "progress of the running sync", || async {
         let s = app.pair("alice", "jellyfin").await;
         let seen = s["sync"]["seen"].as_u64().unwrap_or(0);
@@ -192,7 +221,10 @@ async fn the_api_trigger_answers_202_then_409_and_status_shows_progress_and_outc
     .await;
     assert_eq!(running["sync"]["total"], 400, "{running:#}");
     assert_eq!(running["state"], "syncing", "{running:#}");
-    assert!(running["sync"]["last_started"].as_i64().is_some(), "{running:#}");
+    assert!(
+        running["sync"]["last_started"].as_i64().is_some(),
+        "{running:#}"
+    );
     let (status, _) = app.post_api("/status/users/alice/jellyfin/sync").await;
     assert_eq!(status, 409);
 
@@ -244,10 +276,65 @@ async fn the_next_run_time_survives_a_restart() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(app.pair("alice", "plex").await["sync"]["running"], false);
     assert!(
-        plex.requests().iter().all(|r| !r.path.starts_with("/library/sections")),
+        plex.requests()
+            .iter()
+            .all(|r| !r.path.starts_with("/library/sections")),
         "a run started at restart: {:?}",
         plex.requests()
     );
     plex.assert_contract();
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn twenty_thousand_items_on_plex_and_jellyfin_sync_completely_through_the_real_clients() {
+    // The same generated library on both servers: every item must pair up, so no push at all.
+    let plex = FakeServer::start(FakeKind::Plex, FakeLibrary::generated(20_000)).await;
+    let jf = FakeServer::start(FakeKind::Jellyfin, FakeLibrary::generated(20_000)).await;
+    let config = [
+        backend_toml("alice", "plex", &plex, ""),
+        backend_toml("alice", "jellyfin", &jf, ""),
+    ]
+    .concat();
+    let sync = "interval = \"0\"\npage_size = 1000\nmax_requests_per_second = 1000";
+    let app = TestApp::start_sync(TestDir::new(), "", sync, &config).await;
+    for b in ["plex", "jellyfin"] {
+        let (status, body) = app.post_api(&format!("/status/users/alice/{b}/sync")).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    for b in ["plex", "jellyfin"] {
+        let s = eventually(
+            Duration::from_secs(120),
+            &format!("{b} to sync 20 000 items"),
+            || async {
+                let s = app.pair("alice", b).await;
+                assert_eq!(s["sync"]["runs_failed"], 0, "{s:#}");
+                (s["sync"]["runs_ok"] == 1).then_some(s)
+            },
+        )
+        .await;
+        assert_eq!(s["sync"]["seen"], 20_000, "{s:#}");
+        assert_eq!(s["items"], 20_000, "{s:#}");
+    }
+    app.wait_quiet(Duration::from_millis(300)).await;
+    assert!(
+        plex.writes().is_empty(),
+        "{} Plex writes",
+        plex.writes().len()
+    );
+    assert!(
+        jf.writes().is_empty(),
+        "{} Jellyfin writes",
+        jf.writes().len()
+    );
+    assert_eq!(app.pair("alice", "jellyfin").await["pending"], 0);
+    // Paged: many listing requests, each at most a page.
+    let pages = jf.requests().iter().filter(|r| r.path == "/Items").count();
+    assert!(
+        pages >= 20,
+        "{pages} listing pages for 20 000 items of 1000"
+    );
+    plex.assert_contract();
+    jf.assert_contract();
     app.stop().await;
 }

@@ -52,7 +52,12 @@ impl World {
     }
 
     /// Alice's three `[users.alice.backends.*]` tables.
-    pub fn config(plex: &FakeServer, jellyfin: &FakeServer, emby: &FakeServer, extra: &Extra) -> String {
+    pub fn config(
+        plex: &FakeServer,
+        jellyfin: &FakeServer,
+        emby: &FakeServer,
+        extra: &Extra,
+    ) -> String {
         [
             backend_toml("alice", "plex", plex, extra.plex),
             backend_toml("alice", "jellyfin", jellyfin, extra.jellyfin),

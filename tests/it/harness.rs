@@ -240,7 +240,12 @@ impl IntakeServer {
 
 /// A `[users.<user>.backends.<name>]` table pointing at `fake` for its default user, with
 /// `extra` lines (e.g. `export = false`) appended.
-pub fn backend_toml(user: &str, name: &str, fake: &crate::fakes::FakeServer, extra: &str) -> String {
+pub fn backend_toml(
+    user: &str,
+    name: &str,
+    fake: &crate::fakes::FakeServer,
+    extra: &str,
+) -> String {
     backend_toml_for(user, name, fake, fake.user_id(), fake.token(), extra)
 }
 

@@ -16,7 +16,7 @@ use std::time::Instant;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use watchstate_actors::clock::SystemClock;
+use watchstate_actors::clock::{Clock, SystemClock};
 use watchstate_actors::config::{PairSpec, SyncSettings};
 use watchstate_actors::store::{PairKey, Store};
 use watchstate_actors::supervisor::SupervisorHandle;
@@ -100,11 +100,12 @@ impl App {
             ..SyncSettings::default()
         };
         let pair_count = specs.len();
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let actors = SupervisorHandle::start(
             specs,
             settings,
             Arc::new(store.clone()) as Arc<dyn Store>,
-            Arc::new(SystemClock),
+            clock.clone(),
         )
         .await
         .map_err(|e| AppError::Actors(e.to_string()))?;
@@ -166,6 +167,7 @@ impl App {
                 requests: RequestLog::new(1000),
                 counters: Default::default(),
                 max_body_bytes: config.server.max_body_bytes,
+                clock,
             },
             actors: Some(actors.clone()),
             journal: Some(journal),

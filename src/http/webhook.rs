@@ -12,6 +12,7 @@ use serde_json::json as j;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use watchstate_actors::clock::Clock;
 use watchstate_actors::event::{Millis, WebhookEvent};
 use watchstate_actors::store::PairKey;
 
@@ -96,6 +97,8 @@ pub struct WebhookService {
     pub requests: RequestLog,
     pub counters: WebhookCounters,
     pub max_body_bytes: u64,
+    /// The one clock of the system: a change's time is when this service received it.
+    pub clock: Arc<dyn Clock>,
 }
 
 fn routed_json(pairs: &[PairKey]) -> Vec<serde_json::Value> {
@@ -105,16 +108,9 @@ fn routed_json(pairs: &[PairKey]) -> Vec<serde_json::Value> {
         .collect()
 }
 
-pub fn now_ms() -> Millis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as Millis)
-        .unwrap_or(0)
-}
-
 impl WebhookService {
     pub async fn handle(&self, req: &Request, body: &mut Body) -> Reply {
-        let received_at = now_ms();
+        let received_at = self.clock.now_ms();
         self.counters.received.fetch_add(1, Ordering::Relaxed);
         let dry_run = matches!(
             req.query_param("dry_run").as_deref(),

@@ -5,7 +5,7 @@
 //! | `Event` | normalised |
 //! |---|---|
 //! | `playback.start` / `playback.pause` / `playback.unpause` | play / pause / resume |
-//! | `playback.stop` | stop; `played = true` only if `PlayedToCompletion` |
+//! | `playback.stop` | stop; `played = true` only if `PlayedToCompletion` (or `Item.Played`) is true |
 //! | `playback.scrobble` | scrobble, `played = true` |
 //! | `item.markplayed` / `item.markunplayed` | mark_played / mark_unplayed (forced state) |
 //! | `library.new` | item_added (generic) |
@@ -61,10 +61,12 @@ pub fn decode(obj: &Map<String, Value>) -> WebhookEvent {
         "playback.pause" => (EventKind::Pause, None),
         "playback.unpause" => (EventKind::Resume, None),
         "playback.stop" => {
-            let completed = playback
-                .and_then(|p| bool_field(p, "PlayedToCompletion"))
-                .or_else(|| item.and_then(|i| bool_field(i, "PlayedToCompletion")));
-            (EventKind::Stop, (completed == Some(true)).then_some(true))
+            // Any of these being true asserts played; false never asserts unplayed.
+            let completed = playback.and_then(|p| bool_field(p, "PlayedToCompletion"))
+                == Some(true)
+                || item.and_then(|i| bool_field(i, "PlayedToCompletion")) == Some(true)
+                || item.and_then(|i| bool_field(i, "Played")) == Some(true);
+            (EventKind::Stop, completed.then_some(true))
         }
         "playback.scrobble" => (EventKind::Scrobble, Some(true)),
         "item.markplayed" => (EventKind::MarkPlayed, Some(true)),
@@ -115,6 +117,12 @@ mod tests {
                 None,
             ),
             ("playback.stop", json!({}), EventKind::Stop, None),
+            (
+                "playback.stop",
+                json!({"Item": {"Type": "Movie", "Played": true}}),
+                EventKind::Stop,
+                Some(true),
+            ),
             (
                 "playback.scrobble",
                 json!({}),

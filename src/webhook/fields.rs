@@ -62,7 +62,7 @@ pub fn u64_of(v: &Value) -> Option<u64> {
                 Some(u)
             } else {
                 let f = n.as_f64()?;
-                (f.is_finite() && f >= 0.0 && f < 1.8e19).then(|| f.floor() as u64)
+                (0.0..1.8e19).contains(&f).then(|| f.floor() as u64)
             }
         }
         Value::String(s) => {
@@ -74,7 +74,7 @@ pub fn u64_of(v: &Value) -> Option<u64> {
                 return Some(u);
             }
             let f: f64 = s.parse().ok()?;
-            (f.is_finite() && f >= 0.0 && f < 1.8e19).then(|| f.floor() as u64)
+            (0.0..1.8e19).contains(&f).then(|| f.floor() as u64)
         }
         _ => None,
     }

@@ -9,9 +9,6 @@ use super::fields;
 use serde_json::{Map, Value};
 use watchstate_actors::event::ExternalIds;
 
-/// The providers we keep, by their canonical (lower-case) key.
-pub const PROVIDERS: [&str; 6] = ["imdb", "tmdb", "tvdb", "tvmaze", "tvrage", "anidb"];
-
 /// Maps a sender's provider name (`Imdb`, `Tv Maze`, `themoviedb`, `thetvdb`, `TVDB`, ...) to
 /// its canonical key; `None` for providers we do not sync on (`TmdbCollection`, `Zap2It`, ...).
 pub fn provider_key(raw: &str) -> Option<&'static str> {
@@ -141,7 +138,7 @@ pub fn parse_plex_guid(guid: &str, is_episode: bool) -> Option<PlexGuid> {
     }
     if let Some(kind) = scheme.strip_prefix("tv.plex.agents.nfo.") {
         let mut segments = rest.split('/').filter(|s| !s.is_empty());
-        let (first, last) = (segments.next()?, segments.last());
+        let (first, last) = (segments.next()?, segments.next_back());
         let (kind_segment, id_segment) = match last {
             Some(last) => (first, last),
             None => ("", first),
@@ -149,10 +146,10 @@ pub fn parse_plex_guid(guid: &str, is_episode: bool) -> Option<PlexGuid> {
         let (source, value) = id_segment.split_once('_')?;
         let provider = provider_key(source)?;
         let id = validate(provider, value)?;
-        let names_show = kind == "series" && matches!(kind_segment, "show" | "series" | "tvshow");
+        // A series agent's id names the show unless its kind segment says episode.
+        let names_show = kind == "series"
+            && (kind_segment.is_empty() || matches!(kind_segment, "show" | "series" | "tvshow"));
         let target = if names_show && is_episode {
-            GuidTarget::Series
-        } else if kind == "series" && kind_segment.is_empty() && is_episode {
             GuidTarget::Series
         } else {
             GuidTarget::Item

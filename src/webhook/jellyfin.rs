@@ -1,11 +1,12 @@
 //! Jellyfin webhooks (webhook plugin, generic destination, "Send All Properties"): a flat JSON
-//! object, sent as `text/plain` (the plugin default) or `application/json`.
+//! object, sent as `text/plain` (the plugin default) or `application/json`. The "Generic Form"
+//! destination's url-encoded fields arrive here as the same object with string values.
 //!
 //! | `NotificationType` | normalised |
 //! |---|---|
 //! | `PlaybackStart` | play |
 //! | `PlaybackProgress` | pause if `IsPaused`, else progress |
-//! | `PlaybackStop` | stop; `played = true` only if `PlayedToCompletion` |
+//! | `PlaybackStop` | stop; `played = true` only if `PlayedToCompletion` (or `Played`) is true |
 //! | `UserDataSaved`, `SaveReason` `PlaybackStart` / `PlaybackProgress` | progress |
 //! | `UserDataSaved`, `SaveReason` `PlaybackFinished` | scrobble, `played = true` |
 //! | `UserDataSaved`, `SaveReason` `TogglePlayed` | mark_played / mark_unplayed by `Played` |
@@ -56,10 +57,14 @@ pub fn decode(obj: &Map<String, Value>) -> WebhookEvent {
                 (EventKind::Progress, None)
             }
         }
-        "playbackstop" => (
-            EventKind::Stop,
-            (bool_field(obj, "PlayedToCompletion") == Some(true)).then_some(true),
-        ),
+        "playbackstop" => {
+            // `PlayedToCompletion` says this session finished it; `Played` (sent by some
+            // versions) is the item's state after the stop. Either asserts played; a false
+            // never asserts unplayed (stopping early does not unmark an item).
+            let completed = bool_field(obj, "PlayedToCompletion") == Some(true)
+                || bool_field(obj, "Played") == Some(true);
+            (EventKind::Stop, completed.then_some(true))
+        }
         "userdatasaved" => user_data_saved(obj),
         "itemadded" => (EventKind::ItemAdded, None),
         _ => (EventKind::Ignore, None),
@@ -136,6 +141,16 @@ mod tests {
             ),
             (
                 json!({"NotificationType": "PlaybackStop"}),
+                EventKind::Stop,
+                None,
+            ),
+            (
+                json!({"NotificationType": "PlaybackStop", "Played": true}),
+                EventKind::Stop,
+                Some(true),
+            ),
+            (
+                json!({"NotificationType": "PlaybackStop", "Played": false, "PlayedToCompletion": false}),
                 EventKind::Stop,
                 None,
             ),

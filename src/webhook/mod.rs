@@ -5,7 +5,7 @@
 //! - [`transport`]: where the JSON is (raw body, multipart field, url-encoded field);
 //! - [`plex`], [`tautulli`], [`jellyfin`], [`emby`]: one decoder per sender;
 //! - [`ids`]: provider ids (Plex guids, legacy agents, Emby/Jellyfin provider keys);
-//! - [`route`]: which (user, backend) pairs an event goes to, and the unmatched-request log.
+//! - [`mod@route`]: which (user, backend) pairs an event goes to, and the unmatched-request log.
 //!
 //! The sender is recognised by the body's shape; the user agent is only a hint used to pick
 //! Tautulli over Plex and to write better error messages.
@@ -40,7 +40,7 @@ pub struct RawRequest<'a> {
 /// was wrong and, where possible, what to change in the sender's set-up.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
-    #[error("empty body: a webhook must carry a JSON payload (Plex: multipart field 'payload'; Tautulli, Jellyfin, Emby: the JSON body)")]
+    #[error("empty body: a webhook must carry a JSON payload (Plex: multipart field 'payload'; Tautulli, Jellyfin, Emby: the JSON body). Emby before 4.9.0.37 sends its test notification empty: check the set-up with a real event instead")]
     EmptyBody,
     #[error("invalid JSON at line {line} column {column}: {message}")]
     InvalidJson {
@@ -73,7 +73,20 @@ pub enum DecodeError {
 
 /// Decodes one webhook request into the normalised event.
 pub fn decode(req: &RawRequest) -> Result<WebhookEvent, DecodeError> {
-    let (value, _envelope) = transport::extract_json(req.content_type, req.body)?;
+    let value = match transport::extract_json(req.content_type, req.body) {
+        Ok((value, _envelope)) => value,
+        Err(err @ DecodeError::InvalidJson { .. }) => {
+            // A Tautulli test notification of a template with unquoted placeholders
+            // (`"viewOffset": {view_offset}`) is not JSON until they are quoted.
+            match tautulli::quote_bare_placeholders(req.body)
+                .and_then(|fixed| transport::parse_json(fixed.as_bytes()).ok())
+            {
+                Some(value) => value,
+                None => return Err(err),
+            }
+        }
+        Err(err) => return Err(err),
+    };
     decode_value(value, req.user_agent)
 }
 
@@ -229,6 +242,41 @@ mod tests {
             decode(&req(None, None, taut)).unwrap().sender,
             Sender::Tautulli
         );
+    }
+
+    #[test]
+    fn tautulli_test_with_bare_placeholders_is_a_test() {
+        let body = b"{\"event\": \"tautulli.{action}\", \"Server\": {\"uuid\": \"{server_machine_id}\"},\n \"Metadata\": {\"viewOffset\": {view_offset}, \"year\": {year}}}";
+        let ev = decode(&req(
+            Some("application/json"),
+            Some("Tautulli/v2.17.2"),
+            body,
+        ))
+        .unwrap();
+        assert_eq!(ev.sender, Sender::Tautulli);
+        assert_eq!(ev.event, EventKind::Test);
+        assert_eq!(ev.position_ms, None);
+        // Real syntax errors stay errors.
+        let err = decode(&req(
+            Some("application/json"),
+            None,
+            b"{\"event\": {action}, ]",
+        ))
+        .unwrap_err();
+        assert!(
+            err.to_string().starts_with("invalid JSON at line 1"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn jellyfin_generic_form_decodes() {
+        let body = b"NotificationType=PlaybackProgress&ServerId=abc&UserId=u&ItemId=i&ItemType=Movie&IsPaused=True&PlaybackPositionTicks=123456789&Provider_imdb=tt1";
+        let ev = decode(&req(Some("application/x-www-form-urlencoded"), None, body)).unwrap();
+        assert_eq!(ev.sender, Sender::Jellyfin);
+        assert_eq!(ev.event, EventKind::Pause);
+        assert_eq!(ev.position_ms, Some(12_345));
+        assert_eq!(ev.external_ids["imdb"], "tt1");
     }
 
     #[test]

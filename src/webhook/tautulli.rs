@@ -21,9 +21,7 @@ pub fn decode(obj: &Map<String, Value>) -> WebhookEvent {
     // Unrendered placeholders are absent values; finding any means a test notification.
     let raw_event = str_field(obj, "event").unwrap_or_default();
     let mut obj = obj.clone();
-    let had_placeholders = obj
-        .values_mut()
-        .fold(false, |found, v| blank_placeholders(v) || found);
+    let had_placeholders = blank_all(obj.values_mut());
     let mut ev = blank(Sender::Tautulli, plex::server_id(&obj), raw_event.clone());
     plex::fill_account(&obj, &mut ev);
     if let Some(meta) = fields::object(&obj, "Metadata") {
@@ -72,28 +70,68 @@ fn fill_guids(meta: &Map<String, Value>, ev: &mut WebhookEvent) {
 
 /// Replaces every string that is exactly one `{placeholder}` with `null`; true if any was found.
 fn blank_placeholders(v: &mut Value) -> bool {
-    match v {
-        Value::String(s) if is_placeholder(s) => {
-            *v = Value::Null;
-            true
-        }
+    let found = match v {
+        // `tautulli.{action}` is the event of an unrendered template.
         Value::String(s) => {
-            // `tautulli.{action}`: the event of an unrendered template.
-            if s.contains('{') && s.contains('}') && s.starts_with("tautulli.") {
-                *v = Value::Null;
-                true
-            } else {
-                false
+            is_placeholder(s) || (s.starts_with("tautulli.") && s.contains('{') && s.contains('}'))
+        }
+        Value::Array(items) => return blank_all(items.iter_mut()),
+        Value::Object(map) => return blank_all(map.values_mut()),
+        _ => false,
+    };
+    if found {
+        *v = Value::Null;
+    }
+    found
+}
+
+/// Visits every value (no short-circuit: all placeholders must be blanked).
+fn blank_all<'a>(values: impl Iterator<Item = &'a mut Value>) -> bool {
+    let mut found = false;
+    for v in values {
+        found |= blank_placeholders(v);
+    }
+    found
+}
+
+/// Quotes every `{placeholder}` that stands outside a JSON string, so that a test notification
+/// of a template with unquoted numeric placeholders parses. `None` if there was none.
+pub(super) fn quote_bare_placeholders(body: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(body).ok()?;
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut changed = false;
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if in_string {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => in_string = false,
+                _ => {}
+            }
+        } else if c == '"' {
+            in_string = true;
+        } else if c == '{' {
+            // Placeholders are short: look only a few bytes ahead (linear in the body).
+            let window = &rest.as_bytes()[..rest.len().min(64)];
+            if let Some(end) = window.iter().position(|b| *b == b'}') {
+                let candidate = &rest[..=end];
+                if is_placeholder(candidate) {
+                    out.push('"');
+                    out.push_str(candidate);
+                    out.push('"');
+                    rest = &rest[end + 1..];
+                    changed = true;
+                    continue;
+                }
             }
         }
-        Value::Array(items) => items
-            .iter_mut()
-            .fold(false, |found, i| blank_placeholders(i) || found),
-        Value::Object(map) => map
-            .values_mut()
-            .fold(false, |found, i| blank_placeholders(i) || found),
-        _ => false,
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
     }
+    changed.then_some(out)
 }
 
 fn is_placeholder(s: &str) -> bool {
@@ -186,6 +224,14 @@ mod tests {
                             "Metadata": {"ratingKey": "{rating_key}"}}));
         assert_eq!(ev.event, EventKind::Test);
         assert_eq!(ev.backend_id, "abc");
+    }
+
+    #[test]
+    fn bare_placeholders_are_quoted_outside_strings_only() {
+        let fixed =
+            quote_bare_placeholders(br#"{"a": {x_y}, "b": "{c} \" {d}", "e": {"f": 1}}"#).unwrap();
+        assert_eq!(fixed, r#"{"a": "{x_y}", "b": "{c} \" {d}", "e": {"f": 1}}"#);
+        assert_eq!(quote_bare_placeholders(br#"{"a": "{x}"}"#), None);
     }
 
     #[test]

@@ -107,6 +107,8 @@ pub enum Envelope {
     Multipart(&'static str),
     /// A url-encoded form field of that name.
     Form(&'static str),
+    /// The form's fields are the properties (Jellyfin "Generic Form" destination).
+    FormFields,
 }
 
 /// One part of a multipart body. Only what the decoders need.
@@ -242,6 +244,17 @@ fn from_form(body: &[u8]) -> Result<(Value, Envelope), DecodeError> {
             return Ok((value, Envelope::Form(field)));
         }
     }
+    // Jellyfin's "Generic Form" destination posts the properties themselves as form fields.
+    if pairs
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("NotificationType"))
+    {
+        let obj = pairs
+            .into_iter()
+            .map(|(k, v)| (k, Value::String(v)))
+            .collect::<serde_json::Map<_, _>>();
+        return Ok((Value::Object(obj), Envelope::FormFields));
+    }
     Err(DecodeError::NoJsonField {
         envelope: "form",
         present: pairs.into_iter().map(|(k, _)| k).take(20).collect(),
@@ -318,25 +331,23 @@ pub fn parse_multipart<'a>(body: &'a [u8], boundary: &str) -> Result<Vec<Part<'a
     Ok(parts)
 }
 
-/// Finds the next delimiter that starts a line at or after `from`.
+/// Finds the next delimiter that starts a line at or after `from` (a delimiter always follows a
+/// line end, so only the bytes after each `\n` are compared: linear in the body's length).
 /// Returns (delimiter position, end of the preceding part's content).
 fn find_delimiter(body: &[u8], delim: &[u8], from: usize) -> Option<(usize, usize)> {
     let mut i = from;
-    while i + delim.len() <= body.len() {
-        let found = body[i..]
-            .windows(delim.len())
-            .position(|w| w == delim)
-            .map(|p| p + i)?;
-        if found >= 2 && &body[found - 2..found] == b"\r\n" {
-            return Some((found, found - 2));
+    while i < body.len() {
+        let nl = i + body[i..].iter().position(|b| *b == b'\n')?;
+        let at = nl + 1;
+        if body[at..].starts_with(delim) {
+            let content_end = if nl > from && body[nl - 1] == b'\r' {
+                nl - 1
+            } else {
+                nl
+            };
+            return Some((at, content_end.max(from)));
         }
-        if found >= 1 && body[found - 1] == b'\n' {
-            return Some((found, found - 1));
-        }
-        if found == from && from == 0 {
-            return Some((found, found));
-        }
-        i = found + 1;
+        i = at;
     }
     None
 }
@@ -463,6 +474,15 @@ mod tests {
         let (v, env) = extract_json(Some("application/x-www-form-urlencoded"), body).unwrap();
         assert_eq!(v["Event"], "library.new");
         assert_eq!(env, Envelope::Form("data"));
+    }
+
+    #[test]
+    fn jellyfin_generic_form_fields_become_an_object() {
+        let body = b"NotificationType=PlaybackStart&ServerId=abc&PlaybackPositionTicks=50000";
+        let (v, env) = extract_json(Some("application/x-www-form-urlencoded"), body).unwrap();
+        assert_eq!(env, Envelope::FormFields);
+        assert_eq!(v["NotificationType"], "PlaybackStart");
+        assert_eq!(v["PlaybackPositionTicks"], "50000");
     }
 
     #[test]

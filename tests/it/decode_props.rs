@@ -103,14 +103,13 @@ fn arb_json() -> impl Strategy<Value = Value> {
         .prop_map(String::from),
         "[a-zA-Z_]{1,8}",
     ];
-    let tree = leaf.prop_recursive(4, 48, 8, move |inner| {
+    leaf.prop_recursive(4, 48, 8, move |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
             prop::collection::vec((key.clone(), inner), 0..8)
                 .prop_map(|kv| Value::Object(kv.into_iter().collect::<Map<_, _>>())),
         ]
-    });
-    tree
+    })
 }
 
 /// Replaces the leaf at `index` (in visiting order) by `with`; the top-level sender keys are

@@ -202,6 +202,7 @@ impl IntakeServer {
                 requests: RequestLog::new(100),
                 counters: Default::default(),
                 max_body_bytes: 1 << 20,
+                clock: std::sync::Arc::new(watchstate_actors::clock::SystemClock),
             },
             actors: None,
             journal: None,

@@ -8,6 +8,7 @@ mod backend_clients;
 mod contract;
 mod decode_fixtures;
 mod decode_props;
+mod decode_route;
 mod e2e_push;
 mod e2e_schedule;
 mod e2e_world;

@@ -314,6 +314,7 @@ async fn twenty_thousand_items_on_plex_and_jellyfin_sync_completely_through_the_
         )
         .await;
         assert_eq!(s["sync"]["seen"], 20_000, "{s:#}");
+        assert_eq!(s["sync"]["total"], 20_000, "{s:#}");
         assert_eq!(s["items"], 20_000, "{s:#}");
     }
     app.wait_quiet(Duration::from_millis(300)).await;

@@ -686,3 +686,56 @@ async fn export_false_is_never_written_and_import_false_changes_nothing_elsewher
     assert_eq!(plex_state, Some(serde_json::json!(true)), "{items:#}");
     w.stop().await;
 }
+
+#[tokio::test]
+async fn a_queued_push_survives_a_restart_and_is_delivered_after_it() {
+    let (p, j, e) = movie_libraries();
+    let w = World::start(
+        p,
+        j,
+        e,
+        "interval = \"0\"\npush_attempts = 10",
+        Extra::default(),
+    )
+    .await;
+    w.sync_all().await;
+    w.clear_logs();
+    w.emby.inject(Fault::status(503).always().writes_only());
+
+    accepted(
+        &w,
+        &plex_webhook("media.scrobble", w.plex.server_id(), 1, &plex_movie_meta()),
+    )
+    .await;
+    wait_writes(&w.jellyfin, 1, "Jellyfin written").await;
+    eventually(
+        DEADLINE,
+        "a failed attempt on Emby, still queued",
+        || async {
+            let s = w.app.pair("alice", "emby").await;
+            let tried = !played_attempts(&w.emby, "/PlayedItems/").is_empty();
+            (tried && s["outbox"]["pending"] == 1 && s["outbox"]["dead_letters"] == 0).then_some(())
+        },
+    )
+    .await;
+
+    let w = w.restart().await;
+    let s = w.app.pair("alice", "emby").await;
+    assert_eq!(s["outbox"]["pending"], 1, "the queued push was lost: {s:#}");
+    w.emby.clear_faults();
+    let em = eventually(
+        Duration::from_secs(15),
+        "the push delivered after the restart",
+        || async {
+            let w = w.emby.writes();
+            (!w.is_empty()).then_some(w)
+        },
+    )
+    .await;
+    assert!(is_played(&em[0], &w.emby, EMBY_MOVIE), "{em:?}");
+    w.app.wait_quiet(Duration::from_millis(300)).await;
+    assert_eq!(w.emby.writes().len(), 1);
+    assert_eq!(w.jellyfin.writes().len(), 1, "replayed to Jellyfin again");
+    assert!(w.plex.writes().is_empty());
+    w.stop().await;
+}

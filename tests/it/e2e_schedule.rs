@@ -339,3 +339,42 @@ async fn twenty_thousand_items_on_plex_and_jellyfin_sync_completely_through_the_
     jf.assert_contract();
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_timer_runs_the_next_sync_by_itself_and_repairs_a_missed_change() {
+    let w = World::start(
+        two_movies("p", [false, false]),
+        two_movies("j", [false, false]),
+        two_movies("e", [false, false]),
+        "interval = \"2s\"",
+        Extra::default(),
+    )
+    .await;
+    // The first runs through the API (a never-synced pair would wait for its staggered start).
+    w.sync_all().await;
+    let s = w.app.pair("alice", "plex").await;
+    let finished = s["sync"]["last_finished"].as_i64().unwrap();
+    let next = s["sync"]["next_at"].as_i64().unwrap();
+    assert!(
+        (finished + 1_800..=finished + 2_200).contains(&next),
+        "next run in 2 s ± 10 %: {s:#}"
+    );
+    w.app.wait_quiet(Duration::from_millis(100)).await;
+    assert!(w.fakes().iter().all(|f| f.writes().is_empty()));
+
+    // Watched on Plex with no webhook (as a manual mark on Plex always is): the timer's next
+    // run finds it and Jellyfin and Emby get it, with no API call.
+    w.plex.set_played_directly("p2", true);
+    let jf = wait_writes(
+        &w.jellyfin,
+        1,
+        "the timer's run to push movie 2 to Jellyfin",
+    )
+    .await;
+    let em = wait_writes(&w.emby, 1, "the timer's run to push movie 2 to Emby").await;
+    assert!(is_played(&jf[0], &w.jellyfin, "j2"), "{jf:?}");
+    assert!(is_played(&em[0], &w.emby, "e2"), "{em:?}");
+    let s = w.app.pair("alice", "plex").await;
+    assert!(s["sync"]["runs_ok"].as_u64() >= Some(2), "{s:#}");
+    w.stop().await;
+}

@@ -19,6 +19,9 @@ pub struct World {
     pub plex: FakeServer,
     pub jellyfin: FakeServer,
     pub emby: FakeServer,
+    /// The `[sync]` table body and the users' tables, to start the service again the same way.
+    sync: String,
+    users: String,
 }
 
 /// Per-backend extra config lines (`import = false`, `export = false`, `sync_interval`, ...).
@@ -48,7 +51,25 @@ impl World {
             plex,
             jellyfin,
             emby,
+            sync: sync.to_string(),
+            users: config,
         }
+    }
+
+    /// Stop the service and start it again on the same data dir and config.
+    pub async fn restart(mut self) -> World {
+        let placeholder = TestApp {
+            app: None,
+            base: String::new(),
+            key: String::new(),
+            client: reqwest::Client::new(),
+            dir: TestDir::new(),
+        };
+        let dir = std::mem::replace(&mut self.app, placeholder)
+            .stop_keep_dir()
+            .await;
+        self.app = TestApp::start_sync(dir, "", &self.sync, &self.users).await;
+        self
     }
 
     /// Alice's three `[users.alice.backends.*]` tables.

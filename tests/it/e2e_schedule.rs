@@ -378,3 +378,57 @@ async fn the_timer_runs_the_next_sync_by_itself_and_repairs_a_missed_change() {
     assert!(s["sync"]["runs_ok"].as_u64() >= Some(2), "{s:#}");
     w.stop().await;
 }
+
+#[tokio::test]
+async fn a_jellyfin_event_without_its_user_is_unmatched_and_the_next_sync_repairs_it() {
+    let w = World::start(
+        two_movies("p", [false, false]),
+        two_movies("j", [false, false]),
+        two_movies("e", [false, false]),
+        NO_TIMER,
+        Extra::default(),
+    )
+    .await;
+    w.sync_all().await;
+    w.clear_logs();
+
+    // Marked played in Jellyfin; the plugin's template left the user out.
+    w.jellyfin.set_played_directly("j1", true);
+    let item = crate::harness::MbItem {
+        id: "j1".into(),
+        kind: "Movie",
+        name: "Movie 1".into(),
+        ids: vec![("Imdb", "tt0000001".into())],
+        series: None,
+        runtime_ms: 7_200_000,
+    };
+    let mut body = crate::harness::jellyfin_user_data_saved(
+        w.jellyfin.server_id(),
+        w.jellyfin.user_id(),
+        &item,
+        "TogglePlayed",
+        true,
+        0,
+    );
+    let mut json: serde_json::Value = serde_json::from_slice(&body.body).unwrap();
+    json.as_object_mut().unwrap().remove("UserId");
+    json.as_object_mut().unwrap().remove("NotificationUsername");
+    body.body = json.to_string().into_bytes();
+    let (status, answer) = w.app.webhook(&body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["status"], "unmatched", "{answer}");
+    let global = w.app.get_json("/status").await;
+    assert_eq!(global["unmatched"]["total"], 1, "{global:#}");
+    w.app.wait_quiet(Duration::from_millis(200)).await;
+    assert!(w.fakes().iter().all(|f| f.writes().is_empty()));
+
+    let s = w.app.sync_and_wait("alice", "jellyfin").await;
+    assert_eq!(s["sync"]["changed"], 1, "{s:#}");
+    let plex = wait_writes(&w.plex, 1, "movie 1 scrobbled on Plex").await;
+    let em = wait_writes(&w.emby, 1, "movie 1 marked played on Emby").await;
+    assert!(is_played(&plex[0], &w.plex, "p1"), "{plex:?}");
+    assert!(is_played(&em[0], &w.emby, "e1"), "{em:?}");
+    w.app.wait_quiet(Duration::from_millis(300)).await;
+    assert!(w.jellyfin.writes().is_empty());
+    w.stop().await;
+}

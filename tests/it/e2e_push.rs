@@ -739,3 +739,90 @@ async fn a_queued_push_survives_a_restart_and_is_delivered_after_it() {
     assert!(w.plex.writes().is_empty());
     w.stop().await;
 }
+
+#[tokio::test]
+async fn a_plex_scrobble_without_guids_is_resolved_by_one_lookup() {
+    let (p, j, e) = movie_libraries();
+    let w = World::start(p, j, e, SYNC, Extra::default()).await;
+    for b in ["jellyfin", "emby"] {
+        w.app.sync_and_wait("alice", b).await;
+    }
+    w.clear_logs();
+    // Plex has not synced yet, and the payload names the movie only by its plex:// guid.
+    let mut meta = plex_movie_meta();
+    meta.guids.clear();
+    accepted(
+        &w,
+        &plex_webhook("media.scrobble", w.plex.server_id(), 1, &meta),
+    )
+    .await;
+    let jf = wait_writes(&w.jellyfin, 1, "Jellyfin written").await;
+    let em = wait_writes(&w.emby, 1, "Emby written").await;
+    assert!(is_played(&jf[0], &w.jellyfin, JF_MOVIE), "{jf:?}");
+    assert!(is_played(&em[0], &w.emby, EMBY_MOVIE), "{em:?}");
+    let lookups: Vec<_> = w
+        .plex
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == format!("/library/metadata/{PLEX_MOVIE}"))
+        .collect();
+    assert_eq!(lookups.len(), 1, "{lookups:?}");
+    w.app.wait_quiet(Duration::from_millis(300)).await;
+    assert!(w.plex.writes().is_empty());
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_change_before_any_sync_waits_as_pending_and_the_first_syncs_apply_it() {
+    let (p, j, e) = movie_libraries();
+    let w = World::start(p, j, e, SYNC, Extra::default()).await;
+    // Nothing synced yet: Plex and Jellyfin know no item. Marked played in Emby's UI.
+    w.emby.set_played_directly(EMBY_MOVIE, true);
+    accepted(
+        &w,
+        &emby_webhook(
+            "item.markplayed",
+            w.emby.server_id(),
+            w.emby.user_id(),
+            &mb_movie(EMBY_MOVIE),
+        ),
+    )
+    .await;
+    eventually(
+        DEADLINE,
+        "the change pending on Plex and Jellyfin",
+        || async {
+            let p = w.app.pair("alice", "plex").await["pending"].as_u64();
+            let j = w.app.pair("alice", "jellyfin").await["pending"].as_u64();
+            (p == Some(1) && j == Some(1)).then_some(())
+        },
+    )
+    .await;
+    let items = w
+        .app
+        .get_json(&format!(
+            "/status/users/alice/items?external_id=imdb:{IMDB}"
+        ))
+        .await;
+    let plex_view = items["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["backend"] == "plex")
+        .cloned()
+        .unwrap();
+    assert_eq!(plex_view["state"]["pending"]["played"], true, "{items:#}");
+    assert!(w.fakes().iter().all(|f| f.writes().is_empty()));
+
+    w.sync_all().await;
+    let plex = wait_writes(&w.plex, 1, "Plex scrobbled by its first sync").await;
+    let jf = wait_writes(&w.jellyfin, 1, "Jellyfin marked by its first sync").await;
+    assert!(is_played(&plex[0], &w.plex, PLEX_MOVIE), "{plex:?}");
+    assert!(is_played(&jf[0], &w.jellyfin, JF_MOVIE), "{jf:?}");
+    w.app.wait_quiet(Duration::from_millis(300)).await;
+    assert!(w.emby.writes().is_empty());
+    for b in ["plex", "jellyfin"] {
+        assert_eq!(w.app.pair("alice", b).await["pending"], 0);
+    }
+    w.stop().await;
+}

@@ -826,3 +826,27 @@ async fn a_change_before_any_sync_waits_as_pending_and_the_first_syncs_apply_it(
     }
     w.stop().await;
 }
+
+#[tokio::test]
+async fn a_tautulli_watched_for_the_plex_server_reaches_jellyfin_and_emby() {
+    let (p, j, e) = movie_libraries();
+    let w = World::start(p, j, e, SYNC, Extra::default()).await;
+    w.sync_all().await;
+    w.clear_logs();
+    let body = crate::harness::tautulli_watched(
+        w.plex.server_id(),
+        w.plex.user_id(),
+        PLEX_MOVIE,
+        &[("imdb", IMDB), ("tmdb", "27205")],
+    );
+    let (status, answer) = w.app.webhook(&body).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["routed"][0]["backend"], "plex", "{answer}");
+    let jf = wait_writes(&w.jellyfin, 1, "Jellyfin written").await;
+    let em = wait_writes(&w.emby, 1, "Emby written").await;
+    assert!(is_played(&jf[0], &w.jellyfin, JF_MOVIE), "{jf:?}");
+    assert!(is_played(&em[0], &w.emby, EMBY_MOVIE), "{em:?}");
+    w.app.wait_quiet(Duration::from_millis(300)).await;
+    assert!(w.plex.writes().is_empty());
+    w.stop().await;
+}

@@ -650,3 +650,31 @@ impl TestApp {
         self.dir
     }
 }
+
+/// Tautulli's `watched` notification (the webhook guide's template, every value a string), from
+/// `tautulli-watched-01` with the server, account, item and ids of the test.
+pub fn tautulli_watched(
+    server_id: &str,
+    account_id: &str,
+    rating_key: &str,
+    guids: &[(&str, &str)],
+) -> WebhookBody {
+    let path = crate::support::fixtures::fixtures_dir().join("tautulli-watched-01.json");
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("tautulli fixture")).unwrap();
+    v["Server"]["uuid"] = serde_json::json!(server_id);
+    v["Account"]["id"] = serde_json::json!(account_id);
+    v["Metadata"]["ratingKey"] = serde_json::json!(rating_key);
+    let ids = v["Metadata"]["Guids"].as_object_mut().unwrap();
+    for value in ids.values_mut() {
+        *value = serde_json::json!("");
+    }
+    for (provider, id) in guids {
+        ids.insert(provider.to_string(), serde_json::json!(id));
+    }
+    WebhookBody {
+        content_type: "application/json".into(),
+        user_agent: Some("Tautulli/v2.17.2"),
+        body: v.to_string().into_bytes(),
+    }
+}

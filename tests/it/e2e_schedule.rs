@@ -432,3 +432,67 @@ async fn a_jellyfin_event_without_its_user_is_unmatched_and_the_next_sync_repair
     assert!(w.jellyfin.writes().is_empty());
     w.stop().await;
 }
+
+#[tokio::test]
+async fn an_old_play_on_a_new_backend_does_not_undo_a_newer_unmark_and_is_a_conflict() {
+    let plex = FakeServer::start(FakeKind::Plex, two_movies("p", [true, false])).await;
+    let emby = FakeServer::start(FakeKind::Emby, two_movies("e", [true, false])).await;
+    // Jellyfin played movie 1 long ago, too.
+    let jellyfin = FakeServer::start(FakeKind::Jellyfin, two_movies("j", [true, false])).await;
+    let two = [
+        backend_toml("alice", "plex", &plex, ""),
+        backend_toml("alice", "emby", &emby, ""),
+    ]
+    .concat();
+    let app = TestApp::start_sync(TestDir::new(), "", NO_TIMER, &two).await;
+    app.sync_and_wait("alice", "plex").await;
+    app.sync_and_wait("alice", "emby").await;
+
+    // Today the user unmarks movie 1 in Emby.
+    emby.set_played_directly("e1", false);
+    let item = crate::harness::MbItem {
+        id: "e1".into(),
+        kind: "Movie",
+        name: "Movie 1".into(),
+        ids: vec![("Imdb", "tt0000001".into())],
+        series: None,
+        runtime_ms: 7_200_000,
+    };
+    let (status, answer) = app
+        .webhook(&crate::harness::emby_webhook(
+            "item.markunplayed",
+            emby.server_id(),
+            emby.user_id(),
+            &item,
+        ))
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    let p = wait_writes(&plex, 1, "movie 1 unmarked on Plex").await;
+    assert_eq!(p[0], write(&plex, "p1", WriteChange::Unplayed));
+    app.wait_quiet(Duration::from_millis(200)).await;
+    plex.clear_log();
+
+    // Jellyfin is added; its first sync sees the old play of movie 1.
+    let dir = app.stop_keep_dir().await;
+    let three = format!("{two}{}", backend_toml("alice", "jellyfin", &jellyfin, ""));
+    let app = TestApp::start_sync(dir, "", NO_TIMER, &three).await;
+    app.sync_and_wait("alice", "jellyfin").await;
+    // The newer unmark reaches Jellyfin; the old play changes nothing on Plex and Emby.
+    let jf = wait_writes(&jellyfin, 1, "movie 1 unmarked on Jellyfin").await;
+    assert_eq!(jf[0], write(&jellyfin, "j1", WriteChange::Unplayed));
+    app.wait_quiet(Duration::from_millis(300)).await;
+    assert!(plex.writes().is_empty(), "{:?}", plex.writes());
+    assert!(emby.writes().is_empty(), "{:?}", emby.writes());
+    assert!(!plex.item_state("p1").played && !emby.item_state("e1").played);
+    for b in ["plex", "emby"] {
+        let s = app.pair("alice", b).await;
+        assert_eq!(s["conflicts"]["count"], 1, "{b}: {s:#}");
+        let c = &s["conflicts"]["recent"][0];
+        assert_eq!(c["wanted"], "played=true", "{b}: {s:#}");
+        assert_eq!(c["origin"]["backend"], "jellyfin", "{b}: {s:#}");
+    }
+    for f in [&plex, &emby, &jellyfin] {
+        f.assert_contract();
+    }
+    app.stop().await;
+}

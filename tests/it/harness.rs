@@ -548,16 +548,27 @@ impl TestApp {
             .await
     }
 
-    /// Trigger a sync of one pair through the API (expects 202) and wait until it finished
-    /// with `ok` and at least `runs` runs in total.
+    /// Trigger a sync of one pair through the API (202) and wait until it finished with `ok`;
+    /// its status afterwards.
     pub async fn sync_and_wait(&self, user: &str, backend: &str) -> serde_json::Value {
-        let before = self.pair(user, backend).await["sync"]["runs_ok"]
-            .as_u64()
-            .unwrap_or(0);
-        let (status, body) = self
-            .post_api(&format!("/status/users/{user}/{backend}/sync"))
-            .await;
-        assert_eq!(status, 202, "sync {user}/{backend}: {body}");
+        // A timer-driven run may be going on (409): wait for it to end, then start ours.
+        let path = format!("/status/users/{user}/{backend}/sync");
+        let before = eventually(
+            Duration::from_secs(15),
+            &format!("the API to start a sync of {user}/{backend}"),
+            || async {
+                let before = self.pair(user, backend).await["sync"]["runs_ok"]
+                    .as_u64()
+                    .unwrap_or(0);
+                let (status, body) = self.post_api(&path).await;
+                assert!(
+                    status == 202 || status == 409,
+                    "sync {user}/{backend}: {status} {body}"
+                );
+                (status == 202).then_some(before)
+            },
+        )
+        .await;
         self.wait_sync_runs(user, backend, before + 1).await
     }
 

@@ -348,6 +348,30 @@ impl PlexClient {
         Ok(sections)
     }
 
+    /// Movies and episodes in these sections, by count-only requests
+    /// (`X-Plex-Container-Size=0` answers `totalSize` and no items); `None` when a section
+    /// does not say.
+    async fn total_of(&self, sections: &[Section]) -> Result<Option<u64>, BackendError> {
+        let mut total = 0u64;
+        for section in sections {
+            let kind = if section.kind == "movie" { "1" } else { "4" };
+            let path = format!("/library/sections/{}/all", section.key);
+            let query = [
+                ("type", kind.to_string()),
+                ("X-Plex-Container-Start", "0".to_string()),
+                ("X-Plex-Container-Size", "0".to_string()),
+            ];
+            let req = self.http.request(Method::GET, &path, &query);
+            let what = format!("size of section {}", section.key);
+            let c: Container<MetadataContainer> = self.http.send_json(req, &what).await?;
+            match c.media_container.total_size {
+                Some(n) => total += n.max(0) as u64,
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(total))
+    }
+
     fn lock_sections(&self) -> std::sync::MutexGuard<'_, Option<Vec<Section>>> {
         self.sections.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -488,17 +512,21 @@ impl BackendApi for PlexClient {
             .library_section_id
             .clone()
             .unwrap_or(section.key.clone());
+        // Plex counts per section: on the first page of a listing, add up the other
+        // sections' sizes (one count-only request each) so a sync can show its progress.
+        let total = match (cursor, page.total_size) {
+            (None, Some(first)) => self
+                .total_of(&sections[1..])
+                .await?
+                .map(|t| t + first.max(0) as u64),
+            _ => None,
+        };
         let items = page
             .metadata
             .into_iter()
             .filter_map(|i| self.convert(i, Some(&library)))
             .collect();
-        Ok(ItemPage {
-            items,
-            next,
-            // Plex counts per section; the listing's total is not known up front.
-            total: None,
-        })
+        Ok(ItemPage { items, next, total })
     }
 
     async fn get_item(&self, item_id: &str) -> Result<Option<RemoteItem>, BackendError> {

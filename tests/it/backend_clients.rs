@@ -163,7 +163,11 @@ async fn paging_requests_use_the_servers_parameters(kind: FakeKind) {
         .requests()
         .into_iter()
         .filter(|r| match kind {
-            FakeKind::Plex => r.path.ends_with("/all") && r.param("type").is_some(),
+            FakeKind::Plex => {
+                r.path.ends_with("/all")
+                    && r.param("type").is_some()
+                    && r.param("X-Plex-Container-Size") != Some("0")
+            }
             FakeKind::Jellyfin => r.path == "/Items" && r.param("startIndex").is_some(),
             FakeKind::Emby => r.path.ends_with("/Items") && r.param("StartIndex").is_some(),
         })
@@ -602,4 +606,17 @@ async fn a_fake_can_take_the_ids_of_recorded_payloads() {
         fake.item_state_for("e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1", "105")
             .played
     );
+}
+
+#[tokio::test]
+async fn the_first_page_announces_the_total_of_the_whole_listing() {
+    // Plex counts per section: its client adds up the other sections with count-only requests.
+    for kind in [FakeKind::Plex, FakeKind::Jellyfin, FakeKind::Emby] {
+        let fake = FakeServer::start(kind, library()).await;
+        let client = fake.client();
+        let first = client.list_items(None, 4).await.expect("first page");
+        let (all, _) = list_all(client.as_ref(), 4).await;
+        assert_eq!(first.total, Some(all.len() as u64), "{kind:?}");
+        fake.assert_contract();
+    }
 }

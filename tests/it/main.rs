@@ -9,6 +9,9 @@ mod contract;
 mod decode_fixtures;
 mod decode_props;
 mod decode_route;
+mod e2e_push;
+mod e2e_schedule;
+mod e2e_world;
 mod foundation;
 mod webhook_http;
 

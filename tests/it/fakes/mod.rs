@@ -306,6 +306,8 @@ pub struct RecordedRequest {
     pub body: String,
     /// What the fake answered.
     pub status: u16,
+    /// When the fake received it: lets a test measure the spacing of retries.
+    pub at: std::time::Instant,
 }
 
 impl RecordedRequest {
@@ -959,6 +961,7 @@ impl Drop for FakeServer {
 
 impl Inner {
     async fn handle(&self, req: FakeRequest) -> FakeResponse {
+        let at = std::time::Instant::now();
         let is_write = match self.kind {
             FakeKind::Plex => plex::is_write(&req),
             FakeKind::Jellyfin => jellyfin::is_write(&req),
@@ -1001,6 +1004,7 @@ impl Inner {
             query: req.query,
             body: String::from_utf8_lossy(&req.body).into_owned(),
             status: resp.status,
+            at,
         });
         resp
     }

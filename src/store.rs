@@ -67,7 +67,7 @@ impl SledStore {
                 source,
             })?;
         let initialised = path.join(INITIALISED_FILE).exists();
-        let opened = Self::open_db(path, cache_bytes);
+        let opened = Self::open_db_waiting_for_lock(path, cache_bytes);
         // sled 0.34 does not report a damaged `db` file: its recovery stops at the first
         // unreadable segment and opens what came before, often nothing at all. A database
         // that was initialised before (the marker file) but has lost its schema version has
@@ -90,11 +90,7 @@ impl SledStore {
             Err(e) => Err(OpenError::Sled {
                 path: path.to_path_buf(),
                 message: match e {
-                    // sled wraps the lock failure in an `Other` error with this text.
-                    sled::Error::Io(io)
-                        if io.kind() == std::io::ErrorKind::WouldBlock
-                            || io.to_string().contains("could not acquire lock") =>
-                    {
+                    sled::Error::Io(io) if is_lock_error(&io) => {
                         "it is locked by another process (is watchstate already running with this storage.path?)".to_string()
                     }
                     other => other.to_string(),
@@ -139,6 +135,23 @@ impl SledStore {
             message: e.to_string(),
         })?;
         Self::from_db(db, Some(aside), path)
+    }
+
+    /// A database that was just closed in this process can stay locked for a moment while
+    /// sled's background threads finish; wait a little for the lock instead of failing.
+    /// Another running process keeps it locked, and that still fails (after the wait).
+    fn open_db_waiting_for_lock(path: &Path, cache_bytes: u64) -> sled::Result<sled::Db> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        loop {
+            match Self::open_db(path, cache_bytes) {
+                Err(sled::Error::Io(io))
+                    if is_lock_error(&io) && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(25));
+                }
+                other => return other,
+            }
+        }
     }
 
     fn open_db(path: &Path, cache_bytes: u64) -> sled::Result<sled::Db> {
@@ -278,6 +291,11 @@ fn has_schema_version(db: &sled::Db) -> bool {
             .and_then(|m| m.contains_key(SCHEMA_VERSION)),
         Ok(true)
     )
+}
+
+/// sled reports a held lock as `WouldBlock`, or wrapped in an `Other` error with this text.
+fn is_lock_error(io: &std::io::Error) -> bool {
+    io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("could not acquire lock")
 }
 
 fn err(e: sled::Error) -> StoreError {

@@ -75,17 +75,18 @@ pub fn main() -> ExitCode {
                 println!("{}", k.trim());
                 return ExitCode::SUCCESS;
             }
+            // The generated key is kept beside the database too: no need to wait for the
+            // database lock while the service runs.
+            if let Some(k) = crate::store::SledStore::read_key_file(&config.storage.path) {
+                println!("{k}");
+                return ExitCode::SUCCESS;
+            }
             let store = match crate::store::SledStore::open(
                 &config.storage.path,
                 config.storage.cache_bytes,
             ) {
                 Ok(s) => s,
                 Err(e) => {
-                    // The running service holds the database lock; it keeps a copy of the key.
-                    if let Some(k) = crate::store::SledStore::read_key_file(&config.storage.path) {
-                        println!("{k}");
-                        return ExitCode::SUCCESS;
-                    }
                     eprintln!("error: {e}");
                     return ExitCode::FAILURE;
                 }

@@ -189,12 +189,17 @@ fn main() {
     );
     println!("left out (not routed): {}", work.skipped.join("; "));
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = std::env::var("BENCH_WORKERS").ok().and_then(|v| v.parse().ok()) {
+        rt.worker_threads(n);
+    }
+    let rt = rt.enable_all().build().expect("tokio runtime");
     rt.block_on(async move {
-        let dir = tempfile::tempdir().expect("temp dir");
+        // BENCH_DATA_DIR puts the database elsewhere (e.g. on tmpfs, to take fsync out).
+        let dir = match std::env::var("BENCH_DATA_DIR") {
+            Ok(d) => tempfile::tempdir_in(d).expect("temp dir in BENCH_DATA_DIR"),
+            Err(_) => tempfile::tempdir().expect("temp dir"),
+        };
         let app = start_service(&dir.path().join("data"), &work.config).await;
         let service_url = format!("http://{}/v1/api/webhook", app.addr);
         let (base_addr, base_stop) = start_baseline().await;
@@ -211,15 +216,23 @@ fn main() {
         let client = client(senders);
         let mut base = LoadResult::default();
         let mut svc = LoadResult::default();
+        // BENCH_ONLY=service|baseline runs one side only (for profiling).
+        let only = std::env::var("BENCH_ONLY").unwrap_or_default();
         for round in 1..=rounds {
-            let b = run_load(&client, &base_url, requests.clone(), senders, warmup, window, 200)
-                .await;
-            report(&format!("baseline{round}"), &b);
-            merge(&mut base, b);
-            let s = run_load(&client, &service_url, requests.clone(), senders, warmup, window, 202)
-                .await;
-            report(&format!("service{round}"), &s);
-            merge(&mut svc, s);
+            if only != "service" {
+                let b =
+                    run_load(&client, &base_url, requests.clone(), senders, warmup, window, 200)
+                        .await;
+                report(&format!("baseline{round}"), &b);
+                merge(&mut base, b);
+            }
+            if only != "baseline" {
+                let s =
+                    run_load(&client, &service_url, requests.clone(), senders, warmup, window, 202)
+                        .await;
+                report(&format!("service{round}"), &s);
+                merge(&mut svc, s);
+            }
         }
         base.latencies_us.sort_unstable();
         svc.latencies_us.sort_unstable();

@@ -157,6 +157,33 @@ impl Item {
         }
     }
 
+    /// The hashes of [`Identity::index_keys`] of this item, computed from the packed ids
+    /// without building the key strings (this runs for every item an actor loads).
+    fn index_hashes(&self, out: &mut Vec<u64>) {
+        let t: &[u8] = match self.item_type {
+            ItemType::Movie => b"m",
+            ItemType::Episode => b"e",
+        };
+        for (p, v) in packed_pairs(&self.ids).filter(|(p, v)| !p.is_empty() && !v.is_empty()) {
+            out.push(hash_pieces(&[t, b":", p.as_bytes(), b":", v.as_bytes()]));
+        }
+        if let (ItemType::Episode, Some(se), Some(ep)) = (self.item_type, self.season, self.episode)
+        {
+            let numbers = format!(":{se}:{ep}");
+            for (p, v) in
+                packed_pairs(&self.series_ids).filter(|(p, v)| !p.is_empty() && !v.is_empty())
+            {
+                out.push(hash_pieces(&[
+                    b"s:",
+                    p.as_bytes(),
+                    b":",
+                    v.as_bytes(),
+                    numbers.as_bytes(),
+                ]));
+            }
+        }
+    }
+
     pub fn identity(&self) -> Identity {
         Identity {
             item_type: self.item_type,
@@ -217,13 +244,61 @@ pub struct StoredItem {
 }
 
 /// All items of one pair with both indexes. Items are never removed, so a slot is stable.
+///
+/// The indexes map a 64-bit hash of the key to the slot instead of the key itself: keeping
+/// the key strings a second (and third) time cost more than the items (`benches/actors.rs`
+/// measured 562 bytes per item with string keys). A hit is always checked against the item
+/// in the slot, so a hash collision can never resolve to the wrong item; at worst (two keys of
+/// one pair colliding, about 1 in 10^7 for a million items) the older key stops resolving
+/// and the item is found again by its other ids or registered again by the next sync.
 #[derive(Debug, Default)]
 pub struct Items {
     slots: Vec<Item>,
-    /// Backend item id → slot: resolves events that carry no external ids.
-    by_item_id: HashMap<Box<str>, u32>,
-    /// Identity index key → slot.
-    by_key: HashMap<Box<str>, u32>,
+    /// Hash of the backend item id → slot: resolves events that carry no external ids.
+    by_item_id: HashMap<u64, u32, KeyHashed>,
+    /// Hash of an identity index key → slot.
+    by_key: HashMap<u64, u32, KeyHashed>,
+}
+
+/// The index maps' keys are already hashes: use them as they are instead of hashing again.
+type KeyHashed = std::hash::BuildHasherDefault<PassThrough>;
+
+/// A `Hasher` for `u64` keys that are hashes already.
+#[derive(Debug, Default)]
+struct PassThrough(u64);
+
+impl std::hash::Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// The index hash of the concatenated pieces (deterministic: SipHash with fixed keys).
+fn hash_pieces(pieces: &[&[u8]]) -> u64 {
+    use std::hash::Hasher;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for p in pieces {
+        h.write(p);
+    }
+    h.finish()
+}
+
+/// The index hash of a key such as `m:imdb:tt1`.
+fn key_hash(key: &str) -> u64 {
+    hash_pieces(&[key.as_bytes()])
+}
+
+/// (provider, id) pairs of a packed id string.
+fn packed_pairs(s: &str) -> impl Iterator<Item = (&str, &str)> {
+    s.split(PAIR_SEP).filter_map(|kv| kv.split_once(KV_SEP))
 }
 
 impl Items {
@@ -248,20 +323,26 @@ impl Items {
     }
 
     pub fn by_item_id(&self, item_id: &str) -> Option<u32> {
-        self.by_item_id.get(item_id).copied()
+        self.by_item_id
+            .get(&key_hash(item_id))
+            .copied()
+            .filter(|s| &*self.slots[*s as usize].item_id == item_id)
     }
 
     /// The slot of the item this identity names, if known (rule 1).
     pub fn find(&self, identity: &Identity) -> Option<u32> {
-        identity
-            .index_keys()
-            .iter()
-            .find_map(|k| self.by_key.get(k.as_str()).copied())
+        identity.index_keys().iter().find_map(|k| self.find_key(k))
     }
 
     /// The slot for an index key such as `m:imdb:tt1` (for the items endpoint).
     pub fn find_key(&self, key: &str) -> Option<u32> {
-        self.by_key.get(key).copied()
+        let slot = *self.by_key.get(&key_hash(key))?;
+        let item = &self.slots[slot as usize];
+        item.identity()
+            .index_keys()
+            .iter()
+            .any(|k| k == key)
+            .then_some(slot)
     }
 
     /// Insert or update the item with this backend id and identity; returns (slot, is_new).
@@ -284,14 +365,17 @@ impl Items {
                 };
                 let item = &mut self.slots[slot as usize];
                 if &*item.item_id != item_id {
-                    self.by_item_id.remove(&*item.item_id);
+                    let old_hash = key_hash(&item.item_id);
+                    if self.by_item_id.get(&old_hash) == Some(&slot) {
+                        self.by_item_id.remove(&old_hash);
+                    }
                     item.item_id = item_id.into();
-                    self.by_item_id.insert(item_id.into(), slot);
+                    self.by_item_id.insert(key_hash(item_id), slot);
                 }
                 if merged != old {
                     item.set_identity(&merged);
                     for k in merged.index_keys() {
-                        self.by_key.insert(k.into_boxed_str(), slot);
+                        self.by_key.insert(key_hash(&k), slot);
                     }
                 }
                 let item = &mut self.slots[slot as usize];
@@ -312,10 +396,12 @@ impl Items {
             return (slot, false);
         }
         let slot = self.slots.len() as u32;
-        for k in item.identity().index_keys() {
-            self.by_key.insert(k.into_boxed_str(), slot);
+        let mut hashes = Vec::with_capacity(4);
+        item.index_hashes(&mut hashes);
+        for h in hashes {
+            self.by_key.insert(h, slot);
         }
-        self.by_item_id.insert(item.item_id.clone(), slot);
+        self.by_item_id.insert(key_hash(&item.item_id), slot);
         self.slots.push(item);
         (slot, true)
     }
@@ -388,6 +474,54 @@ mod tests {
             ..other
         }
         .is_usable());
+    }
+
+    #[test]
+    fn index_hashes_are_the_hashes_of_the_index_keys() {
+        let ep = Identity {
+            item_type: ItemType::Episode,
+            ids: ids(&[("tvdb", "900"), ("imdb", "tt9"), ("empty", "")]),
+            series_ids: ids(&[("tvdb", "12"), ("tmdb", "77")]),
+            season: Some(1),
+            episode: Some(12),
+        };
+        let movie = Identity {
+            item_type: ItemType::Movie,
+            ids: ids(&[("imdb", "tt1"), ("tmdb", "5")]),
+            series_ids: ExternalIds::new(),
+            season: None,
+            episode: None,
+        };
+        for identity in [ep, movie] {
+            let item = Item::new("k", &identity, None, 1);
+            let mut hashes = Vec::new();
+            item.index_hashes(&mut hashes);
+            let want: Vec<u64> = identity.index_keys().iter().map(|k| key_hash(k)).collect();
+            assert_eq!(hashes, want, "{}", identity.describe());
+        }
+    }
+
+    #[test]
+    fn lookups_check_the_slot_and_survive_an_id_change() {
+        let mut items = Items::default();
+        let movie = Identity {
+            item_type: ItemType::Movie,
+            ids: ids(&[("imdb", "tt1")]),
+            series_ids: ExternalIds::new(),
+            season: None,
+            episode: None,
+        };
+        let (slot, new) = items.upsert("a", &movie, None, 1);
+        assert!(new);
+        assert_eq!(items.by_item_id("a"), Some(slot));
+        assert_eq!(items.find_key("m:imdb:tt1"), Some(slot));
+        assert_eq!(items.find_key("e:imdb:tt1"), None);
+        assert_eq!(items.by_item_id("b"), None);
+        // The same movie under a new backend id: the old id no longer resolves.
+        let (again, new) = items.upsert("b", &movie, None, 2);
+        assert_eq!((again, new), (slot, false));
+        assert_eq!(items.by_item_id("b"), Some(slot));
+        assert_eq!(items.by_item_id("a"), None);
     }
 
     #[test]

@@ -75,7 +75,10 @@ fn stored_item(k: usize, i: usize) -> StoredItem {
     let item_id = if k % 2 == 0 {
         format!("{}", 100_000 + n)
     } else {
-        format!("{:032x}", (n as u128).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835))
+        format!(
+            "{:032x}",
+            (n as u128).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)
+        )
     };
     let episode = i % 5 < 3;
     let identity = if episode {
@@ -104,10 +107,21 @@ fn stored_item(k: usize, i: usize) -> StoredItem {
     let played = i % 3 == 0;
     StoredItem {
         item_id,
-        title: format!("{} {n}", if episode { "Episode Title" } else { "A Movie Title" }),
+        title: format!(
+            "{} {n}",
+            if episode {
+                "Episode Title"
+            } else {
+                "A Movie Title"
+            }
+        ),
         identity,
         played,
-        played_at: if played { 1_700_000_000_000 + n as i64 } else { 0 },
+        played_at: if played {
+            1_700_000_000_000 + n as i64
+        } else {
+            0
+        },
         position_ms: if i % 7 == 0 { 1_234_000 } else { 0 },
         position_at: if i % 7 == 0 { 1_700_000_000_000 } else { 0 },
         duration_ms: Some(2_700_000),
@@ -278,7 +292,10 @@ fn main() {
             ("spawn_s", format!("{:.3}", full.spawn_s)),
             ("empty_spawn_s", format!("{:.3}", empty.spawn_s)),
             ("bytes_per_item", per_item.to_string()),
-            ("total_mib", format!("{:.1}", full.rss_growth as f64 / 1048576.0)),
+            (
+                "total_mib",
+                format!("{:.1}", full.rss_growth as f64 / 1048576.0),
+            ),
             ("actors", actors.to_string()),
             ("items_per_actor", items.to_string()),
         ],

@@ -164,11 +164,10 @@ fn main() {
     discard_logs();
 
     let work = workload();
-    let by_sender: HashMap<&str, usize> =
-        work.requests.iter().fold(HashMap::new(), |mut m, r| {
-            *m.entry(r.sender.as_str()).or_default() += 1;
-            m
-        });
+    let by_sender: HashMap<&str, usize> = work.requests.iter().fold(HashMap::new(), |mut m, r| {
+        *m.entry(r.sender.as_str()).or_default() += 1;
+        m
+    });
     for s in ["plex", "tautulli", "jellyfin", "emby"] {
         assert!(
             by_sender.get(s).copied().unwrap_or(0) > 0,
@@ -190,7 +189,10 @@ fn main() {
     println!("left out (not routed): {}", work.skipped.join("; "));
 
     let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = std::env::var("BENCH_WORKERS").ok().and_then(|v| v.parse().ok()) {
+    if let Some(n) = std::env::var("BENCH_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
         rt.worker_threads(n);
     }
     let rt = rt.enable_all().build().expect("tokio runtime");

@@ -83,23 +83,25 @@ async fn start_fake_jellyfin() -> (
             record(id.clone());
             warp::reply::json(&serde_json::json!({"ItemId": id}))
         });
-    let info = warp::path!("System" / "Info" / "Public").and(warp::get()).map(|| {
-        warp::reply::json(&serde_json::json!({
-            "Id": JELLYFIN_SERVER, "ServerName": "bench-jellyfin", "Version": "10.10.7",
-            "ProductName": "Jellyfin Server"
-        }))
-    });
+    let info = warp::path!("System" / "Info" / "Public")
+        .and(warp::get())
+        .map(|| {
+            warp::reply::json(&serde_json::json!({
+                "Id": JELLYFIN_SERVER, "ServerName": "bench-jellyfin", "Version": "10.10.7",
+                "ProductName": "Jellyfin Server"
+            }))
+        });
     let other = {
         let log = log.clone();
-        warp::method()
-            .and(warp::path::full())
-            .map(move |m: warp::http::Method, p: warp::path::FullPath| {
+        warp::method().and(warp::path::full()).map(
+            move |m: warp::http::Method, p: warp::path::FullPath| {
                 log.lock()
                     .unwrap()
                     .unexpected
                     .push(format!("{m} {}", p.as_str()));
                 warp::reply::with_status(warp::reply(), warp::http::StatusCode::NOT_FOUND)
-            })
+            },
+        )
     };
     let routes = played.or(user_data).or(info).or(other);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

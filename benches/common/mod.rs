@@ -339,8 +339,7 @@ pub async fn run_load(
                     Ok((status, _)) => {
                         *r.errors.entry(status).or_default() += 1;
                         if r.error_samples.len() < 3 {
-                            r.error_samples
-                                .push(format!("{}: HTTP {status}", req.name));
+                            r.error_samples.push(format!("{}: HTTP {status}", req.name));
                         }
                     }
                     Err(e) => {

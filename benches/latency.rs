@@ -284,10 +284,10 @@ fn main() {
         send_to_push.sort_unstable();
         ack_to_push.sort_unstable();
         let missing = n - send_to_push.len();
-        let fake_log = log.lock().unwrap();
-        let unexpected = fake_log.unexpected.clone();
-        let pushes = fake_log.pushes;
-        drop(fake_log);
+        let (unexpected, pushes) = {
+            let fake_log = log.lock().unwrap();
+            (fake_log.unexpected.clone(), fake_log.pushes)
+        };
         let _ = fake_stop.send(());
         app.stop().await;
 

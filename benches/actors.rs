@@ -212,8 +212,11 @@ fn child(actors: usize, items: usize) {
 
 /// What a child printed.
 struct Measure {
+    /// Supervisor start until every actor runs, in seconds.
     spawn_s: f64,
+    /// Resident memory added by starting the actors (the filled store is already counted).
     rss_growth: u64,
+    /// Items the actors report holding, to check the load.
     loaded: usize,
 }
 

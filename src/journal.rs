@@ -7,8 +7,8 @@
 use crate::ingest::{EventSink, SinkError};
 use async_trait::async_trait;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot};
+use std::sync::{mpsc, Arc};
+use tokio::sync::oneshot;
 use watchstate_actors::event::{JournalEntry, Millis, WebhookEvent};
 use watchstate_actors::store::{Batch, PairKey, Store, Tree};
 
@@ -17,44 +17,103 @@ use crate::store::SledStore;
 /// Where journaled entries go once durable: the supervisor, in the service.
 pub type Dispatch = Arc<dyn Fn(JournalEntry) -> Result<(), String> + Send + Sync>;
 
-type FlushWaiter = oneshot::Sender<Result<(), String>>;
+/// One accepted request on its way to the journal writer.
+struct Append {
+    request_id: String,
+    received_at: Millis,
+    event: WebhookEvent,
+    pairs: Vec<PairKey>,
+    /// Answered with the durable entries (one per pair), or why nothing was written.
+    reply: oneshot::Sender<Result<Vec<JournalEntry>, String>>,
+}
 
-/// The journal and its flusher task.
+/// The journal and its writer thread.
 pub struct Journal {
     store: SledStore,
     dispatch: Dispatch,
-    /// Requests whose entries are written and that wait for the next flush.
-    flush_tx: mpsc::UnboundedSender<FlushWaiter>,
+    /// Requests waiting to be appended and flushed by the writer thread.
+    append_tx: mpsc::Sender<Append>,
     /// Number of flushes done, for metrics (shows how well requests are grouped).
     flushes: Arc<AtomicU64>,
     /// Entries appended since start.
     appended: AtomicU64,
 }
 
-impl Journal {
-    /// Start the flusher task. Needs a tokio runtime.
-    pub fn start(store: SledStore, dispatch: Dispatch) -> Journal {
-        let (flush_tx, mut rx) = mpsc::unbounded_channel::<FlushWaiter>();
-        let flushes = Arc::new(AtomicU64::new(0));
-        let flusher_store = store.clone();
-        let counter = flushes.clone();
-        tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
-                let mut waiters = vec![first];
-                while let Ok(w) = rx.try_recv() {
-                    waiters.push(w);
-                }
-                let result = flusher_store.flush_async().await.map_err(|e| e.to_string());
-                counter.fetch_add(1, Ordering::Relaxed);
-                for w in waiters {
-                    let _ = w.send(result.clone());
+/// The writer thread: take every request waiting, append them in one atomic batch, make
+/// them durable with one flush, answer them all (group commit).
+///
+/// It is a plain thread, not a tokio task, because sled's batch writes and flushes block:
+/// a sled flush holds sled's global concurrency lock for the whole write and fsync, and a
+/// batch waits for it. Done on the runtime's worker threads, that wait stalled every HTTP
+/// request in the process for each fsync (measured by `benches/ingest.rs`); here only this
+/// thread waits, and the requests that arrive meanwhile form the next group.
+fn writer(store: SledStore, rx: mpsc::Receiver<Append>, flushes: Arc<AtomicU64>) {
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        while let Ok(a) = rx.try_recv() {
+            group.push(a);
+        }
+        let mut batch = Batch::new();
+        let mut written: Vec<Result<Vec<JournalEntry>, String>> = Vec::with_capacity(group.len());
+        for a in &group {
+            let mut entries = Vec::with_capacity(a.pairs.len());
+            let mut failed = None;
+            for pair in &a.pairs {
+                match store.next_id() {
+                    Ok(seq) => entries.push(JournalEntry {
+                        seq,
+                        pair: pair.clone(),
+                        request_id: a.request_id.clone(),
+                        received_at: a.received_at,
+                        event: a.event.clone(),
+                    }),
+                    Err(e) => {
+                        failed = Some(e.to_string());
+                        break;
+                    }
                 }
             }
-        });
+            match failed {
+                Some(e) => written.push(Err(e)),
+                None => {
+                    for entry in &entries {
+                        let bytes = serde_json::to_vec(entry).expect("journal entries serialise");
+                        batch.put(Tree::Journal, JournalEntry::key(entry.seq).to_vec(), bytes);
+                    }
+                    written.push(Ok(entries));
+                }
+            }
+        }
+        // One atomic batch: every entry of the group is written, or none is.
+        let durable = store
+            .apply(batch)
+            .and_then(|()| store.flush())
+            .map_err(|e| e.to_string());
+        flushes.fetch_add(1, Ordering::Relaxed);
+        for (a, w) in group.into_iter().zip(written) {
+            let _ = a.reply.send(match &durable {
+                Ok(()) => w,
+                Err(e) => Err(e.clone()),
+            });
+        }
+    }
+}
+
+impl Journal {
+    /// Start the writer thread. It stops when the journal is dropped.
+    pub fn start(store: SledStore, dispatch: Dispatch) -> Journal {
+        let (append_tx, rx) = mpsc::channel::<Append>();
+        let flushes = Arc::new(AtomicU64::new(0));
+        let writer_store = store.clone();
+        let counter = flushes.clone();
+        std::thread::Builder::new()
+            .name("journal-writer".into())
+            .spawn(move || writer(writer_store, rx, counter))
+            .expect("cannot start the journal writer thread");
         Journal {
             store,
             dispatch,
-            flush_tx,
+            append_tx,
             flushes,
             appended: AtomicU64::new(0),
         }
@@ -114,34 +173,20 @@ impl EventSink for Journal {
         event: &WebhookEvent,
         pairs: &[PairKey],
     ) -> Result<(), SinkError> {
-        let mut entries = Vec::with_capacity(pairs.len());
-        let mut batch = Batch::new();
-        for pair in pairs {
-            let seq = self
-                .store
-                .next_id()
-                .map_err(|e| SinkError::Unavailable(e.to_string()))?;
-            let entry = JournalEntry {
-                seq,
-                pair: pair.clone(),
+        let (reply, rx) = oneshot::channel();
+        let stopped = || SinkError::Unavailable("the journal writer stopped".into());
+        self.append_tx
+            .send(Append {
                 request_id: request_id.to_string(),
                 received_at,
                 event: event.clone(),
-            };
-            let bytes = serde_json::to_vec(&entry).expect("journal entries serialise");
-            batch.put(Tree::Journal, JournalEntry::key(seq).to_vec(), bytes);
-            entries.push(entry);
-        }
-        // One atomic batch: either every pair's entry is written or none is.
-        self.store
-            .apply(batch)
-            .map_err(|e| SinkError::Unavailable(e.to_string()))?;
-        let (tx, rx) = oneshot::channel();
-        self.flush_tx
-            .send(tx)
-            .map_err(|_| SinkError::Unavailable("the journal flusher stopped".into()))?;
-        rx.await
-            .map_err(|_| SinkError::Unavailable("the journal flusher stopped".into()))?
+                pairs: pairs.to_vec(),
+                reply,
+            })
+            .map_err(|_| stopped())?;
+        let entries = rx
+            .await
+            .map_err(|_| stopped())?
             .map_err(SinkError::Unavailable)?;
         self.appended
             .fetch_add(entries.len() as u64, Ordering::Relaxed);

@@ -185,22 +185,72 @@ pub struct SupState {
 pub struct Supervisor;
 
 impl SupState {
-    async fn spawn_pair(&mut self, myself: &ActorRef<SupMsg>, key: &PairKey, restart: bool) {
-        let Some((spec, backend)) = self.specs.get(key).cloned() else {
-            return;
-        };
-        let depth = depth_of(&self.router, key);
-        let args = PairArgs {
+    /// What a pair actor is started with; `None` for a pair that is not configured.
+    /// `restart`: the actor replays its own entries still in the journal (at process start
+    /// the journal replay does that for everyone).
+    fn pair_args(&self, key: &PairKey, restart: bool) -> Option<PairArgs> {
+        let (spec, backend) = self.specs.get(key).cloned()?;
+        Some(PairArgs {
             spec,
             backend,
             settings: self.settings.clone(),
             store: self.store.clone(),
             clock: self.clock.clone(),
             router: self.router.clone(),
-            depth,
+            depth: depth_of(&self.router, key),
             replay_journal: restart,
+        })
+    }
+
+    async fn spawn_pair(&mut self, myself: &ActorRef<SupMsg>, key: &PairKey, restart: bool) {
+        let Some(args) = self.pair_args(key, restart) else {
+            return;
         };
-        match Actor::spawn_linked(None, PairActor, args, myself.get_cell()).await {
+        let started = Actor::spawn_linked(None, PairActor, args, myself.get_cell()).await;
+        self.register(myself, key, started);
+    }
+
+    /// Start every pair at once, each in its own task: an actor loads its items in
+    /// `pre_start`, which ractor runs in the spawning task, so one task starting them in
+    /// turn used one core (10 000 actors × 100 items took 3.6 s in `benches/actors.rs`).
+    async fn spawn_all(&mut self, myself: &ActorRef<SupMsg>, order: &[PairKey]) {
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut waiting: std::collections::HashSet<PairKey> = Default::default();
+        for key in order {
+            let Some(args) = self.pair_args(key, false) else {
+                continue;
+            };
+            let cell = myself.get_cell();
+            let key = key.clone();
+            waiting.insert(key.clone());
+            tasks.spawn(async move {
+                let started = Actor::spawn_linked(None, PairActor, args, cell).await;
+                (key, started)
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok((key, started)) => {
+                    waiting.remove(&key);
+                    self.register(myself, &key, started);
+                }
+                Err(e) => tracing::error!("a pair actor's start task failed: {e}"),
+            }
+        }
+        // A start task that panicked left its pair down: restart it with backoff.
+        for key in waiting {
+            let message = "the actor's start task failed".to_string();
+            self.mark_down(myself, &key, ActorState::Failed, message);
+        }
+    }
+
+    fn register(
+        &mut self,
+        myself: &ActorRef<SupMsg>,
+        key: &PairKey,
+        started: Result<(ActorRef<PairMsg>, tokio::task::JoinHandle<()>), ractor::SpawnErr>,
+    ) {
+        match started {
             Ok((actor, _join)) => {
                 self.by_actor.insert(actor.get_id(), key.clone());
                 let buffered = self.buffered.remove(key).unwrap_or_default();
@@ -280,9 +330,7 @@ impl Actor for Supervisor {
             by_actor: HashMap::new(),
             shutting_down: false,
         };
-        for key in &order {
-            state.spawn_pair(&myself, key, false).await;
-        }
+        state.spawn_all(&myself, &order).await;
         Ok(state)
     }
 

@@ -46,6 +46,7 @@ pub struct App {
     pub api_key: String,
     store: SledStore,
     actors: SupervisorHandle,
+    journal: Arc<Journal>,
     shutdown_tx: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
 }
@@ -99,6 +100,10 @@ impl App {
             page_size: config.sync.page_size,
             ..SyncSettings::default()
         };
+        // The journal is opened before the actors start, so that their reads and removals of
+        // journal keys reach it.
+        let journal =
+            Arc::new(Journal::open(store.clone()).map_err(|e| AppError::Storage(e.to_string()))?);
         let pair_count = specs.len();
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let actors = SupervisorHandle::start(
@@ -111,10 +116,9 @@ impl App {
         .map_err(|e| AppError::Actors(e.to_string()))?;
 
         let dispatch_to = actors.clone();
-        let journal = Arc::new(Journal::start(
-            store.clone(),
-            Arc::new(move |entry| dispatch_to.dispatch(entry).map_err(|e| e.to_string())),
-        ));
+        journal.set_dispatch(Arc::new(move |entry| {
+            dispatch_to.dispatch(entry).map_err(|e| e.to_string())
+        }));
         let replayed = journal
             .replay()
             .map_err(|e| AppError::Storage(e.to_string()))?;
@@ -170,7 +174,7 @@ impl App {
                 clock,
             },
             actors: Some(actors.clone()),
-            journal: Some(journal),
+            journal: Some(journal.clone()),
             store: Some(store.clone()),
         });
 
@@ -194,6 +198,7 @@ impl App {
             api_key,
             store,
             actors,
+            journal,
             shutdown_tx: Some(shutdown_tx),
             server: Some(server),
         })
@@ -208,6 +213,7 @@ impl App {
             let _ = server.await;
         }
         self.actors.shutdown().await;
+        self.journal.close().await;
         if let Err(e) = self.store.flush_async().await {
             tracing::error!(error = %e, "final flush failed");
         }

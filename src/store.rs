@@ -1,7 +1,9 @@
 //! The sled implementation of the actors' [`Store`]: one database under `storage.path` with
 //! the trees `journal`, `pairs` and `meta` (DESIGN.md §7).
 
+use crate::journal::JournalIndex;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use watchstate_actors::store::{Batch, Store, StoreError, Tree};
 
 /// Why the database could not be opened; each message says what to do.
@@ -38,6 +40,9 @@ pub struct SledStore {
     moved_aside: Option<PathBuf>,
     /// The database directory.
     path: PathBuf,
+    /// The file journal (`crate::journal`), once attached: `Tree::Journal` reads and removals
+    /// go to it instead of sled, so that the journal never waits on sled's flushes.
+    file_journal: Arc<OnceLock<Arc<JournalIndex>>>,
 }
 
 const API_KEY: &[u8] = b"api_key";
@@ -184,6 +189,7 @@ impl SledStore {
             db,
             moved_aside,
             path: path.to_path_buf(),
+            file_journal: Arc::new(OnceLock::new()),
         };
         store
             .meta
@@ -199,6 +205,16 @@ impl SledStore {
             }
         }
         Ok(store)
+    }
+
+    /// The database directory (the journal lives in `journal/` below it).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// From now on `Tree::Journal` is served by `index`.
+    pub fn attach_journal(&self, index: Arc<JournalIndex>) {
+        let _ = self.file_journal.set(index);
     }
 
     pub fn moved_aside(&self) -> Option<&Path> {
@@ -264,16 +280,6 @@ impl SledStore {
         (!key.is_empty()).then(|| key.to_string())
     }
 
-    /// A number never handed out before, across restarts: journal sequence numbers.
-    pub fn next_id(&self) -> Result<u64, StoreError> {
-        self.db.generate_id().map_err(err)
-    }
-
-    /// Entries in the journal, in order.
-    pub fn journal_len(&self) -> usize {
-        self.journal.len()
-    }
-
     pub async fn flush_async(&self) -> Result<(), StoreError> {
         self.db.flush_async().await.map(|_| ()).map_err(err)
     }
@@ -304,6 +310,9 @@ fn err(e: sled::Error) -> StoreError {
 
 impl Store for SledStore {
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        if let (Tree::Journal, Some(j)) = (tree, self.file_journal.get()) {
+            return Ok(journal_seq(key).and_then(|seq| j.get(seq)));
+        }
         Ok(self.tree(tree).get(key).map_err(err)?.map(|v| v.to_vec()))
     }
 
@@ -312,13 +321,61 @@ impl Store for SledStore {
         tree: Tree,
         prefix: &[u8],
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        if let (Tree::Journal, Some(j)) = (tree, self.file_journal.get()) {
+            let mut rows = j.entries();
+            rows.retain(|(k, _)| k.starts_with(prefix));
+            return Ok(rows);
+        }
         self.tree(tree)
             .scan_prefix(prefix)
             .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(err))
             .collect()
     }
 
-    fn apply(&self, batch: Batch) -> Result<(), StoreError> {
+    fn apply(&self, mut batch: Batch) -> Result<(), StoreError> {
+        // With the file journal attached, removing a journal key acknowledges the entry, once
+        // the rest of the batch (the effect) is applied.
+        let mut acks = Vec::new();
+        if let Some(j) = self.file_journal.get() {
+            if batch
+                .ops
+                .iter()
+                .any(|op| op.tree == Tree::Journal && op.value.is_some())
+            {
+                return Err(StoreError(
+                    "journal entries are written by the journal, not through the store".into(),
+                ));
+            }
+            batch.ops.retain(|op| {
+                if op.tree == Tree::Journal {
+                    acks.extend(journal_seq(&op.key));
+                    false
+                } else {
+                    true
+                }
+            });
+            self.apply_sled(batch)?;
+            for seq in acks {
+                j.ack(seq);
+            }
+            return Ok(());
+        }
+        self.apply_sled(batch)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map(|_| ()).map_err(err)
+    }
+}
+
+/// A journal key is a big-endian u64 sequence number.
+fn journal_seq(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.try_into().ok()?))
+}
+
+impl SledStore {
+    /// Apply a batch to sled: one tree's batch when it touches one tree, else a transaction.
+    fn apply_sled(&self, batch: Batch) -> Result<(), StoreError> {
         if batch.ops.is_empty() {
             return Ok(());
         }
@@ -355,10 +412,6 @@ impl Store for SledStore {
             })
             .map_err(|e| StoreError(format!("{e:?}")))
     }
-
-    fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush().map(|_| ()).map_err(err)
-    }
 }
 
 #[cfg(test)]
@@ -384,7 +437,7 @@ mod tests {
             s.get(Tree::Pairs, b"u/b/1").unwrap(),
             Some(b"state".to_vec())
         );
-        assert_eq!(s.journal_len(), 0);
+        assert!(s.scan_prefix(Tree::Journal, b"").unwrap().is_empty());
     }
 
     /// sled opens a database whose `db` file is garbage as an empty one, without an error:

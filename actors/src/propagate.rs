@@ -296,6 +296,7 @@ impl PairCore {
             due_at: now,
             created_at: now,
             last_error: None,
+            last_failure: None,
         };
         for removed in self.outbox.enqueue(entry.clone()) {
             batch.remove(Tree::Pairs, self.outbox_key(removed));

@@ -259,7 +259,14 @@ impl PairCore {
                 it.position_at = now;
                 self.meta.sync.changed += 1;
                 if self.settings.progress && r.position_ms > min {
-                    self.propagate(&identity, None, Some(r.position_ms), now, &request_id, batch);
+                    self.propagate(
+                        &identity,
+                        None,
+                        Some(r.position_ms),
+                        now,
+                        &request_id,
+                        batch,
+                    );
                 }
             }
         }

@@ -242,7 +242,7 @@ impl PairCore {
             }
             self.put_item(batch, s);
         }
-        self.propagate(identity, Some(played), None, at, request_id);
+        self.propagate(identity, Some(played), None, at, request_id, batch);
         Decision::new(Outcome::Applied, None)
     }
 
@@ -274,7 +274,7 @@ impl PairCore {
             self.put_item(batch, s);
         }
         if self.settings.progress && pos > self.settings.progress_min.as_millis() as u64 {
-            self.propagate(identity, None, Some(pos), at, request_id);
+            self.propagate(identity, None, Some(pos), at, request_id, batch);
         }
         Decision::new(Outcome::Applied, None)
     }

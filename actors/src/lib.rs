@@ -12,6 +12,7 @@
 //! - [`state`]: compact items, the external-id index, the identity rule;
 //! - [`apply`]: webhook events applied to a pair's own state;
 //! - [`propagate`]: changes sent to siblings, pending states, conflicts;
+//! - [`relay`]: the durable records that carry those changes across a crash;
 //! - [`outbox`]: pushes to media servers, retries, dead letters;
 //! - [`sync`]: the scheduled sync run;
 //! - [`status`]: the serde status objects of the API.
@@ -24,6 +25,7 @@ pub mod event;
 pub mod outbox;
 pub mod pair;
 pub mod propagate;
+pub mod relay;
 pub mod state;
 pub mod status;
 pub mod store;

@@ -96,7 +96,12 @@ pub struct OutboxEntry {
     /// Not before this time (clock ms).
     pub due_at: Millis,
     pub created_at: Millis,
+    /// The media server's last error, shown with dead letters and queued pushes.
     pub last_error: Option<String>,
+    /// The last failed attempt in words (item, attempt, next try), for the queue's
+    /// `last_error` in status.
+    #[serde(default)]
+    pub last_failure: Option<LastError>,
 }
 
 /// Queued pushes and dead letters of one pair.
@@ -221,11 +226,27 @@ impl Outbox {
     }
 }
 
+/// A retry delay in words for status messages: `800 ms`, `8 s`, `4 min 16 s`.
+pub fn format_delay(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else if ms < 60_000 {
+        format!("{} s", (ms + 500) / 1000)
+    } else {
+        let s = (ms + 500) / 1000;
+        match s % 60 {
+            0 => format!("{} min", s / 60),
+            r => format!("{} min {r} s", s / 60),
+        }
+    }
+}
+
 // ---- The actor side: running pushes and handling their results. ----
 
 use crate::backend::BackendApi;
 use crate::pair::{encode, PairCore, PairMsg};
-use crate::status::{DeadLetterView, OutboxStatus, PushRecord, QueuedPushView};
+use crate::status::{DeadLetterView, LastError, OutboxStatus, PushRecord, QueuedPushView};
 use crate::store::{Batch, StoreError, Tree};
 use std::sync::Arc;
 
@@ -355,11 +376,24 @@ impl PairCore {
                 let unit: f64 = rand::random();
                 entry.last_error = Some(err.to_string());
                 record.error = Some(err.to_string());
-                match self.retry_schedule().next_delay(entry.attempts, &err, unit) {
+                let schedule = self.retry_schedule();
+                match schedule.next_delay(entry.attempts, &err, unit) {
                     Some(delay) => {
                         entry.due_at = now + delay.as_millis() as Millis;
                         record.result = "retry".into();
                         self.meta.metrics.push_retried += 1;
+                        // Visible at the first failure: a server that is down would otherwise
+                        // go unnoticed until the last attempt (~20 min with the defaults).
+                        let message = format!(
+                            "push {} of item {} failed (attempt {} of {}, next in {}): {err}",
+                            entry.action.describe(),
+                            entry.item_id,
+                            entry.attempts,
+                            schedule.attempts.max(1),
+                            format_delay(delay)
+                        );
+                        self.record_error(message.clone());
+                        entry.last_failure = Some(LastError { at: now, message });
                         self.put_outbox(&mut batch, &entry);
                         self.outbox.queue.insert(entry_id, entry);
                     }
@@ -442,6 +476,8 @@ impl PairCore {
             batch.remove(Tree::Pairs, self.dead_key(id));
             e.attempts = 0;
             e.due_at = now;
+            // A fresh start: the queue's last error is about attempts of this run only.
+            e.last_failure = None;
             self.put_outbox(&mut batch, &e);
             self.outbox.insert(e);
         }
@@ -462,6 +498,13 @@ impl PairCore {
                 .map(|e| e.created_at)
                 .min()
                 .map(|c| ((now - c).max(0) / 1000) as u64),
+            last_error: self
+                .outbox
+                .queue
+                .values()
+                .filter_map(|e| e.last_failure.as_ref())
+                .max_by_key(|f| f.at)
+                .cloned(),
             dead: self
                 .outbox
                 .dead
@@ -549,6 +592,14 @@ mod tests {
     }
 
     #[test]
+    fn delays_read_as_words() {
+        assert_eq!(format_delay(Duration::from_millis(900)), "900 ms");
+        assert_eq!(format_delay(Duration::from_millis(8_400)), "8 s");
+        assert_eq!(format_delay(Duration::from_secs(120)), "2 min");
+        assert_eq!(format_delay(Duration::from_secs(256)), "4 min 16 s");
+    }
+
+    #[test]
     fn retry_after_is_honoured_and_jitter_stays_in_bounds() {
         let s = sched();
         let e = BackendError::RateLimited {
@@ -577,6 +628,7 @@ mod tests {
             due_at: 0,
             created_at: 0,
             last_error: None,
+            last_failure: None,
         }
     }
 

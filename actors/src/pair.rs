@@ -9,6 +9,7 @@ use crate::config::{PairSpec, SyncSettings};
 use crate::event::{JournalEntry, Millis};
 use crate::outbox::{Outbox, OutboxEntry};
 use crate::propagate::{Pending, PendingEntry, StateChanged};
+use crate::relay::Outgoing;
 use crate::state::{Item, Items, StoredItem};
 use crate::status::{
     ActorState, ConflictRecord, Counters, EventRecord, ItemView, LastError, LastEvent, PairMetrics,
@@ -34,7 +35,12 @@ pub enum PairMsg {
     /// A journalled webhook event for this pair.
     Webhook(Box<JournalEntry>),
     /// A sibling of the same user applied a change.
-    StateChanged(Box<StateChanged>),
+    StateChanged {
+        change: Box<StateChanged>,
+        /// The durable record of the change (see [`crate::relay`]), removed in the batch that
+        /// stores its handling; `None` for catch-up states, which the next sync sends again.
+        relay: Option<Vec<u8>>,
+    },
     /// The scheduled sync timer fired; stale generations (rescheduled timers) are ignored.
     SyncTick {
         generation: u64,
@@ -142,6 +148,8 @@ pub struct PairCore {
     pub sync_timer: Option<JoinHandle<()>>,
     /// The outbox wake timer and the time it is armed for.
     pub outbox_timer: Option<(Millis, JoinHandle<()>)>,
+    /// Changes for siblings, sent once the batch holding their relay records is committed.
+    pub outgoing: Vec<Outgoing>,
 }
 
 impl PairCore {
@@ -192,12 +200,17 @@ impl PairCore {
     }
 
     /// Write a batch; a failing store fails the actor, and the supervisor restarts it from
-    /// what was persisted (the journal still holds the unapplied event).
-    pub fn commit(&self, batch: Batch) -> Result<(), StoreError> {
-        if batch.is_empty() {
-            return Ok(());
+    /// what was persisted (the journal still holds the unapplied event). Changes for siblings
+    /// go out only once their relay records are stored, and are dropped with a failed batch.
+    pub fn commit(&mut self, batch: Batch) -> Result<(), StoreError> {
+        if !batch.is_empty() {
+            if let Err(e) = self.store.apply(batch) {
+                self.outgoing.clear();
+                return Err(e);
+            }
         }
-        self.store.apply(batch)
+        self.send_outgoing();
+        Ok(())
     }
 
     pub fn record_error(&mut self, message: String) {
@@ -258,6 +271,7 @@ impl PairCore {
                 let e: OutboxEntry = decode(&v).ok_or_else(|| bad("dead letter"))?;
                 self.outbox.dead.insert(e.id, e);
             }
+            // `r/`: relay records, handled (and removed) by `handle_relays` once loaded.
         }
         self.items.shrink();
         Ok(())
@@ -398,8 +412,12 @@ impl Actor for PairActor {
             sync_generation: 0,
             sync_timer: None,
             outbox_timer: None,
+            outgoing: Vec::new(),
         };
         core.load()?;
+        // Changes relayed to this pair before a stop come first: they were made before
+        // anything a sibling sends from now on, and before this pair's journal replay.
+        core.handle_relays()?;
         if args.replay_journal {
             core.replay_own_journal()?;
         }
@@ -446,8 +464,8 @@ impl Actor for PairActor {
                 r?;
                 core.pump_outbox();
             }
-            PairMsg::StateChanged(sc) => {
-                let r = core.on_state_changed(*sc);
+            PairMsg::StateChanged { change, relay } => {
+                let r = core.on_state_changed(*change, relay);
                 core.depth_down();
                 r?;
                 core.pump_outbox();

@@ -97,14 +97,17 @@ impl Pending {
 }
 
 impl PairCore {
-    /// Send a change this pair applied to every sibling of the same user that accepts pushes.
+    /// Relay a change this pair applied to every sibling of the same user that accepts
+    /// pushes: a durable record in `batch` (the batch that stores the change here), and a
+    /// message sent once that batch is committed (see [`crate::relay`]).
     pub fn propagate(
-        &self,
+        &mut self,
         identity: &Identity,
         played: Option<bool>,
         position_ms: Option<u64>,
         changed_at: Millis,
         request_id: &str,
+        batch: &mut Batch,
     ) {
         if !self.spec.import {
             return;
@@ -121,31 +124,37 @@ impl PairCore {
                 origin: self.spec.key.clone(),
                 request_id: request_id.to_string(),
             };
-            self.send_to(&sibling, PairMsg::StateChanged(Box::new(msg)));
+            self.relay(sibling, msg, batch);
         }
     }
 
     /// A sibling's change arrived: compare, then push, keep pending, or record a conflict.
-    pub fn on_state_changed(&mut self, sc: StateChanged) -> Result<(), StoreError> {
-        if !self.spec.export || sc.origin.user != self.spec.key.user {
-            return Ok(());
-        }
+    /// `relay` is its durable record, removed in the same batch as the outcome.
+    pub fn on_state_changed(
+        &mut self,
+        sc: StateChanged,
+        relay: Option<Vec<u8>>,
+    ) -> Result<(), StoreError> {
         let mut batch = Batch::new();
-        let conflicts_before = self.meta.conflicts;
-        match self.items.find(&sc.identity) {
-            Some(slot) => {
-                let pushed = self.want(slot, &sc, &mut batch);
-                if pushed && sc.request_id == format!("sync:{}", self.spec.key) {
-                    self.meta.sync.pushed += 1;
+        if self.spec.export && sc.origin.user == self.spec.key.user {
+            let conflicts_before = self.meta.conflicts;
+            match self.items.find(&sc.identity) {
+                Some(slot) => {
+                    let pushed = self.want(slot, &sc, &mut batch);
+                    if pushed && sc.request_id == format!("sync:{}", self.spec.key) {
+                        self.meta.sync.pushed += 1;
+                    }
                 }
+                None => self.keep_pending(sc, &mut batch),
             }
-            None => self.keep_pending(sc, &mut batch),
+            // Equal states (echoes, catch-up of known states) change no state at all.
+            if !batch.is_empty() || self.meta.conflicts != conflicts_before {
+                self.put_meta(&mut batch);
+            }
         }
-        // Equal states (echoes, catch-up of known states) write nothing at all.
-        if batch.is_empty() && self.meta.conflicts == conflicts_before {
-            return Ok(());
+        if let Some(key) = relay {
+            batch.remove(Tree::Pairs, key);
         }
-        self.put_meta(&mut batch);
         self.commit(batch)
     }
 
@@ -287,6 +296,7 @@ impl PairCore {
             due_at: now,
             created_at: now,
             last_error: None,
+            last_failure: None,
         };
         for removed in self.outbox.enqueue(entry.clone()) {
             batch.remove(Tree::Pairs, self.outbox_key(removed));
@@ -332,7 +342,13 @@ impl PairCore {
                     origin: self.spec.key.clone(),
                     request_id: request_id.clone(),
                 };
-                self.send_to(requester, PairMsg::StateChanged(Box::new(msg)));
+                self.send_to(
+                    requester,
+                    PairMsg::StateChanged {
+                        change: Box::new(msg),
+                        relay: None,
+                    },
+                );
             }
             if !item.played
                 && item.position_at > 0
@@ -346,7 +362,13 @@ impl PairCore {
                     origin: self.spec.key.clone(),
                     request_id: request_id.clone(),
                 };
-                self.send_to(requester, PairMsg::StateChanged(Box::new(msg)));
+                self.send_to(
+                    requester,
+                    PairMsg::StateChanged {
+                        change: Box::new(msg),
+                        relay: None,
+                    },
+                );
             }
         }
     }

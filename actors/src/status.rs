@@ -115,6 +115,10 @@ pub struct OutboxStatus {
     pub dead_letters: usize,
     /// Age of the oldest queued push, in seconds.
     pub oldest_age_s: Option<u64>,
+    /// The latest failed attempt of a push still queued (retrying), so a server that is down
+    /// shows here at its first failure, not only once its pushes become dead letters.
+    #[serde(default)]
+    pub last_error: Option<LastError>,
     /// The first dead letters, so status says what failed and why.
     pub dead: Vec<DeadLetterView>,
 }

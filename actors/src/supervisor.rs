@@ -94,7 +94,7 @@ impl Router {
 
     /// Deliver to a pair actor; while it is down the supervisor buffers the message.
     pub fn send(&self, key: &PairKey, msg: PairMsg) -> Result<(), ActorsError> {
-        let counted = matches!(msg, PairMsg::Webhook(_) | PairMsg::StateChanged(_));
+        let counted = matches!(msg, PairMsg::Webhook(_) | PairMsg::StateChanged { .. });
         let (actor, depth) = {
             let slots = self.slots.read().expect("router lock");
             let slot = slots
@@ -258,7 +258,7 @@ impl SupState {
                 // journal); count only what the new actor will really receive.
                 let counted = buffered
                     .iter()
-                    .filter(|m| matches!(m, PairMsg::Webhook(_) | PairMsg::StateChanged(_)))
+                    .filter(|m| matches!(m, PairMsg::Webhook(_) | PairMsg::StateChanged { .. }))
                     .count();
                 depth_of(&self.router, key).store(counted, Ordering::Relaxed);
                 for m in buffered {

@@ -224,7 +224,7 @@ impl PairCore {
                     it.played = true;
                     it.played_at = at;
                     self.meta.sync.changed += 1;
-                    self.propagate(&identity, Some(true), None, at, &request_id);
+                    self.propagate(&identity, Some(true), None, at, &request_id, batch);
                 } else if r.position_ms > 0 {
                     it.position_ms = r.position_ms;
                 }
@@ -248,7 +248,7 @@ impl PairCore {
                         it.position_at = at;
                     }
                     self.meta.sync.changed += 1;
-                    self.propagate(&identity, Some(r.played), None, at, &request_id);
+                    self.propagate(&identity, Some(r.played), None, at, &request_id, batch);
                 }
             } else if !r.played
                 && r.position_ms != item.position_ms
@@ -259,7 +259,14 @@ impl PairCore {
                 it.position_at = now;
                 self.meta.sync.changed += 1;
                 if self.settings.progress && r.position_ms > min {
-                    self.propagate(&identity, None, Some(r.position_ms), now, &request_id);
+                    self.propagate(
+                        &identity,
+                        None,
+                        Some(r.position_ms),
+                        now,
+                        &request_id,
+                        batch,
+                    );
                 }
             }
         }

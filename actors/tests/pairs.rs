@@ -619,3 +619,63 @@ async fn an_older_change_never_overwrites_a_newer_one_and_the_conflict_is_record
     assert_eq!(emby.conflicts.len(), 1);
     assert!(!emby.item.as_ref().unwrap().played);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_push_shows_in_status_at_its_first_attempt() {
+    let mut h = Harness::start(three(), SyncSettings::default()).await;
+    let m = movie("x", "tt15");
+    register(&mut h, "alice", &["plex", "jelly"], &m, "v").await;
+    let jelly = h.backend("alice", "jelly");
+    for _ in 0..2 {
+        jelly.fault(BackendError::Network {
+            message: "connection refused".into(),
+        });
+    }
+    h.send(
+        "alice",
+        "plex",
+        event(EventKind::Scrobble, &local(&m, "v", "plex")),
+    );
+    eventually("the first failed attempt", || async {
+        jelly.writes().len() == 1 && h.status("alice", "jelly").await.last_error.is_some()
+    })
+    .await;
+    let s = h.status("alice", "jelly").await;
+    let err = s.last_error.expect("set at the first failure");
+    assert!(
+        err.message
+            .starts_with("push mark_played of item v-jelly failed (attempt 1 of 10, next in "),
+        "{}",
+        err.message
+    );
+    assert!(
+        err.message.contains("connection refused"),
+        "{}",
+        err.message
+    );
+    assert_eq!(
+        s.outbox.last_error,
+        Some(err.clone()),
+        "the queue's last error"
+    );
+    assert_eq!(s.outbox.dead_letters, 0);
+
+    eventually("the second failed attempt", || async {
+        jelly.writes().len() == 2
+            && h.status("alice", "jelly")
+                .await
+                .outbox
+                .last_error
+                .is_some_and(|e| e.message.contains("attempt 2 of 10"))
+    })
+    .await;
+    let s = h.status("alice", "jelly").await;
+    assert!(s.last_error.unwrap().message.contains("attempt 2 of 10"));
+
+    // Delivered: the queue has no error any more; the pair keeps its last one as history.
+    h.settle().await;
+    let s = h.status("alice", "jelly").await;
+    assert_eq!(s.counters.pushed, 1);
+    assert_eq!(s.outbox.last_error, None);
+    assert!(s.last_error.is_some());
+}

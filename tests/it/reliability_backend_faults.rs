@@ -194,8 +194,8 @@ async fn reliability_backend_faults_do_not_slow_intake_or_other_users() {
     )
     .await;
 
-    // While a push is being retried, the item's view names the problem (the pair's
-    // `last_error` is only set once a push gives up; see RELIABILITY.md).
+    // While a push is being retried, the item's view names the problem, and so do the pair's
+    // `last_error` and `outbox.last_error` from the first failed attempt (RELIABILITY.md).
     for (user, words) in [
         ("down", &["connect", "refused"][..]),
         ("e500", &["500"][..]),
@@ -219,14 +219,29 @@ async fn reliability_backend_faults_do_not_slow_intake_or_other_users() {
                         .clone();
                     let queued = dst["state"]["outbox"].as_array()?.first()?.clone();
                     let error = queued["last_error"].as_str()?.to_lowercase();
-                    (queued["attempts"].as_u64()? >= 1).then_some(error)
+                    if queued["attempts"].as_u64()? < 1 {
+                        return None;
+                    }
+                    // Still retrying: the pair's status says so too.
+                    let p = pair(&client, &base, user, "dst").await;
+                    let queue = p["outbox"]["last_error"]["message"]
+                        .as_str()?
+                        .to_lowercase();
+                    Some((error, queue, last_error(&p)))
                 }
             },
         )
         .await;
+        let (item_error, queue_error, pair_error) = found;
+        for found in [&item_error, &queue_error, &pair_error] {
+            assert!(
+                words.iter().any(|w| found.contains(w)),
+                "{user}: {found:?} should say one of {words:?}"
+            );
+        }
         assert!(
-            words.iter().any(|w| found.contains(w)),
-            "{user}: {found:?} should say one of {words:?}"
+            queue_error.contains("of item") && queue_error.contains("failed (attempt"),
+            "{user}: the queue's error names the item and the attempt: {queue_error:?}"
         );
     }
 

@@ -142,7 +142,7 @@ struct Append {
 
 /// What the writer thread is asked to do.
 enum Msg {
-    Append(Append),
+    Append(Box<Append>),
     /// Tidy up and stop; answered when done.
     Close(oneshot::Sender<()>),
 }
@@ -343,7 +343,7 @@ fn writer(
     let mut buf = Vec::with_capacity(64 * 1024);
     loop {
         let first = match rx.recv_timeout(IDLE) {
-            Ok(Msg::Append(a)) => a,
+            Ok(Msg::Append(a)) => *a,
             Ok(Msg::Close(done)) => {
                 segments.tidy(&index, &store);
                 let _ = done.send(());
@@ -362,7 +362,7 @@ fn writer(
         let mut close = None;
         while let Ok(m) = rx.try_recv() {
             match m {
-                Msg::Append(a) => group.push(a),
+                Msg::Append(a) => group.push(*a),
                 Msg::Close(done) => {
                     close = Some(done);
                     break;
@@ -370,7 +370,9 @@ fn writer(
             }
         }
         buf.clear();
-        let mut written: Vec<(Vec<JournalEntry>, Vec<Arc<[u8]>>)> = Vec::with_capacity(group.len());
+        // Per request: its entries and their encoded bytes.
+        type Written = (Vec<JournalEntry>, Vec<Arc<[u8]>>);
+        let mut written: Vec<Written> = Vec::with_capacity(group.len());
         let mut seq = segments.next_seq;
         for a in &group {
             let mut entries = Vec::with_capacity(a.pairs.len());
@@ -534,13 +536,13 @@ impl EventSink for Journal {
         let (reply, rx) = oneshot::channel();
         let stopped = || SinkError::Unavailable("the journal writer stopped".into());
         self.append_tx
-            .send(Msg::Append(Append {
+            .send(Msg::Append(Box::new(Append {
                 request_id: request_id.to_string(),
                 received_at,
                 event: event.clone(),
                 pairs: pairs.to_vec(),
                 reply,
-            }))
+            })))
             .map_err(|_| stopped())?;
         let entries = rx
             .await
@@ -630,7 +632,9 @@ mod tests {
                 s.lock().unwrap().push(e.seq);
                 Ok(())
             }));
-            j.accept("r1", 1, &event(), &[pair.clone()]).await.unwrap();
+            j.accept("r1", 1, &event(), std::slice::from_ref(&pair))
+                .await
+                .unwrap();
             j.accept(
                 "r2",
                 2,
@@ -669,7 +673,9 @@ mod tests {
         let seqs: Vec<u64> = replayed.lock().unwrap().iter().map(|e| e.seq).collect();
         assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order: {seqs:?}");
         assert_eq!(replayed.lock().unwrap()[2].request_id, "r2");
-        j.accept("r3", 3, &event(), &[pair.clone()]).await.unwrap();
+        j.accept("r3", 3, &event(), std::slice::from_ref(&pair))
+            .await
+            .unwrap();
         let newest = replayed.lock().unwrap().last().unwrap().seq;
         assert!(newest > max, "seqs grow across restarts");
     }

@@ -88,35 +88,7 @@ pub struct Served {
 impl Served {
     /// Start `watchstate serve --config path --log-format json` and wait until it serves.
     pub fn start(config: &Path) -> Served {
-        let mut child = bin()
-            .args(["serve", "--log-format", "json", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn watchstate");
-        let stderr = child.stderr.take().unwrap();
-        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel::<String>();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("watchstate is serving") {
-                    let _ = tx.send(line.clone());
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("watchstate did not start; log: {:?}", log.lock().unwrap()));
-        let v: serde_json::Value = serde_json::from_str(&line).expect("json log line");
-        let addr = v["addr"]
-            .as_str()
-            .expect("addr in the start line")
-            .to_string();
-        Served { child, addr, log }
+        Served::start_with_env(config, &[])
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -157,3 +157,42 @@ pub fn jf_progress(server: &str, user: usize, n: usize, position_ms: u64) -> Str
     })
     .to_string()
 }
+
+/// A fake Jellyfin target with `movies` movies (`m<n>`, imdb from [`imdb`]) for `users` users,
+/// and the config tables of those users, each with a source backend and that target
+/// (`<prefix>-u<i>` / `<prefix>-u<i>-dst` tokens).
+pub async fn pushing_target(
+    movies: usize,
+    users: usize,
+    prefix: &str,
+) -> (crate::fakes::FakeServer, String) {
+    use crate::fakes::{FakeIdentity, FakeItem, FakeKind, FakeLibrary, FakeServer};
+    let mut library = FakeLibrary::new();
+    for n in 0..movies {
+        library = library
+            .with(FakeItem::movie(&format!("m{n}"), &format!("Movie {n}")).ext("imdb", &imdb(n)));
+    }
+    let fake = FakeServer::start_with(
+        FakeKind::Jellyfin,
+        library,
+        FakeIdentity {
+            server_id: Some(JF_TARGET.into()),
+            user_id: Some(jf_user(0)),
+            token: Some(format!("{prefix}-u0-dst")),
+        },
+    )
+    .await;
+    let mut text = String::from("max_requests_per_second = 1000.0\n\n");
+    for i in 0..users {
+        fake.add_user(&jf_user(i), &format!("{prefix}-u{i}-dst"));
+        let url = fake.url().to_string();
+        text.push_str(&pushing_user(
+            &format!("u{i}"),
+            i,
+            &url,
+            &url,
+            &format!("{prefix}-u{i}"),
+        ));
+    }
+    (fake, text)
+}

@@ -286,36 +286,10 @@ async fn settle_pushes(client: &reqwest::Client, base: &str, users: usize) {
 /// anything else, e.g. a change made on a server while the service was down). Without it the
 /// test asserts the strict form: relay records alone bring every push back.
 async fn crash_with_pushes(rounds: usize, per_round: usize, resync: bool) {
-    use crate::fakes::{FakeIdentity, FakeItem, FakeKind, FakeLibrary, FakeServer, WriteChange};
+    use crate::fakes::{FakeServer, WriteChange};
     const PUSH_USERS: usize = 2;
     let total = rounds * per_round;
-    let mut library = FakeLibrary::new();
-    for n in 0..total {
-        library = library
-            .with(FakeItem::movie(&format!("m{n}"), &format!("Movie {n}")).ext("imdb", &imdb(n)));
-    }
-    let fake = FakeServer::start_with(
-        FakeKind::Jellyfin,
-        library,
-        FakeIdentity {
-            server_id: Some(JF_TARGET.into()),
-            user_id: Some(jf_user(0)),
-            token: Some("crashp-u0-dst".into()),
-        },
-    )
-    .await;
-    let mut text = String::from("max_requests_per_second = 1000.0\n\n");
-    for i in 0..PUSH_USERS {
-        fake.add_user(&jf_user(i), &format!("crashp-u{i}-dst"));
-        let url = fake.url().to_string();
-        text.push_str(&pushing_user(
-            &format!("u{i}"),
-            i,
-            &url,
-            &url,
-            &format!("crashp-u{i}"),
-        ));
-    }
+    let (fake, text) = pushing_target(total, PUSH_USERS, "crashp").await;
     let dir = TestDir::new();
     let config = dir.config(&server_with_key(), &text);
     let client = reqwest::Client::new();

@@ -10,7 +10,7 @@
 //! CI run is short and the long one is `#[ignore]`d:
 //! `cargo test --test it reliability_soak_long -- --ignored`.
 
-use crate::fakes::{FakeIdentity, FakeItem, FakeKind, FakeLibrary, FakeServer, WriteChange};
+use crate::fakes::WriteChange;
 use crate::harness::{eventually, get_json, Served, TestDir, API_KEY};
 use crate::reliability_common::*;
 use futures_util::StreamExt;
@@ -31,33 +31,7 @@ fn rss(pid: u32) -> u64 {
 }
 
 async fn soak(waves: usize) {
-    let mut library = FakeLibrary::new();
-    for n in 0..MOVIES {
-        library = library
-            .with(FakeItem::movie(&format!("m{n}"), &format!("Movie {n}")).ext("imdb", &imdb(n)));
-    }
-    let fake = FakeServer::start_with(
-        FakeKind::Jellyfin,
-        library,
-        FakeIdentity {
-            server_id: Some(JF_TARGET.into()),
-            user_id: Some(jf_user(0)),
-            token: Some("soak-u0-dst".into()),
-        },
-    )
-    .await;
-    let mut text = String::from("max_requests_per_second = 1000.0\n\n");
-    for i in 0..USERS {
-        fake.add_user(&jf_user(i), &format!("soak-u{i}-dst"));
-        let url = fake.url().to_string();
-        text.push_str(&pushing_user(
-            &format!("u{i}"),
-            i,
-            &url,
-            &url,
-            &format!("soak-u{i}"),
-        ));
-    }
+    let (fake, text) = pushing_target(MOVIES, USERS, "soak").await;
     // A small page cache, so that sled filling its cache does not pass for a leak.
     let dir = TestDir::new();
     let path = dir.path().join("config.toml");

@@ -384,20 +384,7 @@ async fn state_survives_a_restart() {
 #[tokio::test(start_paused = true)]
 async fn a_failed_actor_is_restarted_and_its_state_survives() {
     let store = Arc::new(FlakyStore::default());
-    let specs = three();
-    let backends = specs
-        .iter()
-        .map(|s| (s.key.clone(), FakeBackend::new()))
-        .collect();
-    let clock = Arc::new(watchstate_actors::TestClock::new(1_700_000_000_000));
-    let mut h = Harness::start_with(
-        specs,
-        SyncSettings::default(),
-        store.clone(),
-        clock,
-        backends,
-    )
-    .await;
+    let mut h = Harness::start_on(three(), SyncSettings::default(), store.clone()).await;
     let m = movie("x", "tt12");
     register(&mut h, "alice", &["plex", "jelly"], &m, "f").await;
 

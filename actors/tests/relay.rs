@@ -285,20 +285,7 @@ impl Store for SiblingFailStore {
 #[tokio::test(start_paused = true)]
 async fn a_sibling_that_fails_before_storing_a_change_handles_it_after_its_restart() {
     let store = Arc::new(SiblingFailStore::default());
-    let specs = three();
-    let backends = specs
-        .iter()
-        .map(|s| (s.key.clone(), FakeBackend::new()))
-        .collect();
-    let clock = Arc::new(watchstate_actors::TestClock::new(1_700_000_000_000));
-    let mut h = Harness::start_with(
-        specs,
-        SyncSettings::default(),
-        store.clone(),
-        clock,
-        backends,
-    )
-    .await;
+    let mut h = Harness::start_on(three(), SyncSettings::default(), store.clone()).await;
     let m = movie("f", "tt5");
     register(&mut h, &m).await;
     // The source stores its effect and the records; the siblings fail while handling the

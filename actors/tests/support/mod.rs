@@ -308,7 +308,15 @@ pub struct Harness {
 
 impl Harness {
     pub async fn start(specs: Vec<PairSpec>, settings: SyncSettings) -> Harness {
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        Self::start_on(specs, settings, Arc::new(MemoryStore::new())).await
+    }
+
+    /// Like [`Harness::start`] on a given store (e.g. one that fails on purpose).
+    pub async fn start_on(
+        specs: Vec<PairSpec>,
+        settings: SyncSettings,
+        store: Arc<dyn Store>,
+    ) -> Harness {
         let clock = Arc::new(TestClock::new(1_700_000_000_000));
         let backends = specs
             .iter()

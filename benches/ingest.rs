@@ -251,6 +251,8 @@ fn main() {
         let appended = status["journal"]["appended"].as_u64().unwrap_or(0);
         let flushes = status["journal"]["flushes"].as_u64().unwrap_or(0).max(1);
         let accepted = status["webhooks"]["accepted"].as_u64().unwrap_or(0);
+        let store_batches = status["store"]["batches"].as_u64().unwrap_or(0);
+        let store_writes = status["store"]["writes"].as_u64().unwrap_or(0).max(1);
         let _ = base_stop.send(());
         app.stop().await;
 
@@ -263,6 +265,10 @@ fn main() {
              ({:.1} entries per flush); ratio service/baseline {ratio:.2} (target >= 0.5, aim 0.7); \
              p99 target < 5 ms",
             appended as f64 / flushes as f64
+        );
+        println!(
+            "store: {store_batches} actor batches in {store_writes} database writes ({:.1} per write)",
+            store_batches as f64 / store_writes as f64
         );
         if svc.error_count() > 0 {
             println!("WARNING: {} service requests were not answered 202", svc.error_count());

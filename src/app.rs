@@ -9,7 +9,7 @@ use crate::http::webhook::{RequestLog, WebhookService};
 use crate::http::{self, Api, ReadyCheck};
 use crate::journal::Journal;
 use crate::store::SledStore;
-use crate::webhook::{RouteTarget, UnmatchedLog};
+use crate::webhook::{RouteTable, RouteTarget, UnmatchedLog};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -165,7 +165,7 @@ impl App {
         });
         let routes: Arc<dyn http::Routes> = Arc::new(ServiceRoutes {
             webhook: WebhookService {
-                targets,
+                routes: RouteTable::new(targets),
                 sink: journal.clone(),
                 unmatched: UnmatchedLog::default(),
                 requests: RequestLog::new(1000),

@@ -7,6 +7,11 @@
 
 #![allow(dead_code)] // each bench uses a different subset
 
+/// The allocator of the `watchstate` binary (`src/main.rs`), so that the figures are the
+/// service's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;

@@ -69,6 +69,8 @@ impl ServiceRoutes {
                 "flushes": jn.flush_count(),
             })
         });
+        // Actor batches written since start, the sled writes they took, and those waiting.
+        let writes = self.store.as_ref().map(|s| s.write_stats());
         json(
             StatusCode::OK,
             &j!({
@@ -85,6 +87,9 @@ impl ServiceRoutes {
                 },
                 "store": {
                     "corrupt_database_moved_to": self.store.as_ref().and_then(|s| s.moved_aside()).map(|p| p.display().to_string()),
+                    "batches": writes.map(|w| w.0),
+                    "writes": writes.map(|w| w.1),
+                    "queued": writes.map(|w| w.2),
                 },
             }),
         )

@@ -5,7 +5,7 @@
 use super::reply::{error, json, Reply};
 use super::{body_error_reply, Body, Request};
 use crate::ingest::{EventSink, SinkError};
-use crate::webhook::{self, RawRequest, RouteOutcome, RouteTarget, UnmatchedLog};
+use crate::webhook::{self, RawRequest, RouteOutcome, RouteTable, UnmatchedLog};
 use http::StatusCode;
 use serde::Serialize;
 use serde_json::json as j;
@@ -91,7 +91,7 @@ impl RequestLog {
 /// The webhook endpoint's state.
 pub struct WebhookService {
     /// Every configured pair with its ids: the routing table.
-    pub targets: Vec<RouteTarget>,
+    pub routes: RouteTable,
     pub sink: Arc<dyn EventSink>,
     pub unmatched: UnmatchedLog,
     pub requests: RequestLog,
@@ -146,7 +146,7 @@ impl WebhookService {
                 return error(StatusCode::BAD_REQUEST, message);
             }
         };
-        let outcome = webhook::route(&event, &self.targets);
+        let outcome = self.routes.route(&event);
         let (status, reason, routed) = match &outcome {
             RouteOutcome::Routed(p) => ("accepted", None, p.clone()),
             RouteOutcome::Ignored { reason } => ("ignored", Some(reason.clone()), vec![]),

@@ -19,7 +19,7 @@ pub mod route;
 pub mod tautulli;
 pub mod transport;
 
-pub use route::{route, RouteOutcome, RouteTarget, UnmatchedLog, UnmatchedRecord};
+pub use route::{route, RouteOutcome, RouteTable, RouteTarget, UnmatchedLog, UnmatchedRecord};
 
 use serde_json::{Map, Value};
 use watchstate_actors::event::{ExternalIds, Sender, WebhookEvent};
@@ -103,7 +103,12 @@ pub fn decode_value(value: Value, user_agent: Option<&str>) -> Result<WebhookEve
         };
         match detect(obj, user_agent) {
             Some(Sender::Plex) => return Ok(plex::decode(obj)),
-            Some(Sender::Tautulli) => return Ok(tautulli::decode(obj)),
+            Some(Sender::Tautulli) => {
+                let Value::Object(obj) = value else {
+                    unreachable!("matched as an object above")
+                };
+                return Ok(tautulli::decode(obj));
+            }
             Some(Sender::Jellyfin) => return Ok(jellyfin::decode(obj)),
             Some(Sender::Emby) => return Ok(emby::decode(obj)),
             None => {}

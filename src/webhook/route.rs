@@ -11,7 +11,7 @@
 //! the last few with the ids they carried, for the status API.
 
 use serde::Serialize;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use watchstate_actors::event::{normalize_id, EventKind, Millis, Sender, WebhookEvent};
@@ -49,102 +49,145 @@ pub enum RouteOutcome {
     Test { routed: Vec<PairKey> },
 }
 
-/// Routes one event to the configured targets. Pure: same inputs, same answer.
+/// Routes one event to the configured targets. Pure: same inputs, same answer. Builds the
+/// lookup tables each time: the service keeps a [`RouteTable`] instead.
 pub fn route(event: &WebhookEvent, targets: &[RouteTarget]) -> RouteOutcome {
-    if event.event == EventKind::Ignore {
-        return RouteOutcome::Ignored {
-            reason: format!("{} is not used", describe_event(event)),
-        };
-    }
-    let needs_item = event.event.is_state_event() || event.event == EventKind::ItemAdded;
-    if needs_item && event.item_type.is_none() {
-        return RouteOutcome::Ignored {
-            reason: format!("{} is not about a movie or episode", describe_event(event)),
-        };
+    RouteTable::new(targets.to_vec()).route(event)
+}
+
+/// The configured targets indexed by normalised server id and user id, built once from the
+/// config, so that routing an event costs two hash lookups however many pairs there are.
+#[derive(Debug, Clone, Default)]
+pub struct RouteTable {
+    targets: Vec<RouteTarget>,
+    /// Normalised server id → its targets (indexes into `targets`, config order) and, by
+    /// normalised user id, those of each user.
+    servers: HashMap<String, ServerTargets>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct ServerTargets {
+    all: Vec<usize>,
+    by_user: HashMap<String, Vec<usize>>,
+}
+
+impl RouteTable {
+    pub fn new(targets: Vec<RouteTarget>) -> RouteTable {
+        let mut servers: HashMap<String, ServerTargets> = HashMap::new();
+        for (i, t) in targets.iter().enumerate() {
+            let server = normalize_id(&t.server_id);
+            if server.is_empty() {
+                continue;
+            }
+            let entry = servers.entry(server).or_default();
+            entry.all.push(i);
+            entry
+                .by_user
+                .entry(normalize_id(&t.user_id))
+                .or_default()
+                .push(i);
+        }
+        RouteTable { targets, servers }
     }
 
-    let server = normalize_id(&event.backend_id);
-    let on_server: Vec<&RouteTarget> = if server.is_empty() {
-        Vec::new()
-    } else {
-        targets
-            .iter()
-            .filter(|t| normalize_id(&t.server_id) == server)
-            .collect()
-    };
-    let user = event
-        .user_id
-        .as_deref()
-        .map(normalize_id)
-        .filter(|u| !u.is_empty());
+    pub fn targets(&self) -> &[RouteTarget] {
+        &self.targets
+    }
 
-    if event.event == EventKind::Test {
-        let routed = match &user {
-            Some(u) => on_server
+    fn pairs(&self, indexes: &[usize]) -> Vec<PairKey> {
+        dedup(indexes.iter().map(|i| self.targets[*i].pair()).collect())
+    }
+
+    /// Routes one event (see the module documentation for the rules).
+    pub fn route(&self, event: &WebhookEvent) -> RouteOutcome {
+        if event.event == EventKind::Ignore {
+            return RouteOutcome::Ignored {
+                reason: format!("{} is not used", describe_event(event)),
+            };
+        }
+        let needs_item = event.event.is_state_event() || event.event == EventKind::ItemAdded;
+        if needs_item && event.item_type.is_none() {
+            return RouteOutcome::Ignored {
+                reason: format!("{} is not about a movie or episode", describe_event(event)),
+            };
+        }
+
+        let server = normalize_id(&event.backend_id);
+        let on_server = self.servers.get(&server).filter(|_| !server.is_empty());
+        let user = event
+            .user_id
+            .as_deref()
+            .map(normalize_id)
+            .filter(|u| !u.is_empty());
+        let of_user = |u: &str| -> &[usize] {
+            on_server
+                .and_then(|s| s.by_user.get(u))
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+        };
+        let all_on_server = on_server.map(|s| s.all.as_slice()).unwrap_or_default();
+
+        if event.event == EventKind::Test {
+            let routed = match &user {
+                Some(u) => self.pairs(of_user(u)),
+                None => self.pairs(all_on_server),
+            };
+            return RouteOutcome::Test { routed };
+        }
+
+        if server.is_empty() {
+            return RouteOutcome::Unmatched {
+                reason: format!(
+                    "the {} webhook carried no server id; configured server ids: {}",
+                    event.sender,
+                    configured_servers(&self.targets)
+                ),
+            };
+        }
+        if all_on_server.is_empty() {
+            return RouteOutcome::Unmatched {
+                reason: format!(
+                    "no backend with server id {} is configured; configured server ids: {}",
+                    event.backend_id,
+                    configured_servers(&self.targets)
+                ),
+            };
+        }
+        if event.generic {
+            return RouteOutcome::Routed(self.pairs(all_on_server));
+        }
+        let Some(user) = user else {
+            return RouteOutcome::Unmatched {
+                reason: format!(
+                    "the {} event {} for server id {} carried no user id, and only library events go to every user{}",
+                    event.sender,
+                    event.raw_event,
+                    event.backend_id,
+                    no_user_hint(event.sender)
+                ),
+            };
+        };
+        let routed = of_user(&user);
+        if routed.is_empty() {
+            let configured = all_on_server
                 .iter()
-                .filter(|t| &normalize_id(&t.user_id) == u)
-                .map(|t| t.pair())
-                .collect(),
-            None => on_server.iter().map(|t| t.pair()).collect(),
-        };
-        return RouteOutcome::Test {
-            routed: dedup(routed),
-        };
+                .map(|i| {
+                    let t = &self.targets[*i];
+                    format!("{}/{} (user id {})", t.user, t.backend, t.user_id)
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            return RouteOutcome::Unmatched {
+                reason: format!(
+                    "no backend with server id {} and user id {} is configured; configured on that server: {}",
+                    event.backend_id,
+                    event.user_id.as_deref().unwrap_or_default(),
+                    configured
+                ),
+            };
+        }
+        RouteOutcome::Routed(self.pairs(routed))
     }
-
-    if server.is_empty() {
-        return RouteOutcome::Unmatched {
-            reason: format!(
-                "the {} webhook carried no server id; configured server ids: {}",
-                event.sender,
-                configured_servers(targets)
-            ),
-        };
-    }
-    if on_server.is_empty() {
-        return RouteOutcome::Unmatched {
-            reason: format!(
-                "no backend with server id {} is configured; configured server ids: {}",
-                event.backend_id,
-                configured_servers(targets)
-            ),
-        };
-    }
-    if event.generic {
-        return RouteOutcome::Routed(dedup(on_server.iter().map(|t| t.pair()).collect()));
-    }
-    let Some(user) = user else {
-        return RouteOutcome::Unmatched {
-            reason: format!(
-                "the {} event {} for server id {} carried no user id, and only library events go to every user{}",
-                event.sender,
-                event.raw_event,
-                event.backend_id,
-                no_user_hint(event.sender)
-            ),
-        };
-    };
-    let routed: Vec<PairKey> = on_server
-        .iter()
-        .filter(|t| normalize_id(&t.user_id) == user)
-        .map(|t| t.pair())
-        .collect();
-    if routed.is_empty() {
-        let configured = on_server
-            .iter()
-            .map(|t| format!("{}/{} (user id {})", t.user, t.backend, t.user_id))
-            .collect::<Vec<_>>()
-            .join(", ");
-        return RouteOutcome::Unmatched {
-            reason: format!(
-                "no backend with server id {} and user id {} is configured; configured on that server: {}",
-                event.backend_id,
-                event.user_id.as_deref().unwrap_or_default(),
-                configured
-            ),
-        };
-    }
-    RouteOutcome::Routed(dedup(routed))
 }
 
 fn describe_event(event: &WebhookEvent) -> String {

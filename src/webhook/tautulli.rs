@@ -17,10 +17,9 @@ use super::{blank, plex};
 use serde_json::{Map, Value};
 use watchstate_actors::event::{EventKind, ItemType, Sender, WebhookEvent};
 
-pub fn decode(obj: &Map<String, Value>) -> WebhookEvent {
+pub fn decode(mut obj: Map<String, Value>) -> WebhookEvent {
     // Unrendered placeholders are absent values; finding any means a test notification.
-    let raw_event = str_field(obj, "event").unwrap_or_default();
-    let mut obj = obj.clone();
+    let raw_event = str_field(&obj, "event").unwrap_or_default();
     let had_placeholders = blank_all(obj.values_mut());
     let mut ev = blank(Sender::Tautulli, plex::server_id(&obj), raw_event.clone());
     plex::fill_account(&obj, &mut ev);

@@ -168,7 +168,7 @@ impl IntakeServer {
         });
         let routes = std::sync::Arc::new(ServiceRoutes {
             webhook: WebhookService {
-                targets,
+                routes: watchstate::webhook::RouteTable::new(targets),
                 sink,
                 unmatched: Default::default(),
                 requests: RequestLog::new(100),

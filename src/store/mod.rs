@@ -1,6 +1,8 @@
 //! The sled implementation of the actors' [`Store`]: one database under `storage.path` with
 //! the trees `journal`, `pairs` and `meta` (DESIGN.md §7).
 
+mod writer;
+
 use crate::journal::JournalIndex;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -43,6 +45,8 @@ pub struct SledStore {
     /// The file journal (`crate::journal`), once attached: `Tree::Journal` reads and removals
     /// go to it instead of sled, so that the journal never waits on sled's flushes.
     file_journal: Arc<OnceLock<Arc<JournalIndex>>>,
+    /// Applies the actors' batches in the background, many at once (see [`writer`]).
+    writer: Arc<writer::Writer>,
 }
 
 const API_KEY: &[u8] = b"api_key";
@@ -182,14 +186,27 @@ impl SledStore {
             path: path.to_path_buf(),
             message: e.to_string(),
         };
-        let store = SledStore {
+        let trees = writer::Trees {
             journal: db.open_tree(Tree::Journal.name()).map_err(sled_err)?,
             pairs: db.open_tree(Tree::Pairs.name()).map_err(sled_err)?,
             meta: db.open_tree(Tree::Meta.name()).map_err(sled_err)?,
+        };
+        let file_journal = Arc::new(OnceLock::new());
+        let writer = writer::Writer::start(trees.clone(), file_journal.clone()).map_err(|e| {
+            OpenError::Sled {
+                path: path.to_path_buf(),
+                message: format!("cannot start the database writer thread: {e}"),
+            }
+        })?;
+        let store = SledStore {
+            journal: trees.journal,
+            pairs: trees.pairs,
+            meta: trees.meta,
             db,
             moved_aside,
             path: path.to_path_buf(),
-            file_journal: Arc::new(OnceLock::new()),
+            file_journal,
+            writer: Arc::new(writer),
         };
         store
             .meta
@@ -281,7 +298,14 @@ impl SledStore {
     }
 
     pub async fn flush_async(&self) -> Result<(), StoreError> {
+        self.writer.settle()?;
         self.db.flush_async().await.map(|_| ()).map_err(err)
+    }
+
+    /// (batches written since start, sled writes made for them, batches waiting now): how
+    /// well the writer groups the actors' batches.
+    pub fn write_stats(&self) -> (u64, u64, usize) {
+        self.writer.stats()
     }
 
     /// Approximate bytes on disk.
@@ -310,6 +334,7 @@ fn err(e: sled::Error) -> StoreError {
 
 impl Store for SledStore {
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.writer.settle()?;
         if let (Tree::Journal, Some(j)) = (tree, self.file_journal.get()) {
             return Ok(journal_seq(key).and_then(|seq| j.get(seq)));
         }
@@ -321,6 +346,7 @@ impl Store for SledStore {
         tree: Tree,
         prefix: &[u8],
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        self.writer.settle()?;
         if let (Tree::Journal, Some(j)) = (tree, self.file_journal.get()) {
             let mut rows = j.entries();
             rows.retain(|(k, _)| k.starts_with(prefix));
@@ -332,11 +358,17 @@ impl Store for SledStore {
             .collect()
     }
 
+    /// Queue the batch for the writer thread, which applies it (atomically, together with
+    /// the batches queued beside it) and then acknowledges the journal entries it removes.
+    /// Reads and `flush` wait for it first.
     fn apply(&self, mut batch: Batch) -> Result<(), StoreError> {
+        if batch.ops.is_empty() {
+            return Ok(());
+        }
         // With the file journal attached, removing a journal key acknowledges the entry, once
         // the rest of the batch (the effect) is applied.
         let mut acks = Vec::new();
-        if let Some(j) = self.file_journal.get() {
+        if self.file_journal.get().is_some() {
             if batch
                 .ops
                 .iter()
@@ -354,16 +386,12 @@ impl Store for SledStore {
                     true
                 }
             });
-            self.apply_sled(batch)?;
-            for seq in acks {
-                j.ack(seq);
-            }
-            return Ok(());
         }
-        self.apply_sled(batch)
+        self.writer.push(batch.ops, acks)
     }
 
     fn flush(&self) -> Result<(), StoreError> {
+        self.writer.settle()?;
         self.db.flush().map(|_| ()).map_err(err)
     }
 }
@@ -371,47 +399,6 @@ impl Store for SledStore {
 /// A journal key is a big-endian u64 sequence number.
 fn journal_seq(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(key.try_into().ok()?))
-}
-
-impl SledStore {
-    /// Apply a batch to sled: one tree's batch when it touches one tree, else a transaction.
-    fn apply_sled(&self, batch: Batch) -> Result<(), StoreError> {
-        if batch.ops.is_empty() {
-            return Ok(());
-        }
-        let first = batch.ops[0].tree;
-        if batch.ops.iter().all(|op| op.tree == first) {
-            let mut b = sled::Batch::default();
-            for op in batch.ops {
-                match op.value {
-                    Some(v) => b.insert(op.key, v),
-                    None => b.remove(op.key),
-                }
-            }
-            return self.tree(first).apply_batch(b).map_err(err);
-        }
-        use sled::Transactional;
-        (&self.journal, &self.pairs, &self.meta)
-            .transaction(|(j, p, m)| {
-                for op in &batch.ops {
-                    let t = match op.tree {
-                        Tree::Journal => j,
-                        Tree::Pairs => p,
-                        Tree::Meta => m,
-                    };
-                    match &op.value {
-                        Some(v) => {
-                            t.insert(op.key.as_slice(), v.as_slice())?;
-                        }
-                        None => {
-                            t.remove(op.key.as_slice())?;
-                        }
-                    }
-                }
-                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e| StoreError(format!("{e:?}")))
-    }
 }
 
 #[cfg(test)]

@@ -650,6 +650,8 @@ mod tests {
             b.put(Tree::Pairs, b"alice/plex/x".to_vec(), b"state".to_vec());
             b.remove(Tree::Journal, JournalEntry::key(first).to_vec());
             store.apply(b).unwrap();
+            // The store applies batches in the background; a flush waits for them.
+            store.flush().unwrap();
             assert_eq!(j.depth(), 2);
             assert_eq!(store.scan_prefix(Tree::Journal, b"").unwrap().len(), 2);
             // A stop with entries pending keeps every segment that holds one (the
@@ -696,6 +698,7 @@ mod tests {
                 .await
                 .unwrap();
         }
+        store.flush().unwrap();
         assert_eq!(j.depth(), 0);
         let size = |d: &Path| -> u64 {
             segment_files(d)

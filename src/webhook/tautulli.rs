@@ -149,7 +149,10 @@ mod tests {
     use serde_json::json;
 
     fn dec(v: Value) -> WebhookEvent {
-        decode(v.as_object().unwrap())
+        match v {
+            Value::Object(obj) => decode(obj),
+            other => panic!("not an object: {other}"),
+        }
     }
 
     fn body(event: &str, media_type: &str) -> Value {

@@ -9,8 +9,9 @@
 
 /// The allocator of the `watchstate` binary (`src/main.rs`), so that the figures are the
 /// service's.
+#[cfg(not(target_env = "msvc"))]
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};

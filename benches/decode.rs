@@ -3,6 +3,12 @@
 //! Ends with one summary line: `BENCH decode plex_ns=... tautulli_ns=... jellyfin_ns=... emby_ns=...`.
 
 use criterion::{black_box, criterion_group, Criterion};
+
+/// The allocator of the `watchstate` binary (`src/main.rs`), so that the figures are the
+/// service's.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use std::time::{Duration, Instant};
 use watchstate::webhook::{decode, RawRequest};
 

@@ -24,7 +24,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::oneshot;
 use watchstate_actors::event::{JournalEntry, Millis, WebhookEvent};
 use watchstate_actors::store::{PairKey, Store};
@@ -34,9 +34,10 @@ pub type Dispatch = Arc<dyn Fn(JournalEntry) -> Result<(), String> + Send + Sync
 
 /// A segment is closed and a new one started past this size.
 const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
-/// How long the writer waits for requests before it tidies up (deletes acknowledged segments).
+/// How long the writer waits for requests before it closes a fully applied active segment
+/// (so that the tidier can delete it).
 const IDLE: Duration = Duration::from_millis(200);
-/// At most one tidy-up (which flushes sled) this often.
+/// The tidier deletes applied segments (after flushing sled) this often.
 const TIDY_EVERY: Duration = Duration::from_secs(1);
 /// Record header: payload length and CRC-32 of the payload, both little-endian u32.
 const HEADER: usize = 8;
@@ -159,11 +160,13 @@ pub struct Journal {
     appended: AtomicU64,
 }
 
+/// Closed segments, by first seq: the writer adds, the tidier deletes.
+type Sealed = Arc<Mutex<Vec<u64>>>;
+
 /// The segment files and the active one, owned by the writer thread.
 struct Segments {
     dir: PathBuf,
-    /// Closed segments, by first seq.
-    sealed: Vec<u64>,
+    sealed: Sealed,
     /// First seq of the segment being appended to.
     active: u64,
     file: File,
@@ -246,7 +249,7 @@ impl Segments {
         sync_dir(dir);
         Ok(Segments {
             dir: dir.to_path_buf(),
-            sealed,
+            sealed: Arc::new(Mutex::new(sealed)),
             active,
             file,
             size: 0,
@@ -259,47 +262,68 @@ impl Segments {
         let path = segment_path(&self.dir, self.next_seq);
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
         sync_dir(&self.dir);
-        self.sealed.push(self.active);
+        self.sealed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(self.active);
         self.active = self.next_seq;
         self.file = file;
         self.size = 0;
         Ok(())
     }
 
-    /// Delete the closed segments whose entries are all acknowledged, after flushing sled so
-    /// that the effects of those acknowledgements are durable. When nothing is pending at all,
-    /// the active segment is closed first so that it can go too.
-    fn tidy(&mut self, index: &JournalIndex, store: &SledStore) {
+    /// When nothing is pending at all, close the active segment so that the tidier can
+    /// delete it too.
+    fn seal_if_applied(&mut self, index: &JournalIndex) {
         if self.size > 0 && index.is_empty() {
             if let Err(e) = self.rotate() {
                 tracing::warn!(error = %e, "cannot start a new journal segment");
             }
         }
-        let done: Vec<u64> = self
-            .sealed
-            .iter()
-            .copied()
-            .filter(|s| index.outstanding(*s) == 0)
-            .collect();
-        if done.is_empty() {
-            return;
-        }
-        if let Err(e) = store.flush() {
-            tracing::warn!(error = %e, "cannot flush the store; journal segments are kept");
-            return;
-        }
-        for s in done {
-            let path = segment_path(&self.dir, s);
-            match std::fs::remove_file(&path) {
-                Ok(()) => {
-                    self.sealed.retain(|x| *x != s);
-                    index.forget_segment(s);
-                }
-                Err(e) => {
-                    tracing::warn!(segment = %path.display(), error = %e, "cannot delete a journal segment")
-                }
+    }
+}
+
+/// Delete the closed segments whose entries are all acknowledged, after flushing sled so that
+/// the effects of those acknowledgements are durable. Runs on the tidier thread (and once at
+/// close), never on the writer's: a sled flush can take long, and webhooks wait for the writer.
+fn delete_applied(dir: &Path, sealed: &Sealed, index: &JournalIndex, store: &SledStore) {
+    let lock = || sealed.lock().unwrap_or_else(|p| p.into_inner());
+    let done: Vec<u64> = lock()
+        .iter()
+        .copied()
+        .filter(|s| index.outstanding(*s) == 0)
+        .collect();
+    if done.is_empty() {
+        return;
+    }
+    if let Err(e) = store.flush() {
+        tracing::warn!(error = %e, "cannot flush the store; journal segments are kept");
+        return;
+    }
+    for s in done {
+        let path = segment_path(dir, s);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                lock().retain(|x| *x != s);
+                index.forget_segment(s);
+            }
+            Err(e) => {
+                tracing::warn!(segment = %path.display(), error = %e, "cannot delete a journal segment")
             }
         }
+    }
+}
+
+/// The tidier thread: [`delete_applied`] every [`TIDY_EVERY`] until told to stop.
+fn tidier(
+    dir: PathBuf,
+    sealed: Sealed,
+    index: Arc<JournalIndex>,
+    store: SledStore,
+    stop: mpsc::Receiver<()>,
+) {
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(TIDY_EVERY) {
+        delete_applied(&dir, &sealed, &index, &store);
     }
 }
 
@@ -339,21 +363,41 @@ fn writer(
     rx: mpsc::Receiver<Msg>,
     flushes: Arc<AtomicU64>,
 ) {
-    let mut last_tidy = Instant::now();
+    let (stop_tidier, stop) = mpsc::channel::<()>();
+    let tidier = {
+        let (dir, sealed, index, store) = (
+            segments.dir.clone(),
+            segments.sealed.clone(),
+            index.clone(),
+            store.clone(),
+        );
+        std::thread::Builder::new()
+            .name("journal-tidier".into())
+            .spawn(move || tidier(dir, sealed, index, store, stop))
+    };
+    if let Err(e) = &tidier {
+        tracing::error!(error = %e, "cannot start the journal tidier; applied segments are deleted at stop");
+    }
+    // Stop the tidier, then tidy once more: a clean stop leaves no journal to replay.
+    let finish = |segments: &mut Segments| {
+        let _ = stop_tidier.send(());
+        if let Ok(t) = tidier {
+            let _ = t.join();
+        }
+        segments.seal_if_applied(&index);
+        delete_applied(&segments.dir, &segments.sealed, &index, &store);
+    };
     let mut buf = Vec::with_capacity(64 * 1024);
     loop {
         let first = match rx.recv_timeout(IDLE) {
             Ok(Msg::Append(a)) => *a,
             Ok(Msg::Close(done)) => {
-                segments.tidy(&index, &store);
+                finish(&mut segments);
                 let _ = done.send(());
                 return;
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                if last_tidy.elapsed() >= TIDY_EVERY {
-                    segments.tidy(&index, &store);
-                    last_tidy = Instant::now();
-                }
+                segments.seal_if_applied(&index);
                 continue;
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -430,18 +474,12 @@ fn writer(
             }
         }
         if let Some(done) = close {
-            segments.tidy(&index, &store);
+            finish(&mut segments);
             let _ = done.send(());
             return;
         }
-        if last_tidy.elapsed() >= TIDY_EVERY * 10 {
-            // Under continuous load there is no idle moment: tidy now and then anyway.
-            segments.tidy(&index, &store);
-            last_tidy = Instant::now();
-        }
     }
-    // Shutting down: a last tidy-up so that a clean stop leaves no journal to replay.
-    segments.tidy(&index, &store);
+    finish(&mut segments);
 }
 
 impl Journal {
@@ -565,6 +603,7 @@ impl EventSink for Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
     use watchstate_actors::event::{EventKind, Sender};
     use watchstate_actors::store::{Batch, Tree};
 

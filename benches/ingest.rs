@@ -202,6 +202,12 @@ fn main() {
             Ok(d) => tempfile::tempdir_in(d).expect("temp dir in BENCH_DATA_DIR"),
             Err(_) => tempfile::tempdir().expect("temp dir"),
         };
+        let (fsync_p50, fsync_p99) = fsync_probe(dir.path(), 500);
+        println!(
+            "disk: fdatasync of a small append p50 {} ms, p99 {} ms (the journal pays one per group)",
+            ms(fsync_p50),
+            ms(fsync_p99)
+        );
         let app = start_service(&dir.path().join("data"), &work.config).await;
         let service_url = format!("http://{}/v1/api/webhook", app.addr);
         let (base_addr, base_stop) = start_baseline().await;
@@ -284,6 +290,7 @@ fn main() {
                 ("baseline_p99_ms", ms(base.p99_us())),
                 ("errors", svc.error_count().to_string()),
                 ("senders", senders.to_string()),
+                ("fsync_p99_ms", ms(fsync_p99)),
             ],
         );
     });

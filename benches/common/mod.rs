@@ -70,6 +70,30 @@ pub fn machine() -> String {
     )
 }
 
+/// What one small durable append costs on the disk under `dir`: `fdatasync` after a 300-byte
+/// append, `n` times; (p50, p99) in microseconds. The journal pays this once per group, so
+/// it bounds the ingest figures from below, and it varies a lot on shared virtual disks.
+pub fn fsync_probe(dir: &std::path::Path, n: usize) -> (u64, u64) {
+    use std::io::Write;
+    let path = dir.join("fsync-probe");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .expect("create the fsync probe file");
+    let mut us: Vec<u64> = (0..n.max(1))
+        .map(|_| {
+            f.write_all(&[b'x'; 300]).expect("write the fsync probe file");
+            let t = Instant::now();
+            f.sync_data().expect("fdatasync the probe file");
+            t.elapsed().as_micros() as u64
+        })
+        .collect();
+    let _ = std::fs::remove_file(&path);
+    us.sort_unstable();
+    (us[us.len() / 2], us[(us.len() * 99 / 100).min(us.len() - 1)])
+}
+
 /// Resident set size of this process, from `/proc/self/statm` (Linux only; 0 elsewhere).
 pub fn rss_bytes() -> u64 {
     let page = 4096u64;

@@ -98,6 +98,9 @@ impl App {
             push_attempts: config.sync.push_attempts,
             max_requests_per_second: config.sync.max_requests_per_second,
             page_size: config.sync.page_size,
+            retry_base: config.sync.retry_base,
+            retry_max: config.sync.retry_max,
+            first_sync_delay: config.sync.first_sync_delay,
             ..SyncSettings::default()
         };
         // The journal is opened before the actors start, so that their reads and removals of

@@ -105,6 +105,17 @@ pub struct SyncConfig {
     /// Timeout of one request to a media server.
     #[serde(deserialize_with = "de_duration")]
     pub request_timeout: Duration,
+    /// First delay before a failed push is retried; it doubles per attempt.
+    #[serde(deserialize_with = "de_duration")]
+    pub retry_base: Duration,
+    /// Longest delay between two attempts of a push.
+    #[serde(deserialize_with = "de_duration")]
+    pub retry_max: Duration,
+    /// Delay before the first sync of a never-synced (or overdue) pair after start, plus a
+    /// per-pair stagger of up to as much again, so that many pairs do not list one server at
+    /// once.
+    #[serde(deserialize_with = "de_duration")]
+    pub first_sync_delay: Duration,
 }
 
 impl Default for SyncConfig {
@@ -118,6 +129,9 @@ impl Default for SyncConfig {
             max_requests_per_second: 10.0,
             page_size: 200,
             request_timeout: Duration::from_secs(30),
+            retry_base: Duration::from_secs(1),
+            retry_max: Duration::from_secs(300),
+            first_sync_delay: Duration::from_secs(30),
         }
     }
 }
@@ -313,6 +327,18 @@ impl Config {
             return Err((
                 "sync.request_timeout".into(),
                 "must be greater than 0".into(),
+            ));
+        }
+        if self.sync.retry_base.is_zero() {
+            return Err(("sync.retry_base".into(), "must be greater than 0".into()));
+        }
+        if self.sync.retry_max < self.sync.retry_base {
+            return Err((
+                "sync.retry_max".into(),
+                format!(
+                    "must be at least sync.retry_base ({})",
+                    humantime::format_duration(self.sync.retry_base)
+                ),
             ));
         }
         // (normalised server id, normalised user id) → where it was first seen.
@@ -513,6 +539,26 @@ mod tests {
         let c = parse("").unwrap();
         assert_eq!(c.server.max_body_bytes, 1024 * 1024);
         assert_eq!(c.sync.interval, Some(Duration::from_secs(43200)));
+    }
+
+    #[test]
+    fn retry_and_first_sync_delays_are_read() {
+        let c = parse(
+            "[sync]\nretry_base = \"250ms\"\nretry_max = \"10s\"\nfirst_sync_delay = \"0s\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.sync.retry_base, Duration::from_millis(250));
+        assert_eq!(c.sync.retry_max, Duration::from_secs(10));
+        assert_eq!(c.sync.first_sync_delay, Duration::ZERO);
+        let d = parse("").unwrap();
+        assert_eq!(
+            (d.sync.retry_base, d.sync.retry_max, d.sync.first_sync_delay),
+            (
+                Duration::from_secs(1),
+                Duration::from_secs(300),
+                Duration::from_secs(30)
+            )
+        );
     }
 
     #[test]

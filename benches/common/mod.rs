@@ -83,7 +83,8 @@ pub fn fsync_probe(dir: &std::path::Path, n: usize) -> (u64, u64) {
         .expect("create the fsync probe file");
     let mut us: Vec<u64> = (0..n.max(1))
         .map(|_| {
-            f.write_all(&[b'x'; 300]).expect("write the fsync probe file");
+            f.write_all(&[b'x'; 300])
+                .expect("write the fsync probe file");
             let t = Instant::now();
             f.sync_data().expect("fdatasync the probe file");
             t.elapsed().as_micros() as u64
@@ -91,7 +92,10 @@ pub fn fsync_probe(dir: &std::path::Path, n: usize) -> (u64, u64) {
         .collect();
     let _ = std::fs::remove_file(&path);
     us.sort_unstable();
-    (us[us.len() / 2], us[(us.len() * 99 / 100).min(us.len() - 1)])
+    (
+        us[us.len() / 2],
+        us[(us.len() * 99 / 100).min(us.len() - 1)],
+    )
 }
 
 /// Resident set size of this process, from `/proc/self/statm` (Linux only; 0 elsewhere).

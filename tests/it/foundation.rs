@@ -155,6 +155,25 @@ fn config_error_bad_duration() {
 }
 
 #[test]
+fn config_error_retry_delays() {
+    assert_config_error(
+        "[sync]\nretry_base = \"0s\"\n",
+        "sync.retry_base",
+        "greater than 0",
+    );
+    assert_config_error(
+        "[sync]\nretry_base = \"10s\"\nretry_max = \"5s\"\n",
+        "sync.retry_max",
+        "at least sync.retry_base (10s)",
+    );
+    assert_config_error(
+        "[sync]\nfirst_sync_delay = \"later\"\n",
+        "sync.first_sync_delay",
+        "invalid duration",
+    );
+}
+
+#[test]
 fn config_error_syntax_and_missing_file() {
     assert_config_error("[server\n", "(syntax)", "line 1");
     let out = bin()

@@ -761,6 +761,57 @@ mod tests {
         assert_eq!(j2.depth(), 0);
     }
 
+    /// A disk that fills up while the service runs: the next segment is `/dev/full`, whose
+    /// every write fails with ENOSPC. The request in that group is refused (the HTTP layer
+    /// answers 503), nothing of it is dispatched, and the journal goes on in a new segment.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_full_disk_refuses_the_group_and_the_journal_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 1 << 20).unwrap();
+        let j = Journal::open(store.clone()).unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (acks, s) = (store.clone(), seen.clone());
+        j.set_dispatch(Arc::new(move |e: JournalEntry| {
+            s.lock().unwrap().push(e.request_id.clone());
+            let mut b = Batch::new();
+            b.remove(Tree::Journal, JournalEntry::key(e.seq).to_vec());
+            acks.apply(b).map_err(|e| e.to_string())
+        }));
+        let pair = [PairKey::new("u", "b")];
+        j.accept("r1", 1, &event(), &pair).await.unwrap();
+        // Once r1 is applied and the writer idles, it starts segment 2: make that the full disk.
+        let journal_dir = dir.path().join("journal");
+        std::os::unix::fs::symlink("/dev/full", segment_path(&journal_dir, 2)).unwrap();
+        let first = segment_path(&journal_dir, 1);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while first.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "segment 1 was never closed and deleted"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let err = j.accept("r2", 2, &event(), &pair).await.unwrap_err();
+        let SinkError::Unavailable(message) = &err;
+        assert!(message.contains("No space left on device"), "{message}");
+        j.accept("r3", 3, &event(), &pair).await.unwrap();
+        assert_eq!(*seen.lock().unwrap(), vec!["r1", "r3"]);
+        assert_eq!(j.appended_count(), 2);
+        // The full segment held nothing and goes; r3's segment is a real file.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while segment_path(&journal_dir, 2).symlink_metadata().is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "the failed segment was never removed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        j.close().await;
+        let j2 = Journal::open(store).unwrap();
+        assert_eq!(j2.depth(), 0);
+    }
+
     #[tokio::test]
     async fn a_torn_tail_is_ignored_and_earlier_entries_are_kept() {
         let dir = tempfile::tempdir().unwrap();

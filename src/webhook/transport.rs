@@ -332,12 +332,13 @@ pub fn parse_multipart<'a>(body: &'a [u8], boundary: &str) -> Result<Vec<Part<'a
 }
 
 /// Finds the next delimiter that starts a line at or after `from` (a delimiter always follows a
-/// line end, so only the bytes after each `\n` are compared: linear in the body's length).
+/// line end, so only the bytes after each `\n` are compared: linear in the body's length, and
+/// `memchr` skips a binary part such as Plex's thumbnail JPEG many bytes at a time).
 /// Returns (delimiter position, end of the preceding part's content).
 fn find_delimiter(body: &[u8], delim: &[u8], from: usize) -> Option<(usize, usize)> {
     let mut i = from;
     while i < body.len() {
-        let nl = i + body[i..].iter().position(|b| *b == b'\n')?;
+        let nl = i + memchr::memchr(b'\n', &body[i..])?;
         let at = nl + 1;
         if body[at..].starts_with(delim) {
             let content_end = if nl > from && body[nl - 1] == b'\r' {

@@ -778,11 +778,12 @@ mod tests {
             b.remove(Tree::Journal, JournalEntry::key(e.seq).to_vec());
             acks.apply(b).map_err(|e| e.to_string())
         }));
-        let pair = [PairKey::new("u", "b")];
-        j.accept("r1", 1, &event(), &pair).await.unwrap();
-        // Once r1 is applied and the writer idles, it starts segment 2: make that the full disk.
+        // Once r1 is applied and the writer idles, it starts segment 2: make that the full disk
+        // (before r1, so that the writer cannot have started segment 2 already).
         let journal_dir = dir.path().join("journal");
         std::os::unix::fs::symlink("/dev/full", segment_path(&journal_dir, 2)).unwrap();
+        let pair = [PairKey::new("u", "b")];
+        j.accept("r1", 1, &event(), &pair).await.unwrap();
         let first = segment_path(&journal_dir, 1);
         let deadline = Instant::now() + Duration::from_secs(10);
         while first.exists() {

@@ -167,12 +167,10 @@ impl SledStore {
         let config = sled::Config::new().path(path).cache_capacity(cache_bytes);
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open())).unwrap_or_else(
             |panic| {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
-                Err(sled::Error::ReportableBug(format!("{PANIC_AT_OPEN}{what}")))
+                Err(sled::Error::ReportableBug(format!(
+                    "{PANIC_AT_OPEN}{}",
+                    panic_message(panic.as_ref())
+                )))
             },
         )
     }
@@ -312,6 +310,15 @@ impl SledStore {
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
     }
+}
+
+/// The text a panic was raised with (empty when it was not text).
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
 }
 
 /// Whether the database holds the schema version `from_db` writes at every open.

@@ -247,7 +247,14 @@ fn run(shared: &Shared, trees: &Trees, journal: &OnceLock<Arc<JournalIndex>>) {
             ops.extend(q.ops);
             acks.extend(q.acks);
         }
-        let result = trees.apply(&ops);
+        // A panic inside sled must not leave readers waiting for a writer that is gone.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| trees.apply(&ops)))
+            .unwrap_or_else(|panic| {
+                Err(format!(
+                    "sled panicked: {}",
+                    super::panic_message(panic.as_ref())
+                ))
+            });
         last_write = Some(Instant::now());
         if result.is_ok() {
             if let Some(j) = journal.get() {

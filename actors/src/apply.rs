@@ -88,7 +88,7 @@ impl PairCore {
             outcome: decision.outcome,
             reason: decision.reason,
         });
-        self.put_meta(&mut batch);
+        self.put_meta_soon(&mut batch);
         self.commit(batch)
     }
 

@@ -29,6 +29,10 @@ use tokio::task::JoinHandle;
 pub const RECENT_LIMIT: usize = 200;
 /// How many recent conflicts an actor keeps for status.
 pub const CONFLICT_LIMIT: usize = 50;
+/// A webhook that changes only the status part of [`PairMeta`] (counters, last event) has it
+/// written at most this long after, with whatever came in meanwhile, instead of in its own
+/// batch: one write per busy second instead of one per event.
+pub const META_WRITE_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Everything a pair actor receives (DESIGN.md §5).
 pub enum PairMsg {
@@ -60,6 +64,8 @@ pub enum PairMsg {
     },
     /// The outbox retry timer fired.
     OutboxWake,
+    /// Write the status part of the meta that webhooks left unwritten.
+    WriteMeta,
     /// A sibling finished a sync and wants the states this actor knows (rule 8, last step).
     CatchUp {
         requester: PairKey,
@@ -150,6 +156,10 @@ pub struct PairCore {
     pub outbox_timer: Option<(Millis, JoinHandle<()>)>,
     /// Changes for siblings, sent once the batch holding their relay records is committed.
     pub outgoing: Vec<Outgoing>,
+    /// `meta.next_id` as last written: ids handed out must be stored with what uses them.
+    pub meta_next_id_written: u64,
+    /// The meta changed since it was last written; [`PairMsg::WriteMeta`] is on its way.
+    pub meta_timer: Option<JoinHandle<()>>,
 }
 
 impl PairCore {
@@ -191,8 +201,39 @@ impl PairCore {
         );
     }
 
-    pub fn put_meta(&self, batch: &mut Batch) {
+    pub fn put_meta(&mut self, batch: &mut Batch) {
         batch.put(Tree::Pairs, self.meta_key(), encode(&self.meta));
+        self.meta_next_id_written = self.meta.next_id;
+        if let Some(t) = self.meta_timer.take() {
+            t.abort();
+        }
+    }
+
+    /// After a webhook: the meta goes into `batch` when the event handed out an id (it must
+    /// be durable with what uses it); otherwise, when only the status part changed, it is
+    /// written within [`META_WRITE_DELAY`]. A crash in between loses only status counts.
+    pub fn put_meta_soon(&mut self, batch: &mut Batch) {
+        if self.meta.next_id != self.meta_next_id_written {
+            self.put_meta(batch);
+            return;
+        }
+        if self.meta_timer.is_none() {
+            let me = self.myself.clone();
+            self.meta_timer = Some(tokio::spawn(async move {
+                tokio::time::sleep(META_WRITE_DELAY).await;
+                let _ = me.cast(PairMsg::WriteMeta);
+            }));
+        }
+    }
+
+    /// Write the meta now if a webhook left it unwritten.
+    pub fn write_pending_meta(&mut self) -> Result<(), StoreError> {
+        if self.meta_timer.is_none() {
+            return Ok(());
+        }
+        let mut batch = Batch::new();
+        self.put_meta(&mut batch);
+        self.commit(batch)
     }
 
     pub fn put_outbox(&self, batch: &mut Batch, entry: &OutboxEntry) {
@@ -258,6 +299,7 @@ impl PairCore {
             };
             if rest == b"m" {
                 self.meta = decode(&v).ok_or_else(|| bad("pair meta"))?;
+                self.meta_next_id_written = self.meta.next_id;
             } else if rest.starts_with(b"i/") {
                 let s: StoredItem = decode(&v).ok_or_else(|| bad("item"))?;
                 self.items.insert(Item::from_stored(&s));
@@ -413,6 +455,8 @@ impl Actor for PairActor {
             sync_timer: None,
             outbox_timer: None,
             outgoing: Vec::new(),
+            meta_next_id_written: 0,
+            meta_timer: None,
         };
         core.load()?;
         // Changes relayed to this pair before a stop come first: they were made before
@@ -447,6 +491,9 @@ impl Actor for PairActor {
         }
         if let Some(run) = core.sync_run.take() {
             run.task.abort();
+        }
+        if let Err(e) = core.write_pending_meta() {
+            tracing::warn!(pair = %core.spec.key, error = %e, "cannot write the pair's status counts at stop");
         }
         Ok(())
     }
@@ -499,6 +546,7 @@ impl Actor for PairActor {
                 core.outbox_timer = None;
                 core.pump_outbox();
             }
+            PairMsg::WriteMeta => core.write_pending_meta()?,
             PairMsg::CatchUp { requester } => core.on_catch_up(&requester),
             PairMsg::RetryDeadLetters(reply) => {
                 let n = core.retry_dead_letters()?;

@@ -666,3 +666,64 @@ async fn a_failing_push_shows_in_status_at_its_first_attempt() {
     assert_eq!(s.outbox.last_error, None);
     assert!(s.last_error.is_some());
 }
+
+/// The pair's meta as stored, if any.
+fn stored_meta(
+    h: &Harness,
+    user: &str,
+    backend: &str,
+) -> Option<watchstate_actors::pair::PairMeta> {
+    let key = format!("{user}/{backend}/m");
+    h.store
+        .get(watchstate_actors::store::Tree::Pairs, key.as_bytes())
+        .unwrap()
+        .map(|v| serde_json::from_slice(&v).unwrap())
+}
+
+/// Webhooks that only move status counts have the pair's meta written within
+/// `META_WRITE_DELAY` of the first of them, in one write; a webhook that hands out an id (a
+/// relay record for a sibling) stores the meta with it; a stop writes what is left.
+#[tokio::test(start_paused = true)]
+async fn status_counts_are_written_soon_in_one_write_and_ids_at_once() {
+    use watchstate_actors::pair::META_WRITE_DELAY;
+    let mut h = Harness::start(three(), SyncSettings::default()).await;
+    let received = |h: &Harness| stored_meta(h, "alice", "plex").map_or(0, |m| m.counters.received);
+    let m = movie("x", "tt77");
+    let plex = local(&m, "c", "plex");
+    h.backend("alice", "plex").add(plex.clone());
+    for _ in 0..3 {
+        h.send("alice", "plex", event(EventKind::Play, &plex));
+    }
+    eventually("three events handled", || async {
+        h.status("alice", "plex").await.counters.received == 3
+    })
+    .await;
+    assert_eq!(received(&h), 0, "written per event");
+    tokio::time::sleep(META_WRITE_DELAY + Duration::from_millis(50)).await;
+    assert_eq!(received(&h), 3, "not written after the delay");
+
+    // An id handed out is stored with the batch that uses it.
+    register(&mut h, "alice", &["jelly"], &m, "c").await;
+    let before = stored_meta(&h, "alice", "plex").unwrap().next_id;
+    h.send("alice", "plex", event(EventKind::Scrobble, &plex));
+    eventually("the scrobble handled", || async {
+        h.status("alice", "plex").await.counters.received == 4
+    })
+    .await;
+    let meta = stored_meta(&h, "alice", "plex").unwrap();
+    assert!(
+        meta.next_id > before,
+        "the relay id is not stored with the relay record"
+    );
+    assert_eq!(meta.counters.received, 4);
+
+    h.send("alice", "plex", event(EventKind::Play, &plex));
+    eventually("the last event handled", || async {
+        h.status("alice", "plex").await.counters.received == 5
+    })
+    .await;
+    assert_eq!(received(&h), 4);
+    let h = h.restart().await;
+    assert_eq!(received(&h), 5, "a stop leaves counts unwritten");
+    assert_eq!(h.status("alice", "plex").await.counters.received, 5);
+}

@@ -221,13 +221,13 @@ impl Api {
     async fn route(&self, routes: &dyn Routes, req: &Request, body: &mut Body) -> Reply {
         let path = req.path.trim_end_matches('/');
         match path {
-            p if p == format!("{PREFIX}/system/healthcheck") => {
+            p if p.strip_prefix(PREFIX) == Some("/system/healthcheck") => {
                 return match req.method {
                     Method::GET | Method::HEAD => json(StatusCode::OK, &j!({"status": "ok"})),
                     _ => method_not_allowed("GET"),
                 };
             }
-            p if p == format!("{PREFIX}/system/ready") => {
+            p if p.strip_prefix(PREFIX) == Some("/system/ready") => {
                 if req.method != Method::GET && req.method != Method::HEAD {
                     return method_not_allowed("GET");
                 }
@@ -253,7 +253,7 @@ impl Api {
         if !path.starts_with(PREFIX) {
             return not_found(req);
         }
-        let is_webhook = path == format!("{PREFIX}/webhook");
+        let is_webhook = path.strip_prefix(PREFIX) == Some("/webhook");
         if !is_webhook || self.secure_webhooks {
             if let Err(reply) = auth::check(req, &self.api_key) {
                 // Unknown routes answer 404 with or without the key.

@@ -13,11 +13,11 @@
 //! | anything else (`item.rate`, `library.deleted`, `user.*`, ...) | ignore |
 
 use super::fields::{self, bool_field, str_field, ticks_to_ms, u32_field, u64_field};
+use super::lazy::Obj;
 use super::{blank, ids};
-use serde_json::{Map, Value};
 use watchstate_actors::event::{EventKind, ItemType, Sender, WebhookEvent};
 
-pub fn decode(obj: &Map<String, Value>) -> WebhookEvent {
+pub fn decode(obj: &Obj<'_>) -> WebhookEvent {
     let raw_event = str_field(obj, "Event").unwrap_or_default();
     let item = fields::object(obj, "Item");
     let backend_id = fields::object(obj, "Server")
@@ -83,8 +83,9 @@ pub fn decode(obj: &Map<String, Value>) -> WebhookEvent {
 
 #[cfg(test)]
 mod tests {
+    use super::super::lazy::parse_object;
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     fn dec(event: &str, extra: Value) -> WebhookEvent {
         let mut base = json!({"Event": event, "Server": {"Id": "srv", "Version": "4.8.11.0"},
@@ -95,7 +96,7 @@ mod tests {
         for (k, v) in extra.as_object().unwrap() {
             base[k] = v.clone();
         }
-        decode(base.as_object().unwrap())
+        decode(&parse_object(&base.to_string()))
     }
 
     #[test]
@@ -176,21 +177,18 @@ mod tests {
 
     #[test]
     fn missing_parts() {
-        let ev = decode(
-            json!({"Event": "system.notificationtest", "Server": {"Id": "srv"}})
-                .as_object()
-                .unwrap(),
-        );
+        let ev = decode(&parse_object(
+            &json!({"Event": "system.notificationtest", "Server": {"Id": "srv"}}).to_string(),
+        ));
         assert_eq!(ev.event, EventKind::Test);
         assert_eq!(
             (ev.user_id.clone(), ev.item_id.clone(), ev.position_ms),
             (None, None, None)
         );
-        let ev = decode(
-            json!({"event": "library.new", "item": {"id": "5", "type": "movie", "serverid": "s2"}})
-                .as_object()
-                .unwrap(),
-        );
+        let ev = decode(&parse_object(
+            &json!({"event": "library.new", "item": {"id": "5", "type": "movie", "serverid": "s2"}})
+                .to_string(),
+        ));
         assert_eq!(ev.backend_id, "s2");
         assert_eq!(ev.item_type, Some(ItemType::Movie));
         assert_eq!(ev.event, EventKind::ItemAdded);

@@ -6,7 +6,7 @@
 //! else is dropped, because a wrong id would make the sync rules match the wrong item.
 
 use super::fields;
-use serde_json::{Map, Value};
+use super::lazy::Obj;
 use watchstate_actors::event::ExternalIds;
 
 /// Maps a sender's provider name (`Imdb`, `Tv Maze`, `themoviedb`, `thetvdb`, `TVDB`, ...) to
@@ -185,9 +185,9 @@ fn parse_hama(value: &str) -> Option<(&'static str, String)> {
 
 /// Emby `ProviderIds` (`{"Imdb": "tt…", "Tvdb": "…", "Tv Maze": …}`; any key case; values
 /// strings or numbers).
-pub fn provider_map(obj: &Map<String, Value>) -> ExternalIds {
+pub fn provider_map(obj: &Obj<'_>) -> ExternalIds {
     let mut ids = ExternalIds::new();
-    for (k, v) in obj {
+    for (k, v) in obj.sorted() {
         if let Some(value) = fields::string(v) {
             insert(&mut ids, k, &value);
         }
@@ -195,16 +195,15 @@ pub fn provider_map(obj: &Map<String, Value>) -> ExternalIds {
     ids
 }
 
+fn is_provider_key(k: &str) -> bool {
+    k.get(..9)
+        .is_some_and(|prefix| prefix.eq_ignore_ascii_case("provider_"))
+}
+
 /// Jellyfin flat `Provider_<name>` keys (any case) of a "Send All Properties" body.
-pub fn jellyfin_providers(obj: &Map<String, Value>) -> ExternalIds {
+pub fn jellyfin_providers(obj: &Obj<'_>) -> ExternalIds {
     let mut ids = ExternalIds::new();
-    for (k, v) in obj {
-        let Some(prefix) = k.get(..9) else {
-            continue;
-        };
-        if !prefix.eq_ignore_ascii_case("provider_") {
-            continue;
-        }
+    for (k, v) in obj.sorted_where(is_provider_key) {
         if let Some(value) = fields::string(v) {
             insert(&mut ids, &k[9..], &value);
         }
@@ -214,6 +213,7 @@ pub fn jellyfin_providers(obj: &Map<String, Value>) -> ExternalIds {
 
 #[cfg(test)]
 mod tests {
+    use super::super::lazy::parse_object;
     use super::*;
     use serde_json::json;
 
@@ -369,7 +369,7 @@ mod tests {
     #[test]
     fn emby_provider_ids_any_case() {
         let v = json!({"Imdb": "tt11650328", "TVDB": 7889611, "tv maze": "12", "TmdbCollection": "5", "Tmdb": ""});
-        let ids = provider_map(v.as_object().unwrap());
+        let ids = provider_map(&parse_object(&v.to_string()));
         assert_eq!(ids.get("imdb").map(String::as_str), Some("tt11650328"));
         assert_eq!(ids.get("tvdb").map(String::as_str), Some("7889611"));
         assert_eq!(ids.get("tvmaze").map(String::as_str), Some("12"));
@@ -379,7 +379,7 @@ mod tests {
     #[test]
     fn jellyfin_provider_keys() {
         let v = json!({"Provider_anidb": "238801", "provider_IMDB": "tt1", "Provider_tmdbcollection": "9", "Provider_tvdb": "x", "Provider": "1"});
-        let ids = jellyfin_providers(v.as_object().unwrap());
+        let ids = jellyfin_providers(&parse_object(&v.to_string()));
         assert_eq!(ids.len(), 2);
         assert_eq!(ids["anidb"], "238801");
         assert_eq!(ids["imdb"], "tt1");

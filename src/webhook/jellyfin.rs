@@ -14,11 +14,11 @@
 //! | anything else (other save reasons, `AuthenticationSuccess`, `SessionStart`, ...) | ignore |
 
 use super::fields::{bool_field, str_field, ticks_to_ms, u32_field, u64_field};
+use super::lazy::Obj;
 use super::{blank, ids};
-use serde_json::{Map, Value};
 use watchstate_actors::event::{EventKind, ItemType, Sender, WebhookEvent};
 
-pub fn decode(obj: &Map<String, Value>) -> WebhookEvent {
+pub fn decode(obj: &Obj<'_>) -> WebhookEvent {
     let raw_event = str_field(obj, "NotificationType").unwrap_or_default();
     let mut ev = blank(
         Sender::Jellyfin,
@@ -76,7 +76,7 @@ pub fn decode(obj: &Map<String, Value>) -> WebhookEvent {
 }
 
 /// `UserDataSaved` fires for every user-data write; `SaveReason` says which.
-fn user_data_saved(obj: &Map<String, Value>) -> (EventKind, Option<bool>) {
+fn user_data_saved(obj: &Obj<'_>) -> (EventKind, Option<bool>) {
     let reason = str_field(obj, "SaveReason").unwrap_or_default();
     match reason.to_ascii_lowercase().as_str() {
         "playbackstart" | "playbackprogress" => (EventKind::Progress, None),
@@ -92,8 +92,9 @@ fn user_data_saved(obj: &Map<String, Value>) -> (EventKind, Option<bool>) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::lazy::parse_object;
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     fn dec(extra: Value) -> WebhookEvent {
         let mut base = json!({"ServerId": "16588A9F-062A-40C4-9665-86B1D220BFFC", "UserId": "u1",
@@ -103,7 +104,7 @@ mod tests {
         for (k, v) in extra.as_object().unwrap() {
             base[k] = v.clone();
         }
-        decode(base.as_object().unwrap())
+        decode(&parse_object(&base.to_string()))
     }
 
     #[test]

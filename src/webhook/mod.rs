@@ -14,6 +14,7 @@ pub mod emby;
 mod fields;
 pub mod ids;
 pub mod jellyfin;
+mod lazy;
 pub mod plex;
 pub mod route;
 pub mod tautulli;
@@ -21,7 +22,7 @@ pub mod transport;
 
 pub use route::{route, RouteOutcome, RouteTable, RouteTarget, UnmatchedLog, UnmatchedRecord};
 
-use serde_json::{Map, Value};
+use lazy::{Json, Kind, Obj, Scalar};
 use watchstate_actors::event::{ExternalIds, Sender, WebhookEvent};
 
 /// One webhook request as the HTTP layer received it; only what decoding needs.
@@ -73,68 +74,84 @@ pub enum DecodeError {
 
 /// Decodes one webhook request into the normalised event.
 pub fn decode(req: &RawRequest) -> Result<WebhookEvent, DecodeError> {
-    let value = match transport::extract_json(req.content_type, req.body) {
-        Ok((value, _envelope)) => value,
+    let (text, envelope) = transport::extract_json(req.content_type, req.body)?;
+    let fixed: Option<String>;
+    let json = match transport::parse_extracted(&text, envelope) {
+        Ok(json) => json,
         Err(err @ DecodeError::InvalidJson { .. }) => {
             // A Tautulli test notification of a template with unquoted placeholders
             // (`"viewOffset": {view_offset}`) is not JSON until they are quoted.
-            match tautulli::quote_bare_placeholders(req.body)
-                .and_then(|fixed| transport::parse_json(fixed.as_bytes()).ok())
+            fixed = tautulli::quote_bare_placeholders(req.body);
+            match fixed
+                .as_deref()
+                .and_then(|fixed| transport::json_str(fixed).ok())
+                .and_then(|fixed| transport::parse_json(fixed).ok())
             {
-                Some(value) => value,
+                Some(json) => json,
                 None => return Err(err),
             }
         }
         Err(err) => return Err(err),
     };
-    decode_value(value, req.user_agent)
+    decode_json(json, req.user_agent, 0)
 }
 
-/// Decodes an already-parsed JSON body (the sender is recognised by its shape).
-pub fn decode_value(value: Value, user_agent: Option<&str>) -> Result<WebhookEvent, DecodeError> {
-    let mut value = value;
-    // Emby can wrap its JSON in a `data` key even inside a JSON body; unwrap twice at most.
-    for _ in 0..2 {
-        let Value::Object(obj) = &value else {
+/// Decodes a parsed JSON body (the sender is recognised by its shape). Emby can wrap its JSON
+/// in a `data` key even inside a JSON body; `unwrapped` counts those unwrapped so far (two at
+/// most).
+fn decode_json(
+    json: Json<'_>,
+    user_agent: Option<&str>,
+    unwrapped: u8,
+) -> Result<WebhookEvent, DecodeError> {
+    if unwrapped == 2 {
+        return Err(DecodeError::NotAWebhook(match json {
+            Json::Object(obj) => why_not(&obj, user_agent),
+            Json::Other(kind) => {
+                format!("the 'data' field holds {}, not an object", kind_of(kind))
+            }
+        }));
+    }
+    let obj = match json {
+        Json::Object(obj) => obj,
+        Json::Other(kind) => {
             return Err(DecodeError::NotAWebhook(format!(
                 "the JSON body is {}, not an object",
-                kind_of(&value)
-            )));
-        };
-        match detect(obj, user_agent) {
-            Some(Sender::Plex) => return Ok(plex::decode(obj)),
-            Some(Sender::Tautulli) => {
-                let Value::Object(obj) = value else {
-                    unreachable!("matched as an object above")
-                };
-                return Ok(tautulli::decode(obj));
-            }
-            Some(Sender::Jellyfin) => return Ok(jellyfin::decode(obj)),
-            Some(Sender::Emby) => return Ok(emby::decode(obj)),
-            None => {}
+                kind_of(kind)
+            )))
         }
-        match fields::get(obj, "data") {
-            Some(Value::String(s)) if !s.trim().is_empty() => {
-                value = transport::parse_json(s.as_bytes()).map_err(|e| DecodeError::InField {
-                    field: "data",
-                    source: Box::new(e),
-                })?;
+    };
+    match detect(&obj, user_agent) {
+        Some(Sender::Plex) => return Ok(plex::decode(&obj)),
+        Some(Sender::Tautulli) => return Ok(tautulli::decode(obj)),
+        Some(Sender::Jellyfin) => return Ok(jellyfin::decode(&obj)),
+        Some(Sender::Emby) => return Ok(emby::decode(&obj)),
+        None => {}
+    }
+    if let Some(data) = fields::get(&obj, "data") {
+        match data.scalar() {
+            Scalar::Str(s) if !s.trim().is_empty() => {
+                let inner = transport::json_str(&s)
+                    .and_then(transport::parse_json)
+                    .map_err(|e| DecodeError::InField {
+                        field: "data",
+                        source: Box::new(e),
+                    })?;
+                return decode_json(inner, user_agent, unwrapped + 1);
             }
-            Some(Value::Object(inner)) => value = Value::Object(inner.clone()),
-            _ => return Err(DecodeError::NotAWebhook(why_not(obj, user_agent))),
+            Scalar::Object => {
+                if let Some(inner) = data.as_object() {
+                    return decode_json(Json::Object(inner), user_agent, unwrapped + 1);
+                }
+            }
+            _ => {}
         }
     }
-    match &value {
-        Value::Object(obj) => Err(DecodeError::NotAWebhook(why_not(obj, user_agent))),
-        other => Err(DecodeError::NotAWebhook(format!(
-            "the 'data' field holds {}, not an object",
-            kind_of(other)
-        ))),
-    }
+    Err(DecodeError::NotAWebhook(why_not(&obj, user_agent)))
 }
 
 /// Recognises the sender by the keys that only it writes.
-fn detect(obj: &Map<String, Value>, user_agent: Option<&str>) -> Option<Sender> {
+fn detect(obj: &Obj<'_>, user_agent: Option<&str>) -> Option<Sender> {
     let ua = user_agent.unwrap_or_default().trim();
     if fields::get(obj, "NotificationType").is_some() {
         return Some(Sender::Jellyfin);
@@ -145,8 +162,8 @@ fn detect(obj: &Map<String, Value>, user_agent: Option<&str>) -> Option<Sender> 
             || event.contains('{')
             || starts_with_ci(ua, "tautulli")
             || fields::object(obj, "Metadata")
-                .and_then(|m| fields::get_exact(m, "Guids"))
-                .is_some_and(Value::is_object);
+                .and_then(|m| fields::object_exact(m, "Guids"))
+                .is_some();
         return Some(if tautulli {
             Sender::Tautulli
         } else {
@@ -160,10 +177,11 @@ fn detect(obj: &Map<String, Value>, user_agent: Option<&str>) -> Option<Sender> 
 }
 
 /// The part of the 400 message that says why the body is none of the four senders.
-fn why_not(obj: &Map<String, Value>, user_agent: Option<&str>) -> String {
+fn why_not(obj: &Obj<'_>, user_agent: Option<&str>) -> String {
     let ua = user_agent.unwrap_or_default().trim();
-    let mut keys: Vec<&str> = obj.keys().map(String::as_str).take(12).collect();
-    if obj.len() > 12 {
+    let all = obj.sorted();
+    let mut keys: Vec<&str> = all.iter().map(|(k, _)| *k).take(12).collect();
+    if all.len() > 12 {
         keys.push("...");
     }
     let keys = keys.join(", ");
@@ -182,14 +200,14 @@ fn starts_with_ci(s: &str, prefix: &str) -> bool {
         .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
 }
 
-fn kind_of(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
+fn kind_of(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Null => "null",
+        Kind::Bool => "a boolean",
+        Kind::Number => "a number",
+        Kind::String => "a string",
+        Kind::Array => "an array",
+        Kind::Object => "an object",
     }
 }
 
@@ -331,5 +349,30 @@ mod tests {
             decode(&req(None, None, b"")),
             Err(DecodeError::EmptyBody)
         ));
+    }
+
+    #[test]
+    fn data_unwrapping_messages() {
+        let msg = |body: &[u8]| decode(&req(None, None, body)).unwrap_err().to_string();
+        // Unwrapped once or twice, then the 'data' field itself is reported.
+        assert!(
+            msg(br#"{"data": "[1]"}"#).ends_with("the JSON body is an array, not an object"),
+            "{}",
+            msg(br#"{"data": "[1]"}"#)
+        );
+        assert!(msg(br#"{"data": {"data": 5}}"#).ends_with("keys present: data"));
+        assert!(msg(br#"{"data": {"data": {"data": 5}}}"#).ends_with("keys present: data"));
+        assert!(msg(br#"{"data": {"data": "\"x\""}}"#)
+            .ends_with("the 'data' field holds a string, not an object"));
+        assert!(msg(br#"{"data": {"data": "5"}}"#)
+            .ends_with("the 'data' field holds a number, not an object"));
+        // Keys are found in any case, and listed sorted, once, at most 12.
+        let ev = decode(&req(None, None, br#"{"DATA": {"Event": "library.new"}}"#)).unwrap();
+        assert_eq!(ev.sender, Sender::Emby);
+        let m = msg(br#"{"n": 1, "m": 2, "a": 3, "b": 4, "c": 5, "d": 6, "e": 7, "f": 8, "g": 9, "h": 10, "i": 11, "j": 12, "a": 13, "k": 14}"#);
+        assert!(
+            m.ends_with("keys present: a, b, c, d, e, f, g, h, i, j, k, m, ..."),
+            "{m}"
+        );
     }
 }

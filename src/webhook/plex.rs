@@ -14,10 +14,10 @@
 use super::blank;
 use super::fields::{self, get_exact, str_field, u32_field, u64_field};
 use super::ids::{self, GuidTarget};
-use serde_json::{Map, Value};
+use super::lazy::Obj;
 use watchstate_actors::event::{EventKind, ItemType, Sender, WebhookEvent};
 
-pub fn decode(obj: &Map<String, Value>) -> WebhookEvent {
+pub fn decode(obj: &Obj<'_>) -> WebhookEvent {
     let raw_event = str_field(obj, "event").unwrap_or_default();
     let mut ev = blank(Sender::Plex, server_id(obj), raw_event.clone());
     fill_account(obj, &mut ev);
@@ -41,14 +41,14 @@ pub fn decode(obj: &Map<String, Value>) -> WebhookEvent {
 }
 
 /// `Server.uuid`, the Plex machine identifier.
-pub(super) fn server_id(obj: &Map<String, Value>) -> String {
+pub(super) fn server_id(obj: &Obj<'_>) -> String {
     fields::object(obj, "Server")
         .and_then(|s| str_field(s, "uuid"))
         .unwrap_or_default()
 }
 
 /// `Account.id` (an integer in Plex, a string in Tautulli) and `Account.title`.
-pub(super) fn fill_account(obj: &Map<String, Value>, ev: &mut WebhookEvent) {
+pub(super) fn fill_account(obj: &Obj<'_>, ev: &mut WebhookEvent) {
     if let Some(account) = fields::object(obj, "Account") {
         ev.user_id = str_field(account, "id");
         ev.user_name = str_field(account, "title");
@@ -57,7 +57,7 @@ pub(super) fn fill_account(obj: &Map<String, Value>, ev: &mut WebhookEvent) {
 
 /// Item fields of `Metadata`. Episode-only fields stay empty for movies and other types
 /// (Tautulli writes `"0"` season/episode for movies; a track's `index` is not an episode).
-pub(super) fn fill_metadata(meta: &Map<String, Value>, ev: &mut WebhookEvent) {
+pub(super) fn fill_metadata(meta: &Obj<'_>, ev: &mut WebhookEvent) {
     ev.item_type = get_exact(meta, "type")
         .and_then(fields::string)
         .and_then(|t| match t.to_ascii_lowercase().as_str() {
@@ -80,13 +80,13 @@ pub(super) fn fill_metadata(meta: &Map<String, Value>, ev: &mut WebhookEvent) {
 
 /// `Metadata.Guid[]` (modern agents), `Metadata.guid` (legacy agents) and
 /// `Metadata.grandparentGuid` (always the show).
-pub(super) fn fill_guids(meta: &Map<String, Value>, ev: &mut WebhookEvent) {
+pub(super) fn fill_guids(meta: &Obj<'_>, ev: &mut WebhookEvent) {
     let is_episode = ev.item_type == Some(ItemType::Episode);
-    if let Some(Value::Array(list)) = get_exact(meta, "Guid") {
+    if let Some(list) = get_exact(meta, "Guid").and_then(|v| v.as_array()) {
         for entry in list {
-            let guid = match entry {
-                Value::Object(o) => str_field(o, "id"),
-                other => fields::string(other),
+            let guid = match entry.as_object() {
+                Some(o) => str_field(&o, "id"),
+                None => fields::string(entry),
             };
             if let Some(guid) = guid {
                 add_guid(ev, &guid, is_episode, false);
@@ -121,11 +121,12 @@ pub(super) fn add_guid(ev: &mut WebhookEvent, guid: &str, is_episode: bool, forc
 
 #[cfg(test)]
 mod tests {
+    use super::super::lazy::parse_object;
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     fn dec(v: Value) -> WebhookEvent {
-        decode(v.as_object().unwrap())
+        decode(&parse_object(&v.to_string()))
     }
 
     fn body(event: &str, meta: Value) -> Value {

@@ -13,14 +13,15 @@
 //! movie for a movie.
 
 use super::fields::{self, str_field};
+use super::lazy::Obj;
 use super::{blank, plex};
-use serde_json::{Map, Value};
 use watchstate_actors::event::{EventKind, ItemType, Sender, WebhookEvent};
 
-pub fn decode(mut obj: Map<String, Value>) -> WebhookEvent {
+pub fn decode(obj: Obj<'_>) -> WebhookEvent {
     // Unrendered placeholders are absent values; finding any means a test notification.
     let raw_event = str_field(&obj, "event").unwrap_or_default();
-    let had_placeholders = blank_all(obj.values_mut());
+    let had_placeholders = obj.any_brace_string(is_unrendered);
+    let obj = obj.with_null_strings(is_unrendered);
     let mut ev = blank(Sender::Tautulli, plex::server_id(&obj), raw_event.clone());
     plex::fill_account(&obj, &mut ev);
     if let Some(meta) = fields::object(&obj, "Metadata") {
@@ -50,15 +51,15 @@ pub fn decode(mut obj: Map<String, Value>) -> WebhookEvent {
 }
 
 /// `Metadata.Guids` of the template, plus any Plex guid the payload carries.
-fn fill_guids(meta: &Map<String, Value>, ev: &mut WebhookEvent) {
+fn fill_guids(meta: &Obj<'_>, ev: &mut WebhookEvent) {
     let is_episode = ev.item_type == Some(ItemType::Episode);
-    if let Some(Value::Object(guids)) = fields::get_exact(meta, "Guids") {
+    if let Some(guids) = fields::object_exact(meta, "Guids") {
         let target = if is_episode {
             &mut ev.series_external_ids
         } else {
             &mut ev.external_ids
         };
-        for (provider, value) in guids {
+        for (provider, value) in guids.sorted() {
             if let Some(value) = fields::string(value) {
                 super::ids::insert(target, provider, &value);
             }
@@ -67,30 +68,11 @@ fn fill_guids(meta: &Map<String, Value>, ev: &mut WebhookEvent) {
     plex::fill_guids(meta, ev);
 }
 
-/// Replaces every string that is exactly one `{placeholder}` with `null`; true if any was found.
-fn blank_placeholders(v: &mut Value) -> bool {
-    let found = match v {
-        // `tautulli.{action}` is the event of an unrendered template.
-        Value::String(s) => {
-            is_placeholder(s) || (s.starts_with("tautulli.") && s.contains('{') && s.contains('}'))
-        }
-        Value::Array(items) => return blank_all(items.iter_mut()),
-        Value::Object(map) => return blank_all(map.values_mut()),
-        _ => false,
-    };
-    if found {
-        *v = Value::Null;
-    }
-    found
-}
-
-/// Visits every value (no short-circuit: all placeholders must be blanked).
-fn blank_all<'a>(values: impl Iterator<Item = &'a mut Value>) -> bool {
-    let mut found = false;
-    for v in values {
-        found |= blank_placeholders(v);
-    }
-    found
+/// A string that is exactly one `{placeholder}`, or the event `tautulli.{action}` of an
+/// unrendered template: it reads as `null`. Only strings with a `{` qualify (as
+/// [`Obj::any_brace_string`] requires).
+fn is_unrendered(s: &str) -> bool {
+    is_placeholder(s) || (s.starts_with("tautulli.") && s.contains('{') && s.contains('}'))
 }
 
 /// Quotes every `{placeholder}` that stands outside a JSON string, so that a test notification
@@ -145,14 +127,12 @@ fn is_placeholder(s: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::super::lazy::parse_object;
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     fn dec(v: Value) -> WebhookEvent {
-        match v {
-            Value::Object(obj) => decode(obj),
-            other => panic!("not an object: {other}"),
-        }
+        decode(parse_object(&v.to_string()))
     }
 
     fn body(event: &str, media_type: &str) -> Value {

@@ -4,8 +4,10 @@
 //! in-memory body, never panics, and turns each failure into a [`DecodeError`] that says what
 //! was wrong.
 
+use super::lazy::{self, Json};
 use super::DecodeError;
 use serde_json::Value;
+use std::borrow::Cow;
 
 /// The form fields that carry a webhook's JSON, in the order they are looked for.
 const JSON_FIELDS: [&str; 2] = ["payload", "data"];
@@ -111,6 +113,16 @@ pub enum Envelope {
     FormFields,
 }
 
+impl Envelope {
+    /// The form field whose name errors in the JSON are reported under.
+    fn field(self) -> Option<&'static str> {
+        match self {
+            Envelope::Multipart(field) | Envelope::Form(field) => Some(field),
+            Envelope::Raw | Envelope::FormFields => None,
+        }
+    }
+}
+
 /// One part of a multipart body. Only what the decoders need.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Part<'a> {
@@ -121,11 +133,12 @@ pub struct Part<'a> {
     pub body: &'a [u8],
 }
 
-/// Extracts the webhook's JSON object text from the request body.
-pub fn extract_json(
+/// Extracts the webhook's JSON text from the request body (not parsed yet: see
+/// [`parse_extracted`]).
+pub fn extract_json<'a>(
     content_type: Option<&str>,
-    body: &[u8],
-) -> Result<(Value, Envelope), DecodeError> {
+    body: &'a [u8],
+) -> Result<(Cow<'a, str>, Envelope), DecodeError> {
     let body = strip_bom(body);
     if body.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(DecodeError::EmptyBody);
@@ -142,7 +155,7 @@ pub fn extract_json(
         Some(ct) if ct.is_urlencoded() => {
             // Some senders label raw JSON as a form; accept it when it looks like JSON.
             if looks_like_json(body) {
-                return parse_json(body).map(|v| (v, Envelope::Raw));
+                return json_text(body).map(|t| (t, Envelope::Raw));
             }
             from_form(body)
         }
@@ -152,13 +165,28 @@ pub fn extract_json(
                 if let Some(boundary) = sniff_boundary(body) {
                     return from_multipart(body, &boundary);
                 }
-                if let Ok(found) = from_form(body) {
-                    return Ok(found);
+                // A form counts only if its JSON field parses (this parses it twice: rare).
+                if let Ok((text, envelope)) = from_form(body) {
+                    if parse_extracted(&text, envelope).is_ok() {
+                        return Ok((text, envelope));
+                    }
                 }
             }
-            parse_json(body).map(|v| (v, Envelope::Raw))
+            json_text(body).map(|t| (t, Envelope::Raw))
         }
     }
+}
+
+/// Parses the text [`extract_json`] found; an error in a form field's JSON is reported as the
+/// field's.
+pub fn parse_extracted(text: &str, envelope: Envelope) -> Result<Json<'_>, DecodeError> {
+    parse_json(text).map_err(|e| match envelope.field() {
+        Some(field) => DecodeError::InField {
+            field,
+            source: Box::new(e),
+        },
+        None => e,
+    })
 }
 
 fn strip_bom(body: &[u8]) -> &[u8] {
@@ -172,17 +200,31 @@ fn looks_like_json(body: &[u8]) -> bool {
     )
 }
 
-/// Parses JSON; invalid UTF-8 inside strings is replaced rather than rejected.
-pub fn parse_json(bytes: &[u8]) -> Result<Value, DecodeError> {
+/// The JSON text of a body or field: without a UTF-8 byte order mark, invalid UTF-8 replaced
+/// rather than rejected; an empty (or all blank) one is [`DecodeError::EmptyBody`].
+pub fn json_text(bytes: &[u8]) -> Result<Cow<'_, str>, DecodeError> {
     let bytes = strip_bom(bytes);
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(DecodeError::EmptyBody);
     }
-    let result = match std::str::from_utf8(bytes) {
-        Ok(s) => serde_json::from_str(s),
-        Err(_) => serde_json::from_str(&String::from_utf8_lossy(bytes)),
-    };
-    result.map_err(|e| DecodeError::InvalidJson {
+    Ok(match std::str::from_utf8(bytes) {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => Cow::Owned(String::from_utf8_lossy(bytes).into_owned()),
+    })
+}
+
+/// [`json_text`] of a string, which needs no UTF-8 repair.
+pub fn json_str(s: &str) -> Result<&str, DecodeError> {
+    let s = s.strip_prefix('\u{FEFF}').unwrap_or(s);
+    if s.bytes().all(|b| b.is_ascii_whitespace()) {
+        return Err(DecodeError::EmptyBody);
+    }
+    Ok(s)
+}
+
+/// Parses a JSON text, lazily (see [`lazy::parse`]).
+pub fn parse_json(text: &str) -> Result<Json<'_>, DecodeError> {
+    lazy::parse(text).map_err(|e| DecodeError::InvalidJson {
         line: e.line(),
         column: e.column(),
         message: strip_position(&e.to_string()),
@@ -209,18 +251,21 @@ fn sniff_boundary(body: &[u8]) -> Option<String> {
     Some(boundary.to_string())
 }
 
-fn from_multipart(body: &[u8], boundary: &str) -> Result<(Value, Envelope), DecodeError> {
+fn from_multipart<'a>(
+    body: &'a [u8],
+    boundary: &str,
+) -> Result<(Cow<'a, str>, Envelope), DecodeError> {
     let parts = parse_multipart(body, boundary)?;
     for field in JSON_FIELDS {
         if let Some(part) = parts
             .iter()
             .find(|p| p.filename.is_none() && p.name.as_deref() == Some(field))
         {
-            let value = parse_json(part.body).map_err(|e| DecodeError::InField {
+            let text = json_text(part.body).map_err(|e| DecodeError::InField {
                 field,
                 source: Box::new(e),
             })?;
-            return Ok((value, Envelope::Multipart(field)));
+            return Ok((text, Envelope::Multipart(field)));
         }
     }
     Err(DecodeError::NoJsonField {
@@ -232,19 +277,21 @@ fn from_multipart(body: &[u8], boundary: &str) -> Result<(Value, Envelope), Deco
     })
 }
 
-fn from_form(body: &[u8]) -> Result<(Value, Envelope), DecodeError> {
-    let pairs: Vec<(String, String)> =
+fn from_form(body: &[u8]) -> Result<(Cow<'static, str>, Envelope), DecodeError> {
+    let mut pairs: Vec<(String, String)> =
         serde_urlencoded::from_bytes(body).map_err(|e| DecodeError::InvalidForm(e.to_string()))?;
     for field in JSON_FIELDS {
-        if let Some((_, v)) = pairs.iter().find(|(k, _)| k == field) {
-            let value = parse_json(v.as_bytes()).map_err(|e| DecodeError::InField {
+        if let Some(i) = pairs.iter().position(|(k, _)| k == field) {
+            let (_, value) = pairs.swap_remove(i);
+            let text = owned_json_text(value).map_err(|e| DecodeError::InField {
                 field,
                 source: Box::new(e),
             })?;
-            return Ok((value, Envelope::Form(field)));
+            return Ok((text, Envelope::Form(field)));
         }
     }
-    // Jellyfin's "Generic Form" destination posts the properties themselves as form fields.
+    // Jellyfin's "Generic Form" destination posts the properties themselves as form fields:
+    // they become a JSON object of strings (a repeated field keeps its last value).
     if pairs
         .iter()
         .any(|(k, _)| k.eq_ignore_ascii_case("NotificationType"))
@@ -253,12 +300,25 @@ fn from_form(body: &[u8]) -> Result<(Value, Envelope), DecodeError> {
             .into_iter()
             .map(|(k, v)| (k, Value::String(v)))
             .collect::<serde_json::Map<_, _>>();
-        return Ok((Value::Object(obj), Envelope::FormFields));
+        return Ok((
+            Cow::Owned(Value::Object(obj).to_string()),
+            Envelope::FormFields,
+        ));
     }
     Err(DecodeError::NoJsonField {
         envelope: "form",
         present: pairs.into_iter().map(|(k, _)| k).take(20).collect(),
     })
+}
+
+/// [`json_text`] of a form field's value, kept without a copy when it has no byte order mark.
+fn owned_json_text(value: String) -> Result<Cow<'static, str>, DecodeError> {
+    let text = json_str(&value)?;
+    Ok(Cow::Owned(if text.len() == value.len() {
+        value
+    } else {
+        text.to_string()
+    }))
 }
 
 /// An in-memory `multipart/form-data` parser (RFC 7578 / RFC 2046 §5.1). Lenient: accepts LF
@@ -418,6 +478,13 @@ fn parse_disposition(headers: &[u8]) -> (Option<String>, Option<String>) {
 mod tests {
     use super::*;
 
+    /// Extracts and parses as `decode` does; the JSON as a `Value`, for the assertions.
+    fn extract(ct: Option<&str>, body: &[u8]) -> Result<(Value, Envelope), DecodeError> {
+        let (text, env) = extract_json(ct, body)?;
+        parse_extracted(&text, env)?;
+        Ok((serde_json::from_str(&text).unwrap(), env))
+    }
+
     #[test]
     fn content_type_params_and_quotes() {
         let ct = ContentType::parse("Multipart/Form-Data; boundary=\"a;b c\"; charset=utf-8");
@@ -436,7 +503,7 @@ mod tests {
         assert_eq!(parts[0].body, b"{\"a\":1}");
         assert_eq!(parts[1].filename.as_deref(), Some("thumb.jpg"));
         assert_eq!(parts[1].body, b"\xff\xd8--XyZ-not");
-        let (v, env) = extract_json(Some("multipart/form-data; boundary=XyZ"), body).unwrap();
+        let (v, env) = extract(Some("multipart/form-data; boundary=XyZ"), body).unwrap();
         assert_eq!(v["a"], 1);
         assert_eq!(env, Envelope::Multipart("payload"));
     }
@@ -445,7 +512,7 @@ mod tests {
     fn multipart_lf_preamble_and_missing_close() {
         let body =
             b"preamble\n--b\nContent-Disposition: form-data; name=data\n\n{\"Event\":\"x\"}\n";
-        let (v, env) = extract_json(Some("multipart/form-data; boundary=b"), body).unwrap();
+        let (v, env) = extract(Some("multipart/form-data; boundary=b"), body).unwrap();
         assert_eq!(v["Event"], "x");
         assert_eq!(env, Envelope::Multipart("data"));
     }
@@ -453,7 +520,7 @@ mod tests {
     #[test]
     fn multipart_without_json_field_names_the_fields() {
         let body = b"--b\r\nContent-Disposition: form-data; name=\"other\"\r\n\r\nx\r\n--b--";
-        let err = extract_json(Some("multipart/form-data; boundary=b"), body).unwrap_err();
+        let err = extract(Some("multipart/form-data; boundary=b"), body).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("no 'payload'"), "{msg}");
         assert!(msg.contains("other"), "{msg}");
@@ -463,16 +530,16 @@ mod tests {
     fn multipart_boundary_sniffed_without_param() {
         let body =
             b"--abc\r\nContent-Disposition: form-data; name=\"payload\"\r\n\r\n{}\r\n--abc--\r\n";
-        let (_, env) = extract_json(Some("multipart/form-data"), body).unwrap();
+        let (_, env) = extract(Some("multipart/form-data"), body).unwrap();
         assert_eq!(env, Envelope::Multipart("payload"));
-        let (_, env) = extract_json(None, body).unwrap();
+        let (_, env) = extract(None, body).unwrap();
         assert_eq!(env, Envelope::Multipart("payload"));
     }
 
     #[test]
     fn urlencoded_data_field() {
         let body = b"data=%7B%22Event%22%3A%22library.new%22%7D&x=1";
-        let (v, env) = extract_json(Some("application/x-www-form-urlencoded"), body).unwrap();
+        let (v, env) = extract(Some("application/x-www-form-urlencoded"), body).unwrap();
         assert_eq!(v["Event"], "library.new");
         assert_eq!(env, Envelope::Form("data"));
     }
@@ -480,7 +547,7 @@ mod tests {
     #[test]
     fn jellyfin_generic_form_fields_become_an_object() {
         let body = b"NotificationType=PlaybackStart&ServerId=abc&PlaybackPositionTicks=50000";
-        let (v, env) = extract_json(Some("application/x-www-form-urlencoded"), body).unwrap();
+        let (v, env) = extract(Some("application/x-www-form-urlencoded"), body).unwrap();
         assert_eq!(env, Envelope::FormFields);
         assert_eq!(v["NotificationType"], "PlaybackStart");
         assert_eq!(v["PlaybackPositionTicks"], "50000");
@@ -488,18 +555,51 @@ mod tests {
 
     #[test]
     fn invalid_json_reports_line_and_column() {
-        let err = extract_json(Some("application/json"), b"{\n\"a\":\n  ]").unwrap_err();
+        let err = extract(Some("application/json"), b"{\n\"a\":\n  ]").unwrap_err();
         let msg = err.to_string();
         assert!(msg.starts_with("invalid JSON at line 3 column 3"), "{msg}");
     }
 
     #[test]
+    fn json_errors_inside_fields_are_the_fields() {
+        let body =
+            b"--b\r\nContent-Disposition: form-data; name=\"payload\"\r\n\r\n{\"a\":}\r\n--b--";
+        let err = extract(Some("multipart/form-data; boundary=b"), body).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("field 'payload': invalid JSON at line 1 column 6"),
+            "{err}"
+        );
+        let err = extract(Some("application/x-www-form-urlencoded"), b"data=%20&x=1").unwrap_err();
+        assert!(
+            matches!(&err, DecodeError::InField { field: "data", source } if matches!(**source, DecodeError::EmptyBody)),
+            "{err:?}"
+        );
+        // Without a content type, a form whose JSON does not parse is not taken for one: the
+        // body itself is the (invalid) JSON.
+        let err = extract(None, b"data=%7B&x=1").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("invalid JSON at line 1 column 1"),
+            "{err}"
+        );
+        let (v, env) = extract(None, b"data=%7B%22a%22%3A1%7D&x=1").unwrap();
+        assert_eq!((v["a"].as_u64(), env), (Some(1), Envelope::Form("data")));
+    }
+
+    #[test]
+    fn invalid_utf8_is_replaced() {
+        let (v, _) = extract(None, b"{\"a\": \"x\xff\"}").unwrap();
+        assert_eq!(v["a"], "x\u{fffd}");
+    }
+
+    #[test]
     fn empty_and_bom() {
         assert!(matches!(
-            extract_json(None, b"  \r\n"),
+            extract(None, b"  \r\n"),
             Err(DecodeError::EmptyBody)
         ));
-        let (v, _) = extract_json(Some("text/plain"), b"\xEF\xBB\xBF{\"a\":2}").unwrap();
+        let (v, _) = extract(Some("text/plain"), b"\xEF\xBB\xBF{\"a\":2}").unwrap();
         assert_eq!(v["a"], 2);
     }
 }

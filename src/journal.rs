@@ -192,7 +192,7 @@ fn entry_json(
         serde_json::to_writer(out, s).expect("a string serialises to JSON")
     };
     out.extend_from_slice(b"{\"seq\":");
-    out.extend_from_slice(seq.to_string().as_bytes());
+    write!(out, "{seq}").expect("writing to a Vec cannot fail");
     out.extend_from_slice(b",\"pair\":{\"user\":");
     text(out, &pair.user);
     out.extend_from_slice(b",\"backend\":");
@@ -200,7 +200,7 @@ fn entry_json(
     out.extend_from_slice(b"},\"request_id\":");
     text(out, request_id);
     out.extend_from_slice(b",\"received_at\":");
-    out.extend_from_slice(received_at.to_string().as_bytes());
+    write!(out, "{received_at}").expect("writing to a Vec cannot fail");
     out.extend_from_slice(b",\"event\":");
     out.extend_from_slice(event_json);
     out.push(b'}');

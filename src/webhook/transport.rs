@@ -203,14 +203,10 @@ fn looks_like_json(body: &[u8]) -> bool {
 /// The JSON text of a body or field: without a UTF-8 byte order mark, invalid UTF-8 replaced
 /// rather than rejected; an empty (or all blank) one is [`DecodeError::EmptyBody`].
 pub fn json_text(bytes: &[u8]) -> Result<Cow<'_, str>, DecodeError> {
-    let bytes = strip_bom(bytes);
-    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
-        return Err(DecodeError::EmptyBody);
+    match std::str::from_utf8(bytes) {
+        Ok(s) => json_str(s).map(Cow::Borrowed),
+        Err(_) => owned_json_text(String::from_utf8_lossy(bytes).into_owned()),
     }
-    Ok(match std::str::from_utf8(bytes) {
-        Ok(s) => Cow::Borrowed(s),
-        Err(_) => Cow::Owned(String::from_utf8_lossy(bytes).into_owned()),
-    })
 }
 
 /// [`json_text`] of a string, which needs no UTF-8 repair.

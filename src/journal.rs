@@ -23,7 +23,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -48,6 +48,13 @@ const SPARE_PREP: &str = "spare.prep";
 const IDLE: Duration = Duration::from_millis(200);
 /// The tidier deletes applied segments (after flushing sled) this often.
 const TIDY_EVERY: Duration = Duration::from_secs(1);
+/// Sustained writes (this much in one segment) have the tidier prepare a spare: the next
+/// segment, or the current one's successor as soon as it is ready when the current one grows
+/// by appending. A trickle of webhooks never costs a preallocated segment.
+fn spare_threshold(segment_bytes: u64) -> u64 {
+    (segment_bytes / 4).min(1 << 20)
+}
+
 /// Record header: payload length and CRC-32 of the payload, both little-endian u32.
 const HEADER: usize = 8;
 
@@ -235,15 +242,20 @@ struct Segments {
     segment_bytes: u64,
     /// The tidier was asked for a spare for the segment after this one.
     spare_asked: bool,
+    /// The active segment is a spare (written over allocated blocks), not a file that grows.
+    preallocated: bool,
+    /// A spare is (probably) ready: set by the tidier when it made or recycled one, cleared
+    /// when a rotation found none.
+    spare_ready: Arc<AtomicBool>,
 }
 
-/// Open the file of a new segment at `path` and where to write in it: the spare renamed into
-/// place when one is ready (written from its start), or a new empty file. A file already at
-/// `path` is never replaced; it is written after its end.
-fn open_segment(dir: &Path, path: &Path) -> std::io::Result<(File, u64)> {
+/// Open the file of a new segment at `path`, where to write in it, and whether it is a
+/// spare: the spare renamed into place when one is ready (written from its start), or a new
+/// empty file. A file already at `path` is never replaced; it is written after its end.
+fn open_segment(dir: &Path, path: &Path) -> std::io::Result<(File, u64, bool)> {
     if path.symlink_metadata().is_err() && std::fs::rename(dir.join(SPARE), path).is_ok() {
         let file = OpenOptions::new().write(true).open(path)?;
-        return Ok((file, 0));
+        return Ok((file, 0, true));
     }
     let file = OpenOptions::new()
         .create(true)
@@ -251,7 +263,7 @@ fn open_segment(dir: &Path, path: &Path) -> std::io::Result<(File, u64)> {
         .truncate(false)
         .open(path)?;
     let size = file.metadata()?.len();
-    Ok((file, size))
+    Ok((file, size, false))
 }
 
 /// Zero-fill a spare segment of `bytes` and make it durable, unless one is ready.
@@ -355,7 +367,7 @@ impl Segments {
         }
         let active = next_seq;
         let path = segment_path(dir, active);
-        let (file, size) = open_segment(dir, &path).map_err(io_err(&path))?;
+        let (file, size, preallocated) = open_segment(dir, &path).map_err(io_err(&path))?;
         sync_dir(dir);
         Ok(Segments {
             dir: dir.to_path_buf(),
@@ -366,14 +378,19 @@ impl Segments {
             next_seq,
             segment_bytes: SEGMENT_BYTES,
             spare_asked: false,
+            preallocated,
+            spare_ready: Arc::new(AtomicBool::new(false)),
         })
     }
 
     /// Close the active segment and start a new one named after the next seq.
     fn rotate(&mut self) -> std::io::Result<()> {
         let path = segment_path(&self.dir, self.next_seq);
-        let (file, size) = open_segment(&self.dir, &path)?;
+        let (file, size, preallocated) = open_segment(&self.dir, &path)?;
         sync_dir(&self.dir);
+        if !preallocated {
+            self.spare_ready.store(false, Ordering::Release);
+        }
         self.sealed
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -382,6 +399,7 @@ impl Segments {
         self.file = file;
         self.size = size;
         self.spare_asked = false;
+        self.preallocated = preallocated;
         Ok(())
     }
 
@@ -408,6 +426,7 @@ fn delete_applied(
     index: &JournalIndex,
     store: &SledStore,
     segment_bytes: u64,
+    spare_ready: &AtomicBool,
 ) {
     let lock = || sealed.lock().unwrap_or_else(|p| p.into_inner());
     let done: Vec<u64> = lock()
@@ -434,6 +453,9 @@ fn delete_applied(
         };
         match gone {
             Ok(()) => {
+                if recycle {
+                    spare_ready.store(true, Ordering::Release);
+                }
                 lock().retain(|x| *x != s);
                 index.forget_segment(s);
             }
@@ -452,6 +474,7 @@ fn tidier(
     index: Arc<JournalIndex>,
     store: SledStore,
     segment_bytes: u64,
+    spare_ready: Arc<AtomicBool>,
     rx: mpsc::Receiver<TidierMsg>,
 ) {
     loop {
@@ -460,11 +483,14 @@ fn tidier(
             Err(mpsc::RecvTimeoutError::Timeout) => false,
             Ok(TidierMsg::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
         };
-        delete_applied(&dir, &sealed, &index, &store, segment_bytes);
+        delete_applied(&dir, &sealed, &index, &store, segment_bytes, &spare_ready);
         if prepare {
-            if let Err(e) = prepare_spare(&dir, segment_bytes) {
-                let _ = std::fs::remove_file(dir.join(SPARE_PREP));
-                tracing::warn!(error = %e, "cannot prepare the next journal segment; it will grow as it is written");
+            match prepare_spare(&dir, segment_bytes) {
+                Ok(()) => spare_ready.store(true, Ordering::Release),
+                Err(e) => {
+                    let _ = std::fs::remove_file(dir.join(SPARE_PREP));
+                    tracing::warn!(error = %e, "cannot prepare the next journal segment; it will grow as it is written");
+                }
             }
         }
     }
@@ -519,9 +545,10 @@ fn writer(
             store.clone(),
         );
         let bytes = segments.segment_bytes;
+        let ready = segments.spare_ready.clone();
         std::thread::Builder::new()
             .name("journal-tidier".into())
-            .spawn(move || tidier(dir, sealed, index, store, bytes, tidy_rx))
+            .spawn(move || tidier(dir, sealed, index, store, bytes, ready, tidy_rx))
     };
     if let Err(e) = &tidier {
         tracing::error!(error = %e, "cannot start the journal tidier; applied segments are deleted at stop");
@@ -534,7 +561,14 @@ fn writer(
             let _ = t.join();
         }
         segments.seal_if_applied(&index);
-        delete_applied(&segments.dir, &segments.sealed, &index, &store, u64::MAX);
+        delete_applied(
+            &segments.dir,
+            &segments.sealed,
+            &index,
+            &store,
+            u64::MAX,
+            &segments.spare_ready,
+        );
         for name in [SPARE, SPARE_PREP] {
             let _ = std::fs::remove_file(segments.dir.join(name));
         }
@@ -586,9 +620,13 @@ fn writer(
                 seq += 1;
             }
         }
-        // The group starts the next segment rather than take this one past its size; the
-        // new segment is named after the group's first seq, still `next_seq`.
-        if segments.size > 0 && segments.size + buf.len() as u64 > segments.segment_bytes {
+        // The group starts the next segment rather than take this one past its size, or
+        // rather than grow a segment that is not preallocated once a spare is ready; the new
+        // segment is named after the group's first seq, still `next_seq`.
+        if segments.size > 0
+            && (segments.size + buf.len() as u64 > segments.segment_bytes
+                || (!segments.preallocated && segments.spare_ready.load(Ordering::Acquire)))
+        {
             if let Err(e) = segments.rotate() {
                 tracing::error!(error = %e, "cannot start a new journal segment");
             }
@@ -608,7 +646,8 @@ fn writer(
                     let _ = a.reply.send(Ok(first));
                     first += a.pairs.len() as u64;
                 }
-                if !segments.spare_asked && segments.size >= segments.segment_bytes / 4 {
+                if !segments.spare_asked && segments.size >= spare_threshold(segments.segment_bytes)
+                {
                     segments.spare_asked = true;
                     let _ = tidy_tx.send(TidierMsg::Prepare);
                 }

@@ -10,7 +10,7 @@ use crate::event::{JournalEntry, Millis};
 use crate::outbox::{Outbox, OutboxEntry};
 use crate::propagate::{Pending, PendingEntry, StateChanged};
 use crate::relay::Outgoing;
-use crate::state::{Item, Items, StoredItem};
+use crate::state::{Item, Items};
 use crate::status::{
     ActorState, ConflictRecord, Counters, EventRecord, ItemView, LastError, LastEvent, PairMetrics,
     PairStatus, PushRecord, RequestOutcome,
@@ -301,8 +301,8 @@ impl PairCore {
                 self.meta = decode(&v).ok_or_else(|| bad("pair meta"))?;
                 self.meta_next_id_written = self.meta.next_id;
             } else if rest.starts_with(b"i/") {
-                let s: StoredItem = decode(&v).ok_or_else(|| bad("item"))?;
-                self.items.insert(Item::from_stored(&s));
+                let item = Item::decode_stored(&v).ok_or_else(|| bad("item"))?;
+                self.items.insert(item);
             } else if rest.starts_with(b"p/") {
                 let p: PendingEntry = decode(&v).ok_or_else(|| bad("pending state"))?;
                 self.pending.insert(p);

@@ -6,7 +6,8 @@
 
 use crate::event::{ExternalIds, ItemType, Millis};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
 
 /// What makes two items on different backends "the same" (DESIGN.md §6 rule 1): the type and
 /// provider ids, or for episodes the show's ids with season and episode numbers.
@@ -34,26 +35,16 @@ impl Identity {
     /// The index keys this identity answers to. Movie and episode keys differ, so a movie
     /// never matches an episode that shares a provider id.
     pub fn index_keys(&self) -> Vec<String> {
-        let t = match self.item_type {
-            ItemType::Movie => 'm',
-            ItemType::Episode => 'e',
-        };
-        let mut keys: Vec<String> = self
-            .ids
-            .iter()
-            .filter(|(p, v)| !p.is_empty() && !v.is_empty())
-            .map(|(p, v)| format!("{t}:{p}:{v}"))
-            .collect();
-        if self.item_type == ItemType::Episode {
-            if let (Some(s), Some(e)) = (self.season, self.episode) {
-                keys.extend(
-                    self.series_ids
-                        .iter()
-                        .filter(|(p, v)| !p.is_empty() && !v.is_empty())
-                        .map(|(p, v)| format!("s:{p}:{v}:{s}:{e}")),
-                );
-            }
-        }
+        let mut keys = Vec::new();
+        for_each_key(
+            self.item_type,
+            self.ids.iter().map(|(p, v)| (p.as_str(), v.as_str())),
+            self.series_ids
+                .iter()
+                .map(|(p, v)| (p.as_str(), v.as_str())),
+            self.season.zip(self.episode),
+            |k| keys.push(k.to_string()),
+        );
         keys
     }
 
@@ -88,11 +79,57 @@ impl Identity {
     }
 }
 
+/// Call `f` with each index key of an identity given by its parts (see
+/// [`Identity::index_keys`]), composed in one reused buffer: loading a pair indexes every item,
+/// and a `String` per key was most of that work.
+fn for_each_key<'a>(
+    item_type: ItemType,
+    ids: impl Iterator<Item = (&'a str, &'a str)>,
+    series_ids: impl Iterator<Item = (&'a str, &'a str)>,
+    season_episode: Option<(u32, u32)>,
+    mut f: impl FnMut(&str),
+) {
+    let t = match item_type {
+        ItemType::Movie => "m:",
+        ItemType::Episode => "e:",
+    };
+    let mut key = String::with_capacity(64);
+    for (p, v) in ids.filter(|(p, v)| !p.is_empty() && !v.is_empty()) {
+        key.clear();
+        key.push_str(t);
+        key.push_str(p);
+        key.push(':');
+        key.push_str(v);
+        f(&key);
+    }
+    let Some((season, episode)) = season_episode.filter(|_| item_type == ItemType::Episode) else {
+        return;
+    };
+    let (mut s, mut e) = (itoa::Buffer::new(), itoa::Buffer::new());
+    let (s, e) = (s.format(season), e.format(episode));
+    for (p, v) in series_ids.filter(|(p, v)| !p.is_empty() && !v.is_empty()) {
+        key.clear();
+        key.push_str("s:");
+        key.push_str(p);
+        key.push(':');
+        key.push_str(v);
+        key.push(':');
+        key.push_str(s);
+        key.push(':');
+        key.push_str(e);
+        f(&key);
+    }
+}
+
 /// Separators for packed id strings: control characters no id contains.
 const PAIR_SEP: char = '\u{1e}';
 const KV_SEP: char = '\u{1f}';
 
 fn pack_ids(ids: &ExternalIds) -> Box<str> {
+    pack_pairs(ids.iter().map(|(p, v)| (p.as_str(), v.as_str())))
+}
+
+fn pack_pairs<'a>(ids: impl Iterator<Item = (&'a str, &'a str)>) -> Box<str> {
     let mut s = String::new();
     for (p, v) in ids {
         if !s.is_empty() {
@@ -106,10 +143,14 @@ fn pack_ids(ids: &ExternalIds) -> Box<str> {
 }
 
 fn unpack_ids(s: &str) -> ExternalIds {
-    s.split(PAIR_SEP)
-        .filter_map(|kv| kv.split_once(KV_SEP))
+    packed_pairs(s)
         .map(|(p, v)| (p.to_string(), v.to_string()))
         .collect()
+}
+
+/// The (provider, id) pairs of a packed id string, borrowed.
+fn packed_pairs(s: &str) -> impl Iterator<Item = (&str, &str)> {
+    s.split(PAIR_SEP).filter_map(|kv| kv.split_once(KV_SEP))
 }
 
 /// One tracked movie or episode on this pair's backend, kept small.
@@ -167,6 +208,17 @@ impl Item {
         }
     }
 
+    /// [`Identity::index_keys`] of this item's identity, without unpacking it.
+    fn for_each_key(&self, f: impl FnMut(&str)) {
+        for_each_key(
+            self.item_type,
+            packed_pairs(&self.ids),
+            packed_pairs(&self.series_ids),
+            self.season.zip(self.episode),
+            f,
+        );
+    }
+
     fn set_identity(&mut self, identity: &Identity) {
         self.ids = pack_ids(&identity.ids);
         self.series_ids = pack_ids(&identity.series_ids);
@@ -187,6 +239,30 @@ impl Item {
             duration_ms: self.duration_ms,
             last_seen: self.last_seen,
         }
+    }
+
+    /// [`Item::from_stored`] straight from the stored JSON, borrowing its strings: loading a
+    /// pair decodes every item it has.
+    pub fn decode_stored(json: &[u8]) -> Option<Self> {
+        let s: StoredItemRef = serde_json::from_slice(json).ok()?;
+        let pairs = |m: &'_ BTreeMap<Cow<'_, str>, Cow<'_, str>>| {
+            pack_pairs(m.iter().map(|(p, v)| (p.as_ref(), v.as_ref())))
+        };
+        Some(Item {
+            item_id: s.item_id.as_ref().into(),
+            ids: pairs(&s.identity.ids),
+            series_ids: pairs(&s.identity.series_ids),
+            title: s.title.as_ref().into(),
+            item_type: s.identity.item_type,
+            season: s.identity.season,
+            episode: s.identity.episode,
+            played: s.played,
+            played_at: s.played_at,
+            position_ms: s.position_ms,
+            position_at: s.position_at,
+            duration_ms: s.duration_ms,
+            last_seen: s.last_seen,
+        })
     }
 
     pub fn from_stored(s: &StoredItem) -> Self {
@@ -214,6 +290,38 @@ pub struct StoredItem {
     #[serde(default)]
     pub duration_ms: Option<u64>,
     pub last_seen: Millis,
+}
+
+/// [`StoredItem`] with borrowed strings, for [`Item::decode_stored`]. The fields and their
+/// defaults must stay those of [`StoredItem`] and [`Identity`].
+#[derive(Deserialize)]
+struct StoredItemRef<'a> {
+    #[serde(borrow)]
+    item_id: Cow<'a, str>,
+    #[serde(default, borrow)]
+    title: Cow<'a, str>,
+    #[serde(borrow)]
+    identity: IdentityRef<'a>,
+    played: bool,
+    played_at: Millis,
+    position_ms: u64,
+    position_at: Millis,
+    #[serde(default)]
+    duration_ms: Option<u64>,
+    last_seen: Millis,
+}
+
+#[derive(Deserialize)]
+struct IdentityRef<'a> {
+    item_type: ItemType,
+    #[serde(default, borrow)]
+    ids: BTreeMap<Cow<'a, str>, Cow<'a, str>>,
+    #[serde(default, borrow)]
+    series_ids: BTreeMap<Cow<'a, str>, Cow<'a, str>>,
+    #[serde(default)]
+    season: Option<u32>,
+    #[serde(default)]
+    episode: Option<u32>,
 }
 
 /// A 64-bit hash of an index key or item id. The indexes store hashes instead of strings
@@ -275,12 +383,9 @@ impl Items {
     /// The slot for an index key such as `m:imdb:tt1` (for the items endpoint).
     pub fn find_key(&self, key: &str) -> Option<u32> {
         let slot = *self.by_key.get(&h64(key))?;
-        self.slots[slot as usize]
-            .identity()
-            .index_keys()
-            .iter()
-            .any(|k| k == key)
-            .then_some(slot)
+        let mut found = false;
+        self.slots[slot as usize].for_each_key(|k| found |= k == key);
+        found.then_some(slot)
     }
 
     fn index_item_id(&mut self, item_id: &str, slot: u32) {
@@ -351,9 +456,10 @@ impl Items {
             return (slot, false);
         }
         let slot = self.slots.len() as u32;
-        for k in item.identity().index_keys() {
-            self.by_key.insert(h64(&k), slot);
-        }
+        let by_key = &mut self.by_key;
+        item.for_each_key(|k| {
+            by_key.insert(h64(k), slot);
+        });
         let id = item.item_id.clone();
         self.slots.push(item);
         self.index_item_id(&id, slot);
@@ -445,5 +551,43 @@ mod tests {
         let back = Item::from_stored(&it.to_stored());
         assert_eq!(back, it);
         assert_eq!(back.identity(), ep);
+    }
+
+    /// Loading decodes the stored JSON with borrowed strings; it must read exactly what the
+    /// owned form reads: escapes, missing optional fields, unknown fields, and refuse the same.
+    #[test]
+    fn borrowed_decoding_reads_what_the_stored_form_reads() {
+        let ep = Identity {
+            item_type: ItemType::Episode,
+            ids: ids(&[("tvdb", "9\"0\"0"), ("imdb", "tt9")]),
+            series_ids: ids(&[("tvdb", "12")]),
+            season: Some(1),
+            episode: Some(2),
+        };
+        let mut it = Item::new("k/é\n", &ep, Some("Tit\"le ☃"), 3);
+        it.position_ms = 5;
+        it.duration_ms = Some(9);
+        let stored = serde_json::to_vec(&it.to_stored()).unwrap();
+        assert_eq!(Item::decode_stored(&stored), Some(it.clone()));
+        let bodies = [
+            r#"{"item_id":"1","identity":{"item_type":"movie","ids":{"imdb":"tt1"}},"played":true,"played_at":1,"position_ms":0,"position_at":0,"last_seen":2,"extra":[1]}"#,
+            r#"{"item_id":"1","title":"A\u00e9","identity":{"item_type":"episode","series_ids":{"tvdb":"5"},"season":2,"episode":3},"played":false,"played_at":0,"position_ms":10,"position_at":4,"duration_ms":null,"last_seen":2}"#,
+            r#"{"item_id":"1","identity":{"item_type":"movie"},"played":true}"#,
+            r#"{"item_id":1,"identity":{"item_type":"movie"},"played":true,"played_at":1,"position_ms":0,"position_at":0,"last_seen":2}"#,
+            r#"{"item_id":"1","identity":{"item_type":"show"},"played":true,"played_at":1,"position_ms":0,"position_at":0,"last_seen":2}"#,
+        ];
+        for body in bodies {
+            let owned = serde_json::from_str::<StoredItem>(body)
+                .ok()
+                .map(|s| Item::from_stored(&s));
+            assert_eq!(Item::decode_stored(body.as_bytes()), owned, "{body}");
+        }
+        assert!(Item::decode_stored(bodies[0].as_bytes()).is_some());
+        assert!(Item::decode_stored(bodies[2].as_bytes()).is_none());
+        // The index keys walked over the packed form are those of the identity.
+        let mut walked = Vec::new();
+        it.for_each_key(|k| walked.push(k.to_string()));
+        assert_eq!(walked, ep.index_keys());
+        assert_eq!(walked, ["e:imdb:tt9", "e:tvdb:9\"0\"0", "s:tvdb:12:1:2"]);
     }
 }

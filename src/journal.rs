@@ -1160,6 +1160,64 @@ mod tests {
         assert!(!journal_dir.join(SPARE_PREP).exists());
     }
 
+    /// A segment that grows by appending (the first one after a start) is left for the spare
+    /// as soon as the spare is ready, long before it is full: every group after that writes
+    /// over allocated blocks.
+    #[tokio::test]
+    async fn a_growing_segment_is_left_for_a_ready_spare() {
+        const BYTES: u64 = 256 * 1024;
+        let dir = tempfile::tempdir().unwrap();
+        let journal_dir = dir.path().join("journal");
+        let store = SledStore::open(dir.path(), 1 << 20).unwrap();
+        let j = Journal::open_sized(store, BYTES).unwrap();
+        j.set_dispatch(Arc::new(|_| Ok(())));
+        let pair = [PairKey::new("u", "b")];
+        let wal_sizes = || -> Vec<u64> {
+            segment_files(dir.path())
+                .iter()
+                .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+                .map(|p| std::fs::metadata(p).unwrap().len())
+                .collect()
+        };
+        let mut n = 0;
+        while wal_sizes()[0] < spare_threshold(BYTES) {
+            j.accept(&format!("r{n}"), n, &event(), &pair)
+                .await
+                .unwrap();
+            n += 1;
+        }
+        assert_eq!(wal_sizes().len(), 1);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !journal_dir.join(SPARE).exists() {
+            assert!(Instant::now() < deadline, "no spare was prepared");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The writer learns of the spare just after it appears.
+        while wal_sizes().len() < 2 {
+            assert!(Instant::now() < deadline, "the spare was never used");
+            j.accept(&format!("r{n}"), n, &event(), &pair)
+                .await
+                .unwrap();
+            n += 1;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        j.accept("next", n, &event(), &pair).await.unwrap();
+        let sizes = wal_sizes();
+        assert_eq!(sizes.len(), 2, "{sizes:?}");
+        assert!(
+            sizes[0] < BYTES / 2,
+            "the first segment was not left early: {sizes:?}"
+        );
+        assert_eq!(
+            sizes[1], BYTES,
+            "the new segment is not the spare: {sizes:?}"
+        );
+        let pending: Vec<String> = j.pending().into_iter().map(|e| e.request_id).collect();
+        assert_eq!(pending.len(), n as usize + 1);
+        assert_eq!(pending.last().map(String::as_str), Some("next"));
+        j.close().await;
+    }
+
     /// A disk that fills up while the service runs: the next segment is `/dev/full`, whose
     /// every write fails with ENOSPC. The request in that group is refused (the HTTP layer
     /// answers 503), nothing of it is dispatched, and the journal goes on in a new segment.

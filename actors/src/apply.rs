@@ -173,16 +173,25 @@ impl PairCore {
         let mut slot = None;
         let mut registered = false;
         if let Some(item_id) = ev.item_id.as_deref() {
-            let (s, is_new) = self
-                .items
-                .upsert(item_id, &identity, ev.title.as_deref(), at);
+            let (s, is_new, mut changed) =
+                self.items
+                    .upsert(item_id, &identity, ev.title.as_deref(), at);
             let duration = ev.duration_ms.or(lookup_duration);
-            if duration.is_some() {
-                self.items.get_mut(s).duration_ms = duration;
+            let item = self.items.get_mut(s);
+            if duration.is_some() && item.duration_ms != duration {
+                item.duration_ms = duration;
+                changed = true;
             }
             registered = is_new;
             slot = Some(s);
-            self.put_item(batch, s);
+            // An event that only tells the item was seen again (a repeated or no-op webhook)
+            // does not rewrite it: `last_seen` is status, written with the meta (within
+            // META_WRITE_DELAY). Any other change is in this batch.
+            if changed {
+                self.put_item(batch, s);
+            } else {
+                self.seen_soon(s);
+            }
             self.apply_pending_for(s, batch);
         } else if let Some(s) = self.items.find(&identity) {
             slot = Some(s);

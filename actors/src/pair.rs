@@ -160,6 +160,8 @@ pub struct PairCore {
     pub meta_next_id_written: u64,
     /// The meta changed since it was last written; [`PairMsg::WriteMeta`] is on its way.
     pub meta_timer: Option<JoinHandle<()>>,
+    /// Items whose only change since they were stored is `last_seen`: written with the meta.
+    pub seen: Vec<u32>,
 }
 
 impl PairCore {
@@ -203,9 +205,27 @@ impl PairCore {
 
     pub fn put_meta(&mut self, batch: &mut Batch) {
         batch.put(Tree::Pairs, self.meta_key(), encode(&self.meta));
+        let mut seen = std::mem::take(&mut self.seen);
+        seen.sort_unstable();
+        seen.dedup();
+        for slot in seen {
+            self.put_item(batch, slot);
+        }
         self.meta_next_id_written = self.meta.next_id;
         if let Some(t) = self.meta_timer.take() {
             t.abort();
+        }
+    }
+
+    /// The item was seen again and nothing else about it changed: its `last_seen` is written
+    /// with the meta (the webhook arms the meta's timer), not in this webhook's batch.
+    pub fn seen_soon(&mut self, slot: u32) {
+        if self.seen.last() != Some(&slot) {
+            self.seen.push(slot);
+            if self.seen.len() > 1024 {
+                self.seen.sort_unstable();
+                self.seen.dedup();
+            }
         }
     }
 
@@ -457,6 +477,7 @@ impl Actor for PairActor {
             outgoing: Vec::new(),
             meta_next_id_written: 0,
             meta_timer: None,
+            seen: Vec::new(),
         };
         core.load()?;
         // Changes relayed to this pair before a stop come first: they were made before

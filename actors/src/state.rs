@@ -408,15 +408,16 @@ impl Items {
         self.item_id_overflow.remove(item_id);
     }
 
-    /// Insert or update the item with this backend id and identity; returns (slot, is_new).
-    /// The identity is merged with what was known, so ids learned once are kept.
+    /// Insert or update the item with this backend id and identity; returns (slot, is_new,
+    /// changed), where `changed` says that more than `last_seen` changed (always for a new
+    /// item). The identity is merged with what was known, so ids learned once are kept.
     pub fn upsert(
         &mut self,
         item_id: &str,
         identity: &Identity,
         title: Option<&str>,
         now: Millis,
-    ) -> (u32, bool) {
+    ) -> (u32, bool, bool) {
         let existing = self.by_item_id(item_id).or_else(|| self.find(identity));
         match existing {
             Some(slot) => {
@@ -427,6 +428,7 @@ impl Items {
                     identity.clone()
                 };
                 let old_id = self.slots[slot as usize].item_id.clone();
+                let mut changed = &*old_id != item_id || merged != old;
                 if &*old_id != item_id {
                     self.unindex_item_id(&old_id, slot);
                     self.slots[slot as usize].item_id = item_id.into();
@@ -441,11 +443,15 @@ impl Items {
                 let item = &mut self.slots[slot as usize];
                 if let Some(t) = title.filter(|t| !t.is_empty() && **t != *item.title) {
                     item.title = t.into();
+                    changed = true;
                 }
                 item.last_seen = now;
-                (slot, false)
+                (slot, false, changed)
             }
-            None => self.insert(Item::new(item_id, identity, title, now)),
+            None => {
+                let (slot, is_new) = self.insert(Item::new(item_id, identity, title, now));
+                (slot, is_new, true)
+            }
         }
     }
 

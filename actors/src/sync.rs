@@ -204,7 +204,7 @@ impl PairCore {
             .items
             .by_item_id(&r.item_id)
             .or_else(|| self.items.find(&identity));
-        let (slot, _) = self
+        let (slot, _, _) = self
             .items
             .upsert(&r.item_id, &identity, r.title.as_deref(), now);
         if r.duration_ms.is_some() {

@@ -727,3 +727,78 @@ async fn status_counts_are_written_soon_in_one_write_and_ids_at_once() {
     assert_eq!(received(&h), 5, "a stop leaves counts unwritten");
     assert_eq!(h.status("alice", "plex").await.counters.received, 5);
 }
+
+/// A webhook that tells nothing new about a known item (a repeated play) does not rewrite the
+/// item in its batch; the item's `last_seen` is written with the meta, within
+/// `META_WRITE_DELAY`, and at a stop. A webhook that changes the item writes it at once.
+#[tokio::test(start_paused = true)]
+async fn a_repeated_webhook_does_not_rewrite_its_item() {
+    use watchstate_actors::pair::META_WRITE_DELAY;
+    use watchstate_actors::state::StoredItem;
+    let mut h = Harness::start(three(), SyncSettings::default()).await;
+    let stored = |h: &Harness| -> Option<StoredItem> {
+        h.store
+            .get(
+                watchstate_actors::store::Tree::Pairs,
+                b"alice/plex/i/c-plex",
+            )
+            .unwrap()
+            .map(|v| serde_json::from_slice(&v).unwrap())
+    };
+    let m = movie("x", "tt77");
+    let plex = local(&m, "c", "plex");
+    h.backend("alice", "plex").add(plex.clone());
+    h.send("alice", "plex", event(EventKind::Play, &plex));
+    eventually("the first play handled", || async {
+        h.status("alice", "plex").await.counters.received == 1
+    })
+    .await;
+    let first = stored(&h).expect("a new item is stored with its webhook");
+    h.clock.advance(60_000);
+    h.send("alice", "plex", event(EventKind::Play, &plex));
+    eventually("the second play handled", || async {
+        h.status("alice", "plex").await.counters.received == 2
+    })
+    .await;
+    assert_eq!(
+        stored(&h),
+        Some(first.clone()),
+        "rewritten for last_seen alone"
+    );
+    tokio::time::sleep(META_WRITE_DELAY + Duration::from_millis(50)).await;
+    let later = stored(&h).unwrap();
+    assert_eq!(
+        later.last_seen,
+        first.last_seen + 60_000,
+        "last_seen never written"
+    );
+    assert_eq!(
+        StoredItem {
+            last_seen: first.last_seen,
+            ..later
+        },
+        first
+    );
+
+    // A change is written with its webhook.
+    h.clock.advance(60_000);
+    let mut watched = plex.clone();
+    watched.played = true;
+    h.send("alice", "plex", event(EventKind::Scrobble, &watched));
+    eventually("the scrobble handled", || async {
+        h.status("alice", "plex").await.counters.received == 3
+    })
+    .await;
+    assert!(stored(&h).unwrap().played);
+
+    // What is left unwritten at a stop is written by it.
+    h.clock.advance(60_000);
+    h.send("alice", "plex", event(EventKind::Scrobble, &watched));
+    eventually("the repeated scrobble handled", || async {
+        h.status("alice", "plex").await.counters.received == 4
+    })
+    .await;
+    let before_stop = stored(&h).unwrap().last_seen;
+    let h = h.restart().await;
+    assert_eq!(stored(&h).unwrap().last_seen, before_stop + 60_000);
+}

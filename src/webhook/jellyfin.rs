@@ -27,7 +27,7 @@ pub fn decode(obj: &Obj<'_>) -> WebhookEvent {
     );
     ev.user_id = str_field(obj, "UserId");
     ev.user_name = str_field(obj, "NotificationUsername").or_else(|| str_field(obj, "Username"));
-    ev.item_id = str_field(obj, "ItemId");
+    ev.item_id = str_field(obj, "ItemId").map(guid_n_format);
     ev.item_type = str_field(obj, "ItemType").and_then(|t| match t.to_ascii_lowercase().as_str() {
         "movie" => Some(ItemType::Movie),
         "episode" => Some(ItemType::Episode),
@@ -73,6 +73,27 @@ pub fn decode(obj: &Obj<'_>) -> WebhookEvent {
     ev.played = played;
     ev.generic = kind == EventKind::ItemAdded;
     ev
+}
+
+/// Jellyfin item ids are GUIDs, written by "Send All Properties" and the API as 32 lower-case
+/// hex digits ("N" format). A user's Handlebars template renders `{{ItemId}}` with dashes
+/// ("D" format: `2c0d61a7-93f1-a789-57bc-cedd56eea531`); item ids are compared exactly
+/// downstream, so that form is turned into the N form. Anything else is kept as it is.
+fn guid_n_format(id: String) -> String {
+    let b = id.as_bytes();
+    let dashed = b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        });
+    if dashed {
+        id.chars()
+            .filter(|c| *c != '-')
+            .map(|c| c.to_ascii_lowercase())
+            .collect()
+    } else {
+        id
+    }
 }
 
 /// `UserDataSaved` fires for every user-data write; `SaveReason` says which.
@@ -248,6 +269,28 @@ mod tests {
         );
         assert_eq!(ev.position_ms, Some(1_452_331));
         assert_eq!(ev.event, EventKind::Pause);
+    }
+
+    #[test]
+    fn dashed_item_guids_become_the_n_format() {
+        let ev = dec(
+            json!({"NotificationType": "UserDataSaved", "SaveReason": "TogglePlayed",
+            "Played": "True", "ItemId": "2C0D61A7-93f1-a789-57bc-cedd56eea531"}),
+        );
+        assert_eq!(
+            ev.item_id.as_deref(),
+            Some("2c0d61a793f1a78957bccedd56eea531")
+        );
+        assert_eq!(ev.event, EventKind::MarkPlayed);
+        for kept in [
+            "9250ab3d1101d01705c353b78cbb572e",
+            "i1",
+            "2c0d61a7-93f1-a789-57bc-cedd56eea53",
+            "2c0d61a7_93f1-a789-57bc-cedd56eea531",
+        ] {
+            let ev = dec(json!({"NotificationType": "PlaybackStart", "ItemId": kept}));
+            assert_eq!(ev.item_id.as_deref(), Some(kept));
+        }
     }
 
     #[test]

@@ -12,7 +12,9 @@
 //!   fields take their defaults (an update without `Played` unmarks the item), as reported of
 //!   real Emby servers.
 
-use super::jellyfin::{item_json, parse_date, public_info, query_items, user_data_json, Render};
+use super::jellyfin::{
+    item_json, parse_date, public_info, query_items, user_data_json, Render, OTHER_USER_DATA,
+};
 use super::{mediabrowser_token, FakeRequest, FakeResponse, Inner, State};
 use serde_json::Value;
 
@@ -115,6 +117,18 @@ pub(super) fn handle(inner: &Inner, st: &mut State, req: &FakeRequest) -> FakeRe
                 .get("LastPlayedDate")
                 .and_then(Value::as_str)
                 .and_then(parse_date);
+            // The other fields are replaced too: absent ones are dropped (default).
+            let others: serde_json::Map<String, Value> = OTHER_USER_DATA
+                .iter()
+                .filter_map(|f| {
+                    Some((
+                        f.to_string(),
+                        body.get(*f).filter(|v| !v.is_null())?.clone(),
+                    ))
+                })
+                .collect();
+            st.other_user_data
+                .insert((user.clone(), id.to_string()), others);
             let s = st.state_mut(&user, id);
             s.position_ms = (ticks.max(0) / TICKS_PER_MS) as u64;
             s.played = played;

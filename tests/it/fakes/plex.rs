@@ -106,6 +106,7 @@ fn item_json(st: &State, user: &str, item: &FakeItem, include_guids: bool) -> Va
         out["index"] = json!(item.episode);
         out["parentTitle"] = json!(format!("Season {}", item.season.unwrap_or(0)));
     }
+    item.apply_render(&mut out);
     out
 }
 
@@ -164,6 +165,7 @@ pub(super) fn handle(inner: &Inner, st: &mut State, req: &FakeRequest) -> FakeRe
             body: "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<MediaContainer size=\"0\"/>".into(),
             content_type: "text/xml",
             retry_after: None,
+            location: None,
         };
     }
     if is_write(req) && req.header("x-plex-client-identifier").is_none() {
@@ -187,7 +189,7 @@ pub(super) fn handle(inner: &Inner, st: &mut State, req: &FakeRequest) -> FakeRe
     let segs = req.segments();
     match (m, segs.as_slice()) {
         ("GET", ["library", "sections", "all"]) => {
-            let dirs: Vec<Value> = sections(st)
+            let mut dirs: Vec<Value> = sections(st)
                 .into_iter()
                 .map(|(key, kind)| {
                     json!({
@@ -201,6 +203,7 @@ pub(super) fn handle(inner: &Inner, st: &mut State, req: &FakeRequest) -> FakeRe
                     })
                 })
                 .collect();
+            dirs.extend(st.plex_extra_sections.iter().cloned());
             container(
                 json!({"size": dirs.len(), "allowSync": false, "title1": "Plex Library", "Directory": dirs}),
             )

@@ -190,7 +190,12 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<u64> {
 pub fn parse_iso8601_ms(s: &str) -> Option<Millis> {
     let s = s.trim();
     // humantime reads `Z`, `+00:00` and no zone; a different offset is applied by hand.
-    let (body, offset_secs) = match s.len().checked_sub(6).map(|i| s.split_at(i)) {
+    // `get` rather than `split_at`: the cut may fall inside a multibyte character.
+    let split = s
+        .len()
+        .checked_sub(6)
+        .and_then(|i| Some((s.get(..i)?, s.get(i..)?)));
+    let (body, offset_secs) = match split {
         Some((body, tail))
             if (tail.starts_with('+') || tail.starts_with('-'))
                 && tail.as_bytes()[3] == b':'
@@ -278,6 +283,20 @@ mod tests {
             Some(1_714_557_600_000)
         );
         assert_eq!(parse_iso8601_ms("yesterday"), None);
+    }
+
+    #[test]
+    fn a_date_cut_inside_a_multibyte_character_is_refused_without_panic() {
+        // The offset would start at byte 3 (21), inside the euro sign.
+        assert_eq!(parse_iso8601_ms("ab€cdef"), None);
+        assert_eq!(parse_iso8601_ms("2024-05-01T10:00:00€00:00"), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn no_date_text_panics(s in "\\PC{0,40}") {
+            let _ = parse_iso8601_ms(&s);
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! Setting a position reads the item's `UserData` first and sends it back whole with the new
 //! position: Emby resets every field absent from the body (favourite, play count, ...).
 
-use super::http::{format_compact_utc, HttpCore};
+use super::http::{format_compact_utc, item_id as plain_id, HttpCore};
 use super::mediabrowser::{
     cache_shows, ms_to_ticks, next_cursor, parse_cursor, to_remote, uncached_shows, ItemDto,
     ItemsResult, PublicSystemInfo, UserDataUpdate,
@@ -49,13 +49,13 @@ impl EmbyClient {
         })
     }
 
-    fn items_path(&self) -> String {
-        format!("/Users/{}/Items", self.user_id)
+    fn items_route(&self) -> [&str; 3] {
+        ["Users", &self.user_id, "Items"]
     }
 
     async fn fetch_item(&self, item_id: &str) -> Result<Option<ItemDto>, BackendError> {
-        let path = format!("/Users/{}/Items/{item_id}", self.user_id);
-        let req = self.http.request(Method::GET, &path, &[]);
+        let route = ["Users", &self.user_id, "Items", plain_id(item_id)?];
+        let req = self.http.request(Method::GET, &route, &[])?;
         match self.http.send_json(req, &format!("item {item_id}")).await {
             Ok(item) => Ok(Some(item)),
             Err(BackendError::NotFound { .. }) => Ok(None),
@@ -73,7 +73,9 @@ impl EmbyClient {
             ("Ids", missing.join(",")),
             ("Fields", "ProviderIds".to_string()),
         ];
-        let req = self.http.request(Method::GET, &self.items_path(), &query);
+        let req = self
+            .http
+            .request(Method::GET, &self.items_route(), &query)?;
         let shows: ItemsResult = self.http.send_json(req, "list shows").await?;
         cache_shows(&self.series, &missing, shows);
         Ok(())
@@ -83,7 +85,9 @@ impl EmbyClient {
 #[async_trait]
 impl BackendApi for EmbyClient {
     async fn identity(&self) -> Result<ServerIdentity, BackendError> {
-        let req = self.http.request(Method::GET, "/System/Info/Public", &[]);
+        let req = self
+            .http
+            .request(Method::GET, &["System", "Info", "Public"], &[])?;
         let info: PublicSystemInfo = self.http.send_json(req, "server identity").await?;
         Ok(info.into())
     }
@@ -102,7 +106,9 @@ impl BackendApi for EmbyClient {
             ("StartIndex", start.to_string()),
             ("Limit", page_size.to_string()),
         ];
-        let req = self.http.request(Method::GET, &self.items_path(), &query);
+        let req = self
+            .http
+            .request(Method::GET, &self.items_route(), &query)?;
         let page: ItemsResult = self.http.send_json(req, "list items").await?;
         self.load_series(&page.items).await?;
         let got = page.items.len();
@@ -133,15 +139,15 @@ impl BackendApi for EmbyClient {
         played: bool,
         at: Option<Millis>,
     ) -> Result<(), BackendError> {
-        let path = format!("/Users/{}/PlayedItems/{item_id}", self.user_id);
+        let route = ["Users", &self.user_id, "PlayedItems", plain_id(item_id)?];
         let req = if played {
             let query: Vec<(&str, String)> = at
                 .map(|at| ("DatePlayed", format_compact_utc(at)))
                 .into_iter()
                 .collect();
-            self.http.request(Method::POST, &path, &query)
+            self.http.request(Method::POST, &route, &query)?
         } else {
-            self.http.request(Method::DELETE, &path, &[])
+            self.http.request(Method::DELETE, &route, &[])?
         };
         let what = format!(
             "mark {item_id} {}",
@@ -169,8 +175,14 @@ impl BackendApi for EmbyClient {
             is_favorite: current.is_favorite,
             last_played_date: current.last_played_date,
         };
-        let path = format!("/Users/{}/Items/{item_id}/UserData", self.user_id);
-        let req = self.http.request(Method::POST, &path, &[]).json(&body);
+        let route = [
+            "Users",
+            &self.user_id,
+            "Items",
+            plain_id(item_id)?,
+            "UserData",
+        ];
+        let req = self.http.request(Method::POST, &route, &[])?.json(&body);
         self.http
             .send(req, &format!("set position of {item_id}"))
             .await

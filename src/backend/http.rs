@@ -5,6 +5,9 @@
 //!
 //! Tokens travel only in default headers set at construction, so neither URLs nor error
 //! messages (which never include headers) can leak them.
+//!
+//! Request paths are built from segments ([`HttpCore::url`]), each percent-encoded on its own,
+//! and item ids must be plain ([`item_id`]): an id from a webhook can never change the route.
 
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
@@ -50,24 +53,50 @@ impl HttpCore {
         })
     }
 
-    /// The absolute URL of `path` (starting with `/`) under the base URL, with `query`.
-    pub fn url(&self, path: &str, query: &[(&str, String)]) -> url::Url {
+    /// The absolute URL of `route` under the base URL, with `query` (a repeated name is sent
+    /// repeated). Each route segment is percent-encoded as one segment (`/`, `?`, `#`, `%`
+    /// included), so no value can add a segment; an empty, `.` or `..` segment, which `url`
+    /// would drop or resolve, is refused.
+    pub fn url(&self, route: &[&str], query: &[(&str, String)]) -> Result<url::Url, BackendError> {
         let mut url = self.base.clone();
-        let prefix = self.base.path().trim_end_matches('/');
-        url.set_path(&format!("{prefix}{path}"));
         url.set_query(None);
+        url.set_fragment(None);
+        {
+            let mut path = url.path_segments_mut().map_err(|_| BackendError::Client {
+                status: 0,
+                message: format!(
+                    "the server URL {} cannot take a path: check url in the configuration",
+                    self.host()
+                ),
+            })?;
+            path.pop_if_empty();
+            for segment in route {
+                if matches!(*segment, "" | "." | "..") {
+                    return Err(BackendError::Client {
+                        status: 0,
+                        message: format!("refused to send a request path with segment {segment:?}"),
+                    });
+                }
+                path.push(segment);
+            }
+        }
         if !query.is_empty() {
             let mut pairs = url.query_pairs_mut();
             for (k, v) in query {
                 pairs.append_pair(k, v);
             }
         }
-        url
+        Ok(url)
     }
 
-    /// A request builder for `method path?query`; finish it and pass it to [`Self::send`].
-    pub fn request(&self, method: Method, path: &str, query: &[(&str, String)]) -> RequestBuilder {
-        self.client.request(method, self.url(path, query))
+    /// A request builder for `method route?query`; finish it and pass it to [`Self::send`].
+    pub fn request(
+        &self,
+        method: Method,
+        route: &[&str],
+        query: &[(&str, String)],
+    ) -> Result<RequestBuilder, BackendError> {
+        Ok(self.client.request(method, self.url(route, query)?))
     }
 
     /// Sends the request; `Ok` only for a 2xx answer, anything else classified.
@@ -131,6 +160,30 @@ impl HttpCore {
                 .unwrap_or_default()
         )
     }
+}
+
+/// The most an item id may be: longer ids are refused like hostile ones.
+const MAX_ITEM_ID_LEN: usize = 128;
+
+/// An item id as it may go into a request: letters, digits, `-` and `_` (Plex ratingKeys,
+/// Jellyfin GUIDs, Emby numbers). Ids arrive in webhooks; one like `../../Items/1` or `%2e%2e`
+/// is refused before any request is made, so that it cannot reach another route.
+pub fn item_id(id: &str) -> Result<&str, BackendError> {
+    let plain = !id.is_empty()
+        && id.len() <= MAX_ITEM_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if plain {
+        return Ok(id);
+    }
+    let shown: String = id.chars().take(64).collect();
+    Err(BackendError::Client {
+        status: 0,
+        message: format!(
+            "item id {shown:?} refused: an id is letters, digits, '-' and '_' only (it could otherwise change the request's route)"
+        ),
+    })
 }
 
 /// The error for a non-2xx status; `body` is cut to a readable length.
@@ -313,7 +366,63 @@ mod tests {
             HeaderMap::new(),
         )
         .unwrap();
-        let url = core.url("/Users/u/Items", &[("Ids", "a,b".to_string())]);
+        let url = core
+            .url(&["Users", "u", "Items"], &[("Ids", "a,b".to_string())])
+            .unwrap();
         assert_eq!(url.as_str(), "http://h:1/emby/Users/u/Items?Ids=a%2Cb");
+        let bare = HttpCore::new(
+            url::Url::parse("http://h:1").unwrap(),
+            Duration::from_secs(1),
+            HeaderMap::new(),
+        )
+        .unwrap();
+        let url = bare.url(&["identity"], &[]).unwrap();
+        assert_eq!(url.as_str(), "http://h:1/identity");
+    }
+
+    #[test]
+    fn a_segment_stays_one_segment() {
+        let core = HttpCore::new(
+            url::Url::parse("http://h:1/jf/").unwrap(),
+            Duration::from_secs(1),
+            HeaderMap::new(),
+        )
+        .unwrap();
+        let path = |seg: &str| core.url(&["Items", seg], &[]).map(|u| u.path().to_string());
+        assert_eq!(path("a/../b").unwrap(), "/jf/Items/a%2F..%2Fb");
+        assert_eq!(path("%2e%2e").unwrap(), "/jf/Items/%252e%252e");
+        assert_eq!(path("x?y#z").unwrap(), "/jf/Items/x%3Fy%23z");
+        for bad in ["..", ".", ""] {
+            assert!(path(bad).is_err(), "{bad:?}");
+        }
+        let url = core
+            .url(&["Items"], &[("ids", "a".into()), ("ids", "b".into())])
+            .unwrap();
+        assert_eq!(url.query(), Some("ids=a&ids=b"));
+    }
+
+    #[test]
+    fn only_plain_item_ids_are_accepted() {
+        for ok in ["101", "a1b2c3d4e5f60718293a4b5c6d7e8f90", "0f1e-2d3c_4b"] {
+            assert_eq!(item_id(ok), Ok(ok));
+        }
+        let long = "9".repeat(129);
+        for bad in [
+            "",
+            "..",
+            "1/2",
+            "%2e%2e",
+            "1?x",
+            "1#x",
+            "é",
+            " 1",
+            long.as_str(),
+        ] {
+            let err = item_id(bad).unwrap_err();
+            assert!(
+                matches!(err, BackendError::Client { status: 0, .. }),
+                "{bad:?}"
+            );
+        }
     }
 }

@@ -6,7 +6,7 @@
 //! Series ids: the episodes of a page name their show (`SeriesId`); the shows not yet cached
 //! are fetched in one `GET /Items?ids=…&fields=ProviderIds` per page and cached.
 
-use super::http::{format_rfc3339, HttpCore};
+use super::http::{format_rfc3339, item_id as plain_id, HttpCore};
 use super::mediabrowser::{
     cache_shows, ms_to_ticks, next_cursor, parse_cursor, to_remote, uncached_shows, ItemDto,
     ItemsResult, PublicSystemInfo, UserDataUpdate,
@@ -71,7 +71,7 @@ impl JellyfinClient {
             ("ids", missing.join(",")),
             ("fields", "ProviderIds".to_string()),
         ];
-        let req = self.http.request(Method::GET, "/Items", &query);
+        let req = self.http.request(Method::GET, &["Items"], &query)?;
         let shows: ItemsResult = self.http.send_json(req, "list shows").await?;
         cache_shows(&self.series, &missing, shows);
         Ok(())
@@ -81,7 +81,9 @@ impl JellyfinClient {
 #[async_trait]
 impl BackendApi for JellyfinClient {
     async fn identity(&self) -> Result<ServerIdentity, BackendError> {
-        let req = self.http.request(Method::GET, "/System/Info/Public", &[]);
+        let req = self
+            .http
+            .request(Method::GET, &["System", "Info", "Public"], &[])?;
         let info: PublicSystemInfo = self.http.send_json(req, "server identity").await?;
         Ok(info.into())
     }
@@ -101,7 +103,7 @@ impl BackendApi for JellyfinClient {
             ("startIndex", start.to_string()),
             ("limit", page_size.to_string()),
         ];
-        let req = self.http.request(Method::GET, "/Items", &query);
+        let req = self.http.request(Method::GET, &["Items"], &query)?;
         let page: ItemsResult = self.http.send_json(req, "list items").await?;
         self.load_series(&page.items).await?;
         let got = page.items.len();
@@ -119,8 +121,10 @@ impl BackendApi for JellyfinClient {
     }
 
     async fn get_item(&self, item_id: &str) -> Result<Option<RemoteItem>, BackendError> {
-        let path = format!("/Items/{item_id}");
-        let req = self.http.request(Method::GET, &path, &[self.user()]);
+        let id = plain_id(item_id)?;
+        let req = self
+            .http
+            .request(Method::GET, &["Items", id], &[self.user()])?;
         let item: ItemDto = match self.http.send_json(req, &format!("item {item_id}")).await {
             Ok(item) => item,
             Err(BackendError::NotFound { .. }) => return Ok(None),
@@ -136,15 +140,15 @@ impl BackendApi for JellyfinClient {
         played: bool,
         at: Option<Millis>,
     ) -> Result<(), BackendError> {
-        let path = format!("/UserPlayedItems/{item_id}");
+        let route = ["UserPlayedItems", plain_id(item_id)?];
         let req = if played {
             let mut query = vec![self.user()];
             if let Some(at) = at {
                 query.push(("datePlayed", format_rfc3339(at)));
             }
-            self.http.request(Method::POST, &path, &query)
+            self.http.request(Method::POST, &route, &query)?
         } else {
-            self.http.request(Method::DELETE, &path, &[self.user()])
+            self.http.request(Method::DELETE, &route, &[self.user()])?
         };
         let what = format!(
             "mark {item_id} {}",
@@ -159,7 +163,7 @@ impl BackendApi for JellyfinClient {
         position_ms: u64,
         _duration_ms: Option<u64>,
     ) -> Result<(), BackendError> {
-        let path = format!("/UserItems/{item_id}/UserData");
+        let route = ["UserItems", plain_id(item_id)?, "UserData"];
         let body = UserDataUpdate {
             playback_position_ticks: ms_to_ticks(position_ms),
             played: false,
@@ -167,7 +171,7 @@ impl BackendApi for JellyfinClient {
         };
         let req = self
             .http
-            .request(Method::POST, &path, &[self.user()])
+            .request(Method::POST, &route, &[self.user()])?
             .json(&body);
         self.http
             .send(req, &format!("set position of {item_id}"))

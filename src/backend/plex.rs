@@ -14,7 +14,7 @@
 //! ids. Otherwise series ids come from the show (`grandparentRatingKey`): the page's uncached
 //! shows are fetched in one `GET /library/metadata/{k1,k2,…}` and cached.
 
-use super::http::HttpCore;
+use super::http::{item_id as plain_id, HttpCore};
 use super::{provider_key, ClientConfig, SeriesIdCache};
 use async_trait::async_trait;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT};
@@ -335,7 +335,9 @@ impl PlexClient {
                 return Ok(s);
             }
         }
-        let req = self.http.request(Method::GET, "/library/sections/all", &[]);
+        let req = self
+            .http
+            .request(Method::GET, &["library", "sections", "all"], &[])?;
         let all: Container<SectionsContainer> =
             self.http.send_json(req, "library sections").await?;
         let sections: Vec<Section> = all
@@ -355,13 +357,13 @@ impl PlexClient {
         let mut total = 0u64;
         for section in sections {
             let kind = if section.kind == "movie" { "1" } else { "4" };
-            let path = format!("/library/sections/{}/all", section.key);
+            let route = ["library", "sections", &section.key, "all"];
             let query = [
                 ("type", kind.to_string()),
                 ("X-Plex-Container-Start", "0".to_string()),
                 ("X-Plex-Container-Size", "0".to_string()),
             ];
-            let req = self.http.request(Method::GET, &path, &query);
+            let req = self.http.request(Method::GET, &route, &query)?;
             let what = format!("size of section {}", section.key);
             let c: Container<MetadataContainer> = self.http.send_json(req, &what).await?;
             match c.media_container.total_size {
@@ -377,9 +379,10 @@ impl PlexClient {
     }
 
     async fn metadata(&self, keys: &str, what: &str) -> Result<MetadataContainer, BackendError> {
-        let path = format!("/library/metadata/{keys}");
         let query = [("includeGuids", "1".to_string())];
-        let req = self.http.request(Method::GET, &path, &query);
+        let req = self
+            .http
+            .request(Method::GET, &["library", "metadata", keys], &query)?;
         let c: Container<MetadataContainer> = self.http.send_json(req, what).await?;
         Ok(c.media_container)
     }
@@ -435,12 +438,12 @@ impl PlexClient {
 
     async fn write(
         &self,
-        path: &str,
+        route: &[&str],
         method: Method,
         query: &[(&str, String)],
         what: &str,
     ) -> Result<(), BackendError> {
-        let req = self.http.request(method, path, query);
+        let req = self.http.request(method, route, query)?;
         self.http.send(req, what).await.map(drop)
     }
 }
@@ -448,7 +451,7 @@ impl PlexClient {
 #[async_trait]
 impl BackendApi for PlexClient {
     async fn identity(&self) -> Result<ServerIdentity, BackendError> {
-        let req = self.http.request(Method::GET, "/identity", &[]);
+        let req = self.http.request(Method::GET, &["identity"], &[])?;
         let c: Container<IdentityContainer> = self.http.send_json(req, "server identity").await?;
         Ok(ServerIdentity {
             server_id: c.media_container.machine_identifier,
@@ -486,14 +489,14 @@ impl BackendApi for PlexClient {
             });
         };
         let kind = if section.kind == "movie" { "1" } else { "4" };
-        let path = format!("/library/sections/{}/all", section.key);
+        let route = ["library", "sections", &section.key, "all"];
         let query = [
             ("type", kind.to_string()),
             ("includeGuids", "1".to_string()),
             ("X-Plex-Container-Start", offset.to_string()),
             ("X-Plex-Container-Size", page_size.to_string()),
         ];
-        let req = self.http.request(Method::GET, &path, &query);
+        let req = self.http.request(Method::GET, &route, &query)?;
         let what = format!("section {}", section.key);
         let page: Container<MetadataContainer> = self.http.send_json(req, &what).await?;
         let page = page.media_container;
@@ -530,6 +533,7 @@ impl BackendApi for PlexClient {
     }
 
     async fn get_item(&self, item_id: &str) -> Result<Option<RemoteItem>, BackendError> {
+        let item_id = plain_id(item_id)?;
         let c = match self.metadata(item_id, &format!("item {item_id}")).await {
             Ok(c) => c,
             Err(BackendError::NotFound { .. }) => return Ok(None),
@@ -550,11 +554,8 @@ impl BackendApi for PlexClient {
         _at: Option<Millis>,
     ) -> Result<(), BackendError> {
         // Plex takes no date: the scrobble is stamped with the server's clock.
-        let path = if played {
-            "/:/scrobble"
-        } else {
-            "/:/unscrobble"
-        };
+        let item_id = plain_id(item_id)?;
+        let action = if played { "scrobble" } else { "unscrobble" };
         let query = [
             ("identifier", LIBRARY_IDENTIFIER.to_string()),
             ("key", item_id.to_string()),
@@ -563,7 +564,7 @@ impl BackendApi for PlexClient {
             "mark {item_id} {}",
             if played { "played" } else { "unplayed" }
         );
-        self.write(path, Method::PUT, &query, &what).await
+        self.write(&[":", action], Method::PUT, &query, &what).await
     }
 
     async fn set_position(
@@ -572,6 +573,7 @@ impl BackendApi for PlexClient {
         position_ms: u64,
         duration_ms: Option<u64>,
     ) -> Result<(), BackendError> {
+        let item_id = plain_id(item_id)?;
         let duration = match duration_ms {
             Some(d) => Some(d),
             None => match self.get_item(item_id).await? {
@@ -593,7 +595,7 @@ impl BackendApi for PlexClient {
             query.push(("duration", d.to_string()));
         }
         self.write(
-            "/:/timeline",
+            &[":", "timeline"],
             Method::POST,
             &query,
             &format!("set position of {item_id}"),

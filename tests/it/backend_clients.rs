@@ -620,3 +620,53 @@ async fn the_first_page_announces_the_total_of_the_whole_listing() {
         fake.assert_contract();
     }
 }
+
+/// Ids a webhook could carry that would move the request to another route if pasted into a
+/// path: dot segments (plain and percent-encoded), separators, a query, a fragment.
+fn hostile_ids(fake: &FakeServer) -> Vec<String> {
+    let mut ids: Vec<String> = [
+        "../../../Items/101",
+        "../sections/1/all",
+        "%2e%2e/%2e%2e/%2e%2e/Items/101",
+        "..",
+        ".",
+        "101/..",
+        "101?x=1",
+        "101#x",
+        "",
+    ]
+    .into_iter()
+    .map(str::to_string)
+    .collect();
+    ids.push(format!("../../{}/Items/101", fake.user_id()));
+    ids
+}
+
+async fn a_hostile_item_id_never_reaches_another_route(kind: FakeKind) {
+    let fake = FakeServer::start(kind, library()).await;
+    let client = fake.client();
+    for id in hostile_ids(&fake) {
+        let got = client.get_item(&id).await;
+        assert!(!matches!(got, Ok(Some(_))), "{kind:?} {id:?}: {got:?}");
+        for result in [
+            client.set_played(&id, true, None).await,
+            client.set_played(&id, false, None).await,
+            client.set_position(&id, 60_000, Some(120_000)).await,
+        ] {
+            let err = result.expect_err(&id);
+            assert!(!err.is_retryable(), "{kind:?} {id:?}: {err:?}");
+        }
+    }
+    assert!(fake.writes().is_empty(), "{:?}", fake.writes());
+    assert!(fake.item_state("101").played, "another item changed");
+    let answered: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.status < 300)
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert!(answered.is_empty(), "{kind:?} reached: {answered:?}");
+    fake.assert_contract();
+}
+
+per_kind!(a_hostile_item_id_never_reaches_another_route);

@@ -1,7 +1,8 @@
 //! Sending a request to a media server and classifying what went wrong (DESIGN.md §7 retries
 //! on the classification): 401/403 → `Auth`, 404 → `NotFound`, 429 → `RateLimited` with the
-//! `Retry-After`, 5xx → `Server`, other 4xx → `Client`, timeout → `Timeout`, no connection →
-//! `Network`, unreadable JSON → `BadResponse`. Also the date helpers the clients share.
+//! `Retry-After`, 5xx → `Server`, 3xx (never followed) and other 4xx → `Client`, timeout →
+//! `Timeout`, no connection → `Network`, unreadable JSON → `BadResponse`. Also the date
+//! helpers the clients share.
 //!
 //! Tokens travel only in default headers set at construction, so neither URLs nor error
 //! messages (which never include headers) can leak them.
@@ -9,7 +10,7 @@
 //! Request paths are built from segments ([`HttpCore::url`]), each percent-encoded on its own,
 //! and item ids must be plain ([`item_id`]): an id from a webhook can never change the route.
 
-use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::header::{HeaderMap, HeaderValue, LOCATION, RETRY_AFTER};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -41,6 +42,10 @@ impl HttpCore {
             .timeout(timeout)
             .connect_timeout(timeout)
             .default_headers(headers)
+            // Never follow a redirect: reqwest would turn a POST or DELETE into a GET and carry
+            // the token headers to whatever host the answer names. A 3xx is reported instead,
+            // with the address to configure (`redirect_error`).
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("watchstate-rs/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| BackendError::Network {
@@ -101,10 +106,20 @@ impl HttpCore {
 
     /// Sends the request; `Ok` only for a 2xx answer, anything else classified.
     pub async fn send(&self, req: RequestBuilder, what: &str) -> Result<Response, BackendError> {
-        let resp = req.send().await.map_err(|e| self.transport_error(e))?;
+        let request = req.build().map_err(|e| self.transport_error(e))?;
+        let sent_to = request.url().clone();
+        let resp = self
+            .client
+            .execute(request)
+            .await
+            .map_err(|e| self.transport_error(e))?;
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
+        }
+        if status.is_redirection() {
+            let location = resp.headers().get(LOCATION);
+            return Err(self.redirect_error(status, &sent_to, location, what));
         }
         let retry_after = resp
             .headers()
@@ -145,6 +160,48 @@ impl HttpCore {
         }
         BackendError::Network {
             message: format!("{message} (is the server running at {}?)", self.host()),
+        }
+    }
+
+    /// A 3xx answer, not followed: the error names where the server points and the base URL
+    /// to configure instead. The new address is shown without query and credentials, which
+    /// may repeat the token.
+    fn redirect_error(
+        &self,
+        status: StatusCode,
+        sent_to: &url::Url,
+        location: Option<&HeaderValue>,
+        what: &str,
+    ) -> BackendError {
+        let code = status.as_u16();
+        let target = location
+            .and_then(|l| l.to_str().ok())
+            .and_then(|l| sent_to.join(l).ok());
+        let message = match target {
+            Some(mut to) => {
+                to.set_query(None);
+                to.set_fragment(None);
+                let _ = to.set_username("");
+                let _ = to.set_password(None);
+                // What the request added to the base URL; what precedes it in the new
+                // address is the base URL to configure.
+                let prefix = self.base.path().trim_end_matches('/');
+                let route = sent_to.path().strip_prefix(prefix).unwrap_or(sent_to.path());
+                let mut base = to.clone();
+                if let Some(new_prefix) = to.path().strip_suffix(route) {
+                    base.set_path(&format!("{}/", new_prefix.trim_end_matches('/')));
+                }
+                format!(
+                    "{what}: the server answered {code} redirect to {to}; set url to {base} in the configuration"
+                )
+            }
+            None => format!(
+                "{what}: the server answered {code} redirect without a usable Location; check url in the configuration"
+            ),
+        };
+        BackendError::Client {
+            status: code,
+            message,
         }
     }
 

@@ -670,3 +670,33 @@ async fn a_hostile_item_id_never_reaches_another_route(kind: FakeKind) {
 }
 
 per_kind!(a_hostile_item_id_never_reaches_another_route);
+
+async fn a_redirect_is_reported_not_followed(kind: FakeKind) {
+    let fake = FakeServer::start(kind, library()).await;
+    let client = fake.client();
+    let moved = format!("{}moved", fake.url());
+    fake.inject(Fault::redirect(301, &moved));
+    let err = client.set_played("103", true, None).await.unwrap_err();
+    assert!(
+        matches!(err, BackendError::Client { status: 301, .. }),
+        "{err:?}"
+    );
+    assert!(!err.is_retryable());
+    let text = err.to_string();
+    assert!(text.contains(&format!("{moved}/")), "{text}");
+    assert!(text.contains("set url to"), "{text}");
+    assert!(!text.contains(fake.token()), "token leaked: {text}");
+    // Not followed: one request, nothing written, no GET sent to the new address.
+    assert_eq!(fake.requests().len(), 1, "{:?}", fake.requests());
+    assert!(!fake.item_state("103").played);
+
+    fake.inject(Fault::redirect(302, &moved));
+    let err = client.get_item("101").await.unwrap_err();
+    assert!(
+        matches!(err, BackendError::Client { status: 302, .. }),
+        "{err:?}"
+    );
+    assert_eq!(fake.requests().len(), 2);
+}
+
+per_kind!(a_redirect_is_reported_not_followed);

@@ -1,5 +1,6 @@
-//! Emby 4.8 (routes of the Emby 4.8.11.0 OpenAPI document). Auth: `X-Emby-Token`. Positions
-//! are ticks; `DatePlayed` is `yyyyMMddHHmmss` (UTC).
+//! Emby 4.8 (routes of the Emby 4.8.11.0 OpenAPI document). Auth: the token as `api_key` in
+//! the query of every request (the spec's security scheme) and as `X-Emby-Token` (the
+//! alternative it names). Positions are ticks; `DatePlayed` is `yyyyMMddHHmmss` (UTC).
 //! Series ids: like Jellyfin, one `GET /Users/{uid}/Items?Ids=…&Fields=ProviderIds` per page for
 //! the shows not cached yet.
 //! Setting a position reads the item's `UserData` first and sends it back whole with the new
@@ -24,7 +25,7 @@ const LIST_FIELDS: &str = "ProviderIds,UserDataPlayCount,UserDataLastPlayedDate"
 /// Client for one Emby user.
 #[derive(Debug)]
 pub struct EmbyClient {
-    /// Transport with the `X-Emby-Token` header.
+    /// Transport with the `X-Emby-Token` header and the `api_key` query parameter.
     http: HttpCore,
     /// The `{UserId}` of every route.
     user_id: String,
@@ -43,7 +44,10 @@ impl EmbyClient {
         headers.insert(HeaderName::from_static("x-emby-token"), token);
         headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
         Ok(EmbyClient {
-            http: HttpCore::new(cfg.base_url, cfg.timeout, headers)?,
+            // The spec's security scheme is `api_key` in the query; the header is the
+            // alternative it names. Both are sent, so either reading authenticates.
+            http: HttpCore::new(cfg.base_url, cfg.timeout, headers, &cfg.token)?
+                .with_token_in_query("api_key"),
             user_id: cfg.user_id,
             series: SeriesIdCache::default(),
         })

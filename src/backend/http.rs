@@ -4,8 +4,10 @@
 //! `Timeout`, no connection → `Network`, unreadable JSON → `BadResponse`. Also the date
 //! helpers the clients share.
 //!
-//! Tokens travel only in default headers set at construction, so neither URLs nor error
-//! messages (which never include headers) can leak them.
+//! Tokens travel in default headers set at construction and, for Emby, also in the `api_key`
+//! query parameter of every URL. No error text shows a URL with its query: reqwest errors are
+//! taken `without_url`, a redirect's Location loses its query, and any text from the server
+//! (an error page may repeat the request URL) has the token cut out ([`HttpCore::redact`]).
 //!
 //! Request paths are built from segments ([`HttpCore::url`]), each percent-encoded on its own,
 //! and item ids must be plain ([`item_id`]): an id from a webhook can never change the route.
@@ -29,14 +31,31 @@ pub struct HttpCore {
     base: url::Url,
     /// Reported in `Timeout` errors.
     timeout: Duration,
+    /// The token: added to every query when [`Self::token_param`] is set, and cut out of any
+    /// server text that goes into an error (an error page may repeat the request URL).
+    secret: Secret,
+    /// The query parameter that carries the token on every request (Emby's `api_key`).
+    token_param: Option<&'static str>,
+}
+
+/// A token that never shows in `{:?}`.
+#[derive(Clone)]
+struct Secret(String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 impl HttpCore {
-    /// `headers` are sent with every request (auth and client identification).
+    /// `headers` are sent with every request (auth and client identification); `token` is
+    /// the secret they carry, kept to be cut out of error texts.
     pub fn new(
         base: url::Url,
         timeout: Duration,
         headers: HeaderMap,
+        token: &str,
     ) -> Result<Self, BackendError> {
         let client = reqwest::Client::builder()
             .timeout(timeout)
@@ -55,7 +74,15 @@ impl HttpCore {
             client,
             base,
             timeout,
+            secret: Secret(token.to_string()),
+            token_param: None,
         })
+    }
+
+    /// Also sends the token as the query parameter `name` of every request.
+    pub fn with_token_in_query(mut self, name: &'static str) -> Self {
+        self.token_param = Some(name);
+        self
     }
 
     /// The absolute URL of `route` under the base URL, with `query` (a repeated name is sent
@@ -85,10 +112,13 @@ impl HttpCore {
                 path.push(segment);
             }
         }
-        if !query.is_empty() {
+        if !query.is_empty() || self.token_param.is_some() {
             let mut pairs = url.query_pairs_mut();
             for (k, v) in query {
                 pairs.append_pair(k, v);
+            }
+            if let Some(name) = self.token_param {
+                pairs.append_pair(name, &self.secret.0);
             }
         }
         Ok(url)
@@ -126,7 +156,7 @@ impl HttpCore {
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, SystemTime::now()));
-        let body = resp.text().await.unwrap_or_default();
+        let body = self.redact(&resp.text().await.unwrap_or_default());
         Err(classify_status(status, retry_after, what, &body))
     }
 
@@ -159,7 +189,11 @@ impl HttpCore {
             source = s.source();
         }
         BackendError::Network {
-            message: format!("{message} (is the server running at {}?)", self.host()),
+            message: format!(
+                "{} (is the server running at {}?)",
+                self.redact(&message),
+                self.host()
+            ),
         }
     }
 
@@ -201,8 +235,23 @@ impl HttpCore {
         };
         BackendError::Client {
             status: code,
-            message,
+            message: self.redact(&message),
         }
+    }
+
+    /// `text` with the token cut out, as sent and percent-encoded: for any server text that
+    /// goes into an error message.
+    pub fn redact(&self, text: &str) -> String {
+        let token = self.secret.0.as_str();
+        if token.is_empty() {
+            return text.to_string();
+        }
+        let mut out = text.replace(token, "<redacted>");
+        let encoded: String = url::form_urlencoded::byte_serialize(token.as_bytes()).collect();
+        if encoded != token {
+            out = out.replace(&encoded, "<redacted>");
+        }
+        out
     }
 
     /// `scheme://host:port` of the base URL, for messages (no path, no credentials).
@@ -421,6 +470,7 @@ mod tests {
             url::Url::parse("http://h:1/emby/").unwrap(),
             Duration::from_secs(1),
             HeaderMap::new(),
+            "",
         )
         .unwrap();
         let url = core
@@ -431,10 +481,33 @@ mod tests {
             url::Url::parse("http://h:1").unwrap(),
             Duration::from_secs(1),
             HeaderMap::new(),
+            "",
         )
         .unwrap();
         let url = bare.url(&["identity"], &[]).unwrap();
         assert_eq!(url.as_str(), "http://h:1/identity");
+    }
+
+    #[test]
+    fn the_token_goes_into_every_query_and_out_of_every_error_text() {
+        let core = HttpCore::new(
+            url::Url::parse("http://h:1/").unwrap(),
+            Duration::from_secs(1),
+            HeaderMap::new(),
+            "k3y/+x",
+        )
+        .unwrap()
+        .with_token_in_query("api_key");
+        let url = core.url(&["System", "Info", "Public"], &[]).unwrap();
+        assert_eq!(url.query(), Some("api_key=k3y%2F%2Bx"));
+        let url = core.url(&["Items"], &[("Ids", "1".into())]).unwrap();
+        assert_eq!(url.query(), Some("Ids=1&api_key=k3y%2F%2Bx"));
+        let page = format!("<h1>Error</h1> GET {url} (key k3y/+x)");
+        assert_eq!(
+            core.redact(&page),
+            "<h1>Error</h1> GET http://h:1/Items?Ids=1&api_key=<redacted> (key <redacted>)"
+        );
+        assert!(!format!("{core:?}").contains("k3y"));
     }
 
     #[test]
@@ -443,6 +516,7 @@ mod tests {
             url::Url::parse("http://h:1/jf/").unwrap(),
             Duration::from_secs(1),
             HeaderMap::new(),
+            "",
         )
         .unwrap();
         let path = |seg: &str| core.url(&["Items", seg], &[]).map(|u| u.path().to_string());

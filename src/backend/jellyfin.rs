@@ -49,7 +49,7 @@ impl JellyfinClient {
         headers.insert(AUTHORIZATION, value);
         headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
         Ok(JellyfinClient {
-            http: HttpCore::new(cfg.base_url, cfg.timeout, headers)?,
+            http: HttpCore::new(cfg.base_url, cfg.timeout, headers, &cfg.token)?,
             user_id: cfg.user_id,
             series: SeriesIdCache::default(),
         })

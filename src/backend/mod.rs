@@ -3,7 +3,7 @@
 //!
 //! - [`plex`]: Plex Media Server (`X-Plex-Token`), positions in ms, dates in unix seconds.
 //! - [`jellyfin`]: Jellyfin 10.9+ routes (`Authorization: MediaBrowser Token="…"`), ticks.
-//! - [`emby`]: Emby 4.8 (`X-Emby-Token`), ticks.
+//! - [`emby`]: Emby 4.8 (`api_key` in the query and `X-Emby-Token`), ticks.
 //! - [`mediabrowser`]: the item shape Jellyfin and Emby share (`BaseItemDto`, `UserData`).
 //! - [`http`]: the one place that sends a request and turns failures into [`BackendError`].
 //!
@@ -31,7 +31,8 @@ pub struct ClientConfig {
     pub kind: BackendKind,
     /// Where the server answers, possibly with a path prefix (`http://host/emby`).
     pub base_url: url::Url,
-    /// The API key or user token; sent only in a header, never logged.
+    /// The API key or user token; sent in a header (Emby: also as the `api_key` query
+    /// parameter its spec names), never logged, cut out of error texts.
     pub token: String,
     /// The server's id of the user whose state is read and written (Jellyfin/Emby user id;
     /// for Plex the token already names the account, the id is only used in logs).

@@ -322,7 +322,7 @@ impl PlexClient {
             HeaderValue::from_static("application/json"),
         );
         Ok(PlexClient {
-            http: HttpCore::new(cfg.base_url, cfg.timeout, headers)?,
+            http: HttpCore::new(cfg.base_url, cfg.timeout, headers, &cfg.token)?,
             sections: Mutex::new(None),
             series: SeriesIdCache::default(),
         })

@@ -700,3 +700,83 @@ async fn a_redirect_is_reported_not_followed(kind: FakeKind) {
 }
 
 per_kind!(a_redirect_is_reported_not_followed);
+
+#[tokio::test]
+async fn emby_sends_its_token_as_api_key_and_as_header() {
+    let fake = FakeServer::start(FakeKind::Emby, library()).await;
+    let client = fake.client();
+    client.identity().await.unwrap();
+    list_all(client.as_ref(), 4).await;
+    client.get_item("101").await.unwrap().expect("item 101");
+    client.set_played("103", true, None).await.unwrap();
+    client.set_played("103", false, None).await.unwrap();
+    client.set_position("102", 5_000, None).await.unwrap();
+    let requests = fake.requests();
+    assert!(requests.len() >= 8, "{requests:?}");
+    for r in &requests {
+        let line = format!("{} {}", r.method, r.path);
+        assert_eq!(r.params("api_key"), [fake.token()], "{line}");
+        let header = r.headers.get("x-emby-token").map(|v| v.to_str().unwrap());
+        assert_eq!(header, Some(fake.token()), "{line}");
+    }
+    fake.assert_contract();
+}
+
+#[tokio::test]
+async fn the_fake_emby_takes_the_token_in_the_query_or_a_header() {
+    let fake = FakeServer::start(FakeKind::Emby, library()).await;
+    let url = fake
+        .url()
+        .join(&format!("Users/{}/Items?Ids=101", fake.user_id()))
+        .unwrap();
+    let http = reqwest::Client::new();
+    let by_query = http
+        .get(format!("{url}&api_key={}", fake.token()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_query.status(), 200);
+    let by_header = http
+        .get(url.clone())
+        .header("X-Emby-Token", fake.token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_header.status(), 200);
+    let neither = http.get(url).send().await.unwrap();
+    assert_eq!(neither.status(), 401);
+}
+
+/// Every failure of an Emby request, whose URL carries the token: the error text never does.
+#[tokio::test]
+async fn emby_errors_never_show_the_token() {
+    let fake = FakeServer::start(FakeKind::Emby, library()).await;
+    let client = fake.client();
+    let token = fake.token().to_string();
+    let mut texts = Vec::new();
+    // Error pages that repeat the request line, query included.
+    for status in [400, 404, 500, 503] {
+        fake.inject(Fault::echo_request(status));
+        let err = client.set_played("103", true, None).await.unwrap_err();
+        texts.push(format!("{err} / {err:?}"));
+    }
+    fake.inject(Fault::echo_request(200));
+    let err = client.list_items(None, 5).await.unwrap_err();
+    assert!(matches!(err, BackendError::BadResponse { .. }), "{err:?}");
+    texts.push(format!("{err} / {err:?}"));
+    fake.inject(Fault::redirect(307, "https://emby.example.com:8920/emby"));
+    let err = client.set_position("102", 5_000, Some(10_000)).await;
+    texts.push(format!("{err:?}"));
+    let slow = build_client(config(&fake, &token, Duration::from_millis(100))).unwrap();
+    fake.inject(Fault::delay(Duration::from_secs(2)));
+    texts.push(format!("{:?}", slow.get_item("101").await));
+    fake.shutdown().await;
+    let err = client.set_played("103", true, None).await.unwrap_err();
+    assert!(matches!(err, BackendError::Network { .. }), "{err:?}");
+    texts.push(format!("{err} / {err:?}"));
+    // The echoed pages did reach the client: the check below is not vacuous.
+    assert!(texts[0].contains("Error processing"), "{}", texts[0]);
+    for text in &texts {
+        assert!(!text.contains(&token), "token leaked: {text}");
+    }
+}

@@ -93,7 +93,7 @@ impl BackendApi for EmbyClient {
             .http
             .request(Method::GET, &["System", "Info", "Public"], &[])?;
         let info: PublicSystemInfo = self.http.send_json(req, "server identity").await?;
-        Ok(info.into())
+        info.into_identity("Emby")
     }
 
     async fn list_items(

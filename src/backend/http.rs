@@ -12,7 +12,7 @@
 //! Request paths are built from segments ([`HttpCore::url`]), each percent-encoded on its own,
 //! and item ids must be plain ([`item_id`]): an id from a webhook can never change the route.
 
-use reqwest::header::{HeaderMap, HeaderValue, LOCATION, RETRY_AFTER};
+use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE, LOCATION, RETRY_AFTER};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -21,6 +21,9 @@ use watchstate_actors::event::Millis;
 
 /// How many characters of an error body go into an error message: enough to tell why.
 const ERROR_BODY_CHARS: usize = 200;
+/// How many bytes of an answer that is not the expected JSON go into the error message:
+/// enough to recognise it (XML, a login page, another product's JSON).
+const SNIPPET_BYTES: usize = 100;
 
 /// A reqwest client bound to one server: base URL, auth headers and the timeout.
 #[derive(Debug, Clone)]
@@ -167,10 +170,37 @@ impl HttpCore {
         what: &str,
     ) -> Result<T, BackendError> {
         let resp = self.send(req, what).await?;
+        let content_type = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("none")
+            .to_string();
         let bytes = resp.bytes().await.map_err(|e| self.transport_error(e))?;
         serde_json::from_slice(&bytes).map_err(|e| BackendError::BadResponse {
-            message: format!("{what}: the answer is not the expected JSON ({e})"),
+            message: format!(
+                "{what}: the answer is not the expected JSON ({e}); content type {}, it starts with \"{}\"",
+                self.redact(&content_type),
+                self.snippet(&bytes)
+            ),
         })
+    }
+
+    /// The first [`SNIPPET_BYTES`] of an answer as one line of text: invalid UTF-8 and
+    /// control characters replaced, the token cut out (before the cut, so that a token across
+    /// it cannot show in part).
+    fn snippet(&self, bytes: &[u8]) -> String {
+        let head = &bytes[..bytes.len().min(SNIPPET_BYTES + self.secret.0.len())];
+        let text: String = String::from_utf8_lossy(head)
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        let text = self.redact(text.trim());
+        let mut end = text.len().min(SNIPPET_BYTES);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text[..end].to_string()
     }
 
     /// Turns a reqwest failure (no HTTP status) into `Timeout` or `Network`.
@@ -508,6 +538,24 @@ mod tests {
             "<h1>Error</h1> GET http://h:1/Items?Ids=1&api_key=<redacted> (key <redacted>)"
         );
         assert!(!format!("{core:?}").contains("k3y"));
+    }
+
+    #[test]
+    fn a_snippet_is_one_short_clean_line_without_the_token() {
+        let core = HttpCore::new(
+            url::Url::parse("http://h:1/").unwrap(),
+            Duration::from_secs(1),
+            HeaderMap::new(),
+            "s3cret",
+        )
+        .unwrap();
+        let page = format!("<html>\r\n\u{7}<title>Sign in</title>{}", "é".repeat(200));
+        let s = core.snippet(page.as_bytes());
+        assert!(s.starts_with("<html>   <title>Sign in</title>éé"), "{s}");
+        assert!(s.len() <= SNIPPET_BYTES);
+        let cut = format!("{}s3cret", "x".repeat(97));
+        assert!(!core.snippet(cut.as_bytes()).contains("s3c"));
+        assert_eq!(core.snippet(&[0xff, b'{']), "\u{fffd}{");
     }
 
     #[test]

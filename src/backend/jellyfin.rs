@@ -85,7 +85,7 @@ impl BackendApi for JellyfinClient {
             .http
             .request(Method::GET, &["System", "Info", "Public"], &[])?;
         let info: PublicSystemInfo = self.http.send_json(req, "server identity").await?;
-        Ok(info.into())
+        info.into_identity("Jellyfin")
     }
 
     async fn list_items(

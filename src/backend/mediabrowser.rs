@@ -6,7 +6,7 @@ use super::http::parse_iso8601_ms;
 use super::provider_key;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use watchstate_actors::backend::{RemoteItem, ServerIdentity};
+use watchstate_actors::backend::{BackendError, RemoteItem, ServerIdentity};
 use watchstate_actors::event::{ExternalIds, ItemType};
 
 /// Ticks per millisecond: .NET `TimeSpan` ticks are 100 ns.
@@ -24,18 +24,28 @@ pub fn ms_to_ticks(ms: u64) -> i64 {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct PublicSystemInfo {
-    /// The id webhooks carry as `ServerId` / `Server.Id`.
-    pub id: String,
+    /// The id webhooks carry as `ServerId` / `Server.Id`. Nullable in Jellyfin's spec, not
+    /// required in Emby's: its absence is an error of its own ([`Self::into_identity`]).
+    pub id: Option<String>,
     pub server_name: Option<String>,
     pub version: Option<String>,
 }
 
-impl From<PublicSystemInfo> for ServerIdentity {
-    fn from(info: PublicSystemInfo) -> Self {
-        ServerIdentity {
-            server_id: info.id,
-            name: info.server_name,
-            version: info.version,
+impl PublicSystemInfo {
+    /// The server's identity, or an error saying the id is missing (`product` names the
+    /// server the URL should point at).
+    pub fn into_identity(self, product: &str) -> Result<ServerIdentity, BackendError> {
+        match self.id.filter(|id| !id.trim().is_empty()) {
+            Some(server_id) => Ok(ServerIdentity {
+                server_id,
+                name: self.server_name,
+                version: self.version,
+            }),
+            None => Err(BackendError::BadResponse {
+                message: format!(
+                    "server identity: the server returned no Id in /System/Info/Public; is url the address of a {product} server?"
+                ),
+            }),
         }
     }
 }

@@ -50,7 +50,8 @@ struct Container<T> {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct IdentityContainer {
-    machine_identifier: String,
+    /// Not required by the spec: its absence is an error of its own.
+    machine_identifier: Option<String>,
     version: Option<String>,
 }
 
@@ -453,10 +454,16 @@ impl BackendApi for PlexClient {
     async fn identity(&self) -> Result<ServerIdentity, BackendError> {
         let req = self.http.request(Method::GET, &["identity"], &[])?;
         let c: Container<IdentityContainer> = self.http.send_json(req, "server identity").await?;
+        let c = c.media_container;
+        let Some(server_id) = c.machine_identifier.filter(|id| !id.trim().is_empty()) else {
+            return Err(BackendError::BadResponse {
+                message: "server identity: the server returned no machineIdentifier in /identity; is url the address of a Plex Media Server?".into(),
+            });
+        };
         Ok(ServerIdentity {
-            server_id: c.media_container.machine_identifier,
+            server_id,
             name: None,
-            version: c.media_container.version,
+            version: c.version,
         })
     }
 

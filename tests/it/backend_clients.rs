@@ -780,3 +780,51 @@ async fn emby_errors_never_show_the_token() {
         assert!(!text.contains(&token), "token leaked: {text}");
     }
 }
+
+async fn an_identity_without_an_id_says_so(kind: FakeKind) {
+    let fake = FakeServer::start(kind, library()).await;
+    let client = fake.client();
+    let body = match kind {
+        FakeKind::Plex => r#"{"MediaContainer":{"size":0,"claimed":true,"version":"1.41.3"}}"#,
+        FakeKind::Jellyfin => r#"{"ServerName":"den","Version":"10.11.11","Id":null}"#,
+        FakeKind::Emby => r#"{"ServerName":"den","Version":"4.8.11.0"}"#,
+    };
+    fake.inject(Fault::body(200, "application/json", body));
+    let err = client.identity().await.unwrap_err();
+    assert!(matches!(err, BackendError::BadResponse { .. }), "{err:?}");
+    assert!(err.to_string().contains("returned no"), "{err}");
+    assert!(!err.is_retryable());
+}
+
+async fn an_answer_that_is_not_json_is_shown(kind: FakeKind) {
+    let fake = FakeServer::start(kind, library()).await;
+    let client = fake.client();
+    fake.inject(Fault::body(
+        200,
+        "text/xml",
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<MediaContainer size=\"0\"/>",
+    ));
+    let err = client.identity().await.unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, BackendError::BadResponse { .. }), "{err:?}");
+    assert!(text.contains("text/xml"), "{text}");
+    assert!(text.contains("<?xml version"), "{text}");
+    // A login page in front of the server: type and start shown, control characters not.
+    let page = format!(
+        "<!DOCTYPE html>\r\n<html><head><title>Sign in</title></head>\u{7}{}</html>",
+        "x".repeat(5000)
+    );
+    fake.inject(Fault::body(200, "text/html; charset=utf-8", &page));
+    let err = client.list_items(None, 5).await.unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("text/html"), "{text}");
+    assert!(text.contains("<!DOCTYPE html>"), "{text}");
+    assert!(text.contains("Sign in"), "{text}");
+    assert!(!text.contains('\r') && !text.contains('\u{7}'), "{text:?}");
+    assert!(text.len() < 600, "{} bytes: {text}", text.len());
+}
+
+per_kind!(
+    an_identity_without_an_id_says_so,
+    an_answer_that_is_not_json_is_shown
+);

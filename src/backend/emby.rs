@@ -114,18 +114,20 @@ impl BackendApi for EmbyClient {
             .http
             .request(Method::GET, &self.items_route(), &query)?;
         let page: ItemsResult = self.http.send_json(req, "list items").await?;
-        self.load_series(&page.items).await?;
+        // The cursor moves past every item of the page, read or skipped.
         let got = page.items.len();
-        let next = next_cursor(start, got, page_size, page.total_record_count);
-        let items = page
-            .items
+        let (items, skipped) = page.decode("list items");
+        self.load_series(&items).await?;
+        let next = next_cursor(start, got, page_size, page.total());
+        let items = items
             .into_iter()
             .filter_map(|i| to_remote(&self.series, i))
             .collect();
         Ok(ItemPage {
             items,
             next,
-            total: page.total_record_count,
+            total: page.total(),
+            skipped,
         })
     }
 

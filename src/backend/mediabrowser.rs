@@ -3,8 +3,10 @@
 //! ticks (100 ns). The two clients differ only in routes and auth.
 
 use super::http::parse_iso8601_ms;
+use super::lenient::{decode_each, opt_number, string_or_number};
 use super::provider_key;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use std::collections::HashMap;
 use watchstate_actors::backend::{BackendError, RemoteItem, ServerIdentity};
 use watchstate_actors::event::{ExternalIds, ItemType};
@@ -51,19 +53,34 @@ impl PublicSystemInfo {
 }
 
 /// `QueryResult<BaseItemDto>`; `Items` is required so that a wrong-shaped answer is an error,
-/// not an empty library.
+/// not an empty library. The items stay raw until [`Self::decode`] reads them one by one.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ItemsResult {
-    pub items: Vec<ItemDto>,
+    pub items: Vec<Box<RawValue>>,
     /// Lets the listing stop without asking for an empty page.
-    pub total_record_count: Option<u64>,
+    #[serde(default, deserialize_with = "opt_number")]
+    pub total_record_count: Option<i64>,
 }
 
-/// The fields of `BaseItemDto` the sync reads.
+impl ItemsResult {
+    /// The items that decode, and how many did not (skipped and logged with their `Id`).
+    pub fn decode(&self, what: &str) -> (Vec<ItemDto>, u64) {
+        decode_each(&self.items, "Id", what)
+    }
+
+    /// `TotalRecordCount`, when the server gave a usable one.
+    pub fn total(&self) -> Option<u64> {
+        self.total_record_count.and_then(|n| u64::try_from(n).ok())
+    }
+}
+
+/// The fields of `BaseItemDto` the sync reads; numbers may arrive as numeric strings.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ItemDto {
+    /// Required: an item without id cannot be written back, so it does not decode.
+    #[serde(deserialize_with = "string_or_number")]
     pub id: String,
     /// `Movie`, `Episode`, `Series`, ...; anything but movies and episodes is skipped.
     #[serde(rename = "Type")]
@@ -71,12 +88,16 @@ pub struct ItemDto {
     pub name: Option<String>,
     /// Provider name → id; values can be null or empty on real servers.
     pub provider_ids: Option<HashMap<String, Option<String>>>,
+    #[serde(default, deserialize_with = "opt_number")]
     pub production_year: Option<i64>,
+    #[serde(default, deserialize_with = "opt_number")]
     pub run_time_ticks: Option<i64>,
     pub series_name: Option<String>,
     /// The show, whose provider ids are the episode's series ids.
     pub series_id: Option<String>,
+    #[serde(default, deserialize_with = "opt_number")]
     pub parent_index_number: Option<i64>,
+    #[serde(default, deserialize_with = "opt_number")]
     pub index_number: Option<i64>,
     pub user_data: Option<UserDataDto>,
 }
@@ -86,9 +107,11 @@ pub struct ItemDto {
 #[serde(rename_all = "PascalCase")]
 pub struct UserDataDto {
     pub played: Option<bool>,
+    #[serde(default, deserialize_with = "opt_number")]
     pub playback_position_ticks: Option<i64>,
     pub last_played_date: Option<String>,
     /// Carried through Emby's full-DTO update so that setting a position keeps it.
+    #[serde(default, deserialize_with = "opt_number")]
     pub play_count: Option<i64>,
     /// Carried through Emby's full-DTO update so that setting a position keeps it.
     pub is_favorite: Option<bool>,
@@ -220,11 +243,11 @@ pub(crate) fn uncached_shows<'a>(
     missing
 }
 
-/// Cache the provider ids of every show in `asked`; a show the server did not return is cached
-/// with no ids, so it is not asked for again.
+/// Cache the provider ids of every show in `asked`; a show the server did not return (or in a
+/// shape that does not decode) is cached with no ids, so it is not asked for again.
 pub(crate) fn cache_shows(cache: &super::SeriesIdCache, asked: &[&str], shows: ItemsResult) {
+    let (shows, _) = shows.decode("list shows");
     let mut found: HashMap<String, ExternalIds> = shows
-        .items
         .into_iter()
         .map(|s| {
             let ids = provider_ids(s.provider_ids.as_ref());
@@ -296,6 +319,24 @@ mod tests {
         assert!(!r.played);
         assert_eq!(r.position_ms, 0);
         assert_eq!(r.series_title, None);
+    }
+
+    #[test]
+    fn numbers_may_be_strings_and_a_page_skips_what_does_not_decode() {
+        let dto = item(serde_json::json!({
+            "Id": 5, "Type": "Movie", "ProductionYear": "2017", "RunTimeTicks": "36000000000",
+            "UserData": {"PlaybackPositionTicks": "600000000", "PlayCount": "2", "Played": false}
+        }));
+        let r = dto.into_remote(ExternalIds::new()).unwrap();
+        assert_eq!((r.item_id.as_str(), r.year), ("5", Some(2017)));
+        assert_eq!((r.position_ms, r.duration_ms), (60_000, Some(3_600_000)));
+        let page: ItemsResult = serde_json::from_str(
+            r#"{"Items": [{"Id": "a", "Type": "Movie"}, {"Id": null}, {"Id": "c", "IndexNumber": []}],
+                "TotalRecordCount": "3"}"#,
+        )
+        .unwrap();
+        let (items, skipped) = page.decode("test");
+        assert_eq!((items.len(), skipped, page.total()), (1, 2, Some(3)));
     }
 
     #[test]

@@ -6,12 +6,15 @@
 //! - [`emby`]: Emby 4.8 (`api_key` in the query and `X-Emby-Token`), ticks.
 //! - [`mediabrowser`]: the item shape Jellyfin and Emby share (`BaseItemDto`, `UserData`).
 //! - [`http`]: the one place that sends a request and turns failures into [`BackendError`].
+//! - [`lenient`]: reading their JSON item by item and numbers leniently, so that one odd item
+//!   is skipped rather than failing a page.
 //!
 //! Build a client with [`build_client`]; every call is made for [`ClientConfig::user_id`].
 
 pub mod emby;
 pub mod http;
 pub mod jellyfin;
+pub mod lenient;
 pub mod mediabrowser;
 pub mod plex;
 

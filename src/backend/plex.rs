@@ -15,11 +15,13 @@
 //! shows are fetched in one `GET /library/metadata/{k1,k2,…}` and cached.
 
 use super::http::{item_id as plain_id, HttpCore};
+use super::lenient::{decode_each, opt_number, opt_string_or_number, string_or_number};
 use super::{provider_key, ClientConfig, SeriesIdCache};
 use async_trait::async_trait;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT};
 use reqwest::Method;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use std::sync::Mutex;
 use watchstate_actors::backend::{BackendApi, BackendError, ItemPage, RemoteItem, ServerIdentity};
 use watchstate_actors::event::{ExternalIds, ItemType, Millis};
@@ -57,26 +59,37 @@ struct IdentityContainer {
 
 #[derive(Debug, Deserialize)]
 struct SectionsContainer {
+    /// Raw: each section is read on its own, so that one odd section does not hide the rest.
     #[serde(rename = "Directory", default)]
-    directory: Vec<Section>,
+    directory: Vec<Box<RawValue>>,
 }
 
-/// A library section of `/library/sections/all`.
-#[derive(Debug, Clone, Deserialize)]
+/// A `LibrarySection` of `/library/sections/all` as served.
+#[derive(Debug, Deserialize)]
+struct SectionEntry {
+    /// Not required by the spec; a section without it cannot be addressed.
+    #[serde(default, deserialize_with = "opt_string_or_number")]
+    key: Option<String>,
+    #[serde(rename = "type")]
+    kind: String,
+    title: Option<String>,
+}
+
+/// A movie or show section the listing walks.
+#[derive(Debug, Clone)]
 struct Section {
     /// The section id used in paths and cursors.
-    #[serde(deserialize_with = "string_or_number")]
     key: String,
-    /// `movie`, `show`, `artist`, `photo`; only the first two are listed.
-    #[serde(rename = "type")]
+    /// `movie` or `show`.
     kind: String,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct MetadataContainer {
+    /// Raw: read item by item by [`decode_metadata`].
     #[serde(rename = "Metadata", default)]
-    metadata: Vec<PlexItem>,
+    metadata: Vec<Box<RawValue>>,
     /// Items in the whole section: tells when the section is exhausted.
     #[serde(default, deserialize_with = "opt_number")]
     total_size: Option<i64>,
@@ -93,8 +106,12 @@ struct MetadataContainer {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct PlexItem {
-    #[serde(deserialize_with = "string_or_number")]
-    rating_key: String,
+    /// Not required by the spec's `Metadata`: when absent it is read from `key`
+    /// ([`decode_metadata`] drops items that have neither).
+    #[serde(default, deserialize_with = "opt_string_or_number")]
+    rating_key: Option<String>,
+    /// `/library/metadata/{ratingKey}` (required by the spec).
+    key: Option<String>,
     #[serde(rename = "type")]
     kind: Option<String>,
     title: Option<String>,
@@ -130,7 +147,36 @@ struct PlexItem {
 
 #[derive(Debug, Deserialize)]
 struct GuidTag {
+    #[serde(deserialize_with = "string_or_number")]
     id: String,
+}
+
+/// The items of a `MediaContainer` that decode and have a ratingKey (their own, or the one in
+/// `key`), and how many did not (skipped and logged).
+fn decode_metadata(c: &MetadataContainer, what: &str) -> (Vec<PlexItem>, u64) {
+    let (decoded, mut skipped) = decode_each::<PlexItem>(&c.metadata, "ratingKey", what);
+    let mut items = Vec::with_capacity(decoded.len());
+    for mut item in decoded {
+        if item.rating_key.as_deref().is_none_or(str::is_empty) {
+            item.rating_key = item
+                .key
+                .as_deref()
+                .and_then(|k| k.strip_prefix("/library/metadata/"))
+                .and_then(|rest| rest.split('/').next())
+                .filter(|rk| !rk.is_empty())
+                .map(str::to_string);
+        }
+        if item.rating_key.is_some() {
+            items.push(item);
+        } else {
+            skipped += 1;
+            tracing::warn!(
+                title = item.title.as_deref().unwrap_or("unknown"),
+                "{what}: skipped an item with neither ratingKey nor a /library/metadata/ key"
+            );
+        }
+    }
+    (items, skipped)
 }
 
 /// What one guid string says: the item's own id, or (legacy episode guids) the show's.
@@ -251,6 +297,11 @@ impl PlexItem {
             .filter(|k| !k.is_empty())
     }
 
+    /// The ratingKey ([`decode_metadata`] keeps only items that have one).
+    fn rating_key(&self) -> &str {
+        self.rating_key.as_deref().unwrap_or_default()
+    }
+
     fn into_remote(
         self,
         show_ids: Option<ExternalIds>,
@@ -265,7 +316,7 @@ impl PlexItem {
         let number = |n: Option<i64>| n.and_then(|n| u32::try_from(n).ok());
         let positive = |n: Option<i64>| n.filter(|n| *n > 0).map(|n| n as u64);
         Some(RemoteItem {
-            item_id: self.rating_key,
+            item_id: self.rating_key.unwrap_or_default(),
             item_type,
             title: self.title,
             series_title: if episode {
@@ -341,11 +392,21 @@ impl PlexClient {
             .request(Method::GET, &["library", "sections", "all"], &[])?;
         let all: Container<SectionsContainer> =
             self.http.send_json(req, "library sections").await?;
-        let sections: Vec<Section> = all
-            .media_container
-            .directory
+        let (entries, _) =
+            decode_each::<SectionEntry>(&all.media_container.directory, "key", "library sections");
+        let sections: Vec<Section> = entries
             .into_iter()
             .filter(|s| s.kind == "movie" || s.kind == "show")
+            .filter_map(|s| match s.key.filter(|k| !k.is_empty()) {
+                Some(key) => Some(Section { key, kind: s.kind }),
+                None => {
+                    tracing::warn!(
+                        section = s.title.as_deref().unwrap_or("unknown"),
+                        "a Plex library section has no key: it cannot be listed and is skipped"
+                    );
+                    None
+                }
+            })
             .collect();
         *self.lock_sections() = Some(sections.clone());
         Ok(sections)
@@ -401,13 +462,13 @@ impl PlexClient {
             return Ok(());
         }
         let shows = match self.metadata(&missing.join(","), "shows").await {
-            Ok(c) => c.metadata,
+            Ok(c) => decode_metadata(&c, "shows").0,
             // One of several shows gone, or a server that reads one id per path: ask singly.
             Err(BackendError::NotFound { .. }) if missing.len() > 1 => {
                 let mut shows = Vec::new();
                 for key in &missing {
                     match self.metadata(key, "show").await {
-                        Ok(c) => shows.extend(c.metadata),
+                        Ok(c) => shows.extend(decode_metadata(&c, "show").0),
                         Err(BackendError::NotFound { .. }) => {}
                         Err(e) => return Err(e),
                     }
@@ -420,10 +481,7 @@ impl PlexClient {
         };
         let mut found: std::collections::HashMap<String, ExternalIds> = shows
             .into_iter()
-            .map(|s| {
-                let ids = s.ids().0;
-                (s.rating_key, ids)
-            })
+            .map(|s| (s.rating_key().to_string(), s.ids().0))
             .collect();
         for key in missing {
             let ids = found.remove(key).unwrap_or_default();
@@ -493,6 +551,7 @@ impl BackendApi for PlexClient {
                 items: Vec::new(),
                 next: None,
                 total: Some(0),
+                skipped: 0,
             });
         };
         let kind = if section.kind == "movie" { "1" } else { "4" };
@@ -507,8 +566,10 @@ impl BackendApi for PlexClient {
         let what = format!("section {}", section.key);
         let page: Container<MetadataContainer> = self.http.send_json(req, &what).await?;
         let page = page.media_container;
-        self.load_shows(&page.metadata).await?;
+        // The offset moves past every item of the page, read or skipped.
         let got = page.metadata.len() as u64;
+        let (metadata, skipped) = decode_metadata(&page, &what);
+        self.load_shows(&metadata).await?;
         let section_done = match page.total_size {
             Some(total) => got == 0 || offset + got >= total.max(0) as u64,
             None => got < page_size as u64,
@@ -531,12 +592,16 @@ impl BackendApi for PlexClient {
                 .map(|t| t + first.max(0) as u64),
             _ => None,
         };
-        let items = page
-            .metadata
+        let items = metadata
             .into_iter()
             .filter_map(|i| self.convert(i, Some(&library)))
             .collect();
-        Ok(ItemPage { items, next, total })
+        Ok(ItemPage {
+            items,
+            next,
+            total,
+            skipped,
+        })
     }
 
     async fn get_item(&self, item_id: &str) -> Result<Option<RemoteItem>, BackendError> {
@@ -546,10 +611,10 @@ impl BackendApi for PlexClient {
             Err(BackendError::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(e),
         };
-        let library = c.library_section_id;
-        let Some(item) = c.metadata.into_iter().next() else {
+        let Some(item) = decode_metadata(&c, "item").0.into_iter().next() else {
             return Ok(None);
         };
+        let library = c.library_section_id;
         self.load_shows(std::slice::from_ref(&item)).await?;
         Ok(self.convert(item, library.as_deref()))
     }
@@ -608,48 +673,6 @@ impl BackendApi for PlexClient {
             &format!("set position of {item_id}"),
         )
         .await
-    }
-}
-
-/// Plex writes ids as strings in JSON but some versions and proxies send numbers.
-fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    match serde_json::Value::deserialize(d)? {
-        serde_json::Value::String(s) => Ok(s),
-        serde_json::Value::Number(n) => Ok(n.to_string()),
-        other => Err(serde::de::Error::custom(format!(
-            "expected a string or a number, got {other}"
-        ))),
-    }
-}
-
-fn opt_string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    match Option::<serde_json::Value>::deserialize(d)? {
-        None | Some(serde_json::Value::Null) => Ok(None),
-        Some(serde_json::Value::String(s)) => Ok(Some(s)),
-        Some(serde_json::Value::Number(n)) => Ok(Some(n.to_string())),
-        Some(other) => Err(serde::de::Error::custom(format!(
-            "expected a string or a number, got {other}"
-        ))),
-    }
-}
-
-/// A number that may arrive as a JSON number or a numeric string.
-fn opt_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
-    match Option::<serde_json::Value>::deserialize(d)? {
-        None | Some(serde_json::Value::Null) => Ok(None),
-        Some(serde_json::Value::Number(n)) => {
-            Ok(n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)))
-        }
-        Some(serde_json::Value::String(s)) if s.trim().is_empty() => Ok(None),
-        Some(serde_json::Value::String(s)) => s
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|_| serde::de::Error::custom(format!("expected a number, got {s:?}"))),
-        Some(serde_json::Value::Bool(b)) => Ok(Some(b as i64)),
-        Some(other) => Err(serde::de::Error::custom(format!(
-            "expected a number, got {other}"
-        ))),
     }
 }
 
@@ -753,6 +776,25 @@ mod tests {
         let r = it.into_remote(Some(show.clone()), None).unwrap();
         assert_eq!(r.series_external_ids, show);
         assert_eq!(r.external_ids["tvdb"], "6252618");
+    }
+
+    #[test]
+    fn an_item_without_rating_key_takes_it_from_key() {
+        let c: MetadataContainer = serde_json::from_value(serde_json::json!({
+            "Metadata": [
+                {"key": "/library/metadata/77", "type": "movie", "title": "A"},
+                {"key": "/library/metadata/78/children", "type": "show", "title": "B"},
+                {"key": "/elsewhere/79", "type": "movie", "title": "C"},
+                {"ratingKey": "80", "type": "movie", "year": "nineteen"},
+                {"ratingKey": 81, "type": "movie", "year": "1999"}
+            ]
+        }))
+        .unwrap();
+        let (items, skipped) = decode_metadata(&c, "test");
+        let keys: Vec<&str> = items.iter().map(PlexItem::rating_key).collect();
+        assert_eq!(keys, ["77", "78", "81"]);
+        assert_eq!(skipped, 2);
+        assert_eq!(items[2].year, Some(1999));
     }
 
     #[test]

@@ -828,3 +828,75 @@ per_kind!(
     an_identity_without_an_id_says_so,
     an_answer_that_is_not_json_is_shown
 );
+
+/// `library()` plus three items as real servers sometimes send them: a year as text, a
+/// wrong-typed duration, and (Jellyfin/Emby) a null id or (Plex) no `ratingKey`.
+fn library_with_odd_items(kind: FakeKind) -> FakeLibrary {
+    let (year, duration) = match kind {
+        FakeKind::Plex => ("year", "duration"),
+        _ => ("ProductionYear", "RunTimeTicks"),
+    };
+    let no_id = FakeItem::movie("110", "No id").ext("imdb", "tt0000110");
+    let no_id = match kind {
+        FakeKind::Plex => no_id.omit("ratingKey"),
+        _ => no_id.render("Id", serde_json::Value::Null),
+    };
+    library()
+        .with(
+            FakeItem::movie("108", "Year as text")
+                .ext("imdb", "tt0000108")
+                .render(year, serde_json::json!("2017")),
+        )
+        .with(
+            FakeItem::movie("109", "Broken")
+                .ext("imdb", "tt0000109")
+                .render(duration, serde_json::json!({"not": "a number"})),
+        )
+        .with(no_id)
+}
+
+async fn one_malformed_item_does_not_stop_the_listing(kind: FakeKind) {
+    let fake = FakeServer::start(kind, library_with_odd_items(kind)).await;
+    let client = fake.client();
+    let (items, _) = list_all(client.as_ref(), 4).await;
+    let items = by_id(items);
+    assert_eq!(items["108"].year, Some(2017));
+    assert!(!items.contains_key("109"), "the broken item is skipped");
+    if kind == FakeKind::Plex {
+        // No ratingKey: taken from `key` (`/library/metadata/110`).
+        assert_eq!(items["110"].external_ids["imdb"], "tt0000110");
+    } else {
+        assert!(
+            !items.contains_key("110"),
+            "an item without id cannot be used"
+        );
+    }
+    for id in ["101", "102", "201", "202", "301"] {
+        assert!(items.contains_key(id), "{id} missing");
+    }
+    // Each page says how many items it skipped, for the sync's status.
+    let (mut skipped, mut cursor) = (0, None::<String>);
+    loop {
+        let page = client.list_items(cursor.as_deref(), 4).await.unwrap();
+        skipped += page.skipped;
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(skipped, if kind == FakeKind::Plex { 1 } else { 2 });
+    fake.assert_contract();
+}
+
+per_kind!(one_malformed_item_does_not_stop_the_listing);
+
+#[tokio::test]
+async fn plex_skips_a_section_it_cannot_address() {
+    let lib = library().with_plex_section(serde_json::json!({
+        "type": "movie", "title": "No key", "uuid": "section-x", "language": "en-US"
+    }));
+    let fake = FakeServer::start(FakeKind::Plex, lib).await;
+    let (items, _) = list_all(fake.client().as_ref(), 4).await;
+    assert_eq!(by_id(items).len(), 10);
+    fake.assert_contract();
+}

@@ -1,8 +1,9 @@
 //! Emby 4.8 (routes of the Emby 4.8.11.0 OpenAPI document). Auth: the token as `api_key` in
 //! the query of every request (the spec's security scheme) and as `X-Emby-Token` (the
 //! alternative it names). Positions are ticks; `DatePlayed` is `yyyyMMddHHmmss` (UTC).
-//! Series ids: like Jellyfin, one `GET /Users/{uid}/Items?Ids=…&Fields=ProviderIds` per page for
-//! the shows not cached yet.
+//! Series ids: like Jellyfin, `GET /Users/{uid}/Items?Ids=…&Fields=ProviderIds` (100 per
+//! request) for the shows not cached yet. List parameters are comma lists (`type: string`,
+//! "comma delimited" in this spec).
 //! Setting a position reads the item's `UserData` first and sends it back whole with the new
 //! position: Emby resets every field absent from the body (favourite, play count, ...).
 
@@ -11,7 +12,7 @@ use super::mediabrowser::{
     cache_shows, ms_to_ticks, next_cursor, parse_cursor, to_remote, uncached_shows, ItemDto,
     ItemsResult, PublicSystemInfo, UserDataUpdate,
 };
-use super::{ClientConfig, SeriesIdCache};
+use super::{ClientConfig, SeriesIdCache, SHOW_LOOKUP_BATCH};
 use async_trait::async_trait;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT};
 use reqwest::Method;
@@ -67,21 +68,21 @@ impl EmbyClient {
         }
     }
 
-    /// Fills the cache for the shows of `items` that are not in it yet (one request).
+    /// Fills the cache for the shows of `items` that are not in it yet (one request per
+    /// [`SHOW_LOOKUP_BATCH`] shows).
     async fn load_series(&self, items: &[ItemDto]) -> Result<(), BackendError> {
         let missing = uncached_shows(items, &self.series);
-        if missing.is_empty() {
-            return Ok(());
+        for batch in missing.chunks(SHOW_LOOKUP_BATCH) {
+            let query = [
+                ("Ids", batch.join(",")),
+                ("Fields", "ProviderIds".to_string()),
+            ];
+            let req = self
+                .http
+                .request(Method::GET, &self.items_route(), &query)?;
+            let shows: ItemsResult = self.http.send_json(req, "list shows").await?;
+            cache_shows(&self.series, batch, shows);
         }
-        let query = [
-            ("Ids", missing.join(",")),
-            ("Fields", "ProviderIds".to_string()),
-        ];
-        let req = self
-            .http
-            .request(Method::GET, &self.items_route(), &query)?;
-        let shows: ItemsResult = self.http.send_json(req, "list shows").await?;
-        cache_shows(&self.series, &missing, shows);
         Ok(())
     }
 }

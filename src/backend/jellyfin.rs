@@ -4,14 +4,18 @@
 //! Auth: `Authorization: MediaBrowser Client=…, Device=…, DeviceId=…, Version=…, Token="…"`
 //! (the legacy `X-Emby-Token` is refused by default from 12.0). Positions are ticks.
 //! Series ids: the episodes of a page name their show (`SeriesId`); the shows not yet cached
-//! are fetched in one `GET /Items?ids=…&fields=ProviderIds` per page and cached.
+//! are fetched with `GET /Items?ids=…&fields=ProviderIds` (100 per request) and cached.
+//!
+//! Array query parameters (`includeItemTypes`, `fields`, `ids`) are `type: array` with the
+//! default `form`/`explode=true` style in the spec, so they are sent as repeated keys
+//! (`includeItemTypes=Movie&includeItemTypes=Episode`); Jellyfin also reads comma lists.
 
 use super::http::{format_rfc3339, item_id as plain_id, HttpCore};
 use super::mediabrowser::{
     cache_shows, ms_to_ticks, next_cursor, parse_cursor, to_remote, uncached_shows, ItemDto,
     ItemsResult, PublicSystemInfo, UserDataUpdate,
 };
-use super::{ClientConfig, SeriesIdCache};
+use super::{ClientConfig, SeriesIdCache, SHOW_LOOKUP_BATCH};
 use async_trait::async_trait;
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION};
 use reqwest::Method;
@@ -19,7 +23,14 @@ use watchstate_actors::backend::{BackendApi, BackendError, ItemPage, RemoteItem,
 use watchstate_actors::event::Millis;
 
 /// The `fields` a listing asks for beyond the defaults.
-const LIST_FIELDS: &str = "ProviderIds";
+const LIST_FIELDS: [&str; 1] = ["ProviderIds"];
+/// The `includeItemTypes` of a listing.
+const LIST_TYPES: [&str; 2] = ["Movie", "Episode"];
+
+/// `name=v1&name=v2…`: an array query parameter in the spec's (default, exploded) style.
+fn repeated<'a>(name: &'a str, values: &[&str]) -> Vec<(&'a str, String)> {
+    values.iter().map(|v| (name, v.to_string())).collect()
+}
 
 /// Client for one Jellyfin user.
 #[derive(Debug)]
@@ -59,21 +70,18 @@ impl JellyfinClient {
         ("userId", self.user_id.clone())
     }
 
-    /// Fills the cache for the shows of `items` that are not in it yet (one request).
+    /// Fills the cache for the shows of `items` that are not in it yet (one request per
+    /// [`SHOW_LOOKUP_BATCH`] shows).
     async fn load_series(&self, items: &[ItemDto]) -> Result<(), BackendError> {
         let missing = uncached_shows(items, &self.series);
-        if missing.is_empty() {
-            return Ok(());
+        for batch in missing.chunks(SHOW_LOOKUP_BATCH) {
+            let mut query = vec![self.user()];
+            query.extend(repeated("ids", batch));
+            query.extend(repeated("fields", &LIST_FIELDS));
+            let req = self.http.request(Method::GET, &["Items"], &query)?;
+            let shows: ItemsResult = self.http.send_json(req, "list shows").await?;
+            cache_shows(&self.series, batch, shows);
         }
-        // Array parameters as the document describes them: "multiple, comma delimited".
-        let query = [
-            self.user(),
-            ("ids", missing.join(",")),
-            ("fields", "ProviderIds".to_string()),
-        ];
-        let req = self.http.request(Method::GET, &["Items"], &query)?;
-        let shows: ItemsResult = self.http.send_json(req, "list shows").await?;
-        cache_shows(&self.series, &missing, shows);
         Ok(())
     }
 }
@@ -94,15 +102,14 @@ impl BackendApi for JellyfinClient {
         page_size: usize,
     ) -> Result<ItemPage, BackendError> {
         let start = parse_cursor(cursor);
-        let query = [
-            self.user(),
-            ("recursive", "true".to_string()),
-            ("includeItemTypes", "Movie,Episode".to_string()),
-            ("fields", LIST_FIELDS.to_string()),
+        let mut query = vec![self.user(), ("recursive", "true".to_string())];
+        query.extend(repeated("includeItemTypes", &LIST_TYPES));
+        query.extend(repeated("fields", &LIST_FIELDS));
+        query.extend([
             ("enableUserData", "true".to_string()),
             ("startIndex", start.to_string()),
             ("limit", page_size.to_string()),
-        ];
+        ]);
         let req = self.http.request(Method::GET, &["Items"], &query)?;
         let page: ItemsResult = self.http.send_json(req, "list items").await?;
         // The cursor moves past every item of the page, read or skipped.

@@ -68,6 +68,11 @@ pub fn build_client(cfg: ClientConfig) -> Result<Arc<dyn BackendApi>, BackendErr
     })
 }
 
+/// Shows asked for in one lookup request. 100 ids (Jellyfin's are 32 hex digits, sent as
+/// repeated `ids=`) keep the URL under 4 KB, well below the 8 KB many servers and proxies
+/// accept, whatever the page size.
+pub(crate) const SHOW_LOOKUP_BATCH: usize = 100;
+
 /// Show ids looked up once per show and kept for later pages and later listings, so that a
 /// listing of N episodes costs one extra request per page (Jellyfin/Emby) or per show (Plex),
 /// not one per episode. Bounded: cleared when full (show ids rarely change; a refetch is cheap).

@@ -12,11 +12,11 @@
 //! agent guid (`com.plexapp.agents.imdb://tt…?lang=en`). An episode's legacy guid
 //! (`com.plexapp.agents.thetvdb://<show>/<season>/<episode>`) names the show: it gives series
 //! ids. Otherwise series ids come from the show (`grandparentRatingKey`): the page's uncached
-//! shows are fetched in one `GET /library/metadata/{k1,k2,…}` and cached.
+//! shows are fetched with `GET /library/metadata/{k1,k2,…}` (100 per request) and cached.
 
 use super::http::{item_id as plain_id, HttpCore};
 use super::lenient::{decode_each, opt_number, opt_string_or_number, string_or_number};
-use super::{provider_key, ClientConfig, SeriesIdCache};
+use super::{provider_key, ClientConfig, SeriesIdCache, SHOW_LOOKUP_BATCH};
 use async_trait::async_trait;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT};
 use reqwest::Method;
@@ -449,7 +449,8 @@ impl PlexClient {
         Ok(c.media_container)
     }
 
-    /// Fetches (in one request) and caches the ids of the shows these episodes need.
+    /// Fetches and caches the ids of the shows these episodes need (one request per
+    /// [`SHOW_LOOKUP_BATCH`] shows).
     async fn load_shows(&self, items: &[PlexItem]) -> Result<(), BackendError> {
         let mut missing: Vec<&str> = items
             .iter()
@@ -458,15 +459,20 @@ impl PlexClient {
             .collect();
         missing.sort_unstable();
         missing.dedup();
-        if missing.is_empty() {
-            return Ok(());
+        for batch in missing.chunks(SHOW_LOOKUP_BATCH) {
+            self.load_show_batch(batch).await?;
         }
+        Ok(())
+    }
+
+    /// Fetches (in one request) and caches the ids of these shows.
+    async fn load_show_batch(&self, missing: &[&str]) -> Result<(), BackendError> {
         let shows = match self.metadata(&missing.join(","), "shows").await {
             Ok(c) => decode_metadata(&c, "shows").0,
             // One of several shows gone, or a server that reads one id per path: ask singly.
             Err(BackendError::NotFound { .. }) if missing.len() > 1 => {
                 let mut shows = Vec::new();
-                for key in &missing {
+                for key in missing {
                     match self.metadata(key, "show").await {
                         Ok(c) => shows.extend(decode_metadata(&c, "show").0),
                         Err(BackendError::NotFound { .. }) => {}
@@ -484,7 +490,7 @@ impl PlexClient {
             .map(|s| (s.rating_key().to_string(), s.ids().0))
             .collect();
         for key in missing {
-            let ids = found.remove(key).unwrap_or_default();
+            let ids = found.remove(*key).unwrap_or_default();
             self.series.insert(key.to_string(), ids);
         }
         Ok(())

@@ -196,7 +196,7 @@ async fn paging_requests_use_the_servers_parameters(kind: FakeKind) {
             let r = &lists[0];
             assert_eq!(r.param("userId"), Some(fake.user_id()));
             assert_eq!(r.param("recursive"), Some("true"));
-            assert_eq!(r.params("includeItemTypes"), ["Movie,Episode"]);
+            assert_eq!(r.params("includeItemTypes"), ["Movie", "Episode"]);
             assert_eq!(r.params("fields"), ["ProviderIds"]);
         }
         FakeKind::Emby => {
@@ -900,3 +900,62 @@ async fn plex_skips_a_section_it_cannot_address() {
     assert_eq!(by_id(items).len(), 10);
     fake.assert_contract();
 }
+
+#[tokio::test]
+async fn jellyfin_sends_array_parameters_as_repeated_keys() {
+    let fake = FakeServer::start(FakeKind::Jellyfin, library()).await;
+    list_all(fake.client().as_ref(), 20).await;
+    let requests = fake.requests();
+    let listing = requests
+        .iter()
+        .find(|r| r.path == "/Items" && r.param("startIndex").is_some())
+        .expect("a listing request");
+    assert_eq!(listing.params("includeItemTypes"), ["Movie", "Episode"]);
+    assert_eq!(listing.params("fields"), ["ProviderIds"]);
+    let shows = requests
+        .iter()
+        .find(|r| r.path == "/Items" && r.param("ids").is_some())
+        .expect("a show lookup");
+    assert!(shows.params("ids").iter().all(|id| !id.contains(',')));
+    assert_eq!(shows.params("ids"), ["200", "300"]);
+    fake.assert_contract();
+}
+
+/// 150 shows of one episode each, listed in one page: show lookups go in batches of 100.
+async fn show_lookups_are_batched(kind: FakeKind) {
+    let mut lib = FakeLibrary::new();
+    for n in 0..150 {
+        lib = lib
+            .with_show(
+                FakeShow::new(&format!("{}", 5000 + n), &format!("Show {n}"))
+                    .ext("tvdb", &format!("7{n}")),
+            )
+            .with(FakeItem::episode(
+                &format!("{}", 6000 + n),
+                &format!("{}", 5000 + n),
+                1,
+                1,
+            ));
+    }
+    let fake = FakeServer::start(kind, lib).await;
+    let (items, _) = list_all(fake.client().as_ref(), 200).await;
+    let items = by_id(items);
+    assert_eq!(items.len(), 150);
+    assert_eq!(items["6149"].series_external_ids["tvdb"], "7149");
+    let lookups: Vec<usize> = fake
+        .requests()
+        .iter()
+        .filter_map(|r| match kind {
+            FakeKind::Plex => r
+                .path
+                .strip_prefix("/library/metadata/")
+                .map(|ids| ids.split(',').count()),
+            FakeKind::Jellyfin => (r.param("ids").is_some()).then(|| r.params("ids").len()),
+            FakeKind::Emby => r.param("Ids").map(|ids| ids.split(',').count()),
+        })
+        .collect();
+    assert_eq!(lookups, [100, 50], "{kind:?}");
+    fake.assert_contract();
+}
+
+per_kind!(show_lookups_are_batched);

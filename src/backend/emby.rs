@@ -22,6 +22,9 @@ use watchstate_actors::event::Millis;
 /// `UserDataLastPlayedDate`/`UserDataPlayCount` make recent Emby servers include those fields
 /// of `UserData` in listings.
 const LIST_FIELDS: &str = "ProviderIds,UserDataPlayCount,UserDataLastPlayedDate";
+/// The `SortBy` of a listing, as for Jellyfin: a fixed order (creation, then name) so that
+/// pages neither overlap nor miss items.
+const LIST_SORT: &str = "DateCreated,SortName";
 
 /// Client for one Emby user.
 #[derive(Debug)]
@@ -107,6 +110,8 @@ impl BackendApi for EmbyClient {
             ("Recursive", "true".to_string()),
             ("IncludeItemTypes", "Movie,Episode".to_string()),
             ("Fields", LIST_FIELDS.to_string()),
+            ("SortBy", LIST_SORT.to_string()),
+            ("SortOrder", "Ascending".to_string()),
             ("EnableUserData", "true".to_string()),
             ("StartIndex", start.to_string()),
             ("Limit", page_size.to_string()),

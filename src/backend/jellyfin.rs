@@ -26,6 +26,11 @@ use watchstate_actors::event::Millis;
 const LIST_FIELDS: [&str; 1] = ["ProviderIds"];
 /// The `includeItemTypes` of a listing.
 const LIST_TYPES: [&str; 2] = ["Movie", "Episode"];
+/// The `sortBy` of a listing: without an order the database pages through an order that may
+/// change between requests (pages overlap or miss items); creation order also puts items
+/// added during a listing at its end. `SortName` breaks ties. `sortOrder=Ascending` applies
+/// to both.
+const LIST_SORT: [&str; 2] = ["DateCreated", "SortName"];
 
 /// `name=v1&name=v2…`: an array query parameter in the spec's (default, exploded) style.
 fn repeated<'a>(name: &'a str, values: &[&str]) -> Vec<(&'a str, String)> {
@@ -105,7 +110,9 @@ impl BackendApi for JellyfinClient {
         let mut query = vec![self.user(), ("recursive", "true".to_string())];
         query.extend(repeated("includeItemTypes", &LIST_TYPES));
         query.extend(repeated("fields", &LIST_FIELDS));
+        query.extend(repeated("sortBy", &LIST_SORT));
         query.extend([
+            ("sortOrder", "Ascending".to_string()),
             ("enableUserData", "true".to_string()),
             ("startIndex", start.to_string()),
             ("limit", page_size.to_string()),

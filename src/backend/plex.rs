@@ -5,8 +5,10 @@
 //! `lastViewedAt` is unix seconds.
 //!
 //! Listing walks the movie and show sections of `/library/sections/all` in order: `type=1`
-//! (movies) in movie sections, `type=4` (episodes) in show sections, with `includeGuids=1` and
-//! `X-Plex-Container-Start`/`-Size`. The cursor is `<section key>:<offset>`.
+//! (movies) in movie sections, `type=4` (episodes) in show sections, with `includeGuids=1`,
+//! `sort=addedAt` (the spec's `mediaQuery` sort: a fixed order, so that pages neither overlap
+//! nor miss items) and `X-Plex-Container-Start`/`-Size`. The cursor is
+//! `<section key>:<offset>`.
 //!
 //! Ids: `Guid[]` (`imdb://…`, `tmdb://…`, `tvdb://…`) and the item's `guid` when it is a legacy
 //! agent guid (`com.plexapp.agents.imdb://tt…?lang=en`). An episode's legacy guid
@@ -565,6 +567,7 @@ impl BackendApi for PlexClient {
         let query = [
             ("type", kind.to_string()),
             ("includeGuids", "1".to_string()),
+            ("sort", "addedAt".to_string()),
             ("X-Plex-Container-Start", offset.to_string()),
             ("X-Plex-Container-Size", page_size.to_string()),
         ];

@@ -959,3 +959,41 @@ async fn show_lookups_are_batched(kind: FakeKind) {
 }
 
 per_kind!(show_lookups_are_batched);
+
+/// Without a sort order a server pages through an order that may change between requests
+/// (the fakes turn theirs on every unsorted listing request): the listing asks for creation
+/// order, so that pages neither overlap nor miss items.
+async fn listings_ask_for_a_stable_order(kind: FakeKind) {
+    let fake = FakeServer::start(kind, FakeLibrary::generated(60)).await;
+    let (items, pages) = list_all(fake.client().as_ref(), 7).await;
+    assert!(pages > 5);
+    assert_eq!(by_id(items).len(), 60);
+    let listings: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| match kind {
+            FakeKind::Plex => {
+                r.param("type").is_some() && r.param("X-Plex-Container-Size") != Some("0")
+            }
+            FakeKind::Jellyfin => r.path == "/Items" && r.param("startIndex").is_some(),
+            FakeKind::Emby => r.path.ends_with("/Items") && r.param("StartIndex").is_some(),
+        })
+        .collect();
+    assert!(!listings.is_empty());
+    for r in &listings {
+        match kind {
+            FakeKind::Plex => assert_eq!(r.param("sort"), Some("addedAt")),
+            FakeKind::Jellyfin => {
+                assert_eq!(r.params("sortBy"), ["DateCreated", "SortName"]);
+                assert_eq!(r.params("sortOrder"), ["Ascending"]);
+            }
+            FakeKind::Emby => {
+                assert_eq!(r.param("SortBy"), Some("DateCreated,SortName"));
+                assert_eq!(r.param("SortOrder"), Some("Ascending"));
+            }
+        }
+    }
+    fake.assert_contract();
+}
+
+per_kind!(listings_ask_for_a_stable_order);

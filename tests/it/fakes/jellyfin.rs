@@ -3,7 +3,9 @@
 //! ticks. Also the `BaseItemDto` rendering Emby shares.
 //!
 //! - `GET /System/Info/Public` (no auth)
-//! - `GET /Items?userId&includeItemTypes&ids&fields&startIndex&limit` → `Items`, `TotalRecordCount`
+//! - `GET /Items?userId&includeItemTypes&ids&fields&sortBy&startIndex&limit` → `Items`,
+//!   `TotalRecordCount`; array parameters repeated or comma lists; in creation order when
+//!   `sortBy` starts with `DateCreated`, else in an order that turns on every request
 //! - `GET /Items/{itemId}?userId`
 //! - `POST|DELETE /UserPlayedItems/{itemId}?userId(&datePlayed)` → `UserItemDataDto`
 //! - `GET|POST /UserItems/{itemId}/UserData?userId` (body `UpdateUserItemDataDto`, nullable fields)
@@ -239,7 +241,7 @@ pub(super) fn query_items(
         total = all.len();
         all = all.into_iter().skip(start).take(limit).collect();
     } else {
-        let matching: Vec<&FakeItem> = st
+        let mut matching: Vec<&FakeItem> = st
             .items
             .iter()
             .filter(|i| match i.item_type {
@@ -247,6 +249,12 @@ pub(super) fn query_items(
                 ItemType::Episode => wants("episode"),
             })
             .collect();
+        // `sortBy` (Jellyfin: repeated or a comma list; Emby: a comma list).
+        let sorted = p("sortBy").is_some_and(|s| {
+            let s = s.to_ascii_lowercase();
+            s.split(',').next().map(str::trim) == Some("datecreated")
+        });
+        st.listing_order(&mut matching, sorted);
         total = matching.len();
         all = matching
             .into_iter()

@@ -539,6 +539,8 @@ pub(crate) struct State {
     pub(crate) show_index: HashMap<String, usize>,
     /// See [`FakeLibrary::plex_extra_sections`].
     pub(crate) plex_extra_sections: Vec<serde_json::Value>,
+    /// Listing requests answered without a sort order so far (see [`State::listing_order`]).
+    pub(crate) unsorted_listings: std::cell::Cell<usize>,
     /// token → user id.
     pub(crate) tokens: HashMap<String, String>,
     /// user id → item id → state.
@@ -576,6 +578,21 @@ impl State {
             .or_default()
             .entry(item.to_string())
             .or_default()
+    }
+
+    /// Puts a listing's items in the order the server answers. `sorted`: the request asked
+    /// for the creation order, which is the library's order (items added later come last).
+    /// Without a sort order a real server's database answers in no fixed order, so pages of
+    /// one listing may overlap or miss items; imitated by turning the order a little further
+    /// on every such request.
+    pub(crate) fn listing_order<T>(&self, items: &mut [T], sorted: bool) {
+        if sorted || items.is_empty() {
+            return;
+        }
+        let n = self.unsorted_listings.get() + 1;
+        self.unsorted_listings.set(n);
+        let len = items.len();
+        items.rotate_left(n * 3 % len);
     }
 
     pub(crate) fn known_user(&self, user: &str) -> bool {
@@ -845,6 +862,7 @@ impl FakeServer {
             shows: library.shows,
             show_index,
             plex_extra_sections: library.plex_extra_sections,
+            unsorted_listings: std::cell::Cell::new(0),
             tokens: [(token.clone(), user_id.clone())].into(),
             user_state,
             other_user_data: HashMap::new(),

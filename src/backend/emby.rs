@@ -182,7 +182,7 @@ impl BackendApi for EmbyClient {
         let current = item.user_data.unwrap_or_default();
         let body = UserDataUpdate {
             playback_position_ticks: ms_to_ticks(position_ms),
-            played: false,
+            played: Some(false),
             play_count: current.play_count,
             is_favorite: current.is_favorite,
             last_played_date: current.last_played_date,

@@ -180,9 +180,10 @@ impl BackendApi for JellyfinClient {
         _duration_ms: Option<u64>,
     ) -> Result<(), BackendError> {
         let route = ["UserItems", plain_id(item_id)?, "UserData"];
+        // Only the position: every other field is left as it is (`UpdateUserItemDataDto`),
+        // so a position push never unmarks an item played meanwhile.
         let body = UserDataUpdate {
             playback_position_ticks: ms_to_ticks(position_ms),
-            played: false,
             ..Default::default()
         };
         let req = self

@@ -118,14 +118,15 @@ pub struct UserDataDto {
 }
 
 /// The body of a user-data update: only the fields we mean to set are serialised (Jellyfin's
-/// `UpdateUserItemDataDto` leaves absent fields alone).
+/// `UpdateUserItemDataDto`: every field nullable, absent ones left alone).
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct UserDataUpdate {
     pub playback_position_ticks: i64,
-    /// Always sent: Emby resets an absent `Played` to false, and a position is only for
-    /// unplayed items anyway.
-    pub played: bool,
+    /// `None` for a position push: the item may have been marked played meanwhile, and an
+    /// explicit `false` would unmark it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub played: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub play_count: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -355,7 +356,13 @@ mod tests {
     fn the_update_body_has_pascal_case_and_skips_unset_fields() {
         let body = serde_json::to_value(UserDataUpdate {
             playback_position_ticks: 10,
-            played: false,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(body, serde_json::json!({"PlaybackPositionTicks": 10}));
+        let body = serde_json::to_value(UserDataUpdate {
+            playback_position_ticks: 10,
+            played: Some(false),
             ..Default::default()
         })
         .unwrap();

@@ -302,7 +302,7 @@ async fn writes_change_the_server_in_its_units(kind: FakeKind) {
             assert_eq!(r.method, "POST");
             let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
             assert_eq!(body["PlaybackPositionTicks"], 1_234_560_000i64);
-            assert_eq!(body["Played"], false);
+            assert_eq!(body.get("Played"), None, "absent: left as it is");
         }
         FakeKind::Emby => {
             let uid = fake.user_id();
@@ -997,3 +997,31 @@ async fn listings_ask_for_a_stable_order(kind: FakeKind) {
 }
 
 per_kind!(listings_ask_for_a_stable_order);
+
+#[tokio::test]
+async fn jellyfin_position_leaves_the_rest_of_the_user_data_alone() {
+    let fake = FakeServer::start(FakeKind::Jellyfin, library()).await;
+    fake.set_user_data_directly(
+        "201",
+        serde_json::json!({"IsFavorite": true, "Rating": 7.5}),
+    );
+    fake.clear_log();
+    fake.client()
+        .set_position("201", 5_000, None)
+        .await
+        .unwrap();
+    // 201 is played: a position pushed meanwhile must not unmark it.
+    let s = fake.item_state("201");
+    assert_eq!(s.position_ms, 5_000);
+    assert!(s.played);
+    assert_eq!(s.play_count, 1);
+    assert_eq!(s.last_played_at, Some(PILOT_PLAYED_AT));
+    assert_eq!(fake.other_user_data("201")["IsFavorite"], true);
+    let requests = fake.requests();
+    let body: serde_json::Value = serde_json::from_str(&requests[0].body).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"PlaybackPositionTicks": 50_000_000})
+    );
+    fake.assert_contract();
+}

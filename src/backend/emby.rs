@@ -4,18 +4,25 @@
 //! Series ids: like Jellyfin, `GET /Users/{uid}/Items?Ids=…&Fields=ProviderIds` (100 per
 //! request) for the shows not cached yet. List parameters are comma lists (`type: string`,
 //! "comma delimited" in this spec).
-//! Setting a position reads the item's `UserData` first and sends it back whole with the new
-//! position: Emby resets every field absent from the body (favourite, play count, ...).
+//! Setting a position reads the item's `UserData` first and sends it back whole (every field
+//! the server returned, `Played` included) with only the position changed: Emby resets every
+//! field absent from the body (played, favourite, rating, play count, ...). The item is read
+//! through the listing route with `Fields=…UserDataPlayCount,UserDataLastPlayedDate`: recent
+//! Emby leaves `LastPlayedDate` out and answers `PlayCount: 0` unless asked, and the
+//! single-item route documents no `Fields`.
 
 use super::http::{format_compact_utc, item_id as plain_id, HttpCore};
+use super::lenient::id_of;
 use super::mediabrowser::{
     cache_shows, ms_to_ticks, next_cursor, parse_cursor, to_remote, uncached_shows, ItemDto,
-    ItemsResult, PublicSystemInfo, UserDataUpdate,
+    ItemsResult, PublicSystemInfo,
 };
 use super::{ClientConfig, SeriesIdCache, SHOW_LOOKUP_BATCH};
 use async_trait::async_trait;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT};
 use reqwest::Method;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use watchstate_actors::backend::{BackendApi, BackendError, ItemPage, RemoteItem, ServerIdentity};
 use watchstate_actors::event::Millis;
 
@@ -61,14 +68,29 @@ impl EmbyClient {
         ["Users", &self.user_id, "Items"]
     }
 
-    async fn fetch_item(&self, item_id: &str) -> Result<Option<ItemDto>, BackendError> {
-        let route = ["Users", &self.user_id, "Items", plain_id(item_id)?];
-        let req = self.http.request(Method::GET, &route, &[])?;
-        match self.http.send_json(req, &format!("item {item_id}")).await {
-            Ok(item) => Ok(Some(item)),
-            Err(BackendError::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e),
-        }
+    /// One item as Emby sends it (raw), with its provider ids and its whole `UserData`:
+    /// `GET /Users/{uid}/Items?Ids={id}&Fields=…&EnableUserData=true` (see the module doc).
+    /// `None` when the server does not know it.
+    async fn fetch_item(&self, item_id: &str) -> Result<Option<Box<RawValue>>, BackendError> {
+        let query = [
+            ("Ids", plain_id(item_id)?.to_string()),
+            ("Fields", LIST_FIELDS.to_string()),
+            ("EnableUserData", "true".to_string()),
+        ];
+        let req = self
+            .http
+            .request(Method::GET, &self.items_route(), &query)?;
+        let what = format!("item {item_id}");
+        let page: ItemsResult = match self.http.send_json(req, &what).await {
+            Ok(page) => page,
+            Err(BackendError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        // Only the item asked for: a server that ignored `Ids` would answer others.
+        Ok(page
+            .items
+            .into_iter()
+            .find(|raw| id_of(raw, "Id").as_deref() == Some(item_id)))
     }
 
     /// Fills the cache for the shows of `items` that are not in it yet (one request per
@@ -138,9 +160,13 @@ impl BackendApi for EmbyClient {
     }
 
     async fn get_item(&self, item_id: &str) -> Result<Option<RemoteItem>, BackendError> {
-        let Some(item) = self.fetch_item(item_id).await? else {
+        let Some(raw) = self.fetch_item(item_id).await? else {
             return Ok(None);
         };
+        let item: ItemDto =
+            serde_json::from_str(raw.get()).map_err(|e| BackendError::BadResponse {
+                message: format!("item {item_id}: the item is not the expected JSON ({e})"),
+            })?;
         self.load_series(std::slice::from_ref(&item)).await?;
         Ok(to_remote(&self.series, item))
     }
@@ -174,19 +200,36 @@ impl BackendApi for EmbyClient {
         position_ms: u64,
         _duration_ms: Option<u64>,
     ) -> Result<(), BackendError> {
-        let Some(item) = self.fetch_item(item_id).await? else {
+        let what = format!("set position of {item_id}");
+        let Some(raw) = self.fetch_item(item_id).await? else {
             return Err(BackendError::NotFound {
-                what: format!("item {item_id}"),
+                what: format!("{what}: item {item_id}"),
             });
         };
-        let current = item.user_data.unwrap_or_default();
-        let body = UserDataUpdate {
-            playback_position_ticks: ms_to_ticks(position_ms),
-            played: Some(false),
-            play_count: current.play_count,
-            is_favorite: current.is_favorite,
-            last_played_date: current.last_played_date,
+        /// The part of the item the update sends back.
+        #[derive(Deserialize)]
+        struct WithUserData {
+            #[serde(rename = "UserData")]
+            user_data: Option<serde_json::Map<String, serde_json::Value>>,
+        }
+        let item: WithUserData =
+            serde_json::from_str(raw.get()).map_err(|e| BackendError::BadResponse {
+                message: format!("{what}: the item is not the expected JSON ({e})"),
+            })?;
+        // Without the current user data the update would reset it: better not to send it.
+        let Some(mut body) = item.user_data else {
+            return Err(BackendError::BadResponse {
+                message: format!(
+                    "{what}: Emby sent the item without UserData; not updated, as the update would reset its played state"
+                ),
+            });
         };
+        body.insert(
+            "PlaybackPositionTicks".into(),
+            ms_to_ticks(position_ms).into(),
+        );
+        // Derived from the old position; the server computes it.
+        body.remove("PlayedPercentage");
         let route = [
             "Users",
             &self.user_id,
@@ -195,9 +238,6 @@ impl BackendApi for EmbyClient {
             "UserData",
         ];
         let req = self.http.request(Method::POST, &route, &[])?.json(&body);
-        self.http
-            .send(req, &format!("set position of {item_id}"))
-            .await
-            .map(drop)
+        self.http.send(req, &what).await.map(drop)
     }
 }

@@ -34,8 +34,9 @@ pub fn decode_each<T: DeserializeOwned>(
     (items, skipped)
 }
 
-/// The item's `field` as text, when it is a string or a number (for the log).
-fn id_of(raw: &RawValue, field: &str) -> Option<String> {
+/// The item's `field` as text, when it is a string or a number (for the log, and to check that
+/// an answer is the item asked for).
+pub fn id_of(raw: &RawValue, field: &str) -> Option<String> {
     let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(raw.get()).ok()?;
     match map.get(field)? {
         serde_json::Value::String(s) => Some(s.chars().take(64).collect()),

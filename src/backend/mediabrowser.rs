@@ -102,7 +102,7 @@ pub struct ItemDto {
     pub user_data: Option<UserDataDto>,
 }
 
-/// `UserItemDataDto` as read (the write body is [`UserDataUpdate`]).
+/// `UserItemDataDto` as read (Jellyfin's write body is [`UserDataUpdate`]).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct UserDataDto {
@@ -110,15 +110,11 @@ pub struct UserDataDto {
     #[serde(default, deserialize_with = "opt_number")]
     pub playback_position_ticks: Option<i64>,
     pub last_played_date: Option<String>,
-    /// Carried through Emby's full-DTO update so that setting a position keeps it.
-    #[serde(default, deserialize_with = "opt_number")]
-    pub play_count: Option<i64>,
-    /// Carried through Emby's full-DTO update so that setting a position keeps it.
-    pub is_favorite: Option<bool>,
 }
 
-/// The body of a user-data update: only the fields we mean to set are serialised (Jellyfin's
-/// `UpdateUserItemDataDto`: every field nullable, absent ones left alone).
+/// The body of a Jellyfin user-data update: only the fields we mean to set are serialised
+/// (`UpdateUserItemDataDto`: every field nullable, absent ones left alone). Emby's update
+/// replaces the whole `UserData` instead: its client sends back what it read.
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct UserDataUpdate {
@@ -127,12 +123,6 @@ pub struct UserDataUpdate {
     /// explicit `false` would unmark it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub played: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub play_count: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub is_favorite: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_played_date: Option<String>,
 }
 
 /// `ProviderIds` → the system's lower-case keys; unknown providers and empty values dropped.
@@ -363,7 +353,6 @@ mod tests {
         let body = serde_json::to_value(UserDataUpdate {
             playback_position_ticks: 10,
             played: Some(false),
-            ..Default::default()
         })
         .unwrap();
         assert_eq!(

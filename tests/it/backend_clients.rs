@@ -472,27 +472,6 @@ async fn plex_fetches_each_show_once_per_listing() {
 }
 
 #[tokio::test]
-async fn emby_position_keeps_the_rest_of_the_user_data() {
-    let fake = FakeServer::start(FakeKind::Emby, library()).await;
-    let client = fake.client();
-    client
-        .set_played("104", true, Some(1_710_000_000_000))
-        .await
-        .unwrap();
-    client.set_played("104", false, None).await.unwrap();
-    fake.set_played_directly("105", false);
-    client.set_position("201", 5_000, None).await.unwrap();
-    // 201 was played; Emby replaces the whole user data, the client sent the current
-    // PlayCount and LastPlayedDate back with Played=false and the position.
-    let s = fake.item_state("201");
-    assert_eq!(s.position_ms, 5_000);
-    assert!(!s.played);
-    assert_eq!(s.play_count, 1);
-    assert_eq!(s.last_played_at, Some(PILOT_PLAYED_AT));
-    fake.assert_contract();
-}
-
-#[tokio::test]
 async fn a_large_library_lists_completely() {
     let lib = FakeLibrary::generated(20_000);
     assert_eq!(lib.items.len(), 20_000);
@@ -1023,5 +1002,40 @@ async fn jellyfin_position_leaves_the_rest_of_the_user_data_alone() {
         body,
         serde_json::json!({"PlaybackPositionTicks": 50_000_000})
     );
+    fake.assert_contract();
+}
+
+#[tokio::test]
+async fn emby_position_sends_back_the_whole_user_data() {
+    let fake = FakeServer::start(FakeKind::Emby, library()).await;
+    fake.set_user_data_directly(
+        "201",
+        serde_json::json!({"IsFavorite": true, "Rating": 7.5}),
+    );
+    fake.client()
+        .set_position("201", 5_000, None)
+        .await
+        .unwrap();
+    // Emby resets every field the body leaves out: the client read them all (asking for the
+    // play count and date, which Emby leaves out otherwise) and sent them back, with only the
+    // position changed. 201 is played and stays played.
+    let s = fake.item_state("201");
+    assert_eq!(s.position_ms, 5_000);
+    assert!(s.played);
+    assert_eq!(s.play_count, 1);
+    assert_eq!(s.last_played_at, Some(PILOT_PLAYED_AT));
+    let others = fake.other_user_data("201");
+    assert_eq!(others["IsFavorite"], true);
+    assert_eq!(others["Rating"], 7.5);
+
+    // An unplayed item keeps its other fields too.
+    fake.set_user_data_directly("102", serde_json::json!({"IsFavorite": true}));
+    fake.client()
+        .set_position("102", 9_000, Some(8_000_000))
+        .await
+        .unwrap();
+    let s = fake.item_state("102");
+    assert_eq!((s.position_ms, s.played, s.play_count), (9_000, false, 0));
+    assert_eq!(fake.other_user_data("102")["IsFavorite"], true);
     fake.assert_contract();
 }

@@ -120,9 +120,8 @@ pub(super) fn user_data_json(st: &State, user: &str, item_id: &str, r: Render) -
         "Key": item_id,
         "ItemId": item_id,
     });
-    if r.play_count {
-        out["PlayCount"] = json!(s.play_count);
-    }
+    // Emby answers 0 unless `Fields` asks for the count (`Render::play_count`).
+    out["PlayCount"] = json!(if r.play_count { s.play_count } else { 0 });
     if r.last_played {
         if let Some(at) = s.last_played_at {
             out["LastPlayedDate"] = json!(dotnet_date(at));

@@ -141,6 +141,7 @@ impl HttpCore {
     pub async fn send(&self, req: RequestBuilder, what: &str) -> Result<Response, BackendError> {
         let request = req.build().map_err(|e| self.transport_error(e))?;
         let sent_to = request.url().clone();
+        let route = format!("{} {}", request.method(), sent_to.path());
         let resp = self
             .client
             .execute(request)
@@ -160,7 +161,7 @@ impl HttpCore {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, SystemTime::now()));
         let body = self.redact(&resp.text().await.unwrap_or_default());
-        Err(classify_status(status, retry_after, what, &body))
+        Err(classify_status(status, retry_after, what, &route, &body))
     }
 
     /// Sends the request and decodes a 2xx JSON answer.
@@ -322,11 +323,14 @@ pub fn item_id(id: &str) -> Result<&str, BackendError> {
     })
 }
 
-/// The error for a non-2xx status; `body` is cut to a readable length.
+/// The error for a non-2xx status; `body` is cut to a readable length. A 404 names the
+/// request (`route`: method and path, never the query) and the server's answer: "not found"
+/// may mean the item, the user or the route (an older server), and the answer tells which.
 pub fn classify_status(
     status: StatusCode,
     retry_after_ms: Option<u64>,
     what: &str,
+    route: &str,
     body: &str,
 ) -> BackendError {
     let code = status.as_u16();
@@ -345,7 +349,10 @@ pub fn classify_status(
     match code {
         401 | 403 => BackendError::Auth { status: code },
         404 => BackendError::NotFound {
-            what: what.to_string(),
+            what: match message.strip_prefix(what) {
+                Some(answer) => format!("{what} ({route}){answer}"),
+                None => format!("{what} ({route})"),
+            },
         },
         429 => BackendError::RateLimited { retry_after_ms },
         500..=599 => BackendError::Server {
@@ -442,10 +449,23 @@ mod tests {
 
     #[test]
     fn statuses_are_classified() {
-        let c = |s: u16| classify_status(StatusCode::from_u16(s).unwrap(), Some(5), "x", "body");
+        let c = |s: u16| {
+            classify_status(
+                StatusCode::from_u16(s).unwrap(),
+                Some(5),
+                "x",
+                "GET /a",
+                "body",
+            )
+        };
         assert_eq!(c(401), BackendError::Auth { status: 401 });
         assert_eq!(c(403), BackendError::Auth { status: 403 });
-        assert!(matches!(c(404), BackendError::NotFound { .. }));
+        assert_eq!(
+            c(404),
+            BackendError::NotFound {
+                what: "x (GET /a): body".into()
+            }
+        );
         assert_eq!(
             c(429),
             BackendError::RateLimited {

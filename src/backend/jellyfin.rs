@@ -1,5 +1,14 @@
-//! Jellyfin 10.9+ (routes of the 10.11.11 and 12.0 OpenAPI documents; the legacy
-//! `/Users/{userId}/...` play-state routes are hidden since 10.9 and not used).
+//! Jellyfin 10.9+ (routes of the 10.11.11 and 12.0 OpenAPI documents) and 10.8 (10.8.13).
+//!
+//! 10.9 moved the play-state routes: `/UserPlayedItems/{id}`, `/UserItems/{id}/UserData` and
+//! `GET /Items/{id}` (with `userId` in the query) replace 10.8's `/Users/{userId}/PlayedItems/
+//! {id}` and `GET /Users/{userId}/Items/{id}`, which are hidden since 10.9 and not to be relied
+//! on in 12. The client uses the routes of the server's version ([`Routes`]): known from
+//! `identity`, or else the 10.9 routes are tried first and a 404 or 405 on one of them makes
+//! it read the version (`/System/Info/Public`, no auth) once and retry with the 10.8 routes
+//! when that is what the server has. 10.8 has no route that sets a resume position
+//! (`UserData` updates came with 10.9; its `PlayingItems` reports need a playback session):
+//! positions are refused with an error that says so.
 //!
 //! Auth: `Authorization: MediaBrowser Client=…, Device=…, DeviceId=…, Version=…, Token="…"`
 //! (the legacy `X-Emby-Token` is refused by default from 12.0). Positions are ticks.
@@ -46,6 +55,31 @@ pub struct JellyfinClient {
     user_id: String,
     /// Show provider ids already fetched.
     series: SeriesIdCache,
+    /// The routes the server has, once known, and its version when read; `identity` reads
+    /// it again, so an upgraded server is followed.
+    routes: std::sync::Mutex<Option<(Routes, Option<String>)>>,
+}
+
+/// Which play-state routes the server has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Routes {
+    /// 10.9 and later: `/UserPlayedItems/{id}`, `/UserItems/{id}/UserData`, `GET /Items/{id}`.
+    Current,
+    /// 10.8 and earlier: `/Users/{userId}/PlayedItems/{id}`, `GET /Users/{userId}/Items/{id}`.
+    Legacy,
+}
+
+impl Routes {
+    /// From `PublicSystemInfo.Version` (`10.8.13`); a version that does not read as
+    /// `major.minor` is taken as current.
+    fn of_version(version: Option<&str>) -> Routes {
+        let mut parts = version.unwrap_or("").trim().split('.');
+        let mut number = || parts.next().and_then(|p| p.parse::<u32>().ok());
+        match (number(), number()) {
+            (Some(major), Some(minor)) if (major, minor) < (10, 9) => Routes::Legacy,
+            _ => Routes::Current,
+        }
+    }
 }
 
 impl JellyfinClient {
@@ -68,7 +102,142 @@ impl JellyfinClient {
             http: HttpCore::new(cfg.base_url, cfg.timeout, headers, &cfg.token)?,
             user_id: cfg.user_id,
             series: SeriesIdCache::default(),
+            routes: std::sync::Mutex::new(None),
         })
+    }
+
+    /// `GET /System/Info/Public`; notes the routes of the version it names.
+    async fn public_info(&self) -> Result<PublicSystemInfo, BackendError> {
+        let req = self
+            .http
+            .request(Method::GET, &["System", "Info", "Public"], &[])?;
+        let info: PublicSystemInfo = self.http.send_json(req, "server identity").await?;
+        let routes = Routes::of_version(info.version.as_deref());
+        let mut known = self.lock_routes();
+        if known.as_ref().map(|(r, _)| *r) != Some(routes) {
+            tracing::info!(
+                version = info.version.as_deref().unwrap_or("unknown"),
+                legacy_routes = routes == Routes::Legacy,
+                "Jellyfin version read"
+            );
+        }
+        *known = Some((routes, info.version.clone()));
+        Ok(info)
+    }
+
+    /// Runs `call` with the routes the server has (see the module doc): when they are not
+    /// known yet, with the 10.9 routes first, and after a 404 or 405 on those, once the
+    /// version is read, with the 10.8 routes if the server is that old.
+    async fn with_routes<T, F, Fut>(&self, call: F) -> Result<T, BackendError>
+    where
+        F: Fn(Routes) -> Fut,
+        Fut: std::future::Future<Output = Result<T, BackendError>>,
+    {
+        let known = self.lock_routes().as_ref().map(|(r, _)| *r);
+        if let Some(routes) = known {
+            return call(routes).await;
+        }
+        match call(Routes::Current).await {
+            Err(e)
+                if matches!(
+                    e,
+                    BackendError::NotFound { .. } | BackendError::Client { status: 405, .. }
+                ) =>
+            {
+                match self.public_info().await?.version {
+                    v if Routes::of_version(v.as_deref()) == Routes::Legacy => {
+                        call(Routes::Legacy).await
+                    }
+                    _ => Err(e),
+                }
+            }
+            Ok(v) => {
+                self.lock_routes().get_or_insert((Routes::Current, None));
+                Ok(v)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `GET /Items/{id}?userId=` (10.9+) or `GET /Users/{userId}/Items/{id}` (10.8).
+    async fn fetch_item(&self, routes: Routes, id: &str) -> Result<ItemDto, BackendError> {
+        let req = match routes {
+            Routes::Current => self
+                .http
+                .request(Method::GET, &["Items", id], &[self.user()])?,
+            Routes::Legacy => {
+                let route = ["Users", &self.user_id, "Items", id];
+                self.http.request(Method::GET, &route, &[])?
+            }
+        };
+        self.http.send_json(req, &format!("item {id}")).await
+    }
+
+    /// `POST|DELETE /UserPlayedItems/{id}?userId=` (10.9+) or
+    /// `/Users/{userId}/PlayedItems/{id}` (10.8), with `datePlayed` when marking played.
+    async fn mark(
+        &self,
+        routes: Routes,
+        id: &str,
+        played: bool,
+        at: Option<Millis>,
+    ) -> Result<(), BackendError> {
+        let (route, mut query) = match routes {
+            Routes::Current => (vec!["UserPlayedItems", id], vec![self.user()]),
+            Routes::Legacy => (vec!["Users", &self.user_id, "PlayedItems", id], Vec::new()),
+        };
+        let method = if played {
+            if let Some(at) = at {
+                query.push(("datePlayed", format_rfc3339(at)));
+            }
+            Method::POST
+        } else {
+            Method::DELETE
+        };
+        let req = self.http.request(method, &route, &query)?;
+        let what = format!("mark {id} {}", if played { "played" } else { "unplayed" });
+        self.http.send(req, &what).await.map(drop)
+    }
+
+    /// `POST /UserItems/{id}/UserData?userId=` with only the position (10.9+; 10.8 has no
+    /// such route: an error that says so, nothing sent).
+    async fn put_position(
+        &self,
+        routes: Routes,
+        id: &str,
+        position_ms: u64,
+    ) -> Result<(), BackendError> {
+        let what = format!("set position of {id}");
+        if routes == Routes::Legacy {
+            return Err(BackendError::Client {
+                status: 0,
+                message: format!(
+                    "{what}: Jellyfin {} has no API to set a resume position (POST /UserItems/{{id}}/UserData came with 10.9); upgrade Jellyfin to sync positions to it",
+                    self.version().as_deref().unwrap_or("before 10.9")
+                ),
+            });
+        }
+        // Only the position: every other field is left as it is (`UpdateUserItemDataDto`),
+        // so a position push never unmarks an item played meanwhile.
+        let body = UserDataUpdate {
+            playback_position_ticks: ms_to_ticks(position_ms),
+            ..Default::default()
+        };
+        let req = self
+            .http
+            .request(Method::POST, &["UserItems", id, "UserData"], &[self.user()])?
+            .json(&body);
+        self.http.send(req, &what).await.map(drop)
+    }
+
+    /// The server's version when it has been read (for messages).
+    fn version(&self) -> Option<String> {
+        self.lock_routes().as_ref().and_then(|(_, v)| v.clone())
+    }
+
+    fn lock_routes(&self) -> std::sync::MutexGuard<'_, Option<(Routes, Option<String>)>> {
+        // A panic while holding this lock cannot leave the value inconsistent.
+        self.routes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn user(&self) -> (&'static str, String) {
@@ -94,11 +263,7 @@ impl JellyfinClient {
 #[async_trait]
 impl BackendApi for JellyfinClient {
     async fn identity(&self) -> Result<ServerIdentity, BackendError> {
-        let req = self
-            .http
-            .request(Method::GET, &["System", "Info", "Public"], &[])?;
-        let info: PublicSystemInfo = self.http.send_json(req, "server identity").await?;
-        info.into_identity("Jellyfin")
+        self.public_info().await?.into_identity("Jellyfin")
     }
 
     async fn list_items(
@@ -138,10 +303,7 @@ impl BackendApi for JellyfinClient {
 
     async fn get_item(&self, item_id: &str) -> Result<Option<RemoteItem>, BackendError> {
         let id = plain_id(item_id)?;
-        let req = self
-            .http
-            .request(Method::GET, &["Items", id], &[self.user()])?;
-        let item: ItemDto = match self.http.send_json(req, &format!("item {item_id}")).await {
+        let item = match self.with_routes(|r| self.fetch_item(r, id)).await {
             Ok(item) => item,
             Err(BackendError::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(e),
@@ -156,21 +318,8 @@ impl BackendApi for JellyfinClient {
         played: bool,
         at: Option<Millis>,
     ) -> Result<(), BackendError> {
-        let route = ["UserPlayedItems", plain_id(item_id)?];
-        let req = if played {
-            let mut query = vec![self.user()];
-            if let Some(at) = at {
-                query.push(("datePlayed", format_rfc3339(at)));
-            }
-            self.http.request(Method::POST, &route, &query)?
-        } else {
-            self.http.request(Method::DELETE, &route, &[self.user()])?
-        };
-        let what = format!(
-            "mark {item_id} {}",
-            if played { "played" } else { "unplayed" }
-        );
-        self.http.send(req, &what).await.map(drop)
+        let id = plain_id(item_id)?;
+        self.with_routes(|r| self.mark(r, id, played, at)).await
     }
 
     async fn set_position(
@@ -179,20 +328,28 @@ impl BackendApi for JellyfinClient {
         position_ms: u64,
         _duration_ms: Option<u64>,
     ) -> Result<(), BackendError> {
-        let route = ["UserItems", plain_id(item_id)?, "UserData"];
-        // Only the position: every other field is left as it is (`UpdateUserItemDataDto`),
-        // so a position push never unmarks an item played meanwhile.
-        let body = UserDataUpdate {
-            playback_position_ticks: ms_to_ticks(position_ms),
-            ..Default::default()
-        };
-        let req = self
-            .http
-            .request(Method::POST, &route, &[self.user()])?
-            .json(&body);
-        self.http
-            .send(req, &format!("set position of {item_id}"))
+        let id = plain_id(item_id)?;
+        self.with_routes(|r| self.put_position(r, id, position_ms))
             .await
-            .map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_before_10_9_use_the_legacy_routes() {
+        for (version, routes) in [
+            (Some("10.8.13"), Routes::Legacy),
+            (Some("10.7.7"), Routes::Legacy),
+            (Some("10.9.0"), Routes::Current),
+            (Some("10.11.11"), Routes::Current),
+            (Some("12.0.0"), Routes::Current),
+            (Some("unstable"), Routes::Current),
+            (None, Routes::Current),
+        ] {
+            assert_eq!(Routes::of_version(version), routes, "{version:?}");
+        }
     }
 }

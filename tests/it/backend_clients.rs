@@ -997,7 +997,8 @@ async fn jellyfin_position_leaves_the_rest_of_the_user_data_alone() {
     assert_eq!(s.last_played_at, Some(PILOT_PLAYED_AT));
     assert_eq!(fake.other_user_data("201")["IsFavorite"], true);
     let requests = fake.requests();
-    let body: serde_json::Value = serde_json::from_str(&requests[0].body).unwrap();
+    let update = requests.iter().find(|r| r.method == "POST").unwrap();
+    let body: serde_json::Value = serde_json::from_str(&update.body).unwrap();
     assert_eq!(
         body,
         serde_json::json!({"PlaybackPositionTicks": 50_000_000})
@@ -1039,3 +1040,126 @@ async fn emby_position_sends_back_the_whole_user_data() {
     assert_eq!(fake.other_user_data("102")["IsFavorite"], true);
     fake.assert_contract();
 }
+
+#[tokio::test]
+async fn jellyfin_10_8_is_read_and_marked_through_its_own_routes() {
+    let fake = FakeServer::start_jellyfin_10_8(library()).await;
+    let client = fake.client();
+    let id = client.identity().await.unwrap();
+    assert_eq!(id.version.as_deref(), Some("10.8.13"));
+    let (items, _) = list_all(client.as_ref(), 4).await;
+    assert_eq!(by_id(items).len(), 10);
+    let movie = client.get_item("101").await.unwrap().expect("item 101");
+    assert!(movie.played);
+    assert_eq!(client.get_item("999999").await.unwrap(), None);
+    client
+        .set_played("103", true, Some(1_710_000_000_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        fake.item_state("103").last_played_at,
+        Some(1_710_000_000_000)
+    );
+    client.set_played("101", false, None).await.unwrap();
+    assert!(!fake.item_state("101").played);
+    // 10.8 has no route that sets a resume position: a clear error, no request.
+    let before = fake.requests().len();
+    let err = client.set_position("102", 5_000, None).await.unwrap_err();
+    assert!(!err.is_retryable(), "{err:?}");
+    assert!(err.to_string().contains("10.9"), "{err}");
+    assert_eq!(fake.requests().len(), before);
+    assert_eq!(fake.item_state("102").position_ms, 754_000);
+    let uid = fake.user_id();
+    let paths: Vec<String> = fake
+        .requests()
+        .into_iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert!(
+        paths.contains(&format!("GET /Users/{uid}/Items/101")),
+        "{paths:?}"
+    );
+    assert!(
+        paths.contains(&format!("POST /Users/{uid}/PlayedItems/103")),
+        "{paths:?}"
+    );
+    assert!(
+        paths.contains(&format!("DELETE /Users/{uid}/PlayedItems/101")),
+        "{paths:?}"
+    );
+    // A client that did not ask for the identity first: the 10.9 route answers 404, the
+    // version is read once, and the 10.8 route is used from then on.
+    let fresh = fake.client();
+    fake.clear_log();
+    fresh.set_played("104", true, None).await.unwrap();
+    assert!(fake.item_state("104").played);
+    fresh.set_played("105", true, None).await.unwrap();
+    let paths: Vec<String> = fake
+        .requests()
+        .into_iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "POST /UserPlayedItems/104".to_string(),
+            "GET /System/Info/Public".to_string(),
+            format!("POST /Users/{uid}/PlayedItems/104"),
+            format!("POST /Users/{uid}/PlayedItems/105"),
+        ]
+    );
+    let err = fake
+        .client()
+        .set_position("102", 5_000, None)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("Jellyfin 10.8.13 has no API"),
+        "{err}"
+    );
+    fake.assert_contract();
+}
+
+#[tokio::test]
+async fn jellyfin_10_9_and_later_use_the_new_routes() {
+    let fake = FakeServer::start(FakeKind::Jellyfin, library()).await;
+    let client = fake.client();
+    client.get_item("101").await.unwrap().expect("item 101");
+    client.set_played("103", true, None).await.unwrap();
+    let paths: Vec<String> = fake.requests().into_iter().map(|r| r.path).collect();
+    assert!(paths.contains(&"/Items/101".to_string()), "{paths:?}");
+    assert!(
+        paths.contains(&"/UserPlayedItems/103".to_string()),
+        "{paths:?}"
+    );
+    // No request to another route, and none to read the version.
+    assert!(
+        paths
+            .iter()
+            .all(|p| !p.starts_with("/Users/") && !p.starts_with("/System/")),
+        "{paths:?}"
+    );
+}
+
+async fn not_found_names_the_request_and_the_answer(kind: FakeKind) {
+    let fake = FakeServer::start(kind, library()).await;
+    let err = fake
+        .client()
+        .set_played("424242", true, None)
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    let (route, answer) = match kind {
+        FakeKind::Plex => ("PUT /:/scrobble".to_string(), "404 Not Found"),
+        FakeKind::Jellyfin => ("POST /UserPlayedItems/424242".to_string(), "Item not found"),
+        FakeKind::Emby => (
+            format!("POST /Users/{}/PlayedItems/424242", fake.user_id()),
+            "Item not found",
+        ),
+    };
+    assert!(text.contains(&route), "{text}");
+    assert!(text.contains(answer), "{text}");
+    assert!(!text.contains(fake.token()), "{text}");
+}
+
+per_kind!(not_found_names_the_request_and_the_answer);

@@ -49,6 +49,10 @@ pub struct ItemPage {
     pub next: Option<String>,
     /// Total number of items the listing will produce, when the server says.
     pub total: Option<u64>,
+    /// Items of this page the client could not read (a wrong-typed field, no id): skipped and
+    /// logged, so that one odd item does not stop the listing.
+    #[serde(default)]
+    pub skipped: u64,
 }
 
 /// Why a call to a media server failed; decides whether the outbox retries it.

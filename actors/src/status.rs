@@ -156,6 +156,10 @@ pub struct SyncStatus {
     pub changed: u64,
     /// Pushes to this backend the run queued (pending states, siblings' newer states).
     pub pushed: u64,
+    /// Items the run could not read (a wrong-typed field, no id) and skipped; each is in the
+    /// log with its id.
+    #[serde(default)]
+    pub skipped: u64,
     /// When the next run is due; persisted across restarts.
     pub next_at: Option<Millis>,
     /// Completed runs, for `/metrics`.

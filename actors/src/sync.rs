@@ -32,6 +32,9 @@ pub struct SyncMeta {
     pub changed: u64,
     /// Pushes this pair's sync queued (pending applied, catch-up from siblings).
     pub pushed: u64,
+    /// Items the run could not read and skipped (the backend client logs each).
+    #[serde(default)]
+    pub skipped: u64,
     /// When the next run is due (clock ms).
     pub next_at: Option<Millis>,
     /// The cursor of the next page of an unfinished run: where a resumed run starts.
@@ -141,6 +144,7 @@ impl PairCore {
             m.seen = 0;
             m.changed = 0;
             m.pushed = 0;
+            m.skipped = 0;
             m.total = None;
         }
         m.last_started = Some(now);
@@ -178,6 +182,7 @@ impl PairCore {
         }
         let m = &mut self.meta.sync;
         m.seen += page.items.len() as u64;
+        m.skipped += page.skipped;
         if page.total.is_some() {
             m.total = page.total;
         }
@@ -340,6 +345,7 @@ impl PairCore {
             total: m.total,
             changed: m.changed,
             pushed: m.pushed,
+            skipped: m.skipped,
             next_at: if self.spec.sync_interval.is_some() {
                 m.next_at
             } else {

@@ -164,11 +164,13 @@ async fn twenty_thousand_items_sync_with_paging_and_the_rate_limit() {
             m.played = i % 3 == 0;
             fake.add(m);
         }
+        fake.state.lock().unwrap().skipped_per_page = 1;
     })
     .await;
     wait_runs(&h, 1).await;
     let s = h.status("alice", "plex").await;
     assert_eq!((s.items, s.sync.seen), (20_000, 20_000));
+    assert_eq!(s.sync.skipped, 100, "one unreadable item per page, counted");
     assert_eq!(
         s.sync.changed, 6_667,
         "first sight: played items are changes"

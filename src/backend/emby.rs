@@ -1,30 +1,42 @@
-//! Emby 4.8 (routes of the Emby 4.8.11.0 OpenAPI document). Auth: `X-Emby-Token`. Positions
-//! are ticks; `DatePlayed` is `yyyyMMddHHmmss` (UTC).
-//! Series ids: like Jellyfin, one `GET /Users/{uid}/Items?Ids=…&Fields=ProviderIds` per page for
-//! the shows not cached yet.
-//! Setting a position reads the item's `UserData` first and sends it back whole with the new
-//! position: Emby resets every field absent from the body (favourite, play count, ...).
+//! Emby 4.8 (routes of the Emby 4.8.11.0 OpenAPI document). Auth: the token as `api_key` in
+//! the query of every request (the spec's security scheme) and as `X-Emby-Token` (the
+//! alternative it names). Positions are ticks; `DatePlayed` is `yyyyMMddHHmmss` (UTC).
+//! Series ids: like Jellyfin, `GET /Users/{uid}/Items?Ids=…&Fields=ProviderIds` (100 per
+//! request) for the shows not cached yet. List parameters are comma lists (`type: string`,
+//! "comma delimited" in this spec).
+//! Setting a position reads the item's `UserData` first and sends it back whole (every field
+//! the server returned, `Played` included) with only the position changed: Emby resets every
+//! field absent from the body (played, favourite, rating, play count, ...). The item is read
+//! through the listing route with `Fields=…UserDataPlayCount,UserDataLastPlayedDate`: recent
+//! Emby leaves `LastPlayedDate` out and answers `PlayCount: 0` unless asked, and the
+//! single-item route documents no `Fields`.
 
-use super::http::{format_compact_utc, HttpCore};
+use super::http::{format_compact_utc, item_id as plain_id, HttpCore};
+use super::lenient::id_of;
 use super::mediabrowser::{
     cache_shows, ms_to_ticks, next_cursor, parse_cursor, to_remote, uncached_shows, ItemDto,
-    ItemsResult, PublicSystemInfo, UserDataUpdate,
+    ItemsResult, PublicSystemInfo,
 };
-use super::{ClientConfig, SeriesIdCache};
+use super::{ClientConfig, SeriesIdCache, SHOW_LOOKUP_BATCH};
 use async_trait::async_trait;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT};
 use reqwest::Method;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use watchstate_actors::backend::{BackendApi, BackendError, ItemPage, RemoteItem, ServerIdentity};
 use watchstate_actors::event::Millis;
 
 /// `UserDataLastPlayedDate`/`UserDataPlayCount` make recent Emby servers include those fields
 /// of `UserData` in listings.
 const LIST_FIELDS: &str = "ProviderIds,UserDataPlayCount,UserDataLastPlayedDate";
+/// The `SortBy` of a listing, as for Jellyfin: a fixed order (creation, then name) so that
+/// pages neither overlap nor miss items.
+const LIST_SORT: &str = "DateCreated,SortName";
 
 /// Client for one Emby user.
 #[derive(Debug)]
 pub struct EmbyClient {
-    /// Transport with the `X-Emby-Token` header.
+    /// Transport with the `X-Emby-Token` header and the `api_key` query parameter.
     http: HttpCore,
     /// The `{UserId}` of every route.
     user_id: String,
@@ -43,39 +55,59 @@ impl EmbyClient {
         headers.insert(HeaderName::from_static("x-emby-token"), token);
         headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
         Ok(EmbyClient {
-            http: HttpCore::new(cfg.base_url, cfg.timeout, headers)?,
+            // The spec's security scheme is `api_key` in the query; the header is the
+            // alternative it names. Both are sent, so either reading authenticates.
+            http: HttpCore::new(cfg.base_url, cfg.timeout, headers, &cfg.token)?
+                .with_token_in_query("api_key"),
             user_id: cfg.user_id,
             series: SeriesIdCache::default(),
         })
     }
 
-    fn items_path(&self) -> String {
-        format!("/Users/{}/Items", self.user_id)
+    fn items_route(&self) -> [&str; 3] {
+        ["Users", &self.user_id, "Items"]
     }
 
-    async fn fetch_item(&self, item_id: &str) -> Result<Option<ItemDto>, BackendError> {
-        let path = format!("/Users/{}/Items/{item_id}", self.user_id);
-        let req = self.http.request(Method::GET, &path, &[]);
-        match self.http.send_json(req, &format!("item {item_id}")).await {
-            Ok(item) => Ok(Some(item)),
-            Err(BackendError::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e),
-        }
+    /// One item as Emby sends it (raw), with its provider ids and its whole `UserData`:
+    /// `GET /Users/{uid}/Items?Ids={id}&Fields=…&EnableUserData=true` (see the module doc).
+    /// `None` when the server does not know it.
+    async fn fetch_item(&self, item_id: &str) -> Result<Option<Box<RawValue>>, BackendError> {
+        let query = [
+            ("Ids", plain_id(item_id)?.to_string()),
+            ("Fields", LIST_FIELDS.to_string()),
+            ("EnableUserData", "true".to_string()),
+        ];
+        let req = self
+            .http
+            .request(Method::GET, &self.items_route(), &query)?;
+        let what = format!("item {item_id}");
+        let page: ItemsResult = match self.http.send_json(req, &what).await {
+            Ok(page) => page,
+            Err(BackendError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        // Only the item asked for: a server that ignored `Ids` would answer others.
+        Ok(page
+            .items
+            .into_iter()
+            .find(|raw| id_of(raw, "Id").as_deref() == Some(item_id)))
     }
 
-    /// Fills the cache for the shows of `items` that are not in it yet (one request).
+    /// Fills the cache for the shows of `items` that are not in it yet (one request per
+    /// [`SHOW_LOOKUP_BATCH`] shows).
     async fn load_series(&self, items: &[ItemDto]) -> Result<(), BackendError> {
         let missing = uncached_shows(items, &self.series);
-        if missing.is_empty() {
-            return Ok(());
+        for batch in missing.chunks(SHOW_LOOKUP_BATCH) {
+            let query = [
+                ("Ids", batch.join(",")),
+                ("Fields", "ProviderIds".to_string()),
+            ];
+            let req = self
+                .http
+                .request(Method::GET, &self.items_route(), &query)?;
+            let shows: ItemsResult = self.http.send_json(req, "list shows").await?;
+            cache_shows(&self.series, batch, shows);
         }
-        let query = [
-            ("Ids", missing.join(",")),
-            ("Fields", "ProviderIds".to_string()),
-        ];
-        let req = self.http.request(Method::GET, &self.items_path(), &query);
-        let shows: ItemsResult = self.http.send_json(req, "list shows").await?;
-        cache_shows(&self.series, &missing, shows);
         Ok(())
     }
 }
@@ -83,9 +115,11 @@ impl EmbyClient {
 #[async_trait]
 impl BackendApi for EmbyClient {
     async fn identity(&self) -> Result<ServerIdentity, BackendError> {
-        let req = self.http.request(Method::GET, "/System/Info/Public", &[]);
+        let req = self
+            .http
+            .request(Method::GET, &["System", "Info", "Public"], &[])?;
         let info: PublicSystemInfo = self.http.send_json(req, "server identity").await?;
-        Ok(info.into())
+        info.into_identity("Emby")
     }
 
     async fn list_items(
@@ -98,31 +132,41 @@ impl BackendApi for EmbyClient {
             ("Recursive", "true".to_string()),
             ("IncludeItemTypes", "Movie,Episode".to_string()),
             ("Fields", LIST_FIELDS.to_string()),
+            ("SortBy", LIST_SORT.to_string()),
+            ("SortOrder", "Ascending".to_string()),
             ("EnableUserData", "true".to_string()),
             ("StartIndex", start.to_string()),
             ("Limit", page_size.to_string()),
         ];
-        let req = self.http.request(Method::GET, &self.items_path(), &query);
+        let req = self
+            .http
+            .request(Method::GET, &self.items_route(), &query)?;
         let page: ItemsResult = self.http.send_json(req, "list items").await?;
-        self.load_series(&page.items).await?;
+        // The cursor moves past every item of the page, read or skipped.
         let got = page.items.len();
-        let next = next_cursor(start, got, page_size, page.total_record_count);
-        let items = page
-            .items
+        let (items, skipped) = page.decode("list items");
+        self.load_series(&items).await?;
+        let next = next_cursor(start, got, page_size, page.total());
+        let items = items
             .into_iter()
             .filter_map(|i| to_remote(&self.series, i))
             .collect();
         Ok(ItemPage {
             items,
             next,
-            total: page.total_record_count,
+            total: page.total(),
+            skipped,
         })
     }
 
     async fn get_item(&self, item_id: &str) -> Result<Option<RemoteItem>, BackendError> {
-        let Some(item) = self.fetch_item(item_id).await? else {
+        let Some(raw) = self.fetch_item(item_id).await? else {
             return Ok(None);
         };
+        let item: ItemDto =
+            serde_json::from_str(raw.get()).map_err(|e| BackendError::BadResponse {
+                message: format!("item {item_id}: the item is not the expected JSON ({e})"),
+            })?;
         self.load_series(std::slice::from_ref(&item)).await?;
         Ok(to_remote(&self.series, item))
     }
@@ -133,15 +177,15 @@ impl BackendApi for EmbyClient {
         played: bool,
         at: Option<Millis>,
     ) -> Result<(), BackendError> {
-        let path = format!("/Users/{}/PlayedItems/{item_id}", self.user_id);
+        let route = ["Users", &self.user_id, "PlayedItems", plain_id(item_id)?];
         let req = if played {
             let query: Vec<(&str, String)> = at
                 .map(|at| ("DatePlayed", format_compact_utc(at)))
                 .into_iter()
                 .collect();
-            self.http.request(Method::POST, &path, &query)
+            self.http.request(Method::POST, &route, &query)?
         } else {
-            self.http.request(Method::DELETE, &path, &[])
+            self.http.request(Method::DELETE, &route, &[])?
         };
         let what = format!(
             "mark {item_id} {}",
@@ -156,24 +200,44 @@ impl BackendApi for EmbyClient {
         position_ms: u64,
         _duration_ms: Option<u64>,
     ) -> Result<(), BackendError> {
-        let Some(item) = self.fetch_item(item_id).await? else {
+        let what = format!("set position of {item_id}");
+        let Some(raw) = self.fetch_item(item_id).await? else {
             return Err(BackendError::NotFound {
-                what: format!("item {item_id}"),
+                what: format!("{what}: item {item_id}"),
             });
         };
-        let current = item.user_data.unwrap_or_default();
-        let body = UserDataUpdate {
-            playback_position_ticks: ms_to_ticks(position_ms),
-            played: false,
-            play_count: current.play_count,
-            is_favorite: current.is_favorite,
-            last_played_date: current.last_played_date,
+        /// The part of the item the update sends back.
+        #[derive(Deserialize)]
+        struct WithUserData {
+            #[serde(rename = "UserData")]
+            user_data: Option<serde_json::Map<String, serde_json::Value>>,
+        }
+        let item: WithUserData =
+            serde_json::from_str(raw.get()).map_err(|e| BackendError::BadResponse {
+                message: format!("{what}: the item is not the expected JSON ({e})"),
+            })?;
+        // Without the current user data the update would reset it: better not to send it.
+        let Some(mut body) = item.user_data else {
+            return Err(BackendError::BadResponse {
+                message: format!(
+                    "{what}: Emby sent the item without UserData; not updated, as the update would reset its played state"
+                ),
+            });
         };
-        let path = format!("/Users/{}/Items/{item_id}/UserData", self.user_id);
-        let req = self.http.request(Method::POST, &path, &[]).json(&body);
-        self.http
-            .send(req, &format!("set position of {item_id}"))
-            .await
-            .map(drop)
+        body.insert(
+            "PlaybackPositionTicks".into(),
+            ms_to_ticks(position_ms).into(),
+        );
+        // Derived from the old position; the server computes it.
+        body.remove("PlayedPercentage");
+        let route = [
+            "Users",
+            &self.user_id,
+            "Items",
+            plain_id(item_id)?,
+            "UserData",
+        ];
+        let req = self.http.request(Method::POST, &route, &[])?.json(&body);
+        self.http.send(req, &what).await.map(drop)
     }
 }

@@ -1,12 +1,18 @@
 //! Sending a request to a media server and classifying what went wrong (DESIGN.md §7 retries
 //! on the classification): 401/403 → `Auth`, 404 → `NotFound`, 429 → `RateLimited` with the
-//! `Retry-After`, 5xx → `Server`, other 4xx → `Client`, timeout → `Timeout`, no connection →
-//! `Network`, unreadable JSON → `BadResponse`. Also the date helpers the clients share.
+//! `Retry-After`, 5xx → `Server`, 3xx (never followed) and other 4xx → `Client`, timeout →
+//! `Timeout`, no connection → `Network`, unreadable JSON → `BadResponse`. Also the date
+//! helpers the clients share.
 //!
-//! Tokens travel only in default headers set at construction, so neither URLs nor error
-//! messages (which never include headers) can leak them.
+//! Tokens travel in default headers set at construction and, for Emby, also in the `api_key`
+//! query parameter of every URL. No error text shows a URL with its query: reqwest errors are
+//! taken `without_url`, a redirect's Location loses its query, and any text from the server
+//! (an error page may repeat the request URL) has the token cut out ([`HttpCore::redact`]).
+//!
+//! Request paths are built from segments ([`HttpCore::url`]), each percent-encoded on its own,
+//! and item ids must be plain ([`item_id`]): an id from a webhook can never change the route.
 
-use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE, LOCATION, RETRY_AFTER};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -15,6 +21,9 @@ use watchstate_actors::event::Millis;
 
 /// How many characters of an error body go into an error message: enough to tell why.
 const ERROR_BODY_CHARS: usize = 200;
+/// How many bytes of an answer that is not the expected JSON go into the error message:
+/// enough to recognise it (XML, a login page, another product's JSON).
+const SNIPPET_BYTES: usize = 100;
 
 /// A reqwest client bound to one server: base URL, auth headers and the timeout.
 #[derive(Debug, Clone)]
@@ -25,19 +34,40 @@ pub struct HttpCore {
     base: url::Url,
     /// Reported in `Timeout` errors.
     timeout: Duration,
+    /// The token: added to every query when [`Self::token_param`] is set, and cut out of any
+    /// server text that goes into an error (an error page may repeat the request URL).
+    secret: Secret,
+    /// The query parameter that carries the token on every request (Emby's `api_key`).
+    token_param: Option<&'static str>,
+}
+
+/// A token that never shows in `{:?}`.
+#[derive(Clone)]
+struct Secret(String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 impl HttpCore {
-    /// `headers` are sent with every request (auth and client identification).
+    /// `headers` are sent with every request (auth and client identification); `token` is
+    /// the secret they carry, kept to be cut out of error texts.
     pub fn new(
         base: url::Url,
         timeout: Duration,
         headers: HeaderMap,
+        token: &str,
     ) -> Result<Self, BackendError> {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
             .default_headers(headers)
+            // Never follow a redirect: reqwest would turn a POST or DELETE into a GET and carry
+            // the token headers to whatever host the answer names. A 3xx is reported instead,
+            // with the address to configure (`redirect_error`).
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("watchstate-rs/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| BackendError::Network {
@@ -47,43 +77,91 @@ impl HttpCore {
             client,
             base,
             timeout,
+            secret: Secret(token.to_string()),
+            token_param: None,
         })
     }
 
-    /// The absolute URL of `path` (starting with `/`) under the base URL, with `query`.
-    pub fn url(&self, path: &str, query: &[(&str, String)]) -> url::Url {
+    /// Also sends the token as the query parameter `name` of every request.
+    pub fn with_token_in_query(mut self, name: &'static str) -> Self {
+        self.token_param = Some(name);
+        self
+    }
+
+    /// The absolute URL of `route` under the base URL, with `query` (a repeated name is sent
+    /// repeated). Each route segment is percent-encoded as one segment (`/`, `?`, `#`, `%`
+    /// included), so no value can add a segment; an empty, `.` or `..` segment, which `url`
+    /// would drop or resolve, is refused.
+    pub fn url(&self, route: &[&str], query: &[(&str, String)]) -> Result<url::Url, BackendError> {
         let mut url = self.base.clone();
-        let prefix = self.base.path().trim_end_matches('/');
-        url.set_path(&format!("{prefix}{path}"));
         url.set_query(None);
-        if !query.is_empty() {
+        url.set_fragment(None);
+        {
+            let mut path = url.path_segments_mut().map_err(|_| BackendError::Client {
+                status: 0,
+                message: format!(
+                    "the server URL {} cannot take a path: check url in the configuration",
+                    self.host()
+                ),
+            })?;
+            path.pop_if_empty();
+            for segment in route {
+                if matches!(*segment, "" | "." | "..") {
+                    return Err(BackendError::Client {
+                        status: 0,
+                        message: format!("refused to send a request path with segment {segment:?}"),
+                    });
+                }
+                path.push(segment);
+            }
+        }
+        if !query.is_empty() || self.token_param.is_some() {
             let mut pairs = url.query_pairs_mut();
             for (k, v) in query {
                 pairs.append_pair(k, v);
             }
+            if let Some(name) = self.token_param {
+                pairs.append_pair(name, &self.secret.0);
+            }
         }
-        url
+        Ok(url)
     }
 
-    /// A request builder for `method path?query`; finish it and pass it to [`Self::send`].
-    pub fn request(&self, method: Method, path: &str, query: &[(&str, String)]) -> RequestBuilder {
-        self.client.request(method, self.url(path, query))
+    /// A request builder for `method route?query`; finish it and pass it to [`Self::send`].
+    pub fn request(
+        &self,
+        method: Method,
+        route: &[&str],
+        query: &[(&str, String)],
+    ) -> Result<RequestBuilder, BackendError> {
+        Ok(self.client.request(method, self.url(route, query)?))
     }
 
     /// Sends the request; `Ok` only for a 2xx answer, anything else classified.
     pub async fn send(&self, req: RequestBuilder, what: &str) -> Result<Response, BackendError> {
-        let resp = req.send().await.map_err(|e| self.transport_error(e))?;
+        let request = req.build().map_err(|e| self.transport_error(e))?;
+        let sent_to = request.url().clone();
+        let route = format!("{} {}", request.method(), sent_to.path());
+        let resp = self
+            .client
+            .execute(request)
+            .await
+            .map_err(|e| self.transport_error(e))?;
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
+        }
+        if status.is_redirection() {
+            let location = resp.headers().get(LOCATION);
+            return Err(self.redirect_error(status, &sent_to, location, what));
         }
         let retry_after = resp
             .headers()
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, SystemTime::now()));
-        let body = resp.text().await.unwrap_or_default();
-        Err(classify_status(status, retry_after, what, &body))
+        let body = self.redact(&resp.text().await.unwrap_or_default());
+        Err(classify_status(status, retry_after, what, &route, &body))
     }
 
     /// Sends the request and decodes a 2xx JSON answer.
@@ -93,10 +171,37 @@ impl HttpCore {
         what: &str,
     ) -> Result<T, BackendError> {
         let resp = self.send(req, what).await?;
+        let content_type = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("none")
+            .to_string();
         let bytes = resp.bytes().await.map_err(|e| self.transport_error(e))?;
         serde_json::from_slice(&bytes).map_err(|e| BackendError::BadResponse {
-            message: format!("{what}: the answer is not the expected JSON ({e})"),
+            message: format!(
+                "{what}: the answer is not the expected JSON ({e}); content type {}, it starts with \"{}\"",
+                self.redact(&content_type),
+                self.snippet(&bytes)
+            ),
         })
+    }
+
+    /// The first [`SNIPPET_BYTES`] of an answer as one line of text: invalid UTF-8 and
+    /// control characters replaced, the token cut out (before the cut, so that a token across
+    /// it cannot show in part).
+    fn snippet(&self, bytes: &[u8]) -> String {
+        let head = &bytes[..bytes.len().min(SNIPPET_BYTES + self.secret.0.len())];
+        let text: String = String::from_utf8_lossy(head)
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        let text = self.redact(text.trim());
+        let mut end = text.len().min(SNIPPET_BYTES);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text[..end].to_string()
     }
 
     /// Turns a reqwest failure (no HTTP status) into `Timeout` or `Network`.
@@ -115,8 +220,69 @@ impl HttpCore {
             source = s.source();
         }
         BackendError::Network {
-            message: format!("{message} (is the server running at {}?)", self.host()),
+            message: format!(
+                "{} (is the server running at {}?)",
+                self.redact(&message),
+                self.host()
+            ),
         }
+    }
+
+    /// A 3xx answer, not followed: the error names where the server points and the base URL
+    /// to configure instead. The new address is shown without query and credentials, which
+    /// may repeat the token.
+    fn redirect_error(
+        &self,
+        status: StatusCode,
+        sent_to: &url::Url,
+        location: Option<&HeaderValue>,
+        what: &str,
+    ) -> BackendError {
+        let code = status.as_u16();
+        let target = location
+            .and_then(|l| l.to_str().ok())
+            .and_then(|l| sent_to.join(l).ok());
+        let message = match target {
+            Some(mut to) => {
+                to.set_query(None);
+                to.set_fragment(None);
+                let _ = to.set_username("");
+                let _ = to.set_password(None);
+                // What the request added to the base URL; what precedes it in the new
+                // address is the base URL to configure.
+                let prefix = self.base.path().trim_end_matches('/');
+                let route = sent_to.path().strip_prefix(prefix).unwrap_or(sent_to.path());
+                let mut base = to.clone();
+                if let Some(new_prefix) = to.path().strip_suffix(route) {
+                    base.set_path(&format!("{}/", new_prefix.trim_end_matches('/')));
+                }
+                format!(
+                    "{what}: the server answered {code} redirect to {to}; set url to {base} in the configuration"
+                )
+            }
+            None => format!(
+                "{what}: the server answered {code} redirect without a usable Location; check url in the configuration"
+            ),
+        };
+        BackendError::Client {
+            status: code,
+            message: self.redact(&message),
+        }
+    }
+
+    /// `text` with the token cut out, as sent and percent-encoded: for any server text that
+    /// goes into an error message.
+    pub fn redact(&self, text: &str) -> String {
+        let token = self.secret.0.as_str();
+        if token.is_empty() {
+            return text.to_string();
+        }
+        let mut out = text.replace(token, "<redacted>");
+        let encoded: String = url::form_urlencoded::byte_serialize(token.as_bytes()).collect();
+        if encoded != token {
+            out = out.replace(&encoded, "<redacted>");
+        }
+        out
     }
 
     /// `scheme://host:port` of the base URL, for messages (no path, no credentials).
@@ -133,11 +299,38 @@ impl HttpCore {
     }
 }
 
-/// The error for a non-2xx status; `body` is cut to a readable length.
+/// The most an item id may be: longer ids are refused like hostile ones.
+const MAX_ITEM_ID_LEN: usize = 128;
+
+/// An item id as it may go into a request: letters, digits, `-` and `_` (Plex ratingKeys,
+/// Jellyfin GUIDs, Emby numbers). Ids arrive in webhooks; one like `../../Items/1` or `%2e%2e`
+/// is refused before any request is made, so that it cannot reach another route.
+pub fn item_id(id: &str) -> Result<&str, BackendError> {
+    let plain = !id.is_empty()
+        && id.len() <= MAX_ITEM_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if plain {
+        return Ok(id);
+    }
+    let shown: String = id.chars().take(64).collect();
+    Err(BackendError::Client {
+        status: 0,
+        message: format!(
+            "item id {shown:?} refused: an id is letters, digits, '-' and '_' only (it could otherwise change the request's route)"
+        ),
+    })
+}
+
+/// The error for a non-2xx status; `body` is cut to a readable length. A 404 names the
+/// request (`route`: method and path, never the query) and the server's answer: "not found"
+/// may mean the item, the user or the route (an older server), and the answer tells which.
 pub fn classify_status(
     status: StatusCode,
     retry_after_ms: Option<u64>,
     what: &str,
+    route: &str,
     body: &str,
 ) -> BackendError {
     let code = status.as_u16();
@@ -156,7 +349,10 @@ pub fn classify_status(
     match code {
         401 | 403 => BackendError::Auth { status: code },
         404 => BackendError::NotFound {
-            what: what.to_string(),
+            what: match message.strip_prefix(what) {
+                Some(answer) => format!("{what} ({route}){answer}"),
+                None => format!("{what} ({route})"),
+            },
         },
         429 => BackendError::RateLimited { retry_after_ms },
         500..=599 => BackendError::Server {
@@ -190,7 +386,12 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<u64> {
 pub fn parse_iso8601_ms(s: &str) -> Option<Millis> {
     let s = s.trim();
     // humantime reads `Z`, `+00:00` and no zone; a different offset is applied by hand.
-    let (body, offset_secs) = match s.len().checked_sub(6).map(|i| s.split_at(i)) {
+    // `get` rather than `split_at`: the cut may fall inside a multibyte character.
+    let split = s
+        .len()
+        .checked_sub(6)
+        .and_then(|i| Some((s.get(..i)?, s.get(i..)?)));
+    let (body, offset_secs) = match split {
         Some((body, tail))
             if (tail.starts_with('+') || tail.starts_with('-'))
                 && tail.as_bytes()[3] == b':'
@@ -248,10 +449,23 @@ mod tests {
 
     #[test]
     fn statuses_are_classified() {
-        let c = |s: u16| classify_status(StatusCode::from_u16(s).unwrap(), Some(5), "x", "body");
+        let c = |s: u16| {
+            classify_status(
+                StatusCode::from_u16(s).unwrap(),
+                Some(5),
+                "x",
+                "GET /a",
+                "body",
+            )
+        };
         assert_eq!(c(401), BackendError::Auth { status: 401 });
         assert_eq!(c(403), BackendError::Auth { status: 403 });
-        assert!(matches!(c(404), BackendError::NotFound { .. }));
+        assert_eq!(
+            c(404),
+            BackendError::NotFound {
+                what: "x (GET /a): body".into()
+            }
+        );
         assert_eq!(
             c(429),
             BackendError::RateLimited {
@@ -281,6 +495,20 @@ mod tests {
     }
 
     #[test]
+    fn a_date_cut_inside_a_multibyte_character_is_refused_without_panic() {
+        // The offset would start at byte 3 (21), inside the euro sign.
+        assert_eq!(parse_iso8601_ms("ab€cdef"), None);
+        assert_eq!(parse_iso8601_ms("2024-05-01T10:00:00€00:00"), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn no_date_text_panics(s in "\\PC{0,40}") {
+            let _ = parse_iso8601_ms(&s);
+        }
+    }
+
+    #[test]
     fn dates_format_for_each_server() {
         assert_eq!(format_rfc3339(1_714_557_600_500), "2024-05-01T10:00:00Z");
         assert_eq!(format_compact_utc(1_714_557_600_000), "20240501100000");
@@ -292,9 +520,108 @@ mod tests {
             url::Url::parse("http://h:1/emby/").unwrap(),
             Duration::from_secs(1),
             HeaderMap::new(),
+            "",
         )
         .unwrap();
-        let url = core.url("/Users/u/Items", &[("Ids", "a,b".to_string())]);
+        let url = core
+            .url(&["Users", "u", "Items"], &[("Ids", "a,b".to_string())])
+            .unwrap();
         assert_eq!(url.as_str(), "http://h:1/emby/Users/u/Items?Ids=a%2Cb");
+        let bare = HttpCore::new(
+            url::Url::parse("http://h:1").unwrap(),
+            Duration::from_secs(1),
+            HeaderMap::new(),
+            "",
+        )
+        .unwrap();
+        let url = bare.url(&["identity"], &[]).unwrap();
+        assert_eq!(url.as_str(), "http://h:1/identity");
+    }
+
+    #[test]
+    fn the_token_goes_into_every_query_and_out_of_every_error_text() {
+        let core = HttpCore::new(
+            url::Url::parse("http://h:1/").unwrap(),
+            Duration::from_secs(1),
+            HeaderMap::new(),
+            "k3y/+x",
+        )
+        .unwrap()
+        .with_token_in_query("api_key");
+        let url = core.url(&["System", "Info", "Public"], &[]).unwrap();
+        assert_eq!(url.query(), Some("api_key=k3y%2F%2Bx"));
+        let url = core.url(&["Items"], &[("Ids", "1".into())]).unwrap();
+        assert_eq!(url.query(), Some("Ids=1&api_key=k3y%2F%2Bx"));
+        let page = format!("<h1>Error</h1> GET {url} (key k3y/+x)");
+        assert_eq!(
+            core.redact(&page),
+            "<h1>Error</h1> GET http://h:1/Items?Ids=1&api_key=<redacted> (key <redacted>)"
+        );
+        assert!(!format!("{core:?}").contains("k3y"));
+    }
+
+    #[test]
+    fn a_snippet_is_one_short_clean_line_without_the_token() {
+        let core = HttpCore::new(
+            url::Url::parse("http://h:1/").unwrap(),
+            Duration::from_secs(1),
+            HeaderMap::new(),
+            "s3cret",
+        )
+        .unwrap();
+        let page = format!("<html>\r\n\u{7}<title>Sign in</title>{}", "é".repeat(200));
+        let s = core.snippet(page.as_bytes());
+        assert!(s.starts_with("<html>   <title>Sign in</title>éé"), "{s}");
+        assert!(s.len() <= SNIPPET_BYTES);
+        let cut = format!("{}s3cret", "x".repeat(97));
+        assert!(!core.snippet(cut.as_bytes()).contains("s3c"));
+        assert_eq!(core.snippet(&[0xff, b'{']), "\u{fffd}{");
+    }
+
+    #[test]
+    fn a_segment_stays_one_segment() {
+        let core = HttpCore::new(
+            url::Url::parse("http://h:1/jf/").unwrap(),
+            Duration::from_secs(1),
+            HeaderMap::new(),
+            "",
+        )
+        .unwrap();
+        let path = |seg: &str| core.url(&["Items", seg], &[]).map(|u| u.path().to_string());
+        assert_eq!(path("a/../b").unwrap(), "/jf/Items/a%2F..%2Fb");
+        assert_eq!(path("%2e%2e").unwrap(), "/jf/Items/%252e%252e");
+        assert_eq!(path("x?y#z").unwrap(), "/jf/Items/x%3Fy%23z");
+        for bad in ["..", ".", ""] {
+            assert!(path(bad).is_err(), "{bad:?}");
+        }
+        let url = core
+            .url(&["Items"], &[("ids", "a".into()), ("ids", "b".into())])
+            .unwrap();
+        assert_eq!(url.query(), Some("ids=a&ids=b"));
+    }
+
+    #[test]
+    fn only_plain_item_ids_are_accepted() {
+        for ok in ["101", "a1b2c3d4e5f60718293a4b5c6d7e8f90", "0f1e-2d3c_4b"] {
+            assert_eq!(item_id(ok), Ok(ok));
+        }
+        let long = "9".repeat(129);
+        for bad in [
+            "",
+            "..",
+            "1/2",
+            "%2e%2e",
+            "1?x",
+            "1#x",
+            "é",
+            " 1",
+            long.as_str(),
+        ] {
+            let err = item_id(bad).unwrap_err();
+            assert!(
+                matches!(err, BackendError::Client { status: 0, .. }),
+                "{bad:?}"
+            );
+        }
     }
 }

@@ -1,17 +1,30 @@
-//! Jellyfin 10.9+ (routes of the 10.11.11 and 12.0 OpenAPI documents; the legacy
-//! `/Users/{userId}/...` play-state routes are hidden since 10.9 and not used).
+//! Jellyfin 10.9+ (routes of the 10.11.11 and 12.0 OpenAPI documents) and 10.8 (10.8.13).
+//!
+//! 10.9 moved the play-state routes: `/UserPlayedItems/{id}`, `/UserItems/{id}/UserData` and
+//! `GET /Items/{id}` (with `userId` in the query) replace 10.8's `/Users/{userId}/PlayedItems/
+//! {id}` and `GET /Users/{userId}/Items/{id}`, which are hidden since 10.9 and not to be relied
+//! on in 12. The client uses the routes of the server's version ([`Routes`]): known from
+//! `identity`, or else the 10.9 routes are tried first and a 404 or 405 on one of them makes
+//! it read the version (`/System/Info/Public`, no auth) once and retry with the 10.8 routes
+//! when that is what the server has. 10.8 has no route that sets a resume position
+//! (`UserData` updates came with 10.9; its `PlayingItems` reports need a playback session):
+//! positions are refused with an error that says so.
 //!
 //! Auth: `Authorization: MediaBrowser Client=…, Device=…, DeviceId=…, Version=…, Token="…"`
 //! (the legacy `X-Emby-Token` is refused by default from 12.0). Positions are ticks.
 //! Series ids: the episodes of a page name their show (`SeriesId`); the shows not yet cached
-//! are fetched in one `GET /Items?ids=…&fields=ProviderIds` per page and cached.
+//! are fetched with `GET /Items?ids=…&fields=ProviderIds` (100 per request) and cached.
+//!
+//! Array query parameters (`includeItemTypes`, `fields`, `ids`) are `type: array` with the
+//! default `form`/`explode=true` style in the spec, so they are sent as repeated keys
+//! (`includeItemTypes=Movie&includeItemTypes=Episode`); Jellyfin also reads comma lists.
 
-use super::http::{format_rfc3339, HttpCore};
+use super::http::{format_rfc3339, item_id as plain_id, HttpCore};
 use super::mediabrowser::{
     cache_shows, ms_to_ticks, next_cursor, parse_cursor, to_remote, uncached_shows, ItemDto,
     ItemsResult, PublicSystemInfo, UserDataUpdate,
 };
-use super::{ClientConfig, SeriesIdCache};
+use super::{ClientConfig, SeriesIdCache, SHOW_LOOKUP_BATCH};
 use async_trait::async_trait;
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION};
 use reqwest::Method;
@@ -19,7 +32,19 @@ use watchstate_actors::backend::{BackendApi, BackendError, ItemPage, RemoteItem,
 use watchstate_actors::event::Millis;
 
 /// The `fields` a listing asks for beyond the defaults.
-const LIST_FIELDS: &str = "ProviderIds";
+const LIST_FIELDS: [&str; 1] = ["ProviderIds"];
+/// The `includeItemTypes` of a listing.
+const LIST_TYPES: [&str; 2] = ["Movie", "Episode"];
+/// The `sortBy` of a listing: without an order the database pages through an order that may
+/// change between requests (pages overlap or miss items); creation order also puts items
+/// added during a listing at its end. `SortName` breaks ties. `sortOrder=Ascending` applies
+/// to both.
+const LIST_SORT: [&str; 2] = ["DateCreated", "SortName"];
+
+/// `name=v1&name=v2…`: an array query parameter in the spec's (default, exploded) style.
+fn repeated<'a>(name: &'a str, values: &[&str]) -> Vec<(&'a str, String)> {
+    values.iter().map(|v| (name, v.to_string())).collect()
+}
 
 /// Client for one Jellyfin user.
 #[derive(Debug)]
@@ -30,6 +55,31 @@ pub struct JellyfinClient {
     user_id: String,
     /// Show provider ids already fetched.
     series: SeriesIdCache,
+    /// The routes the server has, once known, and its version when read; `identity` reads
+    /// it again, so an upgraded server is followed.
+    routes: std::sync::Mutex<Option<(Routes, Option<String>)>>,
+}
+
+/// Which play-state routes the server has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Routes {
+    /// 10.9 and later: `/UserPlayedItems/{id}`, `/UserItems/{id}/UserData`, `GET /Items/{id}`.
+    Current,
+    /// 10.8 and earlier: `/Users/{userId}/PlayedItems/{id}`, `GET /Users/{userId}/Items/{id}`.
+    Legacy,
+}
+
+impl Routes {
+    /// From `PublicSystemInfo.Version` (`10.8.13`); a version that does not read as
+    /// `major.minor` is taken as current.
+    fn of_version(version: Option<&str>) -> Routes {
+        let mut parts = version.unwrap_or("").trim().split('.');
+        let mut number = || parts.next().and_then(|p| p.parse::<u32>().ok());
+        match (number(), number()) {
+            (Some(major), Some(minor)) if (major, minor) < (10, 9) => Routes::Legacy,
+            _ => Routes::Current,
+        }
+    }
 }
 
 impl JellyfinClient {
@@ -49,31 +99,163 @@ impl JellyfinClient {
         headers.insert(AUTHORIZATION, value);
         headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
         Ok(JellyfinClient {
-            http: HttpCore::new(cfg.base_url, cfg.timeout, headers)?,
+            http: HttpCore::new(cfg.base_url, cfg.timeout, headers, &cfg.token)?,
             user_id: cfg.user_id,
             series: SeriesIdCache::default(),
+            routes: std::sync::Mutex::new(None),
         })
+    }
+
+    /// `GET /System/Info/Public`; notes the routes of the version it names.
+    async fn public_info(&self) -> Result<PublicSystemInfo, BackendError> {
+        let req = self
+            .http
+            .request(Method::GET, &["System", "Info", "Public"], &[])?;
+        let info: PublicSystemInfo = self.http.send_json(req, "server identity").await?;
+        let routes = Routes::of_version(info.version.as_deref());
+        let mut known = self.lock_routes();
+        if known.as_ref().map(|(r, _)| *r) != Some(routes) {
+            tracing::info!(
+                version = info.version.as_deref().unwrap_or("unknown"),
+                legacy_routes = routes == Routes::Legacy,
+                "Jellyfin version read"
+            );
+        }
+        *known = Some((routes, info.version.clone()));
+        Ok(info)
+    }
+
+    /// Runs `call` with the routes the server has (see the module doc): when they are not
+    /// known yet, with the 10.9 routes first, and after a 404 or 405 on those, once the
+    /// version is read, with the 10.8 routes if the server is that old.
+    async fn with_routes<T, F, Fut>(&self, call: F) -> Result<T, BackendError>
+    where
+        F: Fn(Routes) -> Fut,
+        Fut: std::future::Future<Output = Result<T, BackendError>>,
+    {
+        let known = self.lock_routes().as_ref().map(|(r, _)| *r);
+        if let Some(routes) = known {
+            return call(routes).await;
+        }
+        match call(Routes::Current).await {
+            Err(e)
+                if matches!(
+                    e,
+                    BackendError::NotFound { .. } | BackendError::Client { status: 405, .. }
+                ) =>
+            {
+                match self.public_info().await?.version {
+                    v if Routes::of_version(v.as_deref()) == Routes::Legacy => {
+                        call(Routes::Legacy).await
+                    }
+                    _ => Err(e),
+                }
+            }
+            Ok(v) => {
+                self.lock_routes().get_or_insert((Routes::Current, None));
+                Ok(v)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `GET /Items/{id}?userId=` (10.9+) or `GET /Users/{userId}/Items/{id}` (10.8).
+    async fn fetch_item(&self, routes: Routes, id: &str) -> Result<ItemDto, BackendError> {
+        let req = match routes {
+            Routes::Current => self
+                .http
+                .request(Method::GET, &["Items", id], &[self.user()])?,
+            Routes::Legacy => {
+                let route = ["Users", &self.user_id, "Items", id];
+                self.http.request(Method::GET, &route, &[])?
+            }
+        };
+        self.http.send_json(req, &format!("item {id}")).await
+    }
+
+    /// `POST|DELETE /UserPlayedItems/{id}?userId=` (10.9+) or
+    /// `/Users/{userId}/PlayedItems/{id}` (10.8), with `datePlayed` when marking played.
+    async fn mark(
+        &self,
+        routes: Routes,
+        id: &str,
+        played: bool,
+        at: Option<Millis>,
+    ) -> Result<(), BackendError> {
+        let (route, mut query) = match routes {
+            Routes::Current => (vec!["UserPlayedItems", id], vec![self.user()]),
+            Routes::Legacy => (vec!["Users", &self.user_id, "PlayedItems", id], Vec::new()),
+        };
+        let method = if played {
+            if let Some(at) = at {
+                query.push(("datePlayed", format_rfc3339(at)));
+            }
+            Method::POST
+        } else {
+            Method::DELETE
+        };
+        let req = self.http.request(method, &route, &query)?;
+        let what = format!("mark {id} {}", if played { "played" } else { "unplayed" });
+        self.http.send(req, &what).await.map(drop)
+    }
+
+    /// `POST /UserItems/{id}/UserData?userId=` with only the position (10.9+; 10.8 has no
+    /// such route: an error that says so, nothing sent).
+    async fn put_position(
+        &self,
+        routes: Routes,
+        id: &str,
+        position_ms: u64,
+    ) -> Result<(), BackendError> {
+        let what = format!("set position of {id}");
+        if routes == Routes::Legacy {
+            return Err(BackendError::Client {
+                status: 0,
+                message: format!(
+                    "{what}: Jellyfin {} has no API to set a resume position (POST /UserItems/{{id}}/UserData came with 10.9); upgrade Jellyfin to sync positions to it",
+                    self.version().as_deref().unwrap_or("before 10.9")
+                ),
+            });
+        }
+        // Only the position: every other field is left as it is (`UpdateUserItemDataDto`),
+        // so a position push never unmarks an item played meanwhile.
+        let body = UserDataUpdate {
+            playback_position_ticks: ms_to_ticks(position_ms),
+            ..Default::default()
+        };
+        let req = self
+            .http
+            .request(Method::POST, &["UserItems", id, "UserData"], &[self.user()])?
+            .json(&body);
+        self.http.send(req, &what).await.map(drop)
+    }
+
+    /// The server's version when it has been read (for messages).
+    fn version(&self) -> Option<String> {
+        self.lock_routes().as_ref().and_then(|(_, v)| v.clone())
+    }
+
+    fn lock_routes(&self) -> std::sync::MutexGuard<'_, Option<(Routes, Option<String>)>> {
+        // A panic while holding this lock cannot leave the value inconsistent.
+        self.routes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn user(&self) -> (&'static str, String) {
         ("userId", self.user_id.clone())
     }
 
-    /// Fills the cache for the shows of `items` that are not in it yet (one request).
+    /// Fills the cache for the shows of `items` that are not in it yet (one request per
+    /// [`SHOW_LOOKUP_BATCH`] shows).
     async fn load_series(&self, items: &[ItemDto]) -> Result<(), BackendError> {
         let missing = uncached_shows(items, &self.series);
-        if missing.is_empty() {
-            return Ok(());
+        for batch in missing.chunks(SHOW_LOOKUP_BATCH) {
+            let mut query = vec![self.user()];
+            query.extend(repeated("ids", batch));
+            query.extend(repeated("fields", &LIST_FIELDS));
+            let req = self.http.request(Method::GET, &["Items"], &query)?;
+            let shows: ItemsResult = self.http.send_json(req, "list shows").await?;
+            cache_shows(&self.series, batch, shows);
         }
-        // Array parameters as the document describes them: "multiple, comma delimited".
-        let query = [
-            self.user(),
-            ("ids", missing.join(",")),
-            ("fields", "ProviderIds".to_string()),
-        ];
-        let req = self.http.request(Method::GET, "/Items", &query);
-        let shows: ItemsResult = self.http.send_json(req, "list shows").await?;
-        cache_shows(&self.series, &missing, shows);
         Ok(())
     }
 }
@@ -81,9 +263,7 @@ impl JellyfinClient {
 #[async_trait]
 impl BackendApi for JellyfinClient {
     async fn identity(&self) -> Result<ServerIdentity, BackendError> {
-        let req = self.http.request(Method::GET, "/System/Info/Public", &[]);
-        let info: PublicSystemInfo = self.http.send_json(req, "server identity").await?;
-        Ok(info.into())
+        self.public_info().await?.into_identity("Jellyfin")
     }
 
     async fn list_items(
@@ -92,36 +272,38 @@ impl BackendApi for JellyfinClient {
         page_size: usize,
     ) -> Result<ItemPage, BackendError> {
         let start = parse_cursor(cursor);
-        let query = [
-            self.user(),
-            ("recursive", "true".to_string()),
-            ("includeItemTypes", "Movie,Episode".to_string()),
-            ("fields", LIST_FIELDS.to_string()),
+        let mut query = vec![self.user(), ("recursive", "true".to_string())];
+        query.extend(repeated("includeItemTypes", &LIST_TYPES));
+        query.extend(repeated("fields", &LIST_FIELDS));
+        query.extend(repeated("sortBy", &LIST_SORT));
+        query.extend([
+            ("sortOrder", "Ascending".to_string()),
             ("enableUserData", "true".to_string()),
             ("startIndex", start.to_string()),
             ("limit", page_size.to_string()),
-        ];
-        let req = self.http.request(Method::GET, "/Items", &query);
+        ]);
+        let req = self.http.request(Method::GET, &["Items"], &query)?;
         let page: ItemsResult = self.http.send_json(req, "list items").await?;
-        self.load_series(&page.items).await?;
+        // The cursor moves past every item of the page, read or skipped.
         let got = page.items.len();
-        let next = next_cursor(start, got, page_size, page.total_record_count);
-        let items = page
-            .items
+        let (items, skipped) = page.decode("list items");
+        self.load_series(&items).await?;
+        let next = next_cursor(start, got, page_size, page.total());
+        let items = items
             .into_iter()
             .filter_map(|i| to_remote(&self.series, i))
             .collect();
         Ok(ItemPage {
             items,
             next,
-            total: page.total_record_count,
+            total: page.total(),
+            skipped,
         })
     }
 
     async fn get_item(&self, item_id: &str) -> Result<Option<RemoteItem>, BackendError> {
-        let path = format!("/Items/{item_id}");
-        let req = self.http.request(Method::GET, &path, &[self.user()]);
-        let item: ItemDto = match self.http.send_json(req, &format!("item {item_id}")).await {
+        let id = plain_id(item_id)?;
+        let item = match self.with_routes(|r| self.fetch_item(r, id)).await {
             Ok(item) => item,
             Err(BackendError::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(e),
@@ -136,21 +318,8 @@ impl BackendApi for JellyfinClient {
         played: bool,
         at: Option<Millis>,
     ) -> Result<(), BackendError> {
-        let path = format!("/UserPlayedItems/{item_id}");
-        let req = if played {
-            let mut query = vec![self.user()];
-            if let Some(at) = at {
-                query.push(("datePlayed", format_rfc3339(at)));
-            }
-            self.http.request(Method::POST, &path, &query)
-        } else {
-            self.http.request(Method::DELETE, &path, &[self.user()])
-        };
-        let what = format!(
-            "mark {item_id} {}",
-            if played { "played" } else { "unplayed" }
-        );
-        self.http.send(req, &what).await.map(drop)
+        let id = plain_id(item_id)?;
+        self.with_routes(|r| self.mark(r, id, played, at)).await
     }
 
     async fn set_position(
@@ -159,19 +328,28 @@ impl BackendApi for JellyfinClient {
         position_ms: u64,
         _duration_ms: Option<u64>,
     ) -> Result<(), BackendError> {
-        let path = format!("/UserItems/{item_id}/UserData");
-        let body = UserDataUpdate {
-            playback_position_ticks: ms_to_ticks(position_ms),
-            played: false,
-            ..Default::default()
-        };
-        let req = self
-            .http
-            .request(Method::POST, &path, &[self.user()])
-            .json(&body);
-        self.http
-            .send(req, &format!("set position of {item_id}"))
+        let id = plain_id(item_id)?;
+        self.with_routes(|r| self.put_position(r, id, position_ms))
             .await
-            .map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_before_10_9_use_the_legacy_routes() {
+        for (version, routes) in [
+            (Some("10.8.13"), Routes::Legacy),
+            (Some("10.7.7"), Routes::Legacy),
+            (Some("10.9.0"), Routes::Current),
+            (Some("10.11.11"), Routes::Current),
+            (Some("12.0.0"), Routes::Current),
+            (Some("unstable"), Routes::Current),
+            (None, Routes::Current),
+        ] {
+            assert_eq!(Routes::of_version(version), routes, "{version:?}");
+        }
     }
 }

@@ -3,10 +3,12 @@
 //! ticks (100 ns). The two clients differ only in routes and auth.
 
 use super::http::parse_iso8601_ms;
+use super::lenient::{decode_each, opt_number, string_or_number};
 use super::provider_key;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use std::collections::HashMap;
-use watchstate_actors::backend::{RemoteItem, ServerIdentity};
+use watchstate_actors::backend::{BackendError, RemoteItem, ServerIdentity};
 use watchstate_actors::event::{ExternalIds, ItemType};
 
 /// Ticks per millisecond: .NET `TimeSpan` ticks are 100 ns.
@@ -24,36 +26,61 @@ pub fn ms_to_ticks(ms: u64) -> i64 {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct PublicSystemInfo {
-    /// The id webhooks carry as `ServerId` / `Server.Id`.
-    pub id: String,
+    /// The id webhooks carry as `ServerId` / `Server.Id`. Nullable in Jellyfin's spec, not
+    /// required in Emby's: its absence is an error of its own ([`Self::into_identity`]).
+    pub id: Option<String>,
     pub server_name: Option<String>,
     pub version: Option<String>,
 }
 
-impl From<PublicSystemInfo> for ServerIdentity {
-    fn from(info: PublicSystemInfo) -> Self {
-        ServerIdentity {
-            server_id: info.id,
-            name: info.server_name,
-            version: info.version,
+impl PublicSystemInfo {
+    /// The server's identity, or an error saying the id is missing (`product` names the
+    /// server the URL should point at).
+    pub fn into_identity(self, product: &str) -> Result<ServerIdentity, BackendError> {
+        match self.id.filter(|id| !id.trim().is_empty()) {
+            Some(server_id) => Ok(ServerIdentity {
+                server_id,
+                name: self.server_name,
+                version: self.version,
+            }),
+            None => Err(BackendError::BadResponse {
+                message: format!(
+                    "server identity: the server returned no Id in /System/Info/Public; is url the address of a {product} server?"
+                ),
+            }),
         }
     }
 }
 
 /// `QueryResult<BaseItemDto>`; `Items` is required so that a wrong-shaped answer is an error,
-/// not an empty library.
+/// not an empty library. The items stay raw until [`Self::decode`] reads them one by one.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ItemsResult {
-    pub items: Vec<ItemDto>,
+    pub items: Vec<Box<RawValue>>,
     /// Lets the listing stop without asking for an empty page.
-    pub total_record_count: Option<u64>,
+    #[serde(default, deserialize_with = "opt_number")]
+    pub total_record_count: Option<i64>,
 }
 
-/// The fields of `BaseItemDto` the sync reads.
+impl ItemsResult {
+    /// The items that decode, and how many did not (skipped and logged with their `Id`).
+    pub fn decode(&self, what: &str) -> (Vec<ItemDto>, u64) {
+        decode_each(&self.items, "Id", what)
+    }
+
+    /// `TotalRecordCount`, when the server gave a usable one.
+    pub fn total(&self) -> Option<u64> {
+        self.total_record_count.and_then(|n| u64::try_from(n).ok())
+    }
+}
+
+/// The fields of `BaseItemDto` the sync reads; numbers may arrive as numeric strings.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ItemDto {
+    /// Required: an item without id cannot be written back, so it does not decode.
+    #[serde(deserialize_with = "string_or_number")]
     pub id: String,
     /// `Movie`, `Episode`, `Series`, ...; anything but movies and episodes is skipped.
     #[serde(rename = "Type")]
@@ -61,44 +88,41 @@ pub struct ItemDto {
     pub name: Option<String>,
     /// Provider name → id; values can be null or empty on real servers.
     pub provider_ids: Option<HashMap<String, Option<String>>>,
+    #[serde(default, deserialize_with = "opt_number")]
     pub production_year: Option<i64>,
+    #[serde(default, deserialize_with = "opt_number")]
     pub run_time_ticks: Option<i64>,
     pub series_name: Option<String>,
     /// The show, whose provider ids are the episode's series ids.
     pub series_id: Option<String>,
+    #[serde(default, deserialize_with = "opt_number")]
     pub parent_index_number: Option<i64>,
+    #[serde(default, deserialize_with = "opt_number")]
     pub index_number: Option<i64>,
     pub user_data: Option<UserDataDto>,
 }
 
-/// `UserItemDataDto` as read (the write body is [`UserDataUpdate`]).
+/// `UserItemDataDto` as read (Jellyfin's write body is [`UserDataUpdate`]).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct UserDataDto {
     pub played: Option<bool>,
+    #[serde(default, deserialize_with = "opt_number")]
     pub playback_position_ticks: Option<i64>,
     pub last_played_date: Option<String>,
-    /// Carried through Emby's full-DTO update so that setting a position keeps it.
-    pub play_count: Option<i64>,
-    /// Carried through Emby's full-DTO update so that setting a position keeps it.
-    pub is_favorite: Option<bool>,
 }
 
-/// The body of a user-data update: only the fields we mean to set are serialised (Jellyfin's
-/// `UpdateUserItemDataDto` leaves absent fields alone).
+/// The body of a Jellyfin user-data update: only the fields we mean to set are serialised
+/// (`UpdateUserItemDataDto`: every field nullable, absent ones left alone). Emby's update
+/// replaces the whole `UserData` instead: its client sends back what it read.
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct UserDataUpdate {
     pub playback_position_ticks: i64,
-    /// Always sent: Emby resets an absent `Played` to false, and a position is only for
-    /// unplayed items anyway.
-    pub played: bool,
+    /// `None` for a position push: the item may have been marked played meanwhile, and an
+    /// explicit `false` would unmark it.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub play_count: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub is_favorite: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_played_date: Option<String>,
+    pub played: Option<bool>,
 }
 
 /// `ProviderIds` → the system's lower-case keys; unknown providers and empty values dropped.
@@ -210,11 +234,11 @@ pub(crate) fn uncached_shows<'a>(
     missing
 }
 
-/// Cache the provider ids of every show in `asked`; a show the server did not return is cached
-/// with no ids, so it is not asked for again.
+/// Cache the provider ids of every show in `asked`; a show the server did not return (or in a
+/// shape that does not decode) is cached with no ids, so it is not asked for again.
 pub(crate) fn cache_shows(cache: &super::SeriesIdCache, asked: &[&str], shows: ItemsResult) {
+    let (shows, _) = shows.decode("list shows");
     let mut found: HashMap<String, ExternalIds> = shows
-        .items
         .into_iter()
         .map(|s| {
             let ids = provider_ids(s.provider_ids.as_ref());
@@ -289,6 +313,24 @@ mod tests {
     }
 
     #[test]
+    fn numbers_may_be_strings_and_a_page_skips_what_does_not_decode() {
+        let dto = item(serde_json::json!({
+            "Id": 5, "Type": "Movie", "ProductionYear": "2017", "RunTimeTicks": "36000000000",
+            "UserData": {"PlaybackPositionTicks": "600000000", "PlayCount": "2", "Played": false}
+        }));
+        let r = dto.into_remote(ExternalIds::new()).unwrap();
+        assert_eq!((r.item_id.as_str(), r.year), ("5", Some(2017)));
+        assert_eq!((r.position_ms, r.duration_ms), (60_000, Some(3_600_000)));
+        let page: ItemsResult = serde_json::from_str(
+            r#"{"Items": [{"Id": "a", "Type": "Movie"}, {"Id": null}, {"Id": "c", "IndexNumber": []}],
+                "TotalRecordCount": "3"}"#,
+        )
+        .unwrap();
+        let (items, skipped) = page.decode("test");
+        assert_eq!((items.len(), skipped, page.total()), (1, 2, Some(3)));
+    }
+
+    #[test]
     fn cursors_follow_the_total() {
         assert_eq!(parse_cursor(None), 0);
         assert_eq!(parse_cursor(Some("40")), 40);
@@ -304,8 +346,13 @@ mod tests {
     fn the_update_body_has_pascal_case_and_skips_unset_fields() {
         let body = serde_json::to_value(UserDataUpdate {
             playback_position_ticks: 10,
-            played: false,
             ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(body, serde_json::json!({"PlaybackPositionTicks": 10}));
+        let body = serde_json::to_value(UserDataUpdate {
+            playback_position_ticks: 10,
+            played: Some(false),
         })
         .unwrap();
         assert_eq!(

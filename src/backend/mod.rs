@@ -3,15 +3,18 @@
 //!
 //! - [`plex`]: Plex Media Server (`X-Plex-Token`), positions in ms, dates in unix seconds.
 //! - [`jellyfin`]: Jellyfin 10.9+ routes (`Authorization: MediaBrowser Token="…"`), ticks.
-//! - [`emby`]: Emby 4.8 (`X-Emby-Token`), ticks.
+//! - [`emby`]: Emby 4.8 (`api_key` in the query and `X-Emby-Token`), ticks.
 //! - [`mediabrowser`]: the item shape Jellyfin and Emby share (`BaseItemDto`, `UserData`).
 //! - [`http`]: the one place that sends a request and turns failures into [`BackendError`].
+//! - [`lenient`]: reading their JSON item by item and numbers leniently, so that one odd item
+//!   is skipped rather than failing a page.
 //!
 //! Build a client with [`build_client`]; every call is made for [`ClientConfig::user_id`].
 
 pub mod emby;
 pub mod http;
 pub mod jellyfin;
+pub mod lenient;
 pub mod mediabrowser;
 pub mod plex;
 
@@ -31,7 +34,8 @@ pub struct ClientConfig {
     pub kind: BackendKind,
     /// Where the server answers, possibly with a path prefix (`http://host/emby`).
     pub base_url: url::Url,
-    /// The API key or user token; sent only in a header, never logged.
+    /// The API key or user token; sent in a header (Emby: also as the `api_key` query
+    /// parameter its spec names), never logged, cut out of error texts.
     pub token: String,
     /// The server's id of the user whose state is read and written (Jellyfin/Emby user id;
     /// for Plex the token already names the account, the id is only used in logs).
@@ -63,6 +67,11 @@ pub fn build_client(cfg: ClientConfig) -> Result<Arc<dyn BackendApi>, BackendErr
         BackendKind::Emby => Arc::new(EmbyClient::new(cfg)?),
     })
 }
+
+/// Shows asked for in one lookup request. 100 ids (Jellyfin's are 32 hex digits, sent as
+/// repeated `ids=`) keep the URL under 4 KB, well below the 8 KB many servers and proxies
+/// accept, whatever the page size.
+pub(crate) const SHOW_LOOKUP_BATCH: usize = 100;
 
 /// Show ids looked up once per show and kept for later pages and later listings, so that a
 /// listing of N episodes costs one extra request per page (Jellyfin/Emby) or per show (Plex),

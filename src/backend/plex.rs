@@ -5,21 +5,25 @@
 //! `lastViewedAt` is unix seconds.
 //!
 //! Listing walks the movie and show sections of `/library/sections/all` in order: `type=1`
-//! (movies) in movie sections, `type=4` (episodes) in show sections, with `includeGuids=1` and
-//! `X-Plex-Container-Start`/`-Size`. The cursor is `<section key>:<offset>`.
+//! (movies) in movie sections, `type=4` (episodes) in show sections, with `includeGuids=1`,
+//! `sort=addedAt` (the spec's `mediaQuery` sort: a fixed order, so that pages neither overlap
+//! nor miss items) and `X-Plex-Container-Start`/`-Size`. The cursor is
+//! `<section key>:<offset>`.
 //!
 //! Ids: `Guid[]` (`imdb://…`, `tmdb://…`, `tvdb://…`) and the item's `guid` when it is a legacy
 //! agent guid (`com.plexapp.agents.imdb://tt…?lang=en`). An episode's legacy guid
 //! (`com.plexapp.agents.thetvdb://<show>/<season>/<episode>`) names the show: it gives series
 //! ids. Otherwise series ids come from the show (`grandparentRatingKey`): the page's uncached
-//! shows are fetched in one `GET /library/metadata/{k1,k2,…}` and cached.
+//! shows are fetched with `GET /library/metadata/{k1,k2,…}` (100 per request) and cached.
 
-use super::http::HttpCore;
-use super::{provider_key, ClientConfig, SeriesIdCache};
+use super::http::{item_id as plain_id, HttpCore};
+use super::lenient::{decode_each, opt_number, opt_string_or_number, string_or_number};
+use super::{provider_key, ClientConfig, SeriesIdCache, SHOW_LOOKUP_BATCH};
 use async_trait::async_trait;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT};
 use reqwest::Method;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use std::sync::Mutex;
 use watchstate_actors::backend::{BackendApi, BackendError, ItemPage, RemoteItem, ServerIdentity};
 use watchstate_actors::event::{ExternalIds, ItemType, Millis};
@@ -50,32 +54,44 @@ struct Container<T> {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct IdentityContainer {
-    machine_identifier: String,
+    /// Not required by the spec: its absence is an error of its own.
+    machine_identifier: Option<String>,
     version: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
 struct SectionsContainer {
+    /// Raw: each section is read on its own, so that one odd section does not hide the rest.
     #[serde(rename = "Directory", default)]
-    directory: Vec<Section>,
+    directory: Vec<Box<RawValue>>,
 }
 
-/// A library section of `/library/sections/all`.
-#[derive(Debug, Clone, Deserialize)]
+/// A `LibrarySection` of `/library/sections/all` as served.
+#[derive(Debug, Deserialize)]
+struct SectionEntry {
+    /// Not required by the spec; a section without it cannot be addressed.
+    #[serde(default, deserialize_with = "opt_string_or_number")]
+    key: Option<String>,
+    #[serde(rename = "type")]
+    kind: String,
+    title: Option<String>,
+}
+
+/// A movie or show section the listing walks.
+#[derive(Debug, Clone)]
 struct Section {
     /// The section id used in paths and cursors.
-    #[serde(deserialize_with = "string_or_number")]
     key: String,
-    /// `movie`, `show`, `artist`, `photo`; only the first two are listed.
-    #[serde(rename = "type")]
+    /// `movie` or `show`.
     kind: String,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct MetadataContainer {
+    /// Raw: read item by item by [`decode_metadata`].
     #[serde(rename = "Metadata", default)]
-    metadata: Vec<PlexItem>,
+    metadata: Vec<Box<RawValue>>,
     /// Items in the whole section: tells when the section is exhausted.
     #[serde(default, deserialize_with = "opt_number")]
     total_size: Option<i64>,
@@ -92,8 +108,12 @@ struct MetadataContainer {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct PlexItem {
-    #[serde(deserialize_with = "string_or_number")]
-    rating_key: String,
+    /// Not required by the spec's `Metadata`: when absent it is read from `key`
+    /// ([`decode_metadata`] drops items that have neither).
+    #[serde(default, deserialize_with = "opt_string_or_number")]
+    rating_key: Option<String>,
+    /// `/library/metadata/{ratingKey}` (required by the spec).
+    key: Option<String>,
     #[serde(rename = "type")]
     kind: Option<String>,
     title: Option<String>,
@@ -129,7 +149,36 @@ struct PlexItem {
 
 #[derive(Debug, Deserialize)]
 struct GuidTag {
+    #[serde(deserialize_with = "string_or_number")]
     id: String,
+}
+
+/// The items of a `MediaContainer` that decode and have a ratingKey (their own, or the one in
+/// `key`), and how many did not (skipped and logged).
+fn decode_metadata(c: &MetadataContainer, what: &str) -> (Vec<PlexItem>, u64) {
+    let (decoded, mut skipped) = decode_each::<PlexItem>(&c.metadata, "ratingKey", what);
+    let mut items = Vec::with_capacity(decoded.len());
+    for mut item in decoded {
+        if item.rating_key.as_deref().is_none_or(str::is_empty) {
+            item.rating_key = item
+                .key
+                .as_deref()
+                .and_then(|k| k.strip_prefix("/library/metadata/"))
+                .and_then(|rest| rest.split('/').next())
+                .filter(|rk| !rk.is_empty())
+                .map(str::to_string);
+        }
+        if item.rating_key.is_some() {
+            items.push(item);
+        } else {
+            skipped += 1;
+            tracing::warn!(
+                title = item.title.as_deref().unwrap_or("unknown"),
+                "{what}: skipped an item with neither ratingKey nor a /library/metadata/ key"
+            );
+        }
+    }
+    (items, skipped)
 }
 
 /// What one guid string says: the item's own id, or (legacy episode guids) the show's.
@@ -250,6 +299,11 @@ impl PlexItem {
             .filter(|k| !k.is_empty())
     }
 
+    /// The ratingKey ([`decode_metadata`] keeps only items that have one).
+    fn rating_key(&self) -> &str {
+        self.rating_key.as_deref().unwrap_or_default()
+    }
+
     fn into_remote(
         self,
         show_ids: Option<ExternalIds>,
@@ -264,7 +318,7 @@ impl PlexItem {
         let number = |n: Option<i64>| n.and_then(|n| u32::try_from(n).ok());
         let positive = |n: Option<i64>| n.filter(|n| *n > 0).map(|n| n as u64);
         Some(RemoteItem {
-            item_id: self.rating_key,
+            item_id: self.rating_key.unwrap_or_default(),
             item_type,
             title: self.title,
             series_title: if episode {
@@ -322,7 +376,7 @@ impl PlexClient {
             HeaderValue::from_static("application/json"),
         );
         Ok(PlexClient {
-            http: HttpCore::new(cfg.base_url, cfg.timeout, headers)?,
+            http: HttpCore::new(cfg.base_url, cfg.timeout, headers, &cfg.token)?,
             sections: Mutex::new(None),
             series: SeriesIdCache::default(),
         })
@@ -335,14 +389,26 @@ impl PlexClient {
                 return Ok(s);
             }
         }
-        let req = self.http.request(Method::GET, "/library/sections/all", &[]);
+        let req = self
+            .http
+            .request(Method::GET, &["library", "sections", "all"], &[])?;
         let all: Container<SectionsContainer> =
             self.http.send_json(req, "library sections").await?;
-        let sections: Vec<Section> = all
-            .media_container
-            .directory
+        let (entries, _) =
+            decode_each::<SectionEntry>(&all.media_container.directory, "key", "library sections");
+        let sections: Vec<Section> = entries
             .into_iter()
             .filter(|s| s.kind == "movie" || s.kind == "show")
+            .filter_map(|s| match s.key.filter(|k| !k.is_empty()) {
+                Some(key) => Some(Section { key, kind: s.kind }),
+                None => {
+                    tracing::warn!(
+                        section = s.title.as_deref().unwrap_or("unknown"),
+                        "a Plex library section has no key: it cannot be listed and is skipped"
+                    );
+                    None
+                }
+            })
             .collect();
         *self.lock_sections() = Some(sections.clone());
         Ok(sections)
@@ -355,13 +421,13 @@ impl PlexClient {
         let mut total = 0u64;
         for section in sections {
             let kind = if section.kind == "movie" { "1" } else { "4" };
-            let path = format!("/library/sections/{}/all", section.key);
+            let route = ["library", "sections", &section.key, "all"];
             let query = [
                 ("type", kind.to_string()),
                 ("X-Plex-Container-Start", "0".to_string()),
                 ("X-Plex-Container-Size", "0".to_string()),
             ];
-            let req = self.http.request(Method::GET, &path, &query);
+            let req = self.http.request(Method::GET, &route, &query)?;
             let what = format!("size of section {}", section.key);
             let c: Container<MetadataContainer> = self.http.send_json(req, &what).await?;
             match c.media_container.total_size {
@@ -377,14 +443,16 @@ impl PlexClient {
     }
 
     async fn metadata(&self, keys: &str, what: &str) -> Result<MetadataContainer, BackendError> {
-        let path = format!("/library/metadata/{keys}");
         let query = [("includeGuids", "1".to_string())];
-        let req = self.http.request(Method::GET, &path, &query);
+        let req = self
+            .http
+            .request(Method::GET, &["library", "metadata", keys], &query)?;
         let c: Container<MetadataContainer> = self.http.send_json(req, what).await?;
         Ok(c.media_container)
     }
 
-    /// Fetches (in one request) and caches the ids of the shows these episodes need.
+    /// Fetches and caches the ids of the shows these episodes need (one request per
+    /// [`SHOW_LOOKUP_BATCH`] shows).
     async fn load_shows(&self, items: &[PlexItem]) -> Result<(), BackendError> {
         let mut missing: Vec<&str> = items
             .iter()
@@ -393,17 +461,22 @@ impl PlexClient {
             .collect();
         missing.sort_unstable();
         missing.dedup();
-        if missing.is_empty() {
-            return Ok(());
+        for batch in missing.chunks(SHOW_LOOKUP_BATCH) {
+            self.load_show_batch(batch).await?;
         }
+        Ok(())
+    }
+
+    /// Fetches (in one request) and caches the ids of these shows.
+    async fn load_show_batch(&self, missing: &[&str]) -> Result<(), BackendError> {
         let shows = match self.metadata(&missing.join(","), "shows").await {
-            Ok(c) => c.metadata,
+            Ok(c) => decode_metadata(&c, "shows").0,
             // One of several shows gone, or a server that reads one id per path: ask singly.
             Err(BackendError::NotFound { .. }) if missing.len() > 1 => {
                 let mut shows = Vec::new();
-                for key in &missing {
+                for key in missing {
                     match self.metadata(key, "show").await {
-                        Ok(c) => shows.extend(c.metadata),
+                        Ok(c) => shows.extend(decode_metadata(&c, "show").0),
                         Err(BackendError::NotFound { .. }) => {}
                         Err(e) => return Err(e),
                     }
@@ -416,13 +489,10 @@ impl PlexClient {
         };
         let mut found: std::collections::HashMap<String, ExternalIds> = shows
             .into_iter()
-            .map(|s| {
-                let ids = s.ids().0;
-                (s.rating_key, ids)
-            })
+            .map(|s| (s.rating_key().to_string(), s.ids().0))
             .collect();
         for key in missing {
-            let ids = found.remove(key).unwrap_or_default();
+            let ids = found.remove(*key).unwrap_or_default();
             self.series.insert(key.to_string(), ids);
         }
         Ok(())
@@ -435,12 +505,12 @@ impl PlexClient {
 
     async fn write(
         &self,
-        path: &str,
+        route: &[&str],
         method: Method,
         query: &[(&str, String)],
         what: &str,
     ) -> Result<(), BackendError> {
-        let req = self.http.request(method, path, query);
+        let req = self.http.request(method, route, query)?;
         self.http.send(req, what).await.map(drop)
     }
 }
@@ -448,12 +518,18 @@ impl PlexClient {
 #[async_trait]
 impl BackendApi for PlexClient {
     async fn identity(&self) -> Result<ServerIdentity, BackendError> {
-        let req = self.http.request(Method::GET, "/identity", &[]);
+        let req = self.http.request(Method::GET, &["identity"], &[])?;
         let c: Container<IdentityContainer> = self.http.send_json(req, "server identity").await?;
+        let c = c.media_container;
+        let Some(server_id) = c.machine_identifier.filter(|id| !id.trim().is_empty()) else {
+            return Err(BackendError::BadResponse {
+                message: "server identity: the server returned no machineIdentifier in /identity; is url the address of a Plex Media Server?".into(),
+            });
+        };
         Ok(ServerIdentity {
-            server_id: c.media_container.machine_identifier,
+            server_id,
             name: None,
-            version: c.media_container.version,
+            version: c.version,
         })
     }
 
@@ -483,22 +559,26 @@ impl BackendApi for PlexClient {
                 items: Vec::new(),
                 next: None,
                 total: Some(0),
+                skipped: 0,
             });
         };
         let kind = if section.kind == "movie" { "1" } else { "4" };
-        let path = format!("/library/sections/{}/all", section.key);
+        let route = ["library", "sections", &section.key, "all"];
         let query = [
             ("type", kind.to_string()),
             ("includeGuids", "1".to_string()),
+            ("sort", "addedAt".to_string()),
             ("X-Plex-Container-Start", offset.to_string()),
             ("X-Plex-Container-Size", page_size.to_string()),
         ];
-        let req = self.http.request(Method::GET, &path, &query);
+        let req = self.http.request(Method::GET, &route, &query)?;
         let what = format!("section {}", section.key);
         let page: Container<MetadataContainer> = self.http.send_json(req, &what).await?;
         let page = page.media_container;
-        self.load_shows(&page.metadata).await?;
+        // The offset moves past every item of the page, read or skipped.
         let got = page.metadata.len() as u64;
+        let (metadata, skipped) = decode_metadata(&page, &what);
+        self.load_shows(&metadata).await?;
         let section_done = match page.total_size {
             Some(total) => got == 0 || offset + got >= total.max(0) as u64,
             None => got < page_size as u64,
@@ -521,24 +601,29 @@ impl BackendApi for PlexClient {
                 .map(|t| t + first.max(0) as u64),
             _ => None,
         };
-        let items = page
-            .metadata
+        let items = metadata
             .into_iter()
             .filter_map(|i| self.convert(i, Some(&library)))
             .collect();
-        Ok(ItemPage { items, next, total })
+        Ok(ItemPage {
+            items,
+            next,
+            total,
+            skipped,
+        })
     }
 
     async fn get_item(&self, item_id: &str) -> Result<Option<RemoteItem>, BackendError> {
+        let item_id = plain_id(item_id)?;
         let c = match self.metadata(item_id, &format!("item {item_id}")).await {
             Ok(c) => c,
             Err(BackendError::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(e),
         };
-        let library = c.library_section_id;
-        let Some(item) = c.metadata.into_iter().next() else {
+        let Some(item) = decode_metadata(&c, "item").0.into_iter().next() else {
             return Ok(None);
         };
+        let library = c.library_section_id;
         self.load_shows(std::slice::from_ref(&item)).await?;
         Ok(self.convert(item, library.as_deref()))
     }
@@ -550,11 +635,8 @@ impl BackendApi for PlexClient {
         _at: Option<Millis>,
     ) -> Result<(), BackendError> {
         // Plex takes no date: the scrobble is stamped with the server's clock.
-        let path = if played {
-            "/:/scrobble"
-        } else {
-            "/:/unscrobble"
-        };
+        let item_id = plain_id(item_id)?;
+        let action = if played { "scrobble" } else { "unscrobble" };
         let query = [
             ("identifier", LIBRARY_IDENTIFIER.to_string()),
             ("key", item_id.to_string()),
@@ -563,7 +645,7 @@ impl BackendApi for PlexClient {
             "mark {item_id} {}",
             if played { "played" } else { "unplayed" }
         );
-        self.write(path, Method::PUT, &query, &what).await
+        self.write(&[":", action], Method::PUT, &query, &what).await
     }
 
     async fn set_position(
@@ -572,6 +654,7 @@ impl BackendApi for PlexClient {
         position_ms: u64,
         duration_ms: Option<u64>,
     ) -> Result<(), BackendError> {
+        let item_id = plain_id(item_id)?;
         let duration = match duration_ms {
             Some(d) => Some(d),
             None => match self.get_item(item_id).await? {
@@ -593,54 +676,12 @@ impl BackendApi for PlexClient {
             query.push(("duration", d.to_string()));
         }
         self.write(
-            "/:/timeline",
+            &[":", "timeline"],
             Method::POST,
             &query,
             &format!("set position of {item_id}"),
         )
         .await
-    }
-}
-
-/// Plex writes ids as strings in JSON but some versions and proxies send numbers.
-fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    match serde_json::Value::deserialize(d)? {
-        serde_json::Value::String(s) => Ok(s),
-        serde_json::Value::Number(n) => Ok(n.to_string()),
-        other => Err(serde::de::Error::custom(format!(
-            "expected a string or a number, got {other}"
-        ))),
-    }
-}
-
-fn opt_string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    match Option::<serde_json::Value>::deserialize(d)? {
-        None | Some(serde_json::Value::Null) => Ok(None),
-        Some(serde_json::Value::String(s)) => Ok(Some(s)),
-        Some(serde_json::Value::Number(n)) => Ok(Some(n.to_string())),
-        Some(other) => Err(serde::de::Error::custom(format!(
-            "expected a string or a number, got {other}"
-        ))),
-    }
-}
-
-/// A number that may arrive as a JSON number or a numeric string.
-fn opt_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
-    match Option::<serde_json::Value>::deserialize(d)? {
-        None | Some(serde_json::Value::Null) => Ok(None),
-        Some(serde_json::Value::Number(n)) => {
-            Ok(n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)))
-        }
-        Some(serde_json::Value::String(s)) if s.trim().is_empty() => Ok(None),
-        Some(serde_json::Value::String(s)) => s
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|_| serde::de::Error::custom(format!("expected a number, got {s:?}"))),
-        Some(serde_json::Value::Bool(b)) => Ok(Some(b as i64)),
-        Some(other) => Err(serde::de::Error::custom(format!(
-            "expected a number, got {other}"
-        ))),
     }
 }
 
@@ -744,6 +785,25 @@ mod tests {
         let r = it.into_remote(Some(show.clone()), None).unwrap();
         assert_eq!(r.series_external_ids, show);
         assert_eq!(r.external_ids["tvdb"], "6252618");
+    }
+
+    #[test]
+    fn an_item_without_rating_key_takes_it_from_key() {
+        let c: MetadataContainer = serde_json::from_value(serde_json::json!({
+            "Metadata": [
+                {"key": "/library/metadata/77", "type": "movie", "title": "A"},
+                {"key": "/library/metadata/78/children", "type": "show", "title": "B"},
+                {"key": "/elsewhere/79", "type": "movie", "title": "C"},
+                {"ratingKey": "80", "type": "movie", "year": "nineteen"},
+                {"ratingKey": 81, "type": "movie", "year": "1999"}
+            ]
+        }))
+        .unwrap();
+        let (items, skipped) = decode_metadata(&c, "test");
+        let keys: Vec<&str> = items.iter().map(PlexItem::rating_key).collect();
+        assert_eq!(keys, ["77", "78", "81"]);
+        assert_eq!(skipped, 2);
+        assert_eq!(items[2].year, Some(1999));
     }
 
     #[test]

@@ -12,7 +12,11 @@ from pathlib import Path
 METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
 
 SOURCES = {
-    "jellyfin": ["jellyfin-openapi-stable.json", "jellyfin-openapi-10.11.11.json"],
+    "jellyfin": [
+        "jellyfin-openapi-stable.json",
+        "jellyfin-openapi-10.11.11.json",
+        "jellyfin-openapi-10.8.13.json",
+    ],
     "emby": ["emby-openapi-v3-4.8.11.0.json"],
     "plex": ["plex-pms-openapi-lukehagar-1.1.1.json"],
 }

@@ -196,7 +196,7 @@ async fn paging_requests_use_the_servers_parameters(kind: FakeKind) {
             let r = &lists[0];
             assert_eq!(r.param("userId"), Some(fake.user_id()));
             assert_eq!(r.param("recursive"), Some("true"));
-            assert_eq!(r.params("includeItemTypes"), ["Movie,Episode"]);
+            assert_eq!(r.params("includeItemTypes"), ["Movie", "Episode"]);
             assert_eq!(r.params("fields"), ["ProviderIds"]);
         }
         FakeKind::Emby => {
@@ -302,7 +302,7 @@ async fn writes_change_the_server_in_its_units(kind: FakeKind) {
             assert_eq!(r.method, "POST");
             let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
             assert_eq!(body["PlaybackPositionTicks"], 1_234_560_000i64);
-            assert_eq!(body["Played"], false);
+            assert_eq!(body.get("Played"), None, "absent: left as it is");
         }
         FakeKind::Emby => {
             let uid = fake.user_id();
@@ -472,27 +472,6 @@ async fn plex_fetches_each_show_once_per_listing() {
 }
 
 #[tokio::test]
-async fn emby_position_keeps_the_rest_of_the_user_data() {
-    let fake = FakeServer::start(FakeKind::Emby, library()).await;
-    let client = fake.client();
-    client
-        .set_played("104", true, Some(1_710_000_000_000))
-        .await
-        .unwrap();
-    client.set_played("104", false, None).await.unwrap();
-    fake.set_played_directly("105", false);
-    client.set_position("201", 5_000, None).await.unwrap();
-    // 201 was played; Emby replaces the whole user data, the client sent the current
-    // PlayCount and LastPlayedDate back with Played=false and the position.
-    let s = fake.item_state("201");
-    assert_eq!(s.position_ms, 5_000);
-    assert!(!s.played);
-    assert_eq!(s.play_count, 1);
-    assert_eq!(s.last_played_at, Some(PILOT_PLAYED_AT));
-    fake.assert_contract();
-}
-
-#[tokio::test]
 async fn a_large_library_lists_completely() {
     let lib = FakeLibrary::generated(20_000);
     assert_eq!(lib.items.len(), 20_000);
@@ -620,3 +599,567 @@ async fn the_first_page_announces_the_total_of_the_whole_listing() {
         fake.assert_contract();
     }
 }
+
+/// Ids a webhook could carry that would move the request to another route if pasted into a
+/// path: dot segments (plain and percent-encoded), separators, a query, a fragment.
+fn hostile_ids(fake: &FakeServer) -> Vec<String> {
+    let mut ids: Vec<String> = [
+        "../../../Items/101",
+        "../sections/1/all",
+        "%2e%2e/%2e%2e/%2e%2e/Items/101",
+        "..",
+        ".",
+        "101/..",
+        "101?x=1",
+        "101#x",
+        "",
+    ]
+    .into_iter()
+    .map(str::to_string)
+    .collect();
+    ids.push(format!("../../{}/Items/101", fake.user_id()));
+    ids
+}
+
+async fn a_hostile_item_id_never_reaches_another_route(kind: FakeKind) {
+    let fake = FakeServer::start(kind, library()).await;
+    let client = fake.client();
+    for id in hostile_ids(&fake) {
+        let got = client.get_item(&id).await;
+        assert!(!matches!(got, Ok(Some(_))), "{kind:?} {id:?}: {got:?}");
+        for result in [
+            client.set_played(&id, true, None).await,
+            client.set_played(&id, false, None).await,
+            client.set_position(&id, 60_000, Some(120_000)).await,
+        ] {
+            let err = result.expect_err(&id);
+            assert!(!err.is_retryable(), "{kind:?} {id:?}: {err:?}");
+        }
+    }
+    assert!(fake.writes().is_empty(), "{:?}", fake.writes());
+    assert!(fake.item_state("101").played, "another item changed");
+    let answered: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.status < 300)
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert!(answered.is_empty(), "{kind:?} reached: {answered:?}");
+    fake.assert_contract();
+}
+
+per_kind!(a_hostile_item_id_never_reaches_another_route);
+
+async fn a_redirect_is_reported_not_followed(kind: FakeKind) {
+    let fake = FakeServer::start(kind, library()).await;
+    let client = fake.client();
+    let moved = format!("{}moved", fake.url());
+    fake.inject(Fault::redirect(301, &moved));
+    let err = client.set_played("103", true, None).await.unwrap_err();
+    assert!(
+        matches!(err, BackendError::Client { status: 301, .. }),
+        "{err:?}"
+    );
+    assert!(!err.is_retryable());
+    let text = err.to_string();
+    assert!(text.contains(&format!("{moved}/")), "{text}");
+    assert!(text.contains("set url to"), "{text}");
+    assert!(!text.contains(fake.token()), "token leaked: {text}");
+    // Not followed: one request, nothing written, no GET sent to the new address.
+    assert_eq!(fake.requests().len(), 1, "{:?}", fake.requests());
+    assert!(!fake.item_state("103").played);
+
+    fake.inject(Fault::redirect(302, &moved));
+    let err = client.get_item("101").await.unwrap_err();
+    assert!(
+        matches!(err, BackendError::Client { status: 302, .. }),
+        "{err:?}"
+    );
+    assert_eq!(fake.requests().len(), 2);
+}
+
+per_kind!(a_redirect_is_reported_not_followed);
+
+#[tokio::test]
+async fn emby_sends_its_token_as_api_key_and_as_header() {
+    let fake = FakeServer::start(FakeKind::Emby, library()).await;
+    let client = fake.client();
+    client.identity().await.unwrap();
+    list_all(client.as_ref(), 4).await;
+    client.get_item("101").await.unwrap().expect("item 101");
+    client.set_played("103", true, None).await.unwrap();
+    client.set_played("103", false, None).await.unwrap();
+    client.set_position("102", 5_000, None).await.unwrap();
+    let requests = fake.requests();
+    assert!(requests.len() >= 8, "{requests:?}");
+    for r in &requests {
+        let line = format!("{} {}", r.method, r.path);
+        assert_eq!(r.params("api_key"), [fake.token()], "{line}");
+        let header = r.headers.get("x-emby-token").map(|v| v.to_str().unwrap());
+        assert_eq!(header, Some(fake.token()), "{line}");
+    }
+    fake.assert_contract();
+}
+
+#[tokio::test]
+async fn the_fake_emby_takes_the_token_in_the_query_or_a_header() {
+    let fake = FakeServer::start(FakeKind::Emby, library()).await;
+    let url = fake
+        .url()
+        .join(&format!("Users/{}/Items?Ids=101", fake.user_id()))
+        .unwrap();
+    let http = reqwest::Client::new();
+    let by_query = http
+        .get(format!("{url}&api_key={}", fake.token()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_query.status(), 200);
+    let by_header = http
+        .get(url.clone())
+        .header("X-Emby-Token", fake.token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_header.status(), 200);
+    let neither = http.get(url).send().await.unwrap();
+    assert_eq!(neither.status(), 401);
+}
+
+/// Every failure of an Emby request, whose URL carries the token: the error text never does.
+#[tokio::test]
+async fn emby_errors_never_show_the_token() {
+    let fake = FakeServer::start(FakeKind::Emby, library()).await;
+    let client = fake.client();
+    let token = fake.token().to_string();
+    let mut texts = Vec::new();
+    // Error pages that repeat the request line, query included.
+    for status in [400, 404, 500, 503] {
+        fake.inject(Fault::echo_request(status));
+        let err = client.set_played("103", true, None).await.unwrap_err();
+        texts.push(format!("{err} / {err:?}"));
+    }
+    fake.inject(Fault::echo_request(200));
+    let err = client.list_items(None, 5).await.unwrap_err();
+    assert!(matches!(err, BackendError::BadResponse { .. }), "{err:?}");
+    texts.push(format!("{err} / {err:?}"));
+    fake.inject(Fault::redirect(307, "https://emby.example.com:8920/emby"));
+    let err = client.set_position("102", 5_000, Some(10_000)).await;
+    texts.push(format!("{err:?}"));
+    let slow = build_client(config(&fake, &token, Duration::from_millis(100))).unwrap();
+    fake.inject(Fault::delay(Duration::from_secs(2)));
+    texts.push(format!("{:?}", slow.get_item("101").await));
+    fake.shutdown().await;
+    let err = client.set_played("103", true, None).await.unwrap_err();
+    assert!(matches!(err, BackendError::Network { .. }), "{err:?}");
+    texts.push(format!("{err} / {err:?}"));
+    // The echoed pages did reach the client: the check below is not vacuous.
+    assert!(texts[0].contains("Error processing"), "{}", texts[0]);
+    for text in &texts {
+        assert!(!text.contains(&token), "token leaked: {text}");
+    }
+}
+
+async fn an_identity_without_an_id_says_so(kind: FakeKind) {
+    let fake = FakeServer::start(kind, library()).await;
+    let client = fake.client();
+    let body = match kind {
+        FakeKind::Plex => r#"{"MediaContainer":{"size":0,"claimed":true,"version":"1.41.3"}}"#,
+        FakeKind::Jellyfin => r#"{"ServerName":"den","Version":"10.11.11","Id":null}"#,
+        FakeKind::Emby => r#"{"ServerName":"den","Version":"4.8.11.0"}"#,
+    };
+    fake.inject(Fault::body(200, "application/json", body));
+    let err = client.identity().await.unwrap_err();
+    assert!(matches!(err, BackendError::BadResponse { .. }), "{err:?}");
+    assert!(err.to_string().contains("returned no"), "{err}");
+    assert!(!err.is_retryable());
+}
+
+async fn an_answer_that_is_not_json_is_shown(kind: FakeKind) {
+    let fake = FakeServer::start(kind, library()).await;
+    let client = fake.client();
+    fake.inject(Fault::body(
+        200,
+        "text/xml",
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<MediaContainer size=\"0\"/>",
+    ));
+    let err = client.identity().await.unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, BackendError::BadResponse { .. }), "{err:?}");
+    assert!(text.contains("text/xml"), "{text}");
+    assert!(text.contains("<?xml version"), "{text}");
+    // A login page in front of the server: type and start shown, control characters not.
+    let page = format!(
+        "<!DOCTYPE html>\r\n<html><head><title>Sign in</title></head>\u{7}{}</html>",
+        "x".repeat(5000)
+    );
+    fake.inject(Fault::body(200, "text/html; charset=utf-8", &page));
+    let err = client.list_items(None, 5).await.unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("text/html"), "{text}");
+    assert!(text.contains("<!DOCTYPE html>"), "{text}");
+    assert!(text.contains("Sign in"), "{text}");
+    assert!(!text.contains('\r') && !text.contains('\u{7}'), "{text:?}");
+    assert!(text.len() < 600, "{} bytes: {text}", text.len());
+}
+
+per_kind!(
+    an_identity_without_an_id_says_so,
+    an_answer_that_is_not_json_is_shown
+);
+
+/// `library()` plus three items as real servers sometimes send them: a year as text, a
+/// wrong-typed duration, and (Jellyfin/Emby) a null id or (Plex) no `ratingKey`.
+fn library_with_odd_items(kind: FakeKind) -> FakeLibrary {
+    let (year, duration) = match kind {
+        FakeKind::Plex => ("year", "duration"),
+        _ => ("ProductionYear", "RunTimeTicks"),
+    };
+    let no_id = FakeItem::movie("110", "No id").ext("imdb", "tt0000110");
+    let no_id = match kind {
+        FakeKind::Plex => no_id.omit("ratingKey"),
+        _ => no_id.render("Id", serde_json::Value::Null),
+    };
+    library()
+        .with(
+            FakeItem::movie("108", "Year as text")
+                .ext("imdb", "tt0000108")
+                .render(year, serde_json::json!("2017")),
+        )
+        .with(
+            FakeItem::movie("109", "Broken")
+                .ext("imdb", "tt0000109")
+                .render(duration, serde_json::json!({"not": "a number"})),
+        )
+        .with(no_id)
+}
+
+async fn one_malformed_item_does_not_stop_the_listing(kind: FakeKind) {
+    let fake = FakeServer::start(kind, library_with_odd_items(kind)).await;
+    let client = fake.client();
+    let (items, _) = list_all(client.as_ref(), 4).await;
+    let items = by_id(items);
+    assert_eq!(items["108"].year, Some(2017));
+    assert!(!items.contains_key("109"), "the broken item is skipped");
+    if kind == FakeKind::Plex {
+        // No ratingKey: taken from `key` (`/library/metadata/110`).
+        assert_eq!(items["110"].external_ids["imdb"], "tt0000110");
+    } else {
+        assert!(
+            !items.contains_key("110"),
+            "an item without id cannot be used"
+        );
+    }
+    for id in ["101", "102", "201", "202", "301"] {
+        assert!(items.contains_key(id), "{id} missing");
+    }
+    // Each page says how many items it skipped, for the sync's status.
+    let (mut skipped, mut cursor) = (0, None::<String>);
+    loop {
+        let page = client.list_items(cursor.as_deref(), 4).await.unwrap();
+        skipped += page.skipped;
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(skipped, if kind == FakeKind::Plex { 1 } else { 2 });
+    fake.assert_contract();
+}
+
+per_kind!(one_malformed_item_does_not_stop_the_listing);
+
+#[tokio::test]
+async fn plex_skips_a_section_it_cannot_address() {
+    let lib = library().with_plex_section(serde_json::json!({
+        "type": "movie", "title": "No key", "uuid": "section-x", "language": "en-US"
+    }));
+    let fake = FakeServer::start(FakeKind::Plex, lib).await;
+    let (items, _) = list_all(fake.client().as_ref(), 4).await;
+    assert_eq!(by_id(items).len(), 10);
+    fake.assert_contract();
+}
+
+#[tokio::test]
+async fn jellyfin_sends_array_parameters_as_repeated_keys() {
+    let fake = FakeServer::start(FakeKind::Jellyfin, library()).await;
+    list_all(fake.client().as_ref(), 20).await;
+    let requests = fake.requests();
+    let listing = requests
+        .iter()
+        .find(|r| r.path == "/Items" && r.param("startIndex").is_some())
+        .expect("a listing request");
+    assert_eq!(listing.params("includeItemTypes"), ["Movie", "Episode"]);
+    assert_eq!(listing.params("fields"), ["ProviderIds"]);
+    let shows = requests
+        .iter()
+        .find(|r| r.path == "/Items" && r.param("ids").is_some())
+        .expect("a show lookup");
+    assert!(shows.params("ids").iter().all(|id| !id.contains(',')));
+    assert_eq!(shows.params("ids"), ["200", "300"]);
+    fake.assert_contract();
+}
+
+/// 150 shows of one episode each, listed in one page: show lookups go in batches of 100.
+async fn show_lookups_are_batched(kind: FakeKind) {
+    let mut lib = FakeLibrary::new();
+    for n in 0..150 {
+        lib = lib
+            .with_show(
+                FakeShow::new(&format!("{}", 5000 + n), &format!("Show {n}"))
+                    .ext("tvdb", &format!("7{n}")),
+            )
+            .with(FakeItem::episode(
+                &format!("{}", 6000 + n),
+                &format!("{}", 5000 + n),
+                1,
+                1,
+            ));
+    }
+    let fake = FakeServer::start(kind, lib).await;
+    let (items, _) = list_all(fake.client().as_ref(), 200).await;
+    let items = by_id(items);
+    assert_eq!(items.len(), 150);
+    assert_eq!(items["6149"].series_external_ids["tvdb"], "7149");
+    let lookups: Vec<usize> = fake
+        .requests()
+        .iter()
+        .filter_map(|r| match kind {
+            FakeKind::Plex => r
+                .path
+                .strip_prefix("/library/metadata/")
+                .map(|ids| ids.split(',').count()),
+            FakeKind::Jellyfin => (r.param("ids").is_some()).then(|| r.params("ids").len()),
+            FakeKind::Emby => r.param("Ids").map(|ids| ids.split(',').count()),
+        })
+        .collect();
+    assert_eq!(lookups, [100, 50], "{kind:?}");
+    fake.assert_contract();
+}
+
+per_kind!(show_lookups_are_batched);
+
+/// Without a sort order a server pages through an order that may change between requests
+/// (the fakes turn theirs on every unsorted listing request): the listing asks for creation
+/// order, so that pages neither overlap nor miss items.
+async fn listings_ask_for_a_stable_order(kind: FakeKind) {
+    let fake = FakeServer::start(kind, FakeLibrary::generated(60)).await;
+    let (items, pages) = list_all(fake.client().as_ref(), 7).await;
+    assert!(pages > 5);
+    assert_eq!(by_id(items).len(), 60);
+    let listings: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| match kind {
+            FakeKind::Plex => {
+                r.param("type").is_some() && r.param("X-Plex-Container-Size") != Some("0")
+            }
+            FakeKind::Jellyfin => r.path == "/Items" && r.param("startIndex").is_some(),
+            FakeKind::Emby => r.path.ends_with("/Items") && r.param("StartIndex").is_some(),
+        })
+        .collect();
+    assert!(!listings.is_empty());
+    for r in &listings {
+        match kind {
+            FakeKind::Plex => assert_eq!(r.param("sort"), Some("addedAt")),
+            FakeKind::Jellyfin => {
+                assert_eq!(r.params("sortBy"), ["DateCreated", "SortName"]);
+                assert_eq!(r.params("sortOrder"), ["Ascending"]);
+            }
+            FakeKind::Emby => {
+                assert_eq!(r.param("SortBy"), Some("DateCreated,SortName"));
+                assert_eq!(r.param("SortOrder"), Some("Ascending"));
+            }
+        }
+    }
+    fake.assert_contract();
+}
+
+per_kind!(listings_ask_for_a_stable_order);
+
+#[tokio::test]
+async fn jellyfin_position_leaves_the_rest_of_the_user_data_alone() {
+    let fake = FakeServer::start(FakeKind::Jellyfin, library()).await;
+    fake.set_user_data_directly(
+        "201",
+        serde_json::json!({"IsFavorite": true, "Rating": 7.5}),
+    );
+    fake.clear_log();
+    fake.client()
+        .set_position("201", 5_000, None)
+        .await
+        .unwrap();
+    // 201 is played: a position pushed meanwhile must not unmark it.
+    let s = fake.item_state("201");
+    assert_eq!(s.position_ms, 5_000);
+    assert!(s.played);
+    assert_eq!(s.play_count, 1);
+    assert_eq!(s.last_played_at, Some(PILOT_PLAYED_AT));
+    assert_eq!(fake.other_user_data("201")["IsFavorite"], true);
+    let requests = fake.requests();
+    let update = requests.iter().find(|r| r.method == "POST").unwrap();
+    let body: serde_json::Value = serde_json::from_str(&update.body).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"PlaybackPositionTicks": 50_000_000})
+    );
+    fake.assert_contract();
+}
+
+#[tokio::test]
+async fn emby_position_sends_back_the_whole_user_data() {
+    let fake = FakeServer::start(FakeKind::Emby, library()).await;
+    fake.set_user_data_directly(
+        "201",
+        serde_json::json!({"IsFavorite": true, "Rating": 7.5}),
+    );
+    fake.client()
+        .set_position("201", 5_000, None)
+        .await
+        .unwrap();
+    // Emby resets every field the body leaves out: the client read them all (asking for the
+    // play count and date, which Emby leaves out otherwise) and sent them back, with only the
+    // position changed. 201 is played and stays played.
+    let s = fake.item_state("201");
+    assert_eq!(s.position_ms, 5_000);
+    assert!(s.played);
+    assert_eq!(s.play_count, 1);
+    assert_eq!(s.last_played_at, Some(PILOT_PLAYED_AT));
+    let others = fake.other_user_data("201");
+    assert_eq!(others["IsFavorite"], true);
+    assert_eq!(others["Rating"], 7.5);
+
+    // An unplayed item keeps its other fields too.
+    fake.set_user_data_directly("102", serde_json::json!({"IsFavorite": true}));
+    fake.client()
+        .set_position("102", 9_000, Some(8_000_000))
+        .await
+        .unwrap();
+    let s = fake.item_state("102");
+    assert_eq!((s.position_ms, s.played, s.play_count), (9_000, false, 0));
+    assert_eq!(fake.other_user_data("102")["IsFavorite"], true);
+    fake.assert_contract();
+}
+
+#[tokio::test]
+async fn jellyfin_10_8_is_read_and_marked_through_its_own_routes() {
+    let fake = FakeServer::start_jellyfin_10_8(library()).await;
+    let client = fake.client();
+    let id = client.identity().await.unwrap();
+    assert_eq!(id.version.as_deref(), Some("10.8.13"));
+    let (items, _) = list_all(client.as_ref(), 4).await;
+    assert_eq!(by_id(items).len(), 10);
+    let movie = client.get_item("101").await.unwrap().expect("item 101");
+    assert!(movie.played);
+    assert_eq!(client.get_item("999999").await.unwrap(), None);
+    client
+        .set_played("103", true, Some(1_710_000_000_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        fake.item_state("103").last_played_at,
+        Some(1_710_000_000_000)
+    );
+    client.set_played("101", false, None).await.unwrap();
+    assert!(!fake.item_state("101").played);
+    // 10.8 has no route that sets a resume position: a clear error, no request.
+    let before = fake.requests().len();
+    let err = client.set_position("102", 5_000, None).await.unwrap_err();
+    assert!(!err.is_retryable(), "{err:?}");
+    assert!(err.to_string().contains("10.9"), "{err}");
+    assert_eq!(fake.requests().len(), before);
+    assert_eq!(fake.item_state("102").position_ms, 754_000);
+    let uid = fake.user_id();
+    let paths: Vec<String> = fake
+        .requests()
+        .into_iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert!(
+        paths.contains(&format!("GET /Users/{uid}/Items/101")),
+        "{paths:?}"
+    );
+    assert!(
+        paths.contains(&format!("POST /Users/{uid}/PlayedItems/103")),
+        "{paths:?}"
+    );
+    assert!(
+        paths.contains(&format!("DELETE /Users/{uid}/PlayedItems/101")),
+        "{paths:?}"
+    );
+    // A client that did not ask for the identity first: the 10.9 route answers 404, the
+    // version is read once, and the 10.8 route is used from then on.
+    let fresh = fake.client();
+    fake.clear_log();
+    fresh.set_played("104", true, None).await.unwrap();
+    assert!(fake.item_state("104").played);
+    fresh.set_played("105", true, None).await.unwrap();
+    let paths: Vec<String> = fake
+        .requests()
+        .into_iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "POST /UserPlayedItems/104".to_string(),
+            "GET /System/Info/Public".to_string(),
+            format!("POST /Users/{uid}/PlayedItems/104"),
+            format!("POST /Users/{uid}/PlayedItems/105"),
+        ]
+    );
+    let err = fake
+        .client()
+        .set_position("102", 5_000, None)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("Jellyfin 10.8.13 has no API"),
+        "{err}"
+    );
+    fake.assert_contract();
+}
+
+#[tokio::test]
+async fn jellyfin_10_9_and_later_use_the_new_routes() {
+    let fake = FakeServer::start(FakeKind::Jellyfin, library()).await;
+    let client = fake.client();
+    client.get_item("101").await.unwrap().expect("item 101");
+    client.set_played("103", true, None).await.unwrap();
+    let paths: Vec<String> = fake.requests().into_iter().map(|r| r.path).collect();
+    assert!(paths.contains(&"/Items/101".to_string()), "{paths:?}");
+    assert!(
+        paths.contains(&"/UserPlayedItems/103".to_string()),
+        "{paths:?}"
+    );
+    // No request to another route, and none to read the version.
+    assert!(
+        paths
+            .iter()
+            .all(|p| !p.starts_with("/Users/") && !p.starts_with("/System/")),
+        "{paths:?}"
+    );
+}
+
+async fn not_found_names_the_request_and_the_answer(kind: FakeKind) {
+    let fake = FakeServer::start(kind, library()).await;
+    let err = fake
+        .client()
+        .set_played("424242", true, None)
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    let (route, answer) = match kind {
+        FakeKind::Plex => ("PUT /:/scrobble".to_string(), "404 Not Found"),
+        FakeKind::Jellyfin => ("POST /UserPlayedItems/424242".to_string(), "Item not found"),
+        FakeKind::Emby => (
+            format!("POST /Users/{}/PlayedItems/424242", fake.user_id()),
+            "Item not found",
+        ),
+    };
+    assert!(text.contains(&route), "{text}");
+    assert!(text.contains(answer), "{text}");
+    assert!(!text.contains(fake.token()), "{text}");
+}
+
+per_kind!(not_found_names_the_request_and_the_answer);

@@ -81,15 +81,16 @@ async fn emby_client_requests_are_in_the_contract() {
     every_client_request_is_in_the_contract(FakeKind::Emby).await;
 }
 
-/// The check can fail: a route the documents do not define (the pre-10.9 Jellyfin play-state
-/// route) and a wrong method are recorded as violations.
+/// The check can fail: a route no document defines (a user-data update under
+/// `/Users/{userId}`, which no Jellyfin version documents) and a wrong method are recorded
+/// as violations.
 #[tokio::test]
 async fn a_request_outside_the_contract_is_recorded() {
     let fake = FakeServer::start(FakeKind::Jellyfin, library()).await;
     let http = reqwest::Client::new();
     let base = fake.url();
     let legacy = base
-        .join(&format!("Users/{}/PlayedItems/11", fake.user_id()))
+        .join(&format!("Users/{}/Items/11/UserData", fake.user_id()))
         .unwrap();
     http.post(legacy).send().await.unwrap();
     http.patch(base.join("UserPlayedItems/11").unwrap())
@@ -104,7 +105,7 @@ async fn a_request_outside_the_contract_is_recorded() {
     assert_eq!(
         v,
         [
-            format!("POST /Users/{}/PlayedItems/11", fake.user_id()),
+            format!("POST /Users/{}/Items/11/UserData", fake.user_id()),
             "PATCH /UserPlayedItems/11".to_string(),
         ]
     );
@@ -137,10 +138,17 @@ fn the_contract_lists_hold_the_routes_of_design_section_10() {
         "POST /UserPlayedItems/{itemId}",
         "DELETE /UserPlayedItems/{itemId}",
         "POST /UserItems/{itemId}/UserData",
+        // Jellyfin 10.8 (10.8.13 document).
+        "GET /Users/{userId}/Items/{itemId}",
+        "POST /Users/{userId}/PlayedItems/{itemId}",
+        "DELETE /Users/{userId}/PlayedItems/{itemId}",
     ] {
         assert!(has(jellyfin, line), "jellyfin.txt lacks {line}");
     }
-    assert!(!has(jellyfin, "POST /Users/{userId}/PlayedItems/{itemId}"));
+    assert!(!has(
+        jellyfin,
+        "POST /Users/{userId}/Items/{itemId}/UserData"
+    ));
     for line in [
         "GET /System/Info/Public",
         "GET /Users/{UserId}/Items",

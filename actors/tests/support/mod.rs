@@ -35,6 +35,8 @@ pub struct FakeState {
     pub list_fail_at: Vec<String>,
     /// When set, every `list_items` call fails with a network error.
     pub unreachable: bool,
+    /// What every page reports as [`ItemPage::skipped`] (items the client could not read).
+    pub skipped_per_page: u64,
 }
 
 /// A media server double: an in-memory library with per-user state, recording every call.
@@ -141,6 +143,7 @@ impl BackendApi for FakeBackend {
             items: all[start..end].iter().map(|i| (*i).clone()).collect(),
             next: (end < all.len()).then(|| end.to_string()),
             total: Some(all.len() as u64),
+            skipped: s.skipped_per_page,
         })
     }
 

@@ -3,16 +3,18 @@
 //!
 //! - `GET /System/Info/Public` (no auth)
 //! - `GET /Users/{UserId}/Items?IncludeItemTypes&Ids&Fields&StartIndex&Limit` — `UserData`
-//!   carries `LastPlayedDate`/`PlayCount` only when `Fields` names `UserDataLastPlayedDate` /
-//!   `UserDataPlayCount`, like recent servers
-//! - `GET /Users/{UserId}/Items/{Id}`
+//!   carries `LastPlayedDate` and the real `PlayCount` (else 0) only when `Fields` names
+//!   `UserDataLastPlayedDate` / `UserDataPlayCount`, like recent servers
+//! - `GET /Users/{UserId}/Items/{Id}` (the same `UserData` rule)
 //! - `POST /Users/{UserId}/PlayedItems/{Id}(?DatePlayed=yyyyMMddHHmmss)`, `DELETE …` and
 //!   `POST …/Delete` (unplayed)
 //! - `POST /Users/{UserId}/Items/{ItemId}/UserData`: the body replaces the user data and absent
 //!   fields take their defaults (an update without `Played` unmarks the item), as reported of
 //!   real Emby servers.
 
-use super::jellyfin::{item_json, parse_date, public_info, query_items, user_data_json, Render};
+use super::jellyfin::{
+    item_json, parse_date, public_info, query_items, user_data_json, Render, OTHER_USER_DATA,
+};
 use super::{mediabrowser_token, FakeRequest, FakeResponse, Inner, State};
 use serde_json::Value;
 
@@ -69,7 +71,21 @@ pub(super) fn handle(inner: &Inner, st: &mut State, req: &FakeRequest) -> FakeRe
             FakeResponse::json(query_items(inner, st, Some(&user), p, render))
         }
         ("GET", ["Items", id]) => match st.item(id) {
-            Some(item) => FakeResponse::json(item_json(inner, st, Some(&user), item, Render::FULL)),
+            Some(item) => {
+                // Like listings: the real play count and the date only when `Fields` names
+                // them (the spec documents no `Fields` here; recent servers read it).
+                let fields = req
+                    .param_ci("Fields")
+                    .unwrap_or_default()
+                    .to_ascii_lowercase();
+                let has = |f: &str| fields.split(',').any(|x| x.trim() == f);
+                let render = Render {
+                    provider_ids: true,
+                    last_played: has("userdatalastplayeddate"),
+                    play_count: has("userdataplaycount"),
+                };
+                FakeResponse::json(item_json(inner, st, Some(&user), item, render))
+            }
             None => match st.show(id) {
                 Some(show) => {
                     FakeResponse::json(super::jellyfin::show_json(inner, show, Render::FULL))
@@ -115,6 +131,18 @@ pub(super) fn handle(inner: &Inner, st: &mut State, req: &FakeRequest) -> FakeRe
                 .get("LastPlayedDate")
                 .and_then(Value::as_str)
                 .and_then(parse_date);
+            // The other fields are replaced too: absent ones are dropped (default).
+            let others: serde_json::Map<String, Value> = OTHER_USER_DATA
+                .iter()
+                .filter_map(|f| {
+                    Some((
+                        f.to_string(),
+                        body.get(*f).filter(|v| !v.is_null())?.clone(),
+                    ))
+                })
+                .collect();
+            st.other_user_data
+                .insert((user.clone(), id.to_string()), others);
             let s = st.state_mut(&user, id);
             s.position_ms = (ticks.max(0) / TICKS_PER_MS) as u64;
             s.played = played;

@@ -3,10 +3,18 @@
 //! ticks. Also the `BaseItemDto` rendering Emby shares.
 //!
 //! - `GET /System/Info/Public` (no auth)
-//! - `GET /Items?userId&includeItemTypes&ids&fields&startIndex&limit` → `Items`, `TotalRecordCount`
+//! - `GET /Items?userId&includeItemTypes&ids&fields&sortBy&startIndex&limit` → `Items`,
+//!   `TotalRecordCount`; array parameters repeated or comma lists; in creation order when
+//!   `sortBy` starts with `DateCreated`, else in an order that turns on every request
 //! - `GET /Items/{itemId}?userId`
 //! - `POST|DELETE /UserPlayedItems/{itemId}?userId(&datePlayed)` → `UserItemDataDto`
 //! - `GET|POST /UserItems/{itemId}/UserData?userId` (body `UpdateUserItemDataDto`, nullable fields)
+//!
+//! Started with [`super::FakeServer::start_jellyfin_10_8`] it is a Jellyfin 10.8 instead
+//! (10.8.13 OpenAPI): version `10.8.13`, `GET /Users/{userId}/Items/{itemId}` and
+//! `POST|DELETE /Users/{userId}/PlayedItems/{itemId}(?datePlayed)`; the 10.9 routes above
+//! answer 404 (`GET /Items/{itemId}`: 405, that path only has POST and DELETE there) and there
+//! is no route that sets a resume position.
 
 use super::{
     dotnet_date, mediabrowser_token, provider_name, FakeItem, FakeRequest, FakeResponse, FakeShow,
@@ -23,6 +31,58 @@ pub(super) fn is_write(req: &FakeRequest) -> bool {
         || (s.first() == Some(&"UserItems")
             && s.get(2) == Some(&"UserData")
             && req.method == "POST")
+        || (s.first() == Some(&"Users")
+            && s.get(2) == Some(&"PlayedItems")
+            && (req.method == "POST" || req.method == "DELETE"))
+}
+
+/// Marks `id` played (`POST`, with `datePlayed`) or unplayed for `user`.
+fn played_items(st: &mut State, req: &FakeRequest, user: &str, id: &str) -> FakeResponse {
+    if st.item(id).is_none() {
+        return FakeResponse::status(404, "Item not found");
+    }
+    if req.method == "POST" {
+        let at = match req.param_ci("datePlayed") {
+            Some(d) => match parse_date(d) {
+                Some(at) => Some(at),
+                None => return FakeResponse::status(400, "invalid datePlayed"),
+            },
+            None => None,
+        };
+        st.mark_played(user, id, at);
+    } else {
+        st.mark_unplayed(user, id);
+    }
+    FakeResponse::json(user_data_json(st, user, id, Render::FULL))
+}
+
+/// The routes of Jellyfin 10.8 (`/Users/{userId}/...`).
+fn handle_10_8(inner: &Inner, st: &mut State, req: &FakeRequest) -> FakeResponse {
+    let segs = req.segments();
+    let m = req.method.as_str();
+    match (m, segs.as_slice()) {
+        ("GET", ["Users", user, "Items", id]) => {
+            if !st.known_user(user) {
+                return FakeResponse::status(404, "User not found");
+            }
+            match (st.item(id), st.show(id)) {
+                (Some(item), _) => {
+                    FakeResponse::json(item_json(inner, st, Some(user), item, Render::FULL))
+                }
+                (None, Some(show)) => FakeResponse::json(show_json(inner, show, Render::FULL)),
+                _ => FakeResponse::status(404, "Item not found"),
+            }
+        }
+        (_, ["Users", user, "PlayedItems", id]) if m == "POST" || m == "DELETE" => {
+            if !st.known_user(user) {
+                return FakeResponse::status(404, "User not found");
+            }
+            let user = user.to_string();
+            played_items(st, req, &user, id)
+        }
+        ("GET", ["Items", _]) => FakeResponse::status(405, ""),
+        _ => FakeResponse::status(404, ""),
+    }
 }
 
 /// Which optional parts of an item are rendered.
@@ -60,16 +120,22 @@ pub(super) fn user_data_json(st: &State, user: &str, item_id: &str, r: Render) -
         "Key": item_id,
         "ItemId": item_id,
     });
-    if r.play_count {
-        out["PlayCount"] = json!(s.play_count);
-    }
+    // Emby answers 0 unless `Fields` asks for the count (`Render::play_count`).
+    out["PlayCount"] = json!(if r.play_count { s.play_count } else { 0 });
     if r.last_played {
         if let Some(at) = s.last_played_at {
             out["LastPlayedDate"] = json!(dotnet_date(at));
         }
     }
+    let key = (user.to_string(), item_id.to_string());
+    for (k, v) in st.other_user_data.get(&key).into_iter().flatten() {
+        out[k.as_str()] = v.clone();
+    }
     out
 }
+
+/// The `UserData` fields besides play state that a user-data update carries.
+pub(super) const OTHER_USER_DATA: [&str; 3] = ["IsFavorite", "Rating", "Likes"];
 
 pub(super) fn item_json(
     inner: &Inner,
@@ -105,6 +171,7 @@ pub(super) fn item_json(
     if let Some(user) = user {
         out["UserData"] = user_data_json(st, user, &item.id, r);
     }
+    item.apply_render(&mut out);
     out
 }
 
@@ -173,7 +240,7 @@ pub(super) fn query_items(
         total = all.len();
         all = all.into_iter().skip(start).take(limit).collect();
     } else {
-        let matching: Vec<&FakeItem> = st
+        let mut matching: Vec<&FakeItem> = st
             .items
             .iter()
             .filter(|i| match i.item_type {
@@ -181,6 +248,12 @@ pub(super) fn query_items(
                 ItemType::Episode => wants("episode"),
             })
             .collect();
+        // `sortBy` (Jellyfin: repeated or a comma list; Emby: a comma list).
+        let sorted = p("sortBy").is_some_and(|s| {
+            let s = s.to_ascii_lowercase();
+            s.split(',').next().map(str::trim) == Some("datecreated")
+        });
+        st.listing_order(&mut matching, sorted);
         total = matching.len();
         all = matching
             .into_iter()
@@ -229,10 +302,18 @@ pub(super) fn handle(inner: &Inner, st: &mut State, req: &FakeRequest) -> FakeRe
     let segs = req.segments();
     let m = req.method.as_str();
     if m == "GET" && segs == ["System", "Info", "Public"] {
-        return public_info(inner, "Jellyfin Server", "10.11.11");
+        let version = if inner.jellyfin_10_8 {
+            "10.8.13"
+        } else {
+            "10.11.11"
+        };
+        return public_info(inner, "Jellyfin Server", version);
     }
     if !authorized(st, req) {
         return FakeResponse::empty(401);
+    }
+    if inner.jellyfin_10_8 && !(m == "GET" && segs == ["Items"]) {
+        return handle_10_8(inner, st, req);
     }
     let user = req.param_ci("userId").map(str::to_string);
     if let Some(u) = &user {
@@ -261,22 +342,7 @@ pub(super) fn handle(inner: &Inner, st: &mut State, req: &FakeRequest) -> FakeRe
         },
         (_, ["UserPlayedItems", id]) if m == "POST" || m == "DELETE" => {
             let Some(user) = user else { return need_user() };
-            if st.item(id).is_none() {
-                return FakeResponse::status(404, "Item not found");
-            }
-            if m == "POST" {
-                let at = match req.param_ci("datePlayed") {
-                    Some(d) => match parse_date(d) {
-                        Some(at) => Some(at),
-                        None => return FakeResponse::status(400, "invalid datePlayed"),
-                    },
-                    None => None,
-                };
-                st.mark_played(&user, id, at);
-            } else {
-                st.mark_unplayed(&user, id);
-            }
-            FakeResponse::json(user_data_json(st, &user, id, Render::FULL))
+            played_items(st, req, &user, id)
         }
         (_, ["UserItems", id, "UserData"]) if m == "GET" || m == "POST" => {
             let Some(user) = user else { return need_user() };
@@ -290,6 +356,15 @@ pub(super) fn handle(inner: &Inner, st: &mut State, req: &FakeRequest) -> FakeRe
                 // UpdateUserItemDataDto: every field nullable, absent means unchanged.
                 let ticks = body.get("PlaybackPositionTicks").and_then(Value::as_i64);
                 let played = body.get("Played").and_then(Value::as_bool);
+                let others = st
+                    .other_user_data
+                    .entry((user.clone(), id.to_string()))
+                    .or_default();
+                for field in OTHER_USER_DATA {
+                    if let Some(v) = body.get(field).filter(|v| !v.is_null()) {
+                        others.insert(field.to_string(), v.clone());
+                    }
+                }
                 let s = st.state_mut(&user, id);
                 if let Some(p) = played {
                     s.played = p;

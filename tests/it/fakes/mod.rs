@@ -99,6 +99,10 @@ pub struct FakeItem {
     pub library_id: Option<String>,
     /// The default user's state at start.
     pub initial: ItemState,
+    /// Fields of the item's JSON changed as the server renders it, in order: `Some` sets the
+    /// field (a string year, a null id), `None` removes it; for items real servers send
+    /// in an unexpected shape.
+    pub render: Vec<(String, Option<serde_json::Value>)>,
 }
 
 impl FakeItem {
@@ -116,6 +120,7 @@ impl FakeItem {
             duration_ms: 7_200_000,
             library_id: None,
             initial: ItemState::default(),
+            render: Vec::new(),
         }
     }
 
@@ -156,6 +161,35 @@ impl FakeItem {
     pub fn duration_ms(mut self, ms: u64) -> Self {
         self.duration_ms = ms;
         self
+    }
+
+    /// Renders `field` with this JSON value, whatever the server would normally send.
+    pub fn render(mut self, field: &str, value: serde_json::Value) -> Self {
+        self.render.push((field.to_string(), Some(value)));
+        self
+    }
+
+    /// Leaves `field` out of the rendered item.
+    pub fn omit(mut self, field: &str) -> Self {
+        self.render.push((field.to_string(), None));
+        self
+    }
+
+    /// Applies [`Self::render`]/[`Self::omit`] to the item's JSON.
+    pub(crate) fn apply_render(&self, out: &mut serde_json::Value) {
+        let Some(obj) = out.as_object_mut() else {
+            return;
+        };
+        for (field, value) in &self.render {
+            match value {
+                Some(v) => {
+                    obj.insert(field.clone(), v.clone());
+                }
+                None => {
+                    obj.remove(field);
+                }
+            }
+        }
     }
 
     pub fn library(mut self, library_id: &str) -> Self {
@@ -229,6 +263,9 @@ impl FakeShow {
 pub struct FakeLibrary {
     pub items: Vec<FakeItem>,
     pub shows: Vec<FakeShow>,
+    /// Plex only: raw `Directory` entries served after the sections of the items (a section
+    /// in an unexpected shape, e.g. without `key`).
+    pub plex_extra_sections: Vec<serde_json::Value>,
 }
 
 impl FakeLibrary {
@@ -246,6 +283,12 @@ impl FakeLibrary {
         self
     }
 
+    /// Plex only: one more raw `Directory` entry in `/library/sections/all`.
+    pub fn with_plex_section(mut self, directory: serde_json::Value) -> Self {
+        self.plex_extra_sections.push(directory);
+        self
+    }
+
     /// `n` items, half movies (ids `100000`, `100002`, ..., imdb `tt<id>`) and half episodes
     /// of shows of 10 episodes (ids `100001`, ..., tvdb `<id>`; shows `s<k>`, tvdb `9<k>`).
     /// Every third movie starts played; every fifth episode has a position. Cheap for 20 000.
@@ -253,6 +296,7 @@ impl FakeLibrary {
         let mut lib = FakeLibrary {
             items: Vec::with_capacity(n),
             shows: Vec::with_capacity(n / 20 + 1),
+            plex_extra_sections: Vec::new(),
         };
         for i in 0..n {
             let id = (100_000 + i).to_string();
@@ -304,6 +348,8 @@ pub struct RecordedRequest {
     /// Decoded query pairs, in order.
     pub query: Vec<(String, String)>,
     pub body: String,
+    /// The request headers (auth, accept, client identification).
+    pub headers: HeaderMap,
     /// What the fake answered.
     pub status: u16,
     /// When the fake received it: lets a test measure the spacing of retries.
@@ -370,6 +416,19 @@ pub enum FaultKind {
     Delay(Duration),
     /// Answer 200 with JSON of the wrong shape.
     WrongJson,
+    /// Answer this status with this body and content type (an HTML login page, XML, JSON
+    /// of another shape).
+    Body {
+        status: u16,
+        content_type: &'static str,
+        body: String,
+    },
+    /// Answer this status with an HTML error page that repeats the request line, query
+    /// included, as many servers and proxies do.
+    EchoRequest(u16),
+    /// Answer this 3xx status with `Location: <to><path>?<query>`, as a reverse proxy that
+    /// moved the server (to https, or under a prefix) does: path and query kept.
+    Redirect { status: u16, to: String },
 }
 
 impl Fault {
@@ -400,6 +459,35 @@ impl Fault {
     pub fn wrong_json() -> Self {
         Fault {
             kind: FaultKind::WrongJson,
+            ..Fault::status(0)
+        }
+    }
+
+    pub fn body(status: u16, content_type: &'static str, body: &str) -> Self {
+        Fault {
+            kind: FaultKind::Body {
+                status,
+                content_type,
+                body: body.to_string(),
+            },
+            ..Fault::status(0)
+        }
+    }
+
+    pub fn echo_request(status: u16) -> Self {
+        Fault {
+            kind: FaultKind::EchoRequest(status),
+            ..Fault::status(0)
+        }
+    }
+
+    /// A `status` redirect to the same path and query under `to` (`http://host:port/prefix`).
+    pub fn redirect(status: u16, to: &str) -> Self {
+        Fault {
+            kind: FaultKind::Redirect {
+                status,
+                to: to.trim_end_matches('/').to_string(),
+            },
             ..Fault::status(0)
         }
     }
@@ -437,6 +525,8 @@ pub(crate) struct Inner {
     /// The token of the default user (Plex: the account token; Jellyfin/Emby: an API key).
     pub(crate) token: String,
     pub(crate) user_id: String,
+    /// Jellyfin only: serve the routes of 10.8 (`/Users/{userId}/...`), not those of 10.9+.
+    pub(crate) jellyfin_10_8: bool,
     contract: Contract,
     state: Mutex<State>,
 }
@@ -447,10 +537,18 @@ pub(crate) struct State {
     pub(crate) item_index: HashMap<String, usize>,
     pub(crate) shows: Vec<FakeShow>,
     pub(crate) show_index: HashMap<String, usize>,
+    /// See [`FakeLibrary::plex_extra_sections`].
+    pub(crate) plex_extra_sections: Vec<serde_json::Value>,
+    /// Listing requests answered without a sort order so far (see [`State::listing_order`]).
+    pub(crate) unsorted_listings: std::cell::Cell<usize>,
     /// token → user id.
     pub(crate) tokens: HashMap<String, String>,
     /// user id → item id → state.
     pub(crate) user_state: HashMap<String, HashMap<String, ItemState>>,
+    /// (user id, item id) → the other `UserData` fields (`IsFavorite`, `Rating`, `Likes`) as
+    /// JSON, for the servers that have them.
+    pub(crate) other_user_data:
+        HashMap<(String, String), serde_json::Map<String, serde_json::Value>>,
     requests: Vec<RecordedRequest>,
     pub(crate) writes: Vec<FakeWrite>,
     violations: Vec<String>,
@@ -480,6 +578,21 @@ impl State {
             .or_default()
             .entry(item.to_string())
             .or_default()
+    }
+
+    /// Puts a listing's items in the order the server answers. `sorted`: the request asked
+    /// for the creation order, which is the library's order (items added later come last).
+    /// Without a sort order a real server's database answers in no fixed order, so pages of
+    /// one listing may overlap or miss items; imitated by turning the order a little further
+    /// on every such request.
+    pub(crate) fn listing_order<T>(&self, items: &mut [T], sorted: bool) {
+        if sorted || items.is_empty() {
+            return;
+        }
+        let n = self.unsorted_listings.get() + 1;
+        self.unsorted_listings.set(n);
+        let len = items.len();
+        items.rotate_left(n * 3 % len);
     }
 
     pub(crate) fn known_user(&self, user: &str) -> bool {
@@ -560,6 +673,17 @@ impl FakeRequest {
         (!values.is_empty()).then(|| values.join(","))
     }
 
+    /// `?a=1&b=2` as received (re-encoded), or "" without a query.
+    pub(crate) fn raw_query(&self) -> String {
+        if self.query.is_empty() {
+            return String::new();
+        }
+        format!(
+            "?{}",
+            serde_urlencoded::to_string(&self.query).unwrap_or_default()
+        )
+    }
+
     pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
@@ -576,6 +700,8 @@ pub(crate) struct FakeResponse {
     pub(crate) body: String,
     pub(crate) content_type: &'static str,
     pub(crate) retry_after: Option<String>,
+    /// `Location` of a redirect.
+    pub(crate) location: Option<String>,
 }
 
 impl FakeResponse {
@@ -585,6 +711,7 @@ impl FakeResponse {
             body: value.to_string(),
             content_type: "application/json",
             retry_after: None,
+            location: None,
         }
     }
 
@@ -594,6 +721,7 @@ impl FakeResponse {
             body: text.to_string(),
             content_type: "text/plain",
             retry_after: None,
+            location: None,
         }
     }
 
@@ -667,11 +795,26 @@ impl FakeServer {
         Self::start_with(kind, library, FakeIdentity::default()).await
     }
 
+    /// A fake Jellyfin 10.8: version `10.8.13`, play state under `/Users/{userId}/...`, no
+    /// `/UserPlayedItems`, `/UserItems/{id}/UserData` or `GET /Items/{id}` (10.8.13 OpenAPI).
+    pub async fn start_jellyfin_10_8(library: FakeLibrary) -> FakeServer {
+        Self::start_inner(FakeKind::Jellyfin, library, FakeIdentity::default(), true).await
+    }
+
     /// [`Self::start`] with the server id, user id or token chosen by the test.
     pub async fn start_with(
         kind: FakeKind,
         library: FakeLibrary,
         identity: FakeIdentity,
+    ) -> FakeServer {
+        Self::start_inner(kind, library, identity, false).await
+    }
+
+    async fn start_inner(
+        kind: FakeKind,
+        library: FakeLibrary,
+        identity: FakeIdentity,
+        jellyfin_10_8: bool,
     ) -> FakeServer {
         let (generated_server, generated_user, generated_token) = match kind {
             FakeKind::Plex => (
@@ -718,8 +861,11 @@ impl FakeServer {
             item_index,
             shows: library.shows,
             show_index,
+            plex_extra_sections: library.plex_extra_sections,
+            unsorted_listings: std::cell::Cell::new(0),
             tokens: [(token.clone(), user_id.clone())].into(),
             user_state,
+            other_user_data: HashMap::new(),
             requests: Vec::new(),
             writes: Vec::new(),
             violations: Vec::new(),
@@ -730,6 +876,7 @@ impl FakeServer {
             server_id,
             token,
             user_id,
+            jellyfin_10_8,
             contract: Contract::parse(kind.contract_text()),
             state: Mutex::new(state),
         });
@@ -903,6 +1050,30 @@ impl FakeServer {
         s.position_ms = 0;
     }
 
+    /// Sets other `UserData` fields of the default user (`{"IsFavorite": true, "Rating": 8.5}`)
+    /// as if done in the server's UI (Jellyfin and Emby).
+    pub fn set_user_data_directly(&self, item_id: &str, fields: serde_json::Value) {
+        let user = self.inner.user_id.clone();
+        let mut st = self.lock();
+        let map = st
+            .other_user_data
+            .entry((user, item_id.to_string()))
+            .or_default();
+        for (k, v) in fields.as_object().cloned().unwrap_or_default() {
+            map.insert(k, v);
+        }
+    }
+
+    /// The default user's other `UserData` fields (see [`Self::set_user_data_directly`]).
+    pub fn other_user_data(&self, item_id: &str) -> serde_json::Map<String, serde_json::Value> {
+        let key = (self.inner.user_id.clone(), item_id.to_string());
+        self.lock()
+            .other_user_data
+            .get(&key)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// Sets the default user's resume position directly (not recorded as a write).
     pub fn set_position_directly(&self, item_id: &str, position_ms: u64) {
         let user = self.inner.user_id.clone();
@@ -985,6 +1156,33 @@ impl Inner {
                 r.retry_after = Some(retry_after);
                 resp = Some(r);
             }
+            Some(FaultKind::Body {
+                status,
+                content_type,
+                body,
+            }) => {
+                let mut r = FakeResponse::status(status, &body);
+                r.content_type = content_type;
+                resp = Some(r);
+            }
+            Some(FaultKind::EchoRequest(status)) => {
+                let mut r = FakeResponse::status(
+                    status,
+                    &format!(
+                        "<html><body>Error processing {} {}{}</body></html>",
+                        req.method,
+                        req.path,
+                        req.raw_query()
+                    ),
+                );
+                r.content_type = "text/html";
+                resp = Some(r);
+            }
+            Some(FaultKind::Redirect { status, to }) => {
+                let mut r = FakeResponse::status(status, "moved");
+                r.location = Some(format!("{to}{}{}", req.path, req.raw_query()));
+                resp = Some(r);
+            }
             Some(FaultKind::WrongJson) => {
                 resp = Some(FakeResponse::json(serde_json::json!([
                     "not", "the", "expected", "shape"
@@ -1003,6 +1201,7 @@ impl Inner {
             path: req.path,
             query: req.query,
             body: String::from_utf8_lossy(&req.body).into_owned(),
+            headers: req.headers,
             status: resp.status,
             at,
         });
@@ -1033,6 +1232,12 @@ fn into_reply(resp: FakeResponse) -> warp::reply::Response {
         "content-type",
         warp::http::HeaderValue::from_static(resp.content_type),
     );
+    if let Some(loc) = resp
+        .location
+        .and_then(|l| warp::http::HeaderValue::from_str(&l).ok())
+    {
+        out.headers_mut().insert("location", loc);
+    }
     if let Some(ra) = resp.retry_after {
         if let Ok(v) = warp::http::HeaderValue::from_str(&ra) {
             out.headers_mut().insert("retry-after", v);

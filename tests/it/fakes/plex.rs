@@ -4,7 +4,9 @@
 //! - `GET /identity` (no auth) → `machineIdentifier`
 //! - `GET /library/sections/all` → `Directory[]` (`key`, `type` movie|show), one section per
 //!   distinct [`FakeItem::library`] ("1" movies, "2" shows by default)
-//! - `GET /library/sections/{id}/all?type=1|2|4&includeGuids=1&X-Plex-Container-Start&-Size`
+//! - `GET /library/sections/{id}/all?type=1|2|4&includeGuids=1&sort&X-Plex-Container-Start&-Size`
+//!   (in creation order, `addedAt`, when `sort=addedAt` is asked; else in an order that turns
+//!   on every request, as a database without ORDER BY may answer)
 //!   (paging also from the headers of the same names) → `Metadata[]`, `totalSize`, `offset`
 //! - `GET /library/metadata/{ids}` (comma-separated ids; items and shows)
 //! - `PUT /:/scrobble` / `PUT /:/unscrobble` `?identifier=com.plexapp.plugins.library&key=`
@@ -61,6 +63,8 @@ fn guids_json(ids: &watchstate_actors::event::ExternalIds) -> Value {
 
 fn item_json(st: &State, user: &str, item: &FakeItem, include_guids: bool) -> Value {
     let s = st.state_of(user, &item.id);
+    // Creation order is the library's order.
+    let added_at = 1_600_000_000 + st.item_index.get(&item.id).copied().unwrap_or(0) as u64;
     let library = item.library_id();
     let kind = match item.item_type {
         ItemType::Movie => "movie",
@@ -73,7 +77,7 @@ fn item_json(st: &State, user: &str, item: &FakeItem, include_guids: bool) -> Va
         "title": item.title,
         "guid": item.plex_guid.clone().unwrap_or_else(|| format!("plex://{kind}/{}", item.id)),
         "duration": item.duration_ms,
-        "addedAt": 1_600_000_000,
+        "addedAt": added_at,
         "librarySectionID": section_id_json(&library),
         "librarySectionKey": format!("/library/sections/{library}"),
     });
@@ -106,6 +110,7 @@ fn item_json(st: &State, user: &str, item: &FakeItem, include_guids: bool) -> Va
         out["index"] = json!(item.episode);
         out["parentTitle"] = json!(format!("Season {}", item.season.unwrap_or(0)));
     }
+    item.apply_render(&mut out);
     out
 }
 
@@ -164,6 +169,7 @@ pub(super) fn handle(inner: &Inner, st: &mut State, req: &FakeRequest) -> FakeRe
             body: "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<MediaContainer size=\"0\"/>".into(),
             content_type: "text/xml",
             retry_after: None,
+            location: None,
         };
     }
     if is_write(req) && req.header("x-plex-client-identifier").is_none() {
@@ -187,7 +193,7 @@ pub(super) fn handle(inner: &Inner, st: &mut State, req: &FakeRequest) -> FakeRe
     let segs = req.segments();
     match (m, segs.as_slice()) {
         ("GET", ["library", "sections", "all"]) => {
-            let dirs: Vec<Value> = sections(st)
+            let mut dirs: Vec<Value> = sections(st)
                 .into_iter()
                 .map(|(key, kind)| {
                     json!({
@@ -201,6 +207,7 @@ pub(super) fn handle(inner: &Inner, st: &mut State, req: &FakeRequest) -> FakeRe
                     })
                 })
                 .collect();
+            dirs.extend(st.plex_extra_sections.iter().cloned());
             container(
                 json!({"size": dirs.len(), "allowSync": false, "title1": "Plex Library", "Directory": dirs}),
             )
@@ -219,11 +226,16 @@ pub(super) fn handle(inner: &Inner, st: &mut State, req: &FakeRequest) -> FakeRe
                     } else {
                         ItemType::Episode
                     };
-                    let matching: Vec<&FakeItem> = st
+                    let mut matching: Vec<&FakeItem> = st
                         .items
                         .iter()
                         .filter(|i| i.item_type == want_type && i.library_id() == key)
                         .collect();
+                    let sorted = req
+                        .param("sort")
+                        .and_then(|s| s.split(',').next())
+                        .is_some_and(|f| f.split(':').next() == Some("addedAt"));
+                    st.listing_order(&mut matching, sorted);
                     let total = matching.len();
                     let page: Vec<Value> = matching
                         .into_iter()

@@ -6,7 +6,7 @@
 
 use crate::backend::RemoteItem;
 use crate::event::{EventKind, JournalEntry, Millis, WebhookEvent};
-use crate::pair::PairCore;
+use crate::pair::{PairCore, LOOKUP_PAUSE};
 use crate::state::Identity;
 use crate::status::{EventRecord, LastEvent, Outcome};
 use crate::store::{Batch, StoreError, Tree};
@@ -101,11 +101,25 @@ impl PairCore {
         if !relevant || usable || self.items.by_item_id(item_id).is_some() {
             return None;
         }
+        let now = self.now();
+        if let Some((until, why)) = self.lookups_paused.as_ref().filter(|(u, _)| now < *u) {
+            return Some(Err(format!(
+                "lookups paused for {} s after the server failed one: {why}",
+                (until - now + 999) / 1000
+            )));
+        }
+        self.lookups_paused = None;
         match self.backend.get_item(item_id).await {
             Ok(Some(r)) => Some(Ok(r)),
             Ok(None) => Some(Err(format!("item {item_id} not found on the server"))),
             Err(e) => {
                 self.record_error(format!("looking up item {item_id}: {e}"));
+                // A server that is down or overloaded is not asked again for every webhook:
+                // each try would hold this pair's queue for up to the request timeout.
+                if e.is_retryable() {
+                    let pause = LOOKUP_PAUSE.as_millis() as Millis;
+                    self.lookups_paused = Some((now + pause, e.to_string()));
+                }
                 Some(Err(e.to_string()))
             }
         }

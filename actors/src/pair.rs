@@ -34,6 +34,11 @@ pub const CONFLICT_LIMIT: usize = 50;
 /// batch: one write per busy second instead of one per event.
 pub const META_WRITE_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// After a lookup (`get_item` for an event without usable ids) fails because the server did
+/// not answer, events that need one are dropped without asking for this long, so that a
+/// server that is down does not hold the pair's queue for a timeout per webhook.
+pub const LOOKUP_PAUSE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Everything a pair actor receives (DESIGN.md §5).
 pub enum PairMsg {
     /// A journalled webhook event for this pair.
@@ -162,6 +167,9 @@ pub struct PairCore {
     pub meta_timer: Option<JoinHandle<()>>,
     /// Items whose only change since they were stored is `last_seen`: written with the meta.
     pub seen: Vec<u32>,
+    /// After a lookup failed because the server did not answer (network, timeout, 5xx, 429):
+    /// no lookups until then, and why.
+    pub lookups_paused: Option<(Millis, String)>,
 }
 
 impl PairCore {
@@ -478,6 +486,7 @@ impl Actor for PairActor {
             meta_next_id_written: 0,
             meta_timer: None,
             seen: Vec::new(),
+            lookups_paused: None,
         };
         core.load()?;
         // Changes relayed to this pair before a stop come first: they were made before

@@ -802,3 +802,49 @@ async fn a_repeated_webhook_does_not_rewrite_its_item() {
     let h = h.restart().await;
     assert_eq!(stored(&h).unwrap().last_seen, before_stop + 60_000);
 }
+
+/// A lookup that fails because the server does not answer pauses lookups for
+/// `LOOKUP_PAUSE`: the next events that would need one are dropped without asking (each try
+/// could hold the pair's queue for a whole timeout); afterwards the server is asked again.
+#[tokio::test(start_paused = true)]
+async fn a_failed_lookup_pauses_lookups_for_a_while() {
+    use watchstate_actors::pair::LOOKUP_PAUSE;
+    let mut h = Harness::start(three(), SyncSettings::default()).await;
+    let plex = h.backend("alice", "plex");
+    plex.state.lock().unwrap().unreachable = true;
+    let lookups = |b: &FakeBackend| {
+        b.calls()
+            .iter()
+            .filter(|(_, c)| matches!(c, Call::GetItem(_)))
+            .count()
+    };
+    let bare = |id: &str| {
+        let mut ev = event(EventKind::Scrobble, &movie(id, "tt1"));
+        ev.external_ids = ExternalIds::new();
+        ev
+    };
+    for id in ["a", "b", "c"] {
+        h.send("alice", "plex", bare(id));
+    }
+    h.settle().await;
+    assert_eq!(lookups(&plex), 1, "asked again while the server was down");
+    let s = h.status("alice", "plex").await;
+    assert_eq!(s.dropped_no_ids, 3);
+    assert!(s
+        .last_event
+        .unwrap()
+        .reason
+        .unwrap()
+        .contains("lookups paused"));
+
+    // Once the pause is over the server is asked again, and an answer ends the pause.
+    plex.state.lock().unwrap().unreachable = false;
+    plex.add(movie("d", "tt4"));
+    h.clock.advance(LOOKUP_PAUSE.as_millis() as i64 + 1);
+    h.send("alice", "plex", bare("d"));
+    h.send("alice", "plex", bare("e"));
+    h.settle().await;
+    assert_eq!(lookups(&plex), 3);
+    let s = h.status("alice", "plex").await;
+    assert_eq!(s.dropped_no_ids, 4, "d was found, e is not on the server");
+}

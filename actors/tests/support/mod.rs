@@ -149,7 +149,13 @@ impl BackendApi for FakeBackend {
 
     async fn get_item(&self, item_id: &str) -> Result<Option<RemoteItem>, BackendError> {
         self.record(Call::GetItem(item_id.into()));
-        Ok(self.state.lock().unwrap().items.get(item_id).cloned())
+        let s = self.state.lock().unwrap();
+        if s.unreachable {
+            return Err(BackendError::Network {
+                message: "connection refused".into(),
+            });
+        }
+        Ok(s.items.get(item_id).cloned())
     }
 
     async fn set_played(

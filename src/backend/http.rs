@@ -432,6 +432,17 @@ fn system_time(ms: Millis) -> SystemTime {
 mod tests {
     use super::*;
 
+    /// A client core for `base` with `token`, for the URL and error-text tests.
+    fn core_for(base: &str, token: &str) -> HttpCore {
+        HttpCore::new(
+            url::Url::parse(base).unwrap(),
+            Duration::from_secs(1),
+            HeaderMap::new(),
+            token,
+        )
+        .unwrap()
+    }
+
     #[test]
     fn retry_after_reads_seconds_and_http_dates() {
         let now = UNIX_EPOCH + Duration::from_secs(784_111_777); // Sun, 06 Nov 1994 08:49:37 GMT
@@ -516,38 +527,19 @@ mod tests {
 
     #[test]
     fn urls_keep_the_base_prefix() {
-        let core = HttpCore::new(
-            url::Url::parse("http://h:1/emby/").unwrap(),
-            Duration::from_secs(1),
-            HeaderMap::new(),
-            "",
-        )
-        .unwrap();
+        let core = core_for("http://h:1/emby/", "");
         let url = core
             .url(&["Users", "u", "Items"], &[("Ids", "a,b".to_string())])
             .unwrap();
         assert_eq!(url.as_str(), "http://h:1/emby/Users/u/Items?Ids=a%2Cb");
-        let bare = HttpCore::new(
-            url::Url::parse("http://h:1").unwrap(),
-            Duration::from_secs(1),
-            HeaderMap::new(),
-            "",
-        )
-        .unwrap();
+        let bare = core_for("http://h:1", "");
         let url = bare.url(&["identity"], &[]).unwrap();
         assert_eq!(url.as_str(), "http://h:1/identity");
     }
 
     #[test]
     fn the_token_goes_into_every_query_and_out_of_every_error_text() {
-        let core = HttpCore::new(
-            url::Url::parse("http://h:1/").unwrap(),
-            Duration::from_secs(1),
-            HeaderMap::new(),
-            "k3y/+x",
-        )
-        .unwrap()
-        .with_token_in_query("api_key");
+        let core = core_for("http://h:1/", "k3y/+x").with_token_in_query("api_key");
         let url = core.url(&["System", "Info", "Public"], &[]).unwrap();
         assert_eq!(url.query(), Some("api_key=k3y%2F%2Bx"));
         let url = core.url(&["Items"], &[("Ids", "1".into())]).unwrap();
@@ -562,13 +554,7 @@ mod tests {
 
     #[test]
     fn a_snippet_is_one_short_clean_line_without_the_token() {
-        let core = HttpCore::new(
-            url::Url::parse("http://h:1/").unwrap(),
-            Duration::from_secs(1),
-            HeaderMap::new(),
-            "s3cret",
-        )
-        .unwrap();
+        let core = core_for("http://h:1/", "s3cret");
         let page = format!("<html>\r\n\u{7}<title>Sign in</title>{}", "é".repeat(200));
         let s = core.snippet(page.as_bytes());
         assert!(s.starts_with("<html>   <title>Sign in</title>éé"), "{s}");
@@ -580,13 +566,7 @@ mod tests {
 
     #[test]
     fn a_segment_stays_one_segment() {
-        let core = HttpCore::new(
-            url::Url::parse("http://h:1/jf/").unwrap(),
-            Duration::from_secs(1),
-            HeaderMap::new(),
-            "",
-        )
-        .unwrap();
+        let core = core_for("http://h:1/jf/", "");
         let path = |seg: &str| core.url(&["Items", seg], &[]).map(|u| u.path().to_string());
         assert_eq!(path("a/../b").unwrap(), "/jf/Items/a%2F..%2Fb");
         assert_eq!(path("%2e%2e").unwrap(), "/jf/Items/%252e%252e");

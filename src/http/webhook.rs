@@ -165,7 +165,7 @@ impl WebhookService {
         let (status, reason, routed) = match &outcome {
             RouteOutcome::Routed(p) => ("accepted", None, p.clone()),
             RouteOutcome::Ignored { reason } => ("ignored", Some(reason.clone()), vec![]),
-            RouteOutcome::Unmatched { reason } => ("unmatched", Some(reason.clone()), vec![]),
+            RouteOutcome::Unmatched { reason, .. } => ("unmatched", Some(reason.clone()), vec![]),
             RouteOutcome::Test { routed } => (
                 "test",
                 Some(format!(
@@ -244,11 +244,22 @@ impl WebhookService {
                 }
             }
             other => {
+                // The status and the request trace (behind the API key) get the whole reason,
+                // with what is configured instead; the caller only learns about the ids it sent.
+                let full_reason = other.full_reason().or_else(|| reason.clone());
                 let counter = match other {
                     RouteOutcome::Ignored { .. } => &self.counters.ignored,
-                    RouteOutcome::Unmatched { .. } => {
-                        self.unmatched
-                            .record(&event, reason.as_deref().unwrap_or(""), received_at);
+                    RouteOutcome::Unmatched { configured, .. } => {
+                        tracing::info!(
+                            request_id = %req.request_id,
+                            configured = %configured,
+                            "unmatched webhook"
+                        );
+                        self.unmatched.record(
+                            &event,
+                            full_reason.as_deref().unwrap_or(""),
+                            received_at,
+                        );
                         &self.counters.unmatched
                     }
                     _ => &self.counters.test,
@@ -260,7 +271,7 @@ impl WebhookService {
                     "reason": reason,
                     "routed": routed_json(&routed),
                 });
-                self.trace(req, received_at, status, reason, Some(event), routed);
+                self.trace(req, received_at, status, full_reason, Some(event), routed);
                 json(StatusCode::OK, &answer)
             }
         }

@@ -44,7 +44,9 @@ pub enum RouteOutcome {
     /// Decoded, understood, and nothing to do; `reason` says why.
     Ignored { reason: String },
     /// No configured pair matches the ids the event carried; `reason` names them.
-    Unmatched { reason: String },
+    /// `configured` lists the ids that are configured instead: for the status and the log,
+    /// never for the webhook's caller (who may be anyone who can reach the URL).
+    Unmatched { reason: String, configured: String },
     /// A sender's test notification; `routed` lists the pairs real events would go to.
     Test { routed: Vec<PairKey> },
 }
@@ -137,20 +139,17 @@ impl RouteTable {
 
         if server.is_empty() {
             return RouteOutcome::Unmatched {
-                reason: format!(
-                    "the {} webhook carried no server id; configured server ids: {}",
-                    event.sender,
-                    configured_servers(&self.targets)
-                ),
+                reason: format!("the {} webhook carried no server id", event.sender),
+                configured: configured_servers(&self.targets),
             };
         }
         if all_on_server.is_empty() {
             return RouteOutcome::Unmatched {
                 reason: format!(
-                    "no backend with server id {} is configured; configured server ids: {}",
-                    event.backend_id,
-                    configured_servers(&self.targets)
+                    "no backend with server id {} is configured",
+                    event.backend_id
                 ),
+                configured: configured_servers(&self.targets),
             };
         }
         if event.generic {
@@ -165,6 +164,7 @@ impl RouteTable {
                     event.backend_id,
                     no_user_hint(event.sender)
                 ),
+                configured: String::new(),
             };
         };
         let routed = of_user(&user);
@@ -179,11 +179,11 @@ impl RouteTable {
                 .join(", ");
             return RouteOutcome::Unmatched {
                 reason: format!(
-                    "no backend with server id {} and user id {} is configured; configured on that server: {}",
+                    "no backend with server id {} and user id {} is configured",
                     event.backend_id,
                     event.user_id.as_deref().unwrap_or_default(),
-                    configured
                 ),
+                configured: format!("configured on that server: {configured}"),
             };
         }
         RouteOutcome::Routed(self.pairs(routed))
@@ -213,9 +213,24 @@ fn configured_servers(targets: &[RouteTarget]) -> String {
     ids.sort_unstable();
     ids.dedup();
     if ids.is_empty() {
-        "none".into()
+        "configured server ids: none".into()
     } else {
-        ids.join(", ")
+        format!("configured server ids: {}", ids.join(", "))
+    }
+}
+
+impl RouteOutcome {
+    /// The whole reason, with what is configured instead: for the status and the log.
+    pub fn full_reason(&self) -> Option<String> {
+        match self {
+            RouteOutcome::Unmatched { reason, configured } if !configured.is_empty() => {
+                Some(format!("{reason}; {configured}"))
+            }
+            RouteOutcome::Unmatched { reason, .. } | RouteOutcome::Ignored { reason } => {
+                Some(reason.clone())
+            }
+            RouteOutcome::Routed(_) | RouteOutcome::Test { .. } => None,
+        }
     }
 }
 
@@ -413,20 +428,32 @@ mod tests {
     fn mismatched_ids_are_unmatched_with_the_ids() {
         let e = ev(EventKind::Play, "other", Some("1"));
         match route(&e, &targets()) {
-            RouteOutcome::Unmatched { reason } => {
+            RouteOutcome::Unmatched { reason, configured } => {
                 assert!(reason.contains("server id other"), "{reason}");
-                assert!(reason.contains("plexsrv"), "{reason}");
+                // What is configured is kept apart from what the caller is told.
+                assert!(!reason.contains("plexsrv"), "{reason}");
+                assert!(configured.contains("plexsrv"), "{configured}");
             }
             o => panic!("{o:?}"),
         }
         let e = ev(EventKind::Play, JF, Some("stranger"));
-        match route(&e, &targets()) {
-            RouteOutcome::Unmatched { reason } => {
+        let outcome = route(&e, &targets());
+        match &outcome {
+            RouteOutcome::Unmatched { reason, configured } => {
                 assert!(reason.contains("user id stranger"), "{reason}");
-                assert!(reason.contains("bob/jelly (user id b0b)"), "{reason}");
+                assert!(!reason.contains("b0b"), "{reason}");
+                assert!(
+                    configured.contains("bob/jelly (user id b0b)"),
+                    "{configured}"
+                );
             }
             o => panic!("{o:?}"),
         }
+        let full = outcome.full_reason().unwrap();
+        assert!(
+            full.contains("user id stranger") && full.contains("bob/jelly (user id b0b)"),
+            "{full}"
+        );
         let e = ev(EventKind::Play, JF, None);
         assert!(matches!(
             route(&e, &targets()),
@@ -434,7 +461,7 @@ mod tests {
         ));
         let e = ev(EventKind::Play, "", Some("1"));
         match route(&e, &targets()) {
-            RouteOutcome::Unmatched { reason } => {
+            RouteOutcome::Unmatched { reason, .. } => {
                 assert!(reason.contains("no server id"), "{reason}")
             }
             o => panic!("{o:?}"),
@@ -446,7 +473,7 @@ mod tests {
         ));
         let e = ev(EventKind::Play, JF, Some("b0b"));
         assert!(
-            matches!(route(&e, &[]), RouteOutcome::Unmatched { reason } if reason.contains("none"))
+            matches!(route(&e, &[]), RouteOutcome::Unmatched { configured, .. } if configured.contains("none"))
         );
     }
 

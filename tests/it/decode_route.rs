@@ -120,7 +120,7 @@ fn decode_route_unknown_user_is_unmatched_with_its_ids() {
             user_id: "nobody".into(),
         }];
         match route(&event, &targets) {
-            RouteOutcome::Unmatched { reason } => {
+            RouteOutcome::Unmatched { reason, .. } => {
                 let uid = event.user_id.clone().unwrap_or_default();
                 assert!(reason.contains(&uid), "{}: {reason}", case.label());
                 assert!(

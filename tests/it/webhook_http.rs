@@ -191,7 +191,11 @@ async fn each_outcome_has_its_answer() {
         .as_str()
         .unwrap()
         .to_string();
-    assert!(a["reason"].as_str().unwrap().contains(&emby_server), "{a}");
+    let reason = a["reason"].as_str().unwrap();
+    assert!(reason.contains(&emby_server), "{a}");
+    // Whoever can reach the webhook URL is not told which servers are configured.
+    let plex_server = "3f2a9c1d7e8b4a6f9c0d1e2f3a4b5c6d7e8f9a0b";
+    assert!(!reason.contains(plex_server), "{a}");
 
     // Test notifications.
     let r = request(
@@ -248,6 +252,12 @@ async fn each_outcome_has_its_answer() {
     assert_eq!(recent.len(), 1);
     assert_eq!(recent[0]["backend_id"], emby_server);
     assert_eq!(recent[0]["sender"], "emby");
+    // The status, behind the API key, names them: the common set-up mistake is visible there.
+    let full = recent[0]["reason"].as_str().unwrap();
+    assert!(
+        full.contains(&emby_server) && full.contains(plex_server),
+        "{full}"
+    );
     t.stop().await;
 }
 

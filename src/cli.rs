@@ -103,7 +103,8 @@ pub fn main() -> ExitCode {
             }
         }
         Command::Serve => {
-            crate::logging::init(format, config.log.level.as_deref());
+            // Held until the end of `serve`: dropping it writes out the queued log lines.
+            let _logs = crate::logging::init(format, config.log.level.as_deref());
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

@@ -85,6 +85,7 @@ impl ServiceRoutes {
                     "total": self.webhook.unmatched.total(),
                     "recent": self.webhook.unmatched.snapshot(),
                 },
+                "log": {"dropped_lines": crate::logging::dropped_lines()},
                 "store": {
                     "corrupt_database_moved_to": self.store.as_ref().and_then(|s| s.moved_aside()).map(|p| p.display().to_string()),
                     "batches": writes.map(|w| w.0),

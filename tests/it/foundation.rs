@@ -2,7 +2,7 @@
 
 use crate::harness::{bin, Served, TestApp, TestDir, API_KEY};
 use std::io::{Read, Write};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const BACKEND: &str = r#"
 [users.alice.backends.plex]
@@ -417,6 +417,76 @@ fn apikey_is_generated_once_and_accepted() {
         !served.log_text().contains(&k1),
         "the key must never be logged"
     );
+}
+
+/// The log is written by a thread of its own: a reader of stderr that stalls (a full pipe)
+/// does not hold up webhooks. Written from the request's task, the 65th KiB of log lines
+/// blocked the handler, and with it every webhook after.
+#[test]
+fn a_stalled_log_reader_does_not_hold_up_webhooks() {
+    let dir = TestDir::new();
+    let path = dir.config(&format!("api_key = \"{API_KEY}\""), BACKEND);
+    let served = Served::start(&path);
+    served
+        .stall_log
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    const N: usize = 1500;
+    rt.block_on(async {
+        let c = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        for i in 0..N {
+            // Each is answered `unmatched` and logs a line of a few hundred bytes: far more
+            // than a pipe holds (64 KiB) in all.
+            let body = format!(
+                r#"{{"Event":"playback.start","Server":{{"Id":"unknown-server"}},"User":{{"Id":"u{i}"}},"Item":{{"Id":"{i}","Type":"Movie"}}}}"#
+            );
+            let r = c
+                .post(served.url("/webhook"))
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("webhook {i} was not answered while the log stalled: {e}"));
+            assert_eq!(r.status(), 200, "webhook {i}");
+        }
+    });
+    // Once the reader goes on, every line arrives: none was dropped.
+    served
+        .stall_log
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let logged = || {
+        served
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("\"message\":\"webhook\""))
+            .count()
+    };
+    while logged() < N {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {N} webhook log lines arrived",
+            logged()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status: serde_json::Value = rt.block_on(async {
+        reqwest::Client::new()
+            .get(served.url("/status"))
+            .header("X-Apikey", API_KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    });
+    assert_eq!(status["log"]["dropped_lines"], 0, "{status}");
 }
 
 #[test]

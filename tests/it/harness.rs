@@ -83,6 +83,9 @@ pub struct Served {
     pub addr: String,
     /// Everything the process logged so far and later (collected by a thread).
     pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// While true, the thread stops reading the process's stderr: its pipe fills up, like
+    /// a log reader that has stalled.
+    pub stall_log: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Served {
@@ -230,12 +233,17 @@ impl Served {
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel::<String>();
         let sink = log.clone();
+        let stall_log = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stalled = stall_log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if line.contains("watchstate is serving") {
                     let _ = tx.send(line.clone());
                 }
                 sink.lock().unwrap().push(line);
+                while stalled.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
             }
         });
         let line = rx
@@ -246,7 +254,12 @@ impl Served {
             .as_str()
             .expect("addr in the start line")
             .to_string();
-        Served { child, addr, log }
+        Served {
+            child,
+            addr,
+            log,
+            stall_log,
+        }
     }
 
     /// `kill -9` the process (no shutdown code runs) and reap it.

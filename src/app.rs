@@ -68,6 +68,7 @@ impl App {
                 token: b.token.clone(),
                 user_id: b.user_id.clone(),
                 timeout: config.sync.request_timeout,
+                ignore_libraries: b.ignore_libraries.clone(),
             })
             .map_err(|e| AppError::Actors(format!("users.{user}.backends.{name}: {e}")))?;
             let key = PairKey::new(user, name);

@@ -92,13 +92,15 @@ impl PairCore {
         self.commit(batch)
     }
 
-    /// One `get_item` call when the event carries no usable ids and the index does not know
-    /// its backend item id (rule 1).
+    /// One `get_item` call when the index does not know the event's backend item id and
+    /// the event carries no usable ids (rule 1), or does not name its library while this
+    /// backend ignores some (Jellyfin and Emby never name it; the lookup finds it).
     async fn lookup_if_needed(&mut self, ev: &WebhookEvent) -> Option<Result<RemoteItem, String>> {
         let relevant = ev.actionable() || ev.event == EventKind::ItemAdded;
         let usable = event_identity(ev).is_some_and(|i| i.is_usable());
+        let library_unknown = !self.spec.ignore_libraries.is_empty() && ev.library_id.is_none();
         let item_id = ev.item_id.as_deref()?;
-        if !relevant || usable || self.items.by_item_id(item_id).is_some() {
+        if !relevant || (usable && !library_unknown) || self.items.by_item_id(item_id).is_some() {
             return None;
         }
         let now = self.now();

@@ -10,12 +10,14 @@
 //! through the listing route with `Fields=…UserDataPlayCount,UserDataLastPlayedDate`: recent
 //! Emby leaves `LastPlayedDate` out and answers `PlayCount: 0` unless asked, and the
 //! single-item route documents no `Fields`.
+//! `ignore_libraries`: as for Jellyfin (`ParentId` listings, `GET /Items/{Id}/Ancestors`);
+//! see [`IgnoredLibraries`].
 
 use super::http::{format_compact_utc, item_id as plain_id, HttpCore};
 use super::lenient::id_of;
 use super::mediabrowser::{
-    cache_shows, ms_to_ticks, next_cursor, parse_cursor, to_remote, uncached_shows, ItemDto,
-    ItemsResult, PublicSystemInfo,
+    cache_shows, ms_to_ticks, next_cursor, parse_cursor, to_remote, uncached_shows,
+    IgnoredLibraries, ItemDto, ItemsResult, PublicSystemInfo,
 };
 use super::{ClientConfig, SeriesIdCache, SHOW_LOOKUP_BATCH};
 use async_trait::async_trait;
@@ -42,6 +44,8 @@ pub struct EmbyClient {
     user_id: String,
     /// Show provider ids already fetched.
     series: SeriesIdCache,
+    /// `ignore_libraries`, and the items they hold.
+    ignored: IgnoredLibraries,
 }
 
 impl EmbyClient {
@@ -61,6 +65,7 @@ impl EmbyClient {
                 .with_token_in_query("api_key"),
             user_id: cfg.user_id,
             series: SeriesIdCache::default(),
+            ignored: IgnoredLibraries::new(cfg.ignore_libraries),
         })
     }
 
@@ -91,6 +96,44 @@ impl EmbyClient {
             .items
             .into_iter()
             .find(|raw| id_of(raw, "Id").as_deref() == Some(item_id)))
+    }
+
+    /// `GET /Users/{uid}/Items?ParentId={library}&Recursive=true&…`, ids only: the items of
+    /// each ignored library.
+    async fn list_ignored(&self, page_size: usize) -> Result<(), BackendError> {
+        self.ignored
+            .list_members(page_size, |lib, start| async move {
+                let query = [
+                    ("ParentId", lib.clone()),
+                    ("Recursive", "true".to_string()),
+                    ("IncludeItemTypes", "Movie,Episode".to_string()),
+                    ("SortBy", LIST_SORT.to_string()),
+                    ("SortOrder", "Ascending".to_string()),
+                    ("EnableUserData", "false".to_string()),
+                    ("EnableImages", "false".to_string()),
+                    ("StartIndex", start.to_string()),
+                    ("Limit", page_size.to_string()),
+                ];
+                let req = self
+                    .http
+                    .request(Method::GET, &self.items_route(), &query)?;
+                self.http
+                    .send_json(req, &format!("list ignored library {lib}"))
+                    .await
+            })
+            .await
+    }
+
+    /// `GET /Items/{Id}/Ancestors?UserId=`.
+    async fn ancestors(&self, id: &str) -> Result<Vec<Box<RawValue>>, BackendError> {
+        let id = plain_id(id)?;
+        let query = [("UserId", self.user_id.clone())];
+        let req = self
+            .http
+            .request(Method::GET, &["Items", id, "Ancestors"], &query)?;
+        self.http
+            .send_json(req, &format!("ancestors of {id}"))
+            .await
     }
 
     /// Fills the cache for the shows of `items` that are not in it yet (one request per
@@ -128,6 +171,9 @@ impl BackendApi for EmbyClient {
         page_size: usize,
     ) -> Result<ItemPage, BackendError> {
         let start = parse_cursor(cursor);
+        if self.ignored.needs_members(start) {
+            self.list_ignored(page_size).await?;
+        }
         let query = [
             ("Recursive", "true".to_string()),
             ("IncludeItemTypes", "Movie,Episode".to_string()),
@@ -150,6 +196,10 @@ impl BackendApi for EmbyClient {
         let items = items
             .into_iter()
             .filter_map(|i| to_remote(&self.series, i))
+            .map(|mut r| {
+                self.ignored.tag(&mut r);
+                r
+            })
             .collect();
         Ok(ItemPage {
             items,
@@ -168,7 +218,14 @@ impl BackendApi for EmbyClient {
                 message: format!("item {item_id}: the item is not the expected JSON ({e})"),
             })?;
         self.load_series(std::slice::from_ref(&item)).await?;
-        Ok(to_remote(&self.series, item))
+        let Some(mut remote) = to_remote(&self.series, item) else {
+            return Ok(None);
+        };
+        let id = remote.item_id.clone();
+        self.ignored
+            .tag_looked_up(&mut remote, self.ancestors(&id))
+            .await?;
+        Ok(Some(remote))
     }
 
     async fn set_played(

@@ -18,16 +18,21 @@
 //! Array query parameters (`includeItemTypes`, `fields`, `ids`) are `type: array` with the
 //! default `form`/`explode=true` style in the spec, so they are sent as repeated keys
 //! (`includeItemTypes=Movie&includeItemTypes=Episode`); Jellyfin also reads comma lists.
+//!
+//! `ignore_libraries`: items do not name their library, so a listing first lists the ignored
+//! libraries' ids (`GET /Items?parentId=…`) and a looked-up item reads its ancestors
+//! (`GET /Items/{id}/Ancestors`); see [`IgnoredLibraries`].
 
 use super::http::{format_rfc3339, item_id as plain_id, HttpCore};
 use super::mediabrowser::{
-    cache_shows, ms_to_ticks, next_cursor, parse_cursor, to_remote, uncached_shows, ItemDto,
-    ItemsResult, PublicSystemInfo, UserDataUpdate,
+    cache_shows, ms_to_ticks, next_cursor, parse_cursor, to_remote, uncached_shows,
+    IgnoredLibraries, ItemDto, ItemsResult, PublicSystemInfo, UserDataUpdate,
 };
 use super::{ClientConfig, SeriesIdCache, SHOW_LOOKUP_BATCH};
 use async_trait::async_trait;
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION};
 use reqwest::Method;
+use serde_json::value::RawValue;
 use watchstate_actors::backend::{BackendApi, BackendError, ItemPage, RemoteItem, ServerIdentity};
 use watchstate_actors::event::Millis;
 
@@ -55,6 +60,8 @@ pub struct JellyfinClient {
     user_id: String,
     /// Show provider ids already fetched.
     series: SeriesIdCache,
+    /// `ignore_libraries`, and the items they hold.
+    ignored: IgnoredLibraries,
     /// The routes the server has, once known, and its version when read; `identity` reads
     /// it again, so an upgraded server is followed.
     routes: std::sync::Mutex<Option<(Routes, Option<String>)>>,
@@ -102,6 +109,7 @@ impl JellyfinClient {
             http: HttpCore::new(cfg.base_url, cfg.timeout, headers, &cfg.token)?,
             user_id: cfg.user_id,
             series: SeriesIdCache::default(),
+            ignored: IgnoredLibraries::new(cfg.ignore_libraries),
             routes: std::sync::Mutex::new(None),
         })
     }
@@ -244,6 +252,44 @@ impl JellyfinClient {
         ("userId", self.user_id.clone())
     }
 
+    /// `GET /Items?parentId={library}&recursive=true&…`, ids only: the items of each ignored
+    /// library (`parentId` and the route are the same in 10.8).
+    async fn list_ignored(&self, page_size: usize) -> Result<(), BackendError> {
+        self.ignored
+            .list_members(page_size, |lib, start| async move {
+                let mut query = vec![
+                    self.user(),
+                    ("parentId", lib.clone()),
+                    ("recursive", "true".to_string()),
+                ];
+                query.extend(repeated("includeItemTypes", &LIST_TYPES));
+                query.extend(repeated("sortBy", &LIST_SORT));
+                query.extend([
+                    ("sortOrder", "Ascending".to_string()),
+                    ("enableUserData", "false".to_string()),
+                    ("enableImages", "false".to_string()),
+                    ("startIndex", start.to_string()),
+                    ("limit", page_size.to_string()),
+                ]);
+                let req = self.http.request(Method::GET, &["Items"], &query)?;
+                self.http
+                    .send_json(req, &format!("list ignored library {lib}"))
+                    .await
+            })
+            .await
+    }
+
+    /// `GET /Items/{id}/Ancestors?userId=` (the same route in 10.8).
+    async fn ancestors(&self, id: &str) -> Result<Vec<Box<RawValue>>, BackendError> {
+        let id = plain_id(id)?;
+        let req = self
+            .http
+            .request(Method::GET, &["Items", id, "Ancestors"], &[self.user()])?;
+        self.http
+            .send_json(req, &format!("ancestors of {id}"))
+            .await
+    }
+
     /// Fills the cache for the shows of `items` that are not in it yet (one request per
     /// [`SHOW_LOOKUP_BATCH`] shows).
     async fn load_series(&self, items: &[ItemDto]) -> Result<(), BackendError> {
@@ -272,6 +318,9 @@ impl BackendApi for JellyfinClient {
         page_size: usize,
     ) -> Result<ItemPage, BackendError> {
         let start = parse_cursor(cursor);
+        if self.ignored.needs_members(start) {
+            self.list_ignored(page_size).await?;
+        }
         let mut query = vec![self.user(), ("recursive", "true".to_string())];
         query.extend(repeated("includeItemTypes", &LIST_TYPES));
         query.extend(repeated("fields", &LIST_FIELDS));
@@ -292,6 +341,10 @@ impl BackendApi for JellyfinClient {
         let items = items
             .into_iter()
             .filter_map(|i| to_remote(&self.series, i))
+            .map(|mut r| {
+                self.ignored.tag(&mut r);
+                r
+            })
             .collect();
         Ok(ItemPage {
             items,
@@ -309,7 +362,14 @@ impl BackendApi for JellyfinClient {
             Err(e) => return Err(e),
         };
         self.load_series(std::slice::from_ref(&item)).await?;
-        Ok(to_remote(&self.series, item))
+        let Some(mut remote) = to_remote(&self.series, item) else {
+            return Ok(None);
+        };
+        let id = remote.item_id.clone();
+        self.ignored
+            .tag_looked_up(&mut remote, self.ancestors(&id))
+            .await?;
+        Ok(Some(remote))
     }
 
     async fn set_played(

@@ -196,6 +196,166 @@ impl ItemDto {
     }
 }
 
+/// `ignore_libraries` on a server whose items do not name their library. The listing learns
+/// which items the ignored libraries hold (one id-only listing of each, at the start of every
+/// sync), and a single item's library is read from its ancestors (`/Items/{id}/Ancestors`),
+/// where one of them is the library (a `CollectionFolder`, the `ParentId` of a listing).
+/// Items found in an ignored library carry its id, as configured, in
+/// [`RemoteItem::library_id`]: the pair actor ignores them (in a sync and for a webhook).
+#[derive(Debug, Default)]
+pub(crate) struct IgnoredLibraries {
+    /// The configured ids, as written.
+    ids: Vec<String>,
+    /// Item id → the configured id of the ignored library it is in; `None` until listed.
+    members: std::sync::Mutex<Option<HashMap<String, String>>>,
+}
+
+impl IgnoredLibraries {
+    pub fn new(ids: Vec<String>) -> Self {
+        IgnoredLibraries {
+            ids: ids.into_iter().filter(|i| !i.trim().is_empty()).collect(),
+            members: Default::default(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<HashMap<String, String>>> {
+        // Replaced whole, never left half-updated.
+        self.members.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the members must be listed before a page starting at `start`: at the start of
+    /// every listing, and when a listing resumed after a restart has not listed them yet.
+    pub fn needs_members(&self, start: u64) -> bool {
+        !self.is_empty() && (start == 0 || self.lock().is_none())
+    }
+
+    pub fn set_members(&self, members: HashMap<String, String>) {
+        *self.lock() = Some(members);
+    }
+
+    /// The configured id that `id` (a library's item id) is, compared as server ids are (case
+    /// and dashes aside).
+    pub fn matching(&self, id: &str) -> Option<&str> {
+        let id = watchstate_actors::event::normalize_id(id);
+        self.ids
+            .iter()
+            .find(|c| watchstate_actors::event::normalize_id(c) == id)
+            .map(String::as_str)
+    }
+
+    /// Tag `item` with its ignored library when the last listing found it in one; whether
+    /// it is tagged.
+    pub fn tag(&self, item: &mut RemoteItem) -> bool {
+        if item.library_id.is_none() {
+            item.library_id = self
+                .lock()
+                .as_ref()
+                .and_then(|m| m.get(&item.item_id).cloned());
+        }
+        item.library_id.is_some()
+    }
+
+    /// Tag `item` (looked up alone) from the last listing, else from its ancestors as
+    /// `ancestors` reads them. A server that cannot say (a 4xx) leaves it untagged, with a
+    /// warning; a server that did not answer is an error (the lookup failed).
+    pub async fn tag_looked_up<Fut>(
+        &self,
+        item: &mut RemoteItem,
+        ancestors: Fut,
+    ) -> Result<(), BackendError>
+    where
+        Fut: std::future::Future<Output = Result<Vec<Box<RawValue>>, BackendError>>,
+    {
+        if self.is_empty() || self.tag(item) {
+            return Ok(());
+        }
+        match ancestors.await {
+            Ok(list) => {
+                self.tag_from_ancestors(item, &list);
+                Ok(())
+            }
+            Err(e) if e.is_retryable() => Err(e),
+            Err(e) => {
+                tracing::warn!(item = %item.item_id, error = %e, "ignore_libraries: cannot read the item's library");
+                Ok(())
+            }
+        }
+    }
+
+    /// Tag `item` from its ancestors (`GET /Items/{id}/Ancestors`, an array of items).
+    pub fn tag_from_ancestors(&self, item: &mut RemoteItem, ancestors: &[Box<RawValue>]) {
+        #[derive(Deserialize)]
+        struct Ancestor {
+            #[serde(rename = "Id", deserialize_with = "string_or_number")]
+            id: String,
+        }
+        item.library_id = ancestors
+            .iter()
+            .filter_map(|a| serde_json::from_str::<Ancestor>(a.get()).ok())
+            .find_map(|a| self.matching(&a.id).map(str::to_string));
+    }
+}
+
+impl IgnoredLibraries {
+    /// List the items of every ignored library (movies and episodes, ids only) with `fetch`
+    /// (library id, start index → a page) and remember which library each is in. A library
+    /// the server does not know (a 4xx) is skipped with a warning, so that a wrong id does
+    /// not stop every sync; other failures fail the listing (the sync retries it).
+    pub async fn list_members<F, Fut>(&self, page_size: usize, fetch: F) -> Result<(), BackendError>
+    where
+        F: Fn(String, u64) -> Fut,
+        Fut: std::future::Future<Output = Result<ItemsResult, BackendError>>,
+    {
+        let mut members = HashMap::new();
+        for lib in &self.ids {
+            let mut start = 0;
+            loop {
+                let page = match fetch(lib.clone(), start).await {
+                    Ok(page) => page,
+                    Err(e @ (BackendError::NotFound { .. } | BackendError::Client { .. })) => {
+                        tracing::warn!(library = %lib, error = %e, "ignore_libraries: cannot list this library; is it a library id of this server?");
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                };
+                let (got, ids) = page_ids(&page);
+                members.extend(ids.into_iter().map(|id| (id, lib.clone())));
+                match next_start(start, got, page_size, page.total()) {
+                    Some(next) => start = next,
+                    None => break,
+                }
+            }
+        }
+        tracing::debug!(
+            items = members.len(),
+            "items of the ignored libraries listed"
+        );
+        self.set_members(members);
+        Ok(())
+    }
+}
+
+/// The item ids of one library, from an id-only listing page: how many items it had, and
+/// the ids that decode.
+pub fn page_ids(page: &ItemsResult) -> (usize, Vec<String>) {
+    #[derive(Deserialize)]
+    struct IdOnly {
+        #[serde(rename = "Id", deserialize_with = "string_or_number")]
+        id: String,
+    }
+    let ids = page
+        .items
+        .iter()
+        .filter_map(|i| serde_json::from_str::<IdOnly>(i.get()).ok())
+        .map(|i| i.id)
+        .collect();
+    (page.items.len(), ids)
+}
+
 /// The listing cursor of both servers: the next `StartIndex`, in decimal.
 pub fn parse_cursor(cursor: Option<&str>) -> u64 {
     match cursor.map(str::parse::<u64>) {
@@ -210,12 +370,17 @@ pub fn parse_cursor(cursor: Option<&str>) -> u64 {
 
 /// The cursor after a page of `got` items starting at `start`.
 pub fn next_cursor(start: u64, got: usize, asked: usize, total: Option<u64>) -> Option<String> {
+    next_start(start, got, asked, total).map(|n| n.to_string())
+}
+
+/// The start of the page after one of `got` items starting at `start`, if there is one.
+fn next_start(start: u64, got: usize, asked: usize, total: Option<u64>) -> Option<u64> {
     let end = start + got as u64;
     let more = match total {
         Some(total) => got > 0 && end < total,
         None => got >= asked && got > 0,
     };
-    more.then(|| end.to_string())
+    more.then_some(end)
 }
 
 /// The shows named by the episodes of `items` whose provider ids are not cached yet (sorted,

@@ -42,6 +42,9 @@ pub struct ClientConfig {
     pub user_id: String,
     /// Bound on each whole request (connect, send, read the body).
     pub timeout: Duration,
+    /// `ignore_libraries` of the backend: Jellyfin and Emby clients find out which items
+    /// those libraries hold (Plex names the section on every item).
+    pub ignore_libraries: Vec<String>,
 }
 
 impl std::fmt::Debug for ClientConfig {
@@ -53,6 +56,7 @@ impl std::fmt::Debug for ClientConfig {
             .field("token", &"<redacted>")
             .field("user_id", &self.user_id)
             .field("timeout", &self.timeout)
+            .field("ignore_libraries", &self.ignore_libraries)
             .finish()
     }
 }
@@ -136,6 +140,7 @@ mod tests {
                 token: "s3cret-t0ken".to_string(),
                 user_id: "u1".to_string(),
                 timeout: Duration::from_secs(1),
+                ignore_libraries: Vec::new(),
             };
             assert!(!format!("{cfg:?}").contains("s3cret"));
             let text = match kind {
@@ -155,6 +160,7 @@ mod tests {
             token: "bad\ntoken".to_string(),
             user_id: "u1".to_string(),
             timeout: Duration::from_secs(1),
+            ignore_libraries: Vec::new(),
         };
         assert!(build_client(cfg).is_err());
     }

@@ -553,6 +553,66 @@ async fn items_added_after_start_are_listed(kind: FakeKind) {
 
 per_kind!(items_added_after_start_are_listed);
 
+/// `ignore_libraries = ["2"]` (the fakes' episode library): every client says which items are
+/// in it, in a listing and for one item looked up alone. Plex names the section on every
+/// item; Jellyfin and Emby list the ignored library's ids at the start of a listing and read a
+/// looked-up item's ancestors.
+async fn items_of_ignored_libraries_carry_the_library(kind: FakeKind) {
+    let fake = FakeServer::start(kind, library()).await;
+    let cfg = ClientConfig {
+        ignore_libraries: vec!["2".into()],
+        ..fake.client_config()
+    };
+    let in_ignored = |i: &RemoteItem| i.library_id.as_deref() == Some("2");
+    let client = build_client(cfg.clone()).unwrap();
+    let (items, _) = list_all(client.as_ref(), 4).await;
+    assert_eq!(items.len(), 10);
+    for i in &items {
+        assert_eq!(
+            in_ignored(i),
+            i.item_type == ItemType::Episode,
+            "{kind:?} {}: {:?}",
+            i.item_id,
+            i.library_id
+        );
+    }
+    // Alone, with nothing listed before.
+    let client = build_client(cfg).unwrap();
+    let ep = client.get_item("202").await.unwrap().expect("item 202");
+    assert!(in_ignored(&ep), "{kind:?}: {:?}", ep.library_id);
+    let movie = client.get_item("101").await.unwrap().expect("item 101");
+    assert!(!in_ignored(&movie), "{kind:?}: {:?}", movie.library_id);
+    if kind != FakeKind::Plex {
+        let requests = fake.requests();
+        assert!(
+            requests.iter().any(|r| r.path == "/Items/202/Ancestors"),
+            "{kind:?}: the lookup did not read the ancestors"
+        );
+        let parent = |r: &&crate::fakes::RecordedRequest| {
+            r.param("parentId").or(r.param("ParentId")) == Some("2")
+        };
+        assert!(
+            requests.iter().any(|r| parent(&r)),
+            "{kind:?}: the ignored library was not listed"
+        );
+    }
+    // A library id the server does not have stops nothing (and, on Jellyfin and Emby, tags
+    // nothing; Plex items always name their own section).
+    let client = build_client(ClientConfig {
+        ignore_libraries: vec!["no-such-library".into()],
+        ..fake.client_config()
+    })
+    .unwrap();
+    let (items, _) = list_all(client.as_ref(), 50).await;
+    assert_eq!(items.len(), 10);
+    if kind != FakeKind::Plex {
+        assert!(items.iter().all(|i| i.library_id.is_none()));
+    }
+    fake.assert_contract();
+}
+
+per_kind!(items_of_ignored_libraries_carry_the_library);
+
 #[tokio::test]
 async fn plex_answers_xml_without_the_json_accept_header() {
     let fake = FakeServer::start(FakeKind::Plex, library()).await;

@@ -850,3 +850,93 @@ async fn a_tautulli_watched_for_the_plex_server_reaches_jellyfin_and_emby() {
     assert!(w.plex.writes().is_empty());
     w.stop().await;
 }
+
+/// `ignore_libraries` on a Jellyfin backend: the items of that library are left out of its
+/// sync, its webhooks about them change nothing anywhere, and changes from the other
+/// backends are not written into it. Jellyfin webhooks never name the library: the service
+/// learns it from the server.
+#[tokio::test]
+async fn jellyfin_ignore_libraries_keeps_that_library_out_both_ways() {
+    const KIDS_IMDB: &str = "tt0110357";
+    let kids = |id: &str| {
+        FakeItem::movie(id, "The Lion King")
+            .year(1994)
+            .ext("imdb", KIDS_IMDB)
+    };
+    let w = World::start(
+        FakeLibrary::new()
+            .with(movie(PLEX_MOVIE))
+            .with(kids("48300")),
+        FakeLibrary::new()
+            .with(movie(JF_MOVIE))
+            .with(kids("b0a1c2d3e4f5061728394a5b6c7d8e9f").library("kids-lib")),
+        FakeLibrary::new()
+            .with(movie(EMBY_MOVIE))
+            .with(kids("88300")),
+        SYNC,
+        Extra {
+            jellyfin: "ignore_libraries = [\"kids-lib\"]",
+            ..Extra::default()
+        },
+    )
+    .await;
+    w.sync_all().await;
+    let jf = w.app.pair("alice", "jellyfin").await;
+    assert_eq!(jf["items"], 1, "the ignored library was synced: {jf:#}");
+    w.clear_logs();
+
+    // Jellyfin marks the ignored movie played: nothing is written anywhere.
+    let received = jf["counters"]["received"].as_u64().unwrap();
+    let item = MbItem {
+        id: "b0a1c2d3e4f5061728394a5b6c7d8e9f".into(),
+        kind: "Movie",
+        name: "The Lion King".into(),
+        ids: vec![("Imdb", KIDS_IMDB.into())],
+        series: None,
+        runtime_ms: 5_280_000,
+    };
+    accepted(
+        &w,
+        &jellyfin_user_data_saved(
+            w.jellyfin.server_id(),
+            w.jellyfin.user_id(),
+            &item,
+            "TogglePlayed",
+            true,
+            0,
+        ),
+    )
+    .await;
+    wait_received(&w, "jellyfin", received + 1).await;
+    let jf = w.app.pair("alice", "jellyfin").await;
+    assert_eq!(jf["last_event"]["outcome"], "ignored", "{jf:#}");
+    assert_eq!(
+        jf["last_event"]["reason"], "library ignored by ignore_libraries",
+        "{jf:#}"
+    );
+
+    // Plex scrobbles it: Emby gets it, Jellyfin does not.
+    let meta = PlexMeta {
+        rating_key: "48300".into(),
+        kind: "movie",
+        title: "The Lion King".into(),
+        guids: vec![("imdb", KIDS_IMDB.into())],
+        duration_ms: 5_280_000,
+        ..PlexMeta::default()
+    };
+    accepted(
+        &w,
+        &plex_webhook("media.scrobble", w.plex.server_id(), 1, &meta),
+    )
+    .await;
+    let emby = wait_writes(&w.emby, 1, "Emby written").await;
+    assert!(is_played(&emby[0], &w.emby, "88300"), "{emby:?}");
+    w.app.wait_quiet(Duration::from_millis(500)).await;
+    assert!(
+        w.jellyfin.writes().is_empty(),
+        "the ignored library was written: {:?}",
+        w.jellyfin.writes()
+    );
+    assert!(w.plex.writes().is_empty(), "{:?}", w.plex.writes());
+    w.stop().await;
+}

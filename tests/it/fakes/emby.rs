@@ -51,6 +51,9 @@ pub(super) fn handle(inner: &Inner, st: &mut State, req: &FakeRequest) -> FakeRe
     if !authorized(st, req) {
         return FakeResponse::status(401, "Access token is invalid or expired.");
     }
+    if let ("GET", ["Items", id, "Ancestors"]) = (m, segs.as_slice()) {
+        return super::jellyfin::ancestors(st, id);
+    }
     let ["Users", user, rest @ ..] = segs.as_slice() else {
         return FakeResponse::status(404, "no such route in the fake");
     };

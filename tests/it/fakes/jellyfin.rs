@@ -80,6 +80,7 @@ fn handle_10_8(inner: &Inner, st: &mut State, req: &FakeRequest) -> FakeResponse
             let user = user.to_string();
             played_items(st, req, &user, id)
         }
+        ("GET", ["Items", id, "Ancestors"]) => ancestors(st, id),
         ("GET", ["Items", _]) => FakeResponse::status(405, ""),
         _ => FakeResponse::status(404, ""),
     }
@@ -240,6 +241,8 @@ pub(super) fn query_items(
         total = all.len();
         all = all.into_iter().skip(start).take(limit).collect();
     } else {
+        // `parentId`: the items under that folder; with `recursive`, a library's items.
+        let parent = p("parentId");
         let mut matching: Vec<&FakeItem> = st
             .items
             .iter()
@@ -247,6 +250,7 @@ pub(super) fn query_items(
                 ItemType::Movie => wants("movie"),
                 ItemType::Episode => wants("episode"),
             })
+            .filter(|i| parent.as_ref().is_none_or(|p| *p == i.library_id()))
             .collect();
         // `sortBy` (Jellyfin: repeated or a comma list; Emby: a comma list).
         let sorted = p("sortBy").is_some_and(|s| {
@@ -263,6 +267,28 @@ pub(super) fn query_items(
             .collect();
     }
     json!({"Items": all, "TotalRecordCount": total, "StartIndex": start})
+}
+
+/// `GET /Items/{id}/Ancestors` (both servers): the item's folders up to the root, nearest
+/// first: for an episode its season and show, then its library (`CollectionFolder`), then the
+/// user's root folder.
+pub(super) fn ancestors(st: &State, id: &str) -> FakeResponse {
+    let Some(item) = st.item(id) else {
+        return FakeResponse::status(404, "Item not found");
+    };
+    let mut list = Vec::new();
+    if item.item_type == ItemType::Episode {
+        list.push(json!({"Id": format!("season-{id}"), "Type": "Season", "Name": "Season"}));
+        if let Some(show) = &item.show_id {
+            list.push(json!({"Id": show, "Type": "Series", "Name": "Show"}));
+        }
+    }
+    let library = item.library_id();
+    list.push(
+        json!({"Id": library, "Type": "CollectionFolder", "Name": format!("Library {library}")}),
+    );
+    list.push(json!({"Id": "root", "Type": "UserRootFolder", "Name": "Media Folders"}));
+    FakeResponse::json(Value::Array(list))
 }
 
 fn authorized(st: &State, req: &FakeRequest) -> bool {
@@ -333,6 +359,7 @@ pub(super) fn handle(inner: &Inner, st: &mut State, req: &FakeRequest) -> FakeRe
             };
             FakeResponse::json(query_items(inner, st, user.as_deref(), p, render))
         }
+        ("GET", ["Items", id, "Ancestors"]) => ancestors(st, id),
         ("GET", ["Items", id]) => match (st.item(id), st.show(id)) {
             (Some(item), _) => {
                 FakeResponse::json(item_json(inner, st, user.as_deref(), item, Render::FULL))

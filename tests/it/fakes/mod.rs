@@ -214,7 +214,8 @@ impl FakeItem {
         self
     }
 
-    fn library_id(&self) -> String {
+    /// The library (Plex section, Jellyfin/Emby `CollectionFolder`) that holds the item.
+    pub(crate) fn library_id(&self) -> String {
         self.library_id
             .clone()
             .unwrap_or_else(|| match self.item_type {
@@ -1010,6 +1011,7 @@ impl FakeServer {
             token: self.token().to_string(),
             user_id: self.user_id().to_string(),
             timeout: Duration::from_secs(5),
+            ignore_libraries: Vec::new(),
         }
     }
 

@@ -117,6 +117,7 @@ fn stored_item(k: usize, i: usize) -> StoredItem {
         ),
         identity,
         played,
+        in_ignored_library: false,
         played_at: if played {
             1_700_000_000_000 + n as i64
         } else {

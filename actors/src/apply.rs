@@ -144,10 +144,12 @@ impl PairCore {
         if ev.item_type.is_none() {
             return Decision::new(Outcome::Ignored, "not a movie or an episode");
         }
-        if let Some(lib) = &ev.library_id {
-            if self.spec.ignore_libraries.iter().any(|l| l == lib) {
-                return Decision::new(Outcome::Ignored, "library ignored by ignore_libraries");
-            }
+        if ev
+            .library_id
+            .as_deref()
+            .is_some_and(|l| self.library_ignored(l))
+        {
+            return Decision::new(Outcome::Ignored, "library ignored by ignore_libraries");
         }
         // Resolve the identity: the event's own ids, the index, or the lookup.
         let mut identity = event_identity(ev).expect("item_type checked above");
@@ -156,18 +158,20 @@ impl PairCore {
             .as_deref()
             .and_then(|id| self.items.by_item_id(id));
         if let Some(slot) = known_slot {
+            if self.item_ignored(slot) {
+                return Decision::new(Outcome::Ignored, "library ignored by ignore_libraries");
+            }
             identity = self.items.get(slot).identity().merged(&identity);
         }
         let mut lookup_duration = None;
         match lookup {
             Some(Ok(remote)) => {
-                if let Some(lib) = &remote.library_id {
-                    if self.spec.ignore_libraries.iter().any(|l| l == lib) {
-                        return Decision::new(
-                            Outcome::Ignored,
-                            "library ignored by ignore_libraries",
-                        );
-                    }
+                if remote
+                    .library_id
+                    .as_deref()
+                    .is_some_and(|l| self.library_ignored(l))
+                {
+                    return Decision::new(Outcome::Ignored, "library ignored by ignore_libraries");
                 }
                 identity = identity.merged(&remote_identity(&remote));
                 lookup_duration = remote.duration_ms;

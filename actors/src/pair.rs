@@ -202,6 +202,16 @@ impl PairCore {
         self.meta.next_id
     }
 
+    /// Whether `lib` is one of the pair's `ignore_libraries`.
+    pub fn library_ignored(&self, lib: &str) -> bool {
+        self.spec.ignore_libraries.iter().any(|l| l == lib)
+    }
+
+    /// The item at `slot` was found in an ignored library, and the pair still ignores some.
+    pub fn item_ignored(&self, slot: u32) -> bool {
+        !self.spec.ignore_libraries.is_empty() && self.items.get(slot).in_ignored_library
+    }
+
     pub fn put_item(&self, batch: &mut Batch, slot: u32) {
         let item = self.items.get(slot);
         batch.put(

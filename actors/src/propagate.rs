@@ -139,6 +139,8 @@ impl PairCore {
         if self.spec.export && sc.origin.user == self.spec.key.user {
             let conflicts_before = self.meta.conflicts;
             match self.items.find(&sc.identity) {
+                // In an ignored library: nothing is written to it, nothing kept for it.
+                Some(slot) if self.item_ignored(slot) => {}
                 Some(slot) => {
                     let pushed = self.want(slot, &sc, &mut batch);
                     if pushed && sc.request_id == format!("sync:{}", self.spec.key) {

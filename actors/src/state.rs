@@ -168,6 +168,10 @@ pub struct Item {
     pub season: Option<u32>,
     pub episode: Option<u32>,
     pub played: bool,
+    /// The last sync found it in a library of `ignore_libraries` (it was known before that
+    /// library was ignored): its webhooks and its siblings' changes are ignored while the
+    /// pair ignores libraries.
+    pub in_ignored_library: bool,
     /// When `played` got its value; 0 = unknown (first seen unplayed, never changed).
     pub played_at: Millis,
     pub position_ms: u64,
@@ -190,6 +194,7 @@ impl Item {
             season: identity.season,
             episode: identity.episode,
             played: false,
+            in_ignored_library: false,
             played_at: 0,
             position_ms: 0,
             position_at: 0,
@@ -233,6 +238,7 @@ impl Item {
             title: self.title.to_string(),
             identity: self.identity(),
             played: self.played,
+            in_ignored_library: self.in_ignored_library,
             played_at: self.played_at,
             position_ms: self.position_ms,
             position_at: self.position_at,
@@ -257,6 +263,7 @@ impl Item {
             season: s.identity.season,
             episode: s.identity.episode,
             played: s.played,
+            in_ignored_library: s.in_ignored_library,
             played_at: s.played_at,
             position_ms: s.position_ms,
             position_at: s.position_at,
@@ -268,6 +275,7 @@ impl Item {
     pub fn from_stored(s: &StoredItem) -> Self {
         let mut item = Item::new(&s.item_id, &s.identity, Some(&s.title), s.last_seen);
         item.played = s.played;
+        item.in_ignored_library = s.in_ignored_library;
         item.played_at = s.played_at;
         item.position_ms = s.position_ms;
         item.position_at = s.position_at;
@@ -284,6 +292,9 @@ pub struct StoredItem {
     pub title: String,
     pub identity: Identity,
     pub played: bool,
+    /// Written only when true.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub in_ignored_library: bool,
     pub played_at: Millis,
     pub position_ms: u64,
     pub position_at: Millis,
@@ -303,6 +314,8 @@ struct StoredItemRef<'a> {
     #[serde(borrow)]
     identity: IdentityRef<'a>,
     played: bool,
+    #[serde(default)]
+    in_ignored_library: bool,
     played_at: Millis,
     position_ms: u64,
     position_at: Millis,
@@ -575,6 +588,14 @@ mod tests {
         it.duration_ms = Some(9);
         let stored = serde_json::to_vec(&it.to_stored()).unwrap();
         assert_eq!(Item::decode_stored(&stored), Some(it.clone()));
+        // The mark of an ignored library is written only when set, and read back.
+        assert!(!String::from_utf8_lossy(&stored).contains("in_ignored_library"));
+        let mut ignored = it.clone();
+        ignored.in_ignored_library = true;
+        let stored = serde_json::to_vec(&ignored.to_stored()).unwrap();
+        assert_eq!(Item::decode_stored(&stored), Some(ignored.clone()));
+        let owned: StoredItem = serde_json::from_slice(&stored).unwrap();
+        assert_eq!(Item::from_stored(&owned), ignored);
         let bodies = [
             r#"{"item_id":"1","identity":{"item_type":"movie","ids":{"imdb":"tt1"}},"played":true,"played_at":1,"position_ms":0,"position_at":0,"last_seen":2,"extra":[1]}"#,
             r#"{"item_id":"1","title":"A\u00e9","identity":{"item_type":"episode","series_ids":{"tvdb":"5"},"season":2,"episode":3},"played":false,"played_at":0,"position_ms":10,"position_at":4,"duration_ms":null,"last_seen":2}"#,

@@ -197,10 +197,23 @@ impl PairCore {
 
     /// Rule 8 for one listed item.
     fn sync_item(&mut self, r: &RemoteItem, batch: &mut Batch) {
-        if let Some(lib) = &r.library_id {
-            if self.spec.ignore_libraries.iter().any(|l| l == lib) {
-                return;
+        let ignored = r
+            .library_id
+            .as_deref()
+            .is_some_and(|l| self.library_ignored(l));
+        let known_id = self.items.by_item_id(&r.item_id);
+        if ignored {
+            // Not registered; one known from before its library was ignored is marked, so
+            // that neither its webhooks nor its siblings' changes reach it any more.
+            if let Some(slot) = known_id.filter(|s| !self.items.get(*s).in_ignored_library) {
+                self.items.get_mut(slot).in_ignored_library = true;
+                self.put_item(batch, slot);
             }
+            return;
+        }
+        if let Some(slot) = known_id.filter(|s| self.items.get(*s).in_ignored_library) {
+            // Listed outside the ignored libraries again (moved, or the config changed).
+            self.items.get_mut(slot).in_ignored_library = false;
         }
         let now = self.now();
         let identity = remote_identity(r);

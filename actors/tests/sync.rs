@@ -333,3 +333,95 @@ async fn an_unreachable_backend_shows_in_status_and_the_actor_keeps_running() {
     assert!(h.handle.ready().ready);
     assert_eq!(s.restarts, 0);
 }
+
+/// A library ignored after its items were synced: the next run marks the items it lists in
+/// that library, and from then on their webhooks change nothing and the siblings' changes are
+/// not written to them. A run that lists them outside it again (the config changed back)
+/// unmarks them.
+#[tokio::test(start_paused = true)]
+async fn items_known_before_their_library_was_ignored_are_left_alone_after_the_next_run() {
+    let specs = vec![synced("alice", "plex"), synced("alice", "jelly")];
+    let mut h = Harness::start_filled(specs, SyncSettings::default(), |h| {
+        library(h, "tt1", "a", &[]);
+        library(h, "tt2", "b", &[]);
+    })
+    .await;
+    wait_runs(&h, 1).await;
+    let jelly = PairKey::new("alice", "jelly");
+    // The library of a-jelly is ignored from now on.
+    let mut kids = h.backend("alice", "jelly").item("a-jelly");
+    kids.library_id = Some("kids".into());
+    h.backend("alice", "jelly").add(kids);
+    for s in h.specs.iter_mut().filter(|s| s.key == jelly) {
+        s.ignore_libraries = vec!["kids".into()];
+    }
+    let mut h = h.restart().await;
+    h.handle.sync_now(&jelly).await.unwrap();
+    eventually("the run to finish", || async {
+        let s = h.status("alice", "jelly").await;
+        s.sync.runs_ok >= 1 && !s.sync.running
+    })
+    .await;
+    h.settle().await;
+
+    // A webhook about it on jelly: ignored, nothing written to plex.
+    let mut played = movie("a-jelly", "tt1");
+    played.played = true;
+    h.send("alice", "jelly", event(EventKind::MarkPlayed, &played));
+    h.settle().await;
+    let s = h.status("alice", "jelly").await;
+    let last = s.last_event.expect("the webhook was applied");
+    assert_eq!(
+        last.reason.as_deref(),
+        Some("library ignored by ignore_libraries"),
+        "{last:?}"
+    );
+    // Plex marks both: only b reaches jelly.
+    for id in ["a-plex", "b-plex"] {
+        h.send(
+            "alice",
+            "plex",
+            event(
+                EventKind::MarkPlayed,
+                &movie(id, if id == "a-plex" { "tt1" } else { "tt2" }),
+            ),
+        );
+    }
+    eventually("b to reach jelly", || async {
+        !h.backend("alice", "jelly").writes().is_empty()
+    })
+    .await;
+    h.settle().await;
+    assert_eq!(
+        h.backend("alice", "jelly").writes(),
+        vec![Call::SetPlayed("b-jelly".into(), true)]
+    );
+    assert!(h.backend("alice", "plex").writes().is_empty());
+
+    // Moved out of the ignored library: the next run unmarks it, and its webhooks count again.
+    let mut moved = h.backend("alice", "jelly").item("a-jelly");
+    moved.library_id = None;
+    h.backend("alice", "jelly").add(moved);
+    h.handle.sync_now(&jelly).await.unwrap();
+    eventually("the second run to finish", || async {
+        let s = h.status("alice", "jelly").await;
+        s.sync.runs_ok >= 2 && !s.sync.running
+    })
+    .await;
+    h.settle().await;
+    h.send(
+        "alice",
+        "jelly",
+        event(EventKind::MarkUnplayed, &movie("a-jelly", "tt1")),
+    );
+    h.settle().await;
+    let last = h.status("alice", "jelly").await.last_event.unwrap();
+    assert_ne!(
+        last.reason.as_deref(),
+        Some("library ignored by ignore_libraries")
+    );
+    eventually("the unmark to reach plex", || async {
+        h.backend("alice", "plex").writes() == vec![Call::SetPlayed("a-plex".into(), false)]
+    })
+    .await;
+}

@@ -252,8 +252,7 @@ impl WebhookService {
                     RouteOutcome::Unmatched { configured, .. } => {
                         tracing::info!(
                             request_id = %req.request_id,
-                            configured = %configured,
-                            "unmatched webhook"
+                            "unmatched webhook; {configured}"
                         );
                         self.unmatched.record(
                             &event,

@@ -250,10 +250,12 @@ impl WebhookService {
                 let counter = match other {
                     RouteOutcome::Ignored { .. } => &self.counters.ignored,
                     RouteOutcome::Unmatched { configured, .. } => {
-                        tracing::info!(
-                            request_id = %req.request_id,
-                            "unmatched webhook; {configured}"
-                        );
+                        if !configured.is_empty() {
+                            tracing::info!(
+                                request_id = %req.request_id,
+                                "unmatched webhook; {configured}"
+                            );
+                        }
                         self.unmatched.record(
                             &event,
                             full_reason.as_deref().unwrap_or(""),

@@ -330,7 +330,11 @@ impl PairCore {
             return;
         }
         let request_id = format!("sync:{}", requester);
-        for (_, item) in self.items.iter() {
+        for (slot, item) in self.items.iter() {
+            // Its state here is no longer followed: it would only be an old one.
+            if self.item_ignored(slot) {
+                continue;
+            }
             let identity = item.identity();
             if !identity.is_usable() {
                 continue;

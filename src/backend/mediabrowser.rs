@@ -298,9 +298,7 @@ impl IgnoredLibraries {
             .filter_map(|a| serde_json::from_str::<Ancestor>(a.get()).ok())
             .find_map(|a| self.matching(&a.id).map(str::to_string));
     }
-}
 
-impl IgnoredLibraries {
     /// List the items of every ignored library (movies and episodes, ids only) with `fetch`
     /// (library id, start index → a page) and remember which library each is in. A library
     /// the server does not know (a 4xx) is skipped with a warning, so that a wrong id does

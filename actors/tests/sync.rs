@@ -425,3 +425,58 @@ async fn items_known_before_their_library_was_ignored_are_left_alone_after_the_n
     })
     .await;
 }
+
+/// The state a pair holds for an item in an ignored library is no longer followed: a sibling
+/// that finishes a sync is not sent it. Here Plex is added after Jellyfin's library was
+/// ignored; Jellyfin's old "played" would otherwise be pushed to it.
+#[tokio::test(start_paused = true)]
+async fn a_catch_up_leaves_out_items_of_ignored_libraries() {
+    let h = Harness::start_filled(
+        vec![synced("alice", "jelly")],
+        SyncSettings::default(),
+        |h| {
+            let mut m = movie("a-jelly", "tt1");
+            m.played = true;
+            m.last_played_at = Some(1_600_000_000_000);
+            fake(h, "jelly").add(m);
+        },
+    )
+    .await;
+    wait_runs(&h, 1).await;
+    let jelly = PairKey::new("alice", "jelly");
+    let plex = PairKey::new("alice", "plex");
+    let mut kids = h.backend("alice", "jelly").item("a-jelly");
+    kids.library_id = Some("kids".into());
+    h.backend("alice", "jelly").add(kids);
+    let mut h = h;
+    for s in h.specs.iter_mut().filter(|s| s.key == jelly) {
+        s.ignore_libraries = vec!["kids".into()];
+    }
+    // Plex joins, with the movie unplayed and no scheduled sync of its own.
+    h.specs.push(spec("alice", "plex"));
+    let plex_fake = FakeBackend::new();
+    plex_fake.add(movie("a-plex", "tt1"));
+    h.backends.insert(plex.clone(), plex_fake);
+    let h = h.restart().await;
+    h.handle.sync_now(&jelly).await.unwrap();
+    eventually("jelly's run to finish", || async {
+        let s = h.status("alice", "jelly").await;
+        s.sync.runs_ok >= 2 && !s.sync.running
+    })
+    .await;
+    h.settle().await;
+
+    h.handle.sync_now(&plex).await.unwrap();
+    eventually("plex's run to finish", || async {
+        let s = h.status("alice", "plex").await;
+        s.sync.runs_ok >= 1 && !s.sync.running
+    })
+    .await;
+    h.settle().await;
+    assert_eq!(h.status("alice", "plex").await.items, 1);
+    assert!(
+        h.backend("alice", "plex").writes().is_empty(),
+        "{:?}",
+        h.backend("alice", "plex").writes()
+    );
+}

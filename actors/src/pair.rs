@@ -170,6 +170,11 @@ pub struct PairCore {
     /// After a lookup failed because the server did not answer (network, timeout, 5xx, 429):
     /// no lookups until then, and why.
     pub lookups_paused: Option<(Millis, String)>,
+    /// Hashes of the identity keys of items this pair's syncs found in ignored libraries
+    /// (not registered): the siblings' changes about them are dropped instead of being kept
+    /// pending for an item this pair will never register. Memory only; every sync fills it
+    /// before the catch-up that follows it.
+    pub ignored_keys: std::collections::HashSet<u64>,
 }
 
 impl PairCore {
@@ -497,6 +502,7 @@ impl Actor for PairActor {
             meta_timer: None,
             seen: Vec::new(),
             lookups_paused: None,
+            ignored_keys: Default::default(),
         };
         core.load()?;
         // Changes relayed to this pair before a stop come first: they were made before

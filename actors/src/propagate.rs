@@ -4,7 +4,7 @@
 use crate::event::Millis;
 use crate::outbox::{OutboxEntry, PushAction};
 use crate::pair::{encode, PairCore, PairMsg, CONFLICT_LIMIT};
-use crate::state::Identity;
+use crate::state::{key_hashes, Identity};
 use crate::status::{ConflictRecord, PendingView};
 use crate::store::{Batch, PairKey, StoreError, Tree};
 use serde::{Deserialize, Serialize};
@@ -147,6 +147,9 @@ impl PairCore {
                         self.meta.sync.pushed += 1;
                     }
                 }
+                // Found by this pair's sync in an ignored library: never registered here.
+                None if !self.spec.ignore_libraries.is_empty()
+                    && key_hashes(&sc.identity).any(|k| self.ignored_keys.contains(&k)) => {}
                 None => self.keep_pending(sc, &mut batch),
             }
             // Equal states (echoes, catch-up of known states) change no state at all.

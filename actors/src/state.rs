@@ -337,6 +337,11 @@ struct IdentityRef<'a> {
     episode: Option<u32>,
 }
 
+/// Hashes of the identity's index keys, as the indexes hold them.
+pub fn key_hashes(identity: &Identity) -> impl Iterator<Item = u64> {
+    identity.index_keys().into_iter().map(|k| h64(&k))
+}
+
 /// A 64-bit hash of an index key or item id. The indexes store hashes instead of strings
 /// (memory), and every hit is verified against the item itself, so a collision can never
 /// return the wrong item.

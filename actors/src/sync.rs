@@ -9,8 +9,9 @@ use crate::apply::remote_identity;
 use crate::backend::{BackendApi, BackendError, ItemPage, RemoteItem};
 use crate::event::Millis;
 use crate::pair::{PairCore, PairMsg};
+use crate::state::key_hashes;
 use crate::status::SyncStatus;
-use crate::store::{Batch, StoreError};
+use crate::store::{Batch, StoreError, Tree};
 use ractor::ActorRef;
 use serde::{Deserialize, Serialize};
 use std::hash::{Hash, Hasher};
@@ -203,17 +204,23 @@ impl PairCore {
             .is_some_and(|l| self.library_ignored(l));
         let known_id = self.items.by_item_id(&r.item_id);
         if ignored {
-            // Not registered; one known from before its library was ignored is marked, so
-            // that neither its webhooks nor its siblings' changes reach it any more.
+            // Not registered (a copy of the same film in another library keeps its own
+            // state); one known from before its library was ignored is marked, so that
+            // neither its webhooks nor its siblings' changes reach it any more.
             if let Some(slot) = known_id.filter(|s| !self.items.get(*s).in_ignored_library) {
                 self.items.get_mut(slot).in_ignored_library = true;
                 self.put_item(batch, slot);
             }
+            let identity = remote_identity(r);
+            if identity.is_usable() {
+                self.ignored_keys.extend(key_hashes(&identity));
+                // A change kept for it before its library was ignored is dropped.
+                if let Some(id) = self.pending.find(&identity) {
+                    self.pending.remove(id);
+                    batch.remove(Tree::Pairs, self.pending_key(id));
+                }
+            }
             return;
-        }
-        if let Some(slot) = known_id.filter(|s| self.items.get(*s).in_ignored_library) {
-            // Listed outside the ignored libraries again (moved, or the config changed).
-            self.items.get_mut(slot).in_ignored_library = false;
         }
         let now = self.now();
         let identity = remote_identity(r);
@@ -225,6 +232,9 @@ impl PairCore {
         let (slot, _, _) = self
             .items
             .upsert(&r.item_id, &identity, r.title.as_deref(), now);
+        // Listed outside the ignored libraries (moved, the config changed, or a copy in
+        // another library that now holds the slot): followed again.
+        self.items.get_mut(slot).in_ignored_library = false;
         if r.duration_ms.is_some() {
             self.items.get_mut(slot).duration_ms = r.duration_ms;
         }

@@ -480,3 +480,57 @@ async fn a_catch_up_leaves_out_items_of_ignored_libraries() {
         h.backend("alice", "plex").writes()
     );
 }
+
+/// Changes the siblings make to an item this pair's sync found only in an ignored library
+/// are dropped, not kept pending for an item that will never be registered here; a change
+/// kept from before its library was ignored goes at the next run. A copy of the same film in
+/// a library that is not ignored still gets them.
+#[tokio::test(start_paused = true)]
+async fn changes_to_items_of_ignored_libraries_are_not_kept_pending() {
+    let mut jelly_spec = synced("alice", "jelly");
+    jelly_spec.ignore_libraries = vec!["kids".into()];
+    let specs = vec![synced("alice", "plex"), jelly_spec];
+    let mut h = Harness::start_filled(specs, SyncSettings::default(), |h| {
+        let mut kids = movie("k-jelly", "tt9");
+        kids.library_id = Some("kids".into());
+        fake(h, "jelly").add(kids);
+        fake(h, "jelly").add(movie("m-jelly", "tt8"));
+        // The same film in both libraries.
+        let mut copy = movie("d-jelly-kids", "tt7");
+        copy.library_id = Some("kids".into());
+        fake(h, "jelly").add(copy);
+        fake(h, "jelly").add(movie("d-jelly", "tt7"));
+        for (id, imdb) in [("k-plex", "tt9"), ("m-plex", "tt8"), ("d-plex", "tt7")] {
+            let mut m = movie(id, imdb);
+            m.played = true;
+            m.last_played_at = Some(1_600_000_000_000);
+            fake(h, "plex").add(m);
+        }
+    })
+    .await;
+    wait_runs(&h, 1).await;
+    // Both runs are done, catch-ups included: only the films outside "kids" were written.
+    eventually("m and d to reach jelly", || async {
+        let jelly = h.backend("alice", "jelly");
+        jelly.item("m-jelly").played && jelly.item("d-jelly").played
+    })
+    .await;
+    h.settle().await;
+    let mut writes = h.backend("alice", "jelly").writes();
+    writes.sort_by_key(|c| format!("{c:?}"));
+    assert_eq!(
+        writes,
+        vec![
+            Call::SetPlayed("d-jelly".into(), true),
+            Call::SetPlayed("m-jelly".into(), true)
+        ]
+    );
+    let s = h.status("alice", "jelly").await;
+    assert_eq!((s.items, s.pending), (2, 0), "{s:?}");
+    // A later change on plex: dropped as well.
+    let mut unplayed = movie("k-plex", "tt9");
+    unplayed.played = false;
+    h.send("alice", "plex", event(EventKind::MarkUnplayed, &unplayed));
+    h.settle().await;
+    assert_eq!(h.status("alice", "jelly").await.pending, 0);
+}

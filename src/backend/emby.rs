@@ -11,7 +11,7 @@
 //! Emby leaves `LastPlayedDate` out and answers `PlayCount: 0` unless asked, and the
 //! single-item route documents no `Fields`.
 //! `ignore_libraries`: as for Jellyfin (`ParentId` listings, `GET /Items/{Id}/Ancestors`);
-//! see [`IgnoredLibraries`].
+//! see `mediabrowser::IgnoredLibraries`.
 
 use super::http::{format_compact_utc, item_id as plain_id, HttpCore};
 use super::lenient::id_of;

@@ -3,7 +3,7 @@
 //! 10.9 moved the play-state routes: `/UserPlayedItems/{id}`, `/UserItems/{id}/UserData` and
 //! `GET /Items/{id}` (with `userId` in the query) replace 10.8's `/Users/{userId}/PlayedItems/
 //! {id}` and `GET /Users/{userId}/Items/{id}`, which are hidden since 10.9 and not to be relied
-//! on in 12. The client uses the routes of the server's version ([`Routes`]): known from
+//! on in 12. The client uses the routes of the server's version (`Routes`): known from
 //! `identity`, or else the 10.9 routes are tried first and a 404 or 405 on one of them makes
 //! it read the version (`/System/Info/Public`, no auth) once and retry with the 10.8 routes
 //! when that is what the server has. 10.8 has no route that sets a resume position
@@ -21,7 +21,7 @@
 //!
 //! `ignore_libraries`: items do not name their library, so a listing first lists the ignored
 //! libraries' ids (`GET /Items?parentId=…`) and a looked-up item reads its ancestors
-//! (`GET /Items/{id}/Ancestors`); see [`IgnoredLibraries`].
+//! (`GET /Items/{id}/Ancestors`); see `mediabrowser::IgnoredLibraries`.
 
 use super::http::{format_rfc3339, item_id as plain_id, HttpCore};
 use super::mediabrowser::{

@@ -218,7 +218,7 @@ pub fn json_str(s: &str) -> Result<&str, DecodeError> {
     Ok(s)
 }
 
-/// Parses a JSON text, lazily (see [`lazy::parse`]).
+/// Parses a JSON text, lazily (see `lazy::parse`).
 pub fn parse_json(text: &str) -> Result<Json<'_>, DecodeError> {
     lazy::parse(text).map_err(|e| DecodeError::InvalidJson {
         line: e.line(),

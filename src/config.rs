@@ -397,6 +397,12 @@ impl Config {
                         "is empty: set the backend's id of this user".into(),
                     ));
                 }
+                if b.ignore_libraries.iter().any(|l| l.trim().is_empty()) {
+                    return Err((
+                        format!("{at}.ignore_libraries"),
+                        "contains an empty id: list library ids, e.g. [\"7\"] (Plex section id, Jellyfin/Emby library id)".into(),
+                    ));
+                }
                 let id = (normalize_id(&b.server_id), normalize_id(&b.user_id));
                 if let Some(first) = seen.get(&id) {
                     return Err((

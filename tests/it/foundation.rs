@@ -86,6 +86,18 @@ fn config_error_invalid_url() {
 }
 
 #[test]
+fn config_error_empty_library_id() {
+    assert_config_error(
+        &BACKEND.replace(
+            "user_id = \"1\"\n",
+            "user_id = \"1\"\nignore_libraries = [\"7\", \" \"]\n",
+        ),
+        "users.alice.backends.plex.ignore_libraries",
+        "empty id",
+    );
+}
+
+#[test]
 fn config_error_empty_token() {
     assert_config_error(
         &BACKEND.replace("secret-plex-token", ""),

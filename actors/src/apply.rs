@@ -183,6 +183,16 @@ impl PairCore {
                     reason: Some(format!("no external ids (lookup failed: {e})")),
                 };
             }
+            // The item may be in an ignored library, and only the server can say: dropped,
+            // not applied on a guess. The next sync finds its state either way.
+            Some(Err(e)) if !self.spec.ignore_libraries.is_empty() && ev.library_id.is_none() => {
+                return Decision {
+                    outcome: Outcome::Dropped,
+                    reason: Some(format!(
+                        "its library is unknown and this backend ignores some (lookup failed: {e}); the next sync finds its state"
+                    )),
+                };
+            }
             _ => {}
         }
         if !identity.is_usable() {
@@ -200,6 +210,12 @@ impl PairCore {
             let item = self.items.get_mut(s);
             if duration.is_some() && item.duration_ms != duration {
                 item.duration_ms = duration;
+                changed = true;
+            }
+            // Not in an ignored library (checked above): a copy of a film whose other copy,
+            // in an ignored library, held this slot is followed.
+            if item.in_ignored_library {
+                item.in_ignored_library = false;
                 changed = true;
             }
             registered = is_new;

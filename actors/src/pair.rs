@@ -100,6 +100,9 @@ pub struct PairMeta {
     pub dropped_no_ids: u64,
     /// Push latency and results for `/metrics`.
     pub metrics: PairMetrics,
+    /// The `ignore_libraries` the items' marks ([`Item::in_ignored_library`]) were made for.
+    #[serde(default)]
+    pub ignore_libraries: Vec<String>,
 }
 
 /// What the supervisor hands a pair actor at (re)start.
@@ -170,10 +173,10 @@ pub struct PairCore {
     /// After a lookup failed because the server did not answer (network, timeout, 5xx, 429):
     /// no lookups until then, and why.
     pub lookups_paused: Option<(Millis, String)>,
-    /// Hashes of the identity keys of items this pair's syncs found in ignored libraries
-    /// (not registered): the siblings' changes about them are dropped instead of being kept
-    /// pending for an item this pair will never register. Memory only; every sync fills it
-    /// before the catch-up that follows it.
+    /// Hashes of the identity keys of the items the last completed sync found in ignored
+    /// libraries (not registered): the siblings' changes about them are dropped instead of
+    /// being kept pending for an item this pair will never register. Memory only; every
+    /// completed sync replaces it, before the catch-up that follows it.
     pub ignored_keys: std::collections::HashSet<u64>,
 }
 
@@ -362,6 +365,36 @@ impl PairCore {
         Ok(())
     }
 
+    /// The marks of items in ignored libraries hold for the libraries they were made for:
+    /// when one of those is no longer ignored, the marks are cleared (the next sync marks the
+    /// items still in ignored libraries again) rather than keep ignoring its items until then.
+    fn forget_stale_ignore_marks(&mut self) -> Result<(), StoreError> {
+        if self.meta.ignore_libraries == self.spec.ignore_libraries {
+            return Ok(());
+        }
+        let mut batch = Batch::new();
+        let dropped = self
+            .meta
+            .ignore_libraries
+            .iter()
+            .any(|l| !self.library_ignored(l));
+        if dropped {
+            let marked: Vec<u32> = self
+                .items
+                .iter()
+                .filter(|(_, i)| i.in_ignored_library)
+                .map(|(slot, _)| slot)
+                .collect();
+            for slot in marked {
+                self.items.get_mut(slot).in_ignored_library = false;
+                self.put_item(&mut batch, slot);
+            }
+        }
+        self.meta.ignore_libraries = self.spec.ignore_libraries.clone();
+        self.put_meta(&mut batch);
+        self.commit(batch)
+    }
+
     fn state(&self) -> ActorState {
         if self.sync_run.is_some() {
             ActorState::Syncing
@@ -505,6 +538,7 @@ impl Actor for PairActor {
             ignored_keys: Default::default(),
         };
         core.load()?;
+        core.forget_stale_ignore_marks()?;
         // Changes relayed to this pair before a stop come first: they were made before
         // anything a sibling sends from now on, and before this pair's journal replay.
         core.handle_relays()?;

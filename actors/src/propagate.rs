@@ -70,6 +70,10 @@ impl Pending {
         self.entries.get_mut(&id)
     }
 
+    pub fn iter(&self) -> impl Iterator<Item = &PendingEntry> {
+        self.entries.values()
+    }
+
     pub fn remove(&mut self, id: u64) -> Option<PendingEntry> {
         let p = self.entries.remove(&id)?;
         for k in p.identity.index_keys() {

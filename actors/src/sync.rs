@@ -61,6 +61,9 @@ pub struct SyncRun {
     pub id: u64,
     /// The page fetch task, aborted if the actor stops.
     pub task: JoinHandle<()>,
+    /// Hashes of the identity keys of the items this run found in ignored libraries; they
+    /// replace [`PairCore::ignored_keys`] when the run completes.
+    pub ignored_keys: std::collections::HashSet<u64>,
 }
 
 async fn fetch_pages(
@@ -158,7 +161,11 @@ impl PairCore {
             self.settings.page_size.max(1),
             self.settings.max_requests_per_second,
         ));
-        self.sync_run = Some(SyncRun { id, task });
+        self.sync_run = Some(SyncRun {
+            id,
+            task,
+            ignored_keys: Default::default(),
+        });
         let mut batch = Batch::new();
         self.put_meta(&mut batch);
         self.commit(batch)
@@ -212,13 +219,8 @@ impl PairCore {
                 self.put_item(batch, slot);
             }
             let identity = remote_identity(r);
-            if identity.is_usable() {
-                self.ignored_keys.extend(key_hashes(&identity));
-                // A change kept for it before its library was ignored is dropped.
-                if let Some(id) = self.pending.find(&identity) {
-                    self.pending.remove(id);
-                    batch.remove(Tree::Pairs, self.pending_key(id));
-                }
+            if let Some(run) = self.sync_run.as_mut().filter(|_| identity.is_usable()) {
+                run.ignored_keys.extend(key_hashes(&identity));
             }
             return;
         }
@@ -338,6 +340,10 @@ impl PairCore {
                 changed = self.meta.sync.changed, "scheduled sync finished");
         }
         let mut batch = Batch::new();
+        if ok {
+            self.ignored_keys = run.ignored_keys;
+            self.drop_pending_of_ignored(&mut batch);
+        }
         self.put_meta(&mut batch);
         self.commit(batch)?;
         if self.spec.sync_interval.is_some() {
@@ -354,6 +360,27 @@ impl PairCore {
             }
         }
         Ok(())
+    }
+
+    /// Changes kept for items that the completed run found only in ignored libraries (no
+    /// copy of them is followed here): they would wait for ever.
+    fn drop_pending_of_ignored(&mut self, batch: &mut Batch) {
+        if self.ignored_keys.is_empty() {
+            return;
+        }
+        let gone: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|p| {
+                key_hashes(&p.identity).any(|k| self.ignored_keys.contains(&k))
+                    && self.items.find(&p.identity).is_none()
+            })
+            .map(|p| p.id)
+            .collect();
+        for id in gone {
+            self.pending.remove(id);
+            batch.remove(Tree::Pairs, self.pending_key(id));
+        }
     }
 
     pub fn sync_status(&self) -> SyncStatus {

@@ -534,3 +534,92 @@ async fn changes_to_items_of_ignored_libraries_are_not_kept_pending() {
     h.settle().await;
     assert_eq!(h.status("alice", "jelly").await.pending, 0);
 }
+
+/// Marks are made for the libraries ignored at the time: when the configuration stops
+/// ignoring one, the next start clears them (the next sync marks what is still ignored), so
+/// the items of a library no longer ignored are followed at once.
+#[tokio::test(start_paused = true)]
+async fn marks_go_when_their_library_is_no_longer_ignored() {
+    let mut jelly_spec = synced("alice", "jelly");
+    jelly_spec.ignore_libraries = vec!["kids".into()];
+    let specs = vec![synced("alice", "plex"), jelly_spec];
+    let mut h = Harness::start_filled(specs, SyncSettings::default(), |h| {
+        library(h, "tt1", "a", &[]);
+    })
+    .await;
+    wait_runs(&h, 1).await;
+    // a-jelly was synced before it was put in "kids"; the next run marks it.
+    let jelly = PairKey::new("alice", "jelly");
+    let mut kids = h.backend("alice", "jelly").item("a-jelly");
+    kids.library_id = Some("kids".into());
+    h.backend("alice", "jelly").add(kids);
+    h.handle.sync_now(&jelly).await.unwrap();
+    eventually("the second run to finish", || async {
+        let s = h.status("alice", "jelly").await;
+        s.sync.runs_ok >= 2 && !s.sync.running
+    })
+    .await;
+    h.settle().await;
+    let mut played = movie("a-jelly", "tt1");
+    played.played = true;
+    h.send("alice", "jelly", event(EventKind::MarkPlayed, &played));
+    h.settle().await;
+    let last = h.status("alice", "jelly").await.last_event.unwrap();
+    assert_eq!(last.outcome, watchstate_actors::status::Outcome::Ignored);
+
+    // Now "docs" is ignored instead: a-jelly is followed again without waiting for a sync.
+    for s in h.specs.iter_mut().filter(|s| s.key == jelly) {
+        s.ignore_libraries = vec!["docs".into()];
+    }
+    let mut h = h.restart().await;
+    h.send("alice", "jelly", event(EventKind::MarkPlayed, &played));
+    eventually("a to reach plex", || async {
+        h.backend("alice", "plex").writes() == vec![Call::SetPlayed("a-plex".into(), true)]
+    })
+    .await;
+}
+
+/// A copy of a film in a followed library takes over the slot its marked copy (in an ignored
+/// library) held: from its first webhook on it is followed, not only until the next event.
+#[tokio::test(start_paused = true)]
+async fn a_followed_copy_of_a_marked_item_is_followed() {
+    let mut jelly_spec = synced("alice", "jelly");
+    jelly_spec.ignore_libraries = vec!["kids".into()];
+    let specs = vec![synced("alice", "plex"), jelly_spec];
+    let mut h = Harness::start_filled(specs, SyncSettings::default(), |h| {
+        library(h, "tt1", "a", &[]);
+    })
+    .await;
+    wait_runs(&h, 1).await;
+    let jelly = PairKey::new("alice", "jelly");
+    let mut kids = h.backend("alice", "jelly").item("a-jelly");
+    kids.library_id = Some("kids".into());
+    h.backend("alice", "jelly").add(kids);
+    h.handle.sync_now(&jelly).await.unwrap();
+    eventually("the second run to finish", || async {
+        let s = h.status("alice", "jelly").await;
+        s.sync.runs_ok >= 2 && !s.sync.running
+    })
+    .await;
+    h.settle().await;
+    // The same film added to a followed library.
+    h.backend("alice", "jelly").add(movie("a2-jelly", "tt1"));
+    let mut copy = movie("a2-jelly", "tt1");
+    copy.played = true;
+    h.send("alice", "jelly", event(EventKind::MarkPlayed, &copy));
+    eventually("the mark to reach plex", || async {
+        h.backend("alice", "plex").writes() == vec![Call::SetPlayed("a-plex".into(), true)]
+    })
+    .await;
+    h.clock.advance(60_000);
+    copy.played = false;
+    h.send("alice", "jelly", event(EventKind::MarkUnplayed, &copy));
+    eventually("the unmark to reach plex", || async {
+        h.backend("alice", "plex").writes().len() == 2
+    })
+    .await;
+    assert_eq!(
+        h.backend("alice", "plex").writes()[1],
+        Call::SetPlayed("a-plex".into(), false)
+    );
+}

@@ -260,8 +260,8 @@ impl IgnoredLibraries {
     }
 
     /// Tag `item` (looked up alone) from the last listing, else from its ancestors as
-    /// `ancestors` reads them. A server that cannot say (a 4xx) leaves it untagged, with a
-    /// warning; a server that did not answer is an error (the lookup failed).
+    /// `ancestors` reads them. When they cannot be read the lookup fails: the pair then
+    /// drops the event rather than follow an item that may be in an ignored library.
     pub async fn tag_looked_up<Fut>(
         &self,
         item: &mut RemoteItem,
@@ -273,17 +273,9 @@ impl IgnoredLibraries {
         if self.is_empty() || self.tag(item) {
             return Ok(());
         }
-        match ancestors.await {
-            Ok(list) => {
-                self.tag_from_ancestors(item, &list);
-                Ok(())
-            }
-            Err(e) if e.is_retryable() => Err(e),
-            Err(e) => {
-                tracing::warn!(item = %item.item_id, error = %e, "ignore_libraries: cannot read the item's library");
-                Ok(())
-            }
-        }
+        let list = ancestors.await?;
+        self.tag_from_ancestors(item, &list);
+        Ok(())
     }
 
     /// Tag `item` from its ancestors (`GET /Items/{id}/Ancestors`, an array of items).

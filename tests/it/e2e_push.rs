@@ -853,11 +853,15 @@ async fn a_tautulli_watched_for_the_plex_server_reaches_jellyfin_and_emby() {
 
 /// `ignore_libraries` on a Jellyfin backend: the items of that library are left out of its
 /// sync, its webhooks about them change nothing anywhere, and changes from the other
-/// backends are not written into it. Jellyfin webhooks never name the library: the service
-/// learns it from the server.
+/// backends are neither written into it nor kept waiting. Jellyfin webhooks never name the
+/// library: the service learns it from the server (after a restart, from the item's
+/// ancestors), and drops the webhook when the server cannot say. The library is configured
+/// with dashes and in capitals; Jellyfin writes its ids without.
 #[tokio::test]
 async fn jellyfin_ignore_libraries_keeps_that_library_out_both_ways() {
     const KIDS_IMDB: &str = "tt0110357";
+    const KIDS_LIB: &str = "b1c2d3e4f5a60718293a4b5c6d7e8f90";
+    const JF_KIDS: &str = "b0a1c2d3e4f5061728394a5b6c7d8e9f";
     let kids = |id: &str| {
         FakeItem::movie(id, "The Lion King")
             .year(1994)
@@ -869,13 +873,13 @@ async fn jellyfin_ignore_libraries_keeps_that_library_out_both_ways() {
             .with(kids("48300")),
         FakeLibrary::new()
             .with(movie(JF_MOVIE))
-            .with(kids("b0a1c2d3e4f5061728394a5b6c7d8e9f").library("kids-lib")),
+            .with(kids(JF_KIDS).library(KIDS_LIB)),
         FakeLibrary::new()
             .with(movie(EMBY_MOVIE))
             .with(kids("88300")),
         SYNC,
         Extra {
-            jellyfin: "ignore_libraries = [\"kids-lib\"]",
+            jellyfin: "ignore_libraries = [\"B1C2D3E4-F5A6-0718-293A-4B5C6D7E8F90\"]",
             ..Extra::default()
         },
     )
@@ -883,39 +887,52 @@ async fn jellyfin_ignore_libraries_keeps_that_library_out_both_ways() {
     w.sync_all().await;
     let jf = w.app.pair("alice", "jellyfin").await;
     assert_eq!(jf["items"], 1, "the ignored library was synced: {jf:#}");
+    // A new process: what the last listing found is gone, the server is asked.
+    let w = w.restart().await;
     w.clear_logs();
 
     // Jellyfin marks the ignored movie played: nothing is written anywhere.
-    let received = jf["counters"]["received"].as_u64().unwrap();
     let item = MbItem {
-        id: "b0a1c2d3e4f5061728394a5b6c7d8e9f".into(),
+        id: JF_KIDS.into(),
         kind: "Movie",
         name: "The Lion King".into(),
         ids: vec![("Imdb", KIDS_IMDB.into())],
         series: None,
         runtime_ms: 5_280_000,
     };
-    accepted(
-        &w,
-        &jellyfin_user_data_saved(
-            w.jellyfin.server_id(),
-            w.jellyfin.user_id(),
-            &item,
-            "TogglePlayed",
-            true,
-            0,
-        ),
-    )
-    .await;
-    wait_received(&w, "jellyfin", received + 1).await;
+    let played = jellyfin_user_data_saved(
+        w.jellyfin.server_id(),
+        w.jellyfin.user_id(),
+        &item,
+        "TogglePlayed",
+        true,
+        0,
+    );
+    let received = |jf: &serde_json::Value| jf["counters"]["received"].as_u64().unwrap();
+    let before = received(&w.app.pair("alice", "jellyfin").await);
+    accepted(&w, &played).await;
+    wait_received(&w, "jellyfin", before + 1).await;
     let jf = w.app.pair("alice", "jellyfin").await;
     assert_eq!(jf["last_event"]["outcome"], "ignored", "{jf:#}");
     assert_eq!(
         jf["last_event"]["reason"], "library ignored by ignore_libraries",
         "{jf:#}"
     );
+    let ancestors = format!("/Items/{JF_KIDS}/Ancestors");
+    assert!(
+        w.jellyfin.requests().iter().any(|r| r.path == ancestors),
+        "the library was not read from the server"
+    );
 
-    // Plex scrobbles it: Emby gets it, Jellyfin does not.
+    // The server fails the lookup: the webhook is dropped, not applied on a guess.
+    w.jellyfin.inject(Fault::status(500));
+    accepted(&w, &played).await;
+    wait_received(&w, "jellyfin", before + 2).await;
+    let jf = w.app.pair("alice", "jellyfin").await;
+    assert_eq!(jf["last_event"]["outcome"], "dropped", "{jf:#}");
+
+    // Plex scrobbles it: Emby gets it, Jellyfin does not; the change waits for Jellyfin
+    // only until its next sync shows the film is in the ignored library.
     let meta = PlexMeta {
         rating_key: "48300".into(),
         kind: "movie",
@@ -931,6 +948,8 @@ async fn jellyfin_ignore_libraries_keeps_that_library_out_both_ways() {
     .await;
     let emby = wait_writes(&w.emby, 1, "Emby written").await;
     assert!(is_played(&emby[0], &w.emby, "88300"), "{emby:?}");
+    let jf = w.app.sync_and_wait("alice", "jellyfin").await;
+    assert_eq!(jf["pending"], 0, "{jf:#}");
     w.app.wait_quiet(Duration::from_millis(500)).await;
     assert!(
         w.jellyfin.writes().is_empty(),
@@ -938,5 +957,25 @@ async fn jellyfin_ignore_libraries_keeps_that_library_out_both_ways() {
         w.jellyfin.writes()
     );
     assert!(w.plex.writes().is_empty(), "{:?}", w.plex.writes());
+    // Later changes are dropped at once: Emby unmarks it, Plex follows, Jellyfin keeps
+    // nothing for it.
+    let emby_item = MbItem {
+        id: "88300".into(),
+        ..item.clone()
+    };
+    accepted(
+        &w,
+        &emby_webhook(
+            "item.markunplayed",
+            w.emby.server_id(),
+            w.emby.user_id(),
+            &emby_item,
+        ),
+    )
+    .await;
+    wait_writes(&w.plex, 1, "Plex unmarked").await;
+    w.app.wait_quiet(Duration::from_millis(300)).await;
+    assert_eq!(w.app.pair("alice", "jellyfin").await["pending"], 0);
+    assert!(w.jellyfin.writes().is_empty(), "{:?}", w.jellyfin.writes());
     w.stop().await;
 }

@@ -64,6 +64,9 @@ pub(super) fn handle(inner: &Inner, st: &mut State, req: &FakeRequest) -> FakeRe
     match (m, rest) {
         ("GET", ["Items"]) => {
             let p = |name: &str| req.param_ci(name).map(str::to_string);
+            if let Some(refused) = super::jellyfin::unknown_parent(st, p("ParentId")) {
+                return refused;
+            }
             let fields = p("Fields").unwrap_or_default().to_ascii_lowercase();
             let has = |f: &str| fields.split(',').any(|x| x.trim() == f);
             let render = Render {

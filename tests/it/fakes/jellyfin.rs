@@ -21,7 +21,7 @@ use super::{
     Inner, State,
 };
 use serde_json::{json, Map, Value};
-use watchstate_actors::event::{ItemType, Millis};
+use watchstate_actors::event::{normalize_id, ItemType, Millis};
 
 const TICKS_PER_MS: i64 = 10_000;
 
@@ -241,8 +241,9 @@ pub(super) fn query_items(
         total = all.len();
         all = all.into_iter().skip(start).take(limit).collect();
     } else {
-        // `parentId`: the items under that folder; with `recursive`, a library's items.
-        let parent = p("parentId");
+        // `parentId`: the items under that folder; with `recursive`, a library's items. Ids
+        // compare as GUIDs do (dashes and case aside).
+        let parent = p("parentId").map(|p| normalize_id(&p));
         let mut matching: Vec<&FakeItem> = st
             .items
             .iter()
@@ -250,7 +251,11 @@ pub(super) fn query_items(
                 ItemType::Movie => wants("movie"),
                 ItemType::Episode => wants("episode"),
             })
-            .filter(|i| parent.as_ref().is_none_or(|p| *p == i.library_id()))
+            .filter(|i| {
+                parent
+                    .as_ref()
+                    .is_none_or(|p| *p == normalize_id(&i.library_id()))
+            })
             .collect();
         // `sortBy` (Jellyfin: repeated or a comma list; Emby: a comma list).
         let sorted = p("sortBy").is_some_and(|s| {
@@ -267,6 +272,17 @@ pub(super) fn query_items(
             .collect();
     }
     json!({"Items": all, "TotalRecordCount": total, "StartIndex": start})
+}
+
+/// A `parentId` that is no folder of the library is refused, as the servers do (Jellyfin:
+/// 400 "Invalid parent id"; one that is not a GUID fails parameter binding, also 400).
+pub(super) fn unknown_parent(st: &State, parent: Option<String>) -> Option<FakeResponse> {
+    let parent = normalize_id(&parent?);
+    let known = st
+        .items
+        .iter()
+        .any(|i| normalize_id(&i.library_id()) == parent);
+    (!known).then(|| FakeResponse::status(400, "Invalid parent id"))
 }
 
 /// `GET /Items/{id}/Ancestors` (both servers): the item's folders up to the root, nearest
@@ -351,6 +367,9 @@ pub(super) fn handle(inner: &Inner, st: &mut State, req: &FakeRequest) -> FakeRe
     match (m, segs.as_slice()) {
         ("GET", ["Items"]) => {
             let p = |name: &str| req.param_list_ci(name);
+            if let Some(refused) = unknown_parent(st, p("parentId")) {
+                return refused;
+            }
             let fields = p("fields").unwrap_or_default().to_ascii_lowercase();
             let render = Render {
                 provider_ids: fields.split(',').any(|f| f.trim() == "providerids"),

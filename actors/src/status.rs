@@ -160,6 +160,9 @@ pub struct SyncStatus {
     /// log with its id.
     #[serde(default)]
     pub skipped: u64,
+    /// Items the run found in ignored libraries (`ignore_libraries`) and left alone.
+    #[serde(default)]
+    pub ignored: u64,
     /// When the next run is due; persisted across restarts.
     pub next_at: Option<Millis>,
     /// Completed runs, for `/metrics`.

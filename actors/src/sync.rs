@@ -36,6 +36,9 @@ pub struct SyncMeta {
     /// Items the run could not read and skipped (the backend client logs each).
     #[serde(default)]
     pub skipped: u64,
+    /// Items the run found in ignored libraries (`ignore_libraries`) and left alone.
+    #[serde(default)]
+    pub ignored: u64,
     /// When the next run is due (clock ms).
     pub next_at: Option<Millis>,
     /// The cursor of the next page of an unfinished run: where a resumed run starts.
@@ -149,6 +152,7 @@ impl PairCore {
             m.changed = 0;
             m.pushed = 0;
             m.skipped = 0;
+            m.ignored = 0;
             m.total = None;
         }
         m.last_started = Some(now);
@@ -211,6 +215,7 @@ impl PairCore {
             .is_some_and(|l| self.library_ignored(l));
         let known_id = self.items.by_item_id(&r.item_id);
         if ignored {
+            self.meta.sync.ignored += 1;
             // Not registered (a copy of the same film in another library keeps its own
             // state); one known from before its library was ignored is marked, so that
             // neither its webhooks nor its siblings' changes reach it any more.
@@ -396,6 +401,7 @@ impl PairCore {
             changed: m.changed,
             pushed: m.pushed,
             skipped: m.skipped,
+            ignored: m.ignored,
             next_at: if self.spec.sync_interval.is_some() {
                 m.next_at
             } else {

@@ -527,6 +527,7 @@ async fn changes_to_items_of_ignored_libraries_are_not_kept_pending() {
     );
     let s = h.status("alice", "jelly").await;
     assert_eq!((s.items, s.pending), (2, 0), "{s:?}");
+    assert_eq!((s.sync.seen, s.sync.ignored), (4, 2), "{s:?}");
     // A later change on plex: dropped as well.
     let mut unplayed = movie("k-plex", "tt9");
     unplayed.played = false;

@@ -887,6 +887,11 @@ async fn jellyfin_ignore_libraries_keeps_that_library_out_both_ways() {
     w.sync_all().await;
     let jf = w.app.pair("alice", "jellyfin").await;
     assert_eq!(jf["items"], 1, "the ignored library was synced: {jf:#}");
+    assert_eq!(
+        (&jf["sync"]["seen"], &jf["sync"]["ignored"]),
+        (&serde_json::json!(2), &serde_json::json!(1)),
+        "{jf:#}"
+    );
     // A new process: what the last listing found is gone, the server is asked.
     let w = w.restart().await;
     w.clear_logs();

@@ -58,6 +58,17 @@ async fn wait_runs(h: &Harness, runs: u64) {
     h.settle().await;
 }
 
+/// Run a sync of `pair` now and wait until it is its `runs`-th completed one.
+async fn run_sync(h: &Harness, pair: &PairKey, runs: u64) {
+    h.handle.sync_now(pair).await.unwrap();
+    eventually("the run to finish", || async {
+        let s = h.status(&pair.user, &pair.backend).await;
+        s.sync.runs_ok >= runs && !s.sync.running
+    })
+    .await;
+    h.settle().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn first_sync_pushes_played_only_on_one_backend_and_never_unmarks() {
     let h = Harness::start_filled(three_synced(), SyncSettings::default(), |h| {
@@ -356,13 +367,7 @@ async fn items_known_before_their_library_was_ignored_are_left_alone_after_the_n
         s.ignore_libraries = vec!["kids".into()];
     }
     let mut h = h.restart().await;
-    h.handle.sync_now(&jelly).await.unwrap();
-    eventually("the run to finish", || async {
-        let s = h.status("alice", "jelly").await;
-        s.sync.runs_ok >= 1 && !s.sync.running
-    })
-    .await;
-    h.settle().await;
+    run_sync(&h, &jelly, 1).await;
 
     // A webhook about it on jelly: ignored, nothing written to plex.
     let mut played = movie("a-jelly", "tt1");
@@ -402,13 +407,7 @@ async fn items_known_before_their_library_was_ignored_are_left_alone_after_the_n
     let mut moved = h.backend("alice", "jelly").item("a-jelly");
     moved.library_id = None;
     h.backend("alice", "jelly").add(moved);
-    h.handle.sync_now(&jelly).await.unwrap();
-    eventually("the second run to finish", || async {
-        let s = h.status("alice", "jelly").await;
-        s.sync.runs_ok >= 2 && !s.sync.running
-    })
-    .await;
-    h.settle().await;
+    run_sync(&h, &jelly, 2).await;
     h.send(
         "alice",
         "jelly",
@@ -458,21 +457,9 @@ async fn a_catch_up_leaves_out_items_of_ignored_libraries() {
     plex_fake.add(movie("a-plex", "tt1"));
     h.backends.insert(plex.clone(), plex_fake);
     let h = h.restart().await;
-    h.handle.sync_now(&jelly).await.unwrap();
-    eventually("jelly's run to finish", || async {
-        let s = h.status("alice", "jelly").await;
-        s.sync.runs_ok >= 2 && !s.sync.running
-    })
-    .await;
-    h.settle().await;
+    run_sync(&h, &jelly, 2).await;
 
-    h.handle.sync_now(&plex).await.unwrap();
-    eventually("plex's run to finish", || async {
-        let s = h.status("alice", "plex").await;
-        s.sync.runs_ok >= 1 && !s.sync.running
-    })
-    .await;
-    h.settle().await;
+    run_sync(&h, &plex, 1).await;
     assert_eq!(h.status("alice", "plex").await.items, 1);
     assert!(
         h.backend("alice", "plex").writes().is_empty(),
@@ -536,31 +523,31 @@ async fn changes_to_items_of_ignored_libraries_are_not_kept_pending() {
     assert_eq!(h.status("alice", "jelly").await.pending, 0);
 }
 
+/// Plex and Jellyfin with film a; Jellyfin ignores "kids", and a-jelly, synced before it was
+/// put there, is marked by a second run.
+async fn a_jelly_marked_in_kids() -> (Harness, PairKey) {
+    let mut jelly_spec = synced("alice", "jelly");
+    jelly_spec.ignore_libraries = vec!["kids".into()];
+    let specs = vec![synced("alice", "plex"), jelly_spec];
+    let h = Harness::start_filled(specs, SyncSettings::default(), |h| {
+        library(h, "tt1", "a", &[]);
+    })
+    .await;
+    wait_runs(&h, 1).await;
+    let jelly = PairKey::new("alice", "jelly");
+    let mut kids = h.backend("alice", "jelly").item("a-jelly");
+    kids.library_id = Some("kids".into());
+    h.backend("alice", "jelly").add(kids);
+    run_sync(&h, &jelly, 2).await;
+    (h, jelly)
+}
+
 /// Marks are made for the libraries ignored at the time: when the configuration stops
 /// ignoring one, the next start clears them (the next sync marks what is still ignored), so
 /// the items of a library no longer ignored are followed at once.
 #[tokio::test(start_paused = true)]
 async fn marks_go_when_their_library_is_no_longer_ignored() {
-    let mut jelly_spec = synced("alice", "jelly");
-    jelly_spec.ignore_libraries = vec!["kids".into()];
-    let specs = vec![synced("alice", "plex"), jelly_spec];
-    let mut h = Harness::start_filled(specs, SyncSettings::default(), |h| {
-        library(h, "tt1", "a", &[]);
-    })
-    .await;
-    wait_runs(&h, 1).await;
-    // a-jelly was synced before it was put in "kids"; the next run marks it.
-    let jelly = PairKey::new("alice", "jelly");
-    let mut kids = h.backend("alice", "jelly").item("a-jelly");
-    kids.library_id = Some("kids".into());
-    h.backend("alice", "jelly").add(kids);
-    h.handle.sync_now(&jelly).await.unwrap();
-    eventually("the second run to finish", || async {
-        let s = h.status("alice", "jelly").await;
-        s.sync.runs_ok >= 2 && !s.sync.running
-    })
-    .await;
-    h.settle().await;
+    let (mut h, jelly) = a_jelly_marked_in_kids().await;
     let mut played = movie("a-jelly", "tt1");
     played.played = true;
     h.send("alice", "jelly", event(EventKind::MarkPlayed, &played));
@@ -584,25 +571,7 @@ async fn marks_go_when_their_library_is_no_longer_ignored() {
 /// library) held: from its first webhook on it is followed, not only until the next event.
 #[tokio::test(start_paused = true)]
 async fn a_followed_copy_of_a_marked_item_is_followed() {
-    let mut jelly_spec = synced("alice", "jelly");
-    jelly_spec.ignore_libraries = vec!["kids".into()];
-    let specs = vec![synced("alice", "plex"), jelly_spec];
-    let mut h = Harness::start_filled(specs, SyncSettings::default(), |h| {
-        library(h, "tt1", "a", &[]);
-    })
-    .await;
-    wait_runs(&h, 1).await;
-    let jelly = PairKey::new("alice", "jelly");
-    let mut kids = h.backend("alice", "jelly").item("a-jelly");
-    kids.library_id = Some("kids".into());
-    h.backend("alice", "jelly").add(kids);
-    h.handle.sync_now(&jelly).await.unwrap();
-    eventually("the second run to finish", || async {
-        let s = h.status("alice", "jelly").await;
-        s.sync.runs_ok >= 2 && !s.sync.running
-    })
-    .await;
-    h.settle().await;
+    let (mut h, _) = a_jelly_marked_in_kids().await;
     // The same film added to a followed library.
     h.backend("alice", "jelly").add(movie("a2-jelly", "tt1"));
     let mut copy = movie("a2-jelly", "tt1");

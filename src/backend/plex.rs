@@ -1,8 +1,8 @@
 //! Plex Media Server (routes of the community OpenAPI document, LukeHagar 1.1.1).
 //!
-//! Auth: `X-Plex-Token` as a header (never in the URL), `X-Plex-Client-Identifier` and
-//! `Accept: application/json` (Plex answers XML otherwise). Positions and durations are ms,
-//! `lastViewedAt` is unix seconds.
+//! Auth: `X-Plex-Token` as a header (never in the URL), `X-Plex-Client-Identifier` (one per
+//! configured backend) and `Accept: application/json` (Plex answers XML otherwise). Positions
+//! and durations are ms, `lastViewedAt` is unix seconds.
 //!
 //! Listing walks the movie and show sections of `/library/sections/all` in order: `type=1`
 //! (movies) in movie sections, `type=4` (episodes) in show sections, with `includeGuids=1`,
@@ -28,10 +28,35 @@ use std::sync::Mutex;
 use watchstate_actors::backend::{BackendApi, BackendError, ItemPage, RemoteItem, ServerIdentity};
 use watchstate_actors::event::{ExternalIds, ItemType, Millis};
 
-/// `identifier` of the library provider for scrobble/unscrobble.
+/// `identifier` of the library provider for scrobble/unscrobble and timeline reports.
 const LIBRARY_IDENTIFIER: &str = "com.plexapp.plugins.library";
-/// Sent as `X-Plex-Client-Identifier`/`X-Plex-Product`: Plex wants every client named.
+/// Sent as `X-Plex-Product`, and the start of `X-Plex-Client-Identifier` ([`client_identifier`]):
+/// Plex wants every client named.
 const CLIENT_NAME: &str = "watchstate-rs";
+
+/// `X-Plex-Client-Identifier` of one configured backend: `watchstate-rs-` and 12 hex digits of
+/// a hash of its URL, user id and token, so that two users, or two installs, never report
+/// under one client (Plex keeps a playback session per client identifier), and one backend
+/// keeps its identifier across restarts. Only the hash leaves the process, never the token;
+/// a new token gives a new identifier.
+fn client_identifier(cfg: &ClientConfig) -> String {
+    // FNV-1a over the length-prefixed fields, then the murmur3 finaliser to spread the bits:
+    // fixed by this code, unlike std's hasher, whose output may change between Rust releases.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for field in [cfg.base_url.as_str(), &cfg.user_id, &cfg.token] {
+        let len = (field.len() as u64).to_le_bytes();
+        for b in len.iter().chain(field.as_bytes()) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
+    format!("{CLIENT_NAME}-{:012x}", h >> 16)
+}
 
 /// Client for one Plex account (the token's).
 #[derive(Debug)]
@@ -356,9 +381,12 @@ impl PlexClient {
         })?;
         token.set_sensitive(true);
         headers.insert(HeaderName::from_static("x-plex-token"), token);
+        // Letters, digits and `-`: always a valid header value.
+        let client_id = HeaderValue::from_str(&client_identifier(&cfg))
+            .unwrap_or_else(|_| HeaderValue::from_static(CLIENT_NAME));
         headers.insert(
             HeaderName::from_static("x-plex-client-identifier"),
-            HeaderValue::from_static(CLIENT_NAME),
+            client_id,
         );
         headers.insert(
             HeaderName::from_static("x-plex-product"),
@@ -666,7 +694,9 @@ impl BackendApi for PlexClient {
                 }
             },
         };
+        // As the PHP original: without `identifier` and `duration` Plex may ignore the report.
         let mut query = vec![
+            ("identifier", LIBRARY_IDENTIFIER.to_string()),
             ("ratingKey", item_id.to_string()),
             ("key", format!("/library/metadata/{item_id}")),
             ("state", "stopped".to_string()),
@@ -804,6 +834,34 @@ mod tests {
         assert_eq!(keys, ["77", "78", "81"]);
         assert_eq!(skipped, 2);
         assert_eq!(items[2].year, Some(1999));
+    }
+
+    #[test]
+    fn each_backend_has_its_own_stable_client_identifier() {
+        let cfg = |url: &str, user: &str, token: &str| ClientConfig {
+            kind: watchstate_actors::event::BackendKind::Plex,
+            base_url: url::Url::parse(url).unwrap(),
+            token: token.to_string(),
+            user_id: user.to_string(),
+            timeout: std::time::Duration::from_secs(1),
+            ignore_libraries: Vec::new(),
+        };
+        let id = client_identifier(&cfg("http://plex:32400/", "1", "s3cret"));
+        assert_eq!(id.len(), "watchstate-rs-".len() + 12, "{id}");
+        assert!(id.starts_with("watchstate-rs-"), "{id}");
+        assert!(!id.contains("s3cret"));
+        // Stable: the same backend always has the same identifier (and the URL reads the same
+        // with or without its trailing slash).
+        assert_eq!(id, client_identifier(&cfg("http://plex:32400", "1", "s3cret")));
+        for other in [
+            cfg("http://plex:32401/", "1", "s3cret"),
+            cfg("http://plex:32400/", "2", "s3cret"),
+            cfg("http://plex:32400/", "1", "other"),
+            // Fields do not run into each other.
+            cfg("http://plex:32400/", "1s", "3cret"),
+        ] {
+            assert_ne!(client_identifier(&other), id, "{other:?}");
+        }
     }
 
     #[test]

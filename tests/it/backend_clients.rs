@@ -1223,3 +1223,71 @@ async fn not_found_names_the_request_and_the_answer(kind: FakeKind) {
 }
 
 per_kind!(not_found_names_the_request_and_the_answer);
+
+/// A Plex timeline report names the library provider (`identifier`, as the PHP original sends
+/// it: without it Plex may ignore the report), the item and the position, and comes from a
+/// client identifier of this backend: Plex keeps a playback session per client identifier, so
+/// two users (or two installs) must not share one. The identifier is stable for one backend
+/// and never shows the token.
+#[tokio::test]
+async fn plex_timeline_reports_name_the_library_and_the_backends_own_client() {
+    let fake = FakeServer::start(FakeKind::Plex, library()).await;
+    fake.add_user("plex-user-2", "second-account-token");
+    let client_id = |r: &crate::fakes::RecordedRequest| {
+        r.headers
+            .get("x-plex-client-identifier")
+            .and_then(|v| v.to_str().ok())
+            .expect("a client identifier")
+            .to_string()
+    };
+    let timeline = || {
+        fake.requests()
+            .into_iter()
+            .rfind(|r| r.path == "/:/timeline")
+            .expect("a timeline report")
+    };
+
+    fake.client()
+        .set_position("102", 123_456, Some(8_000_000))
+        .await
+        .unwrap();
+    assert_eq!(fake.item_state("102").position_ms, 123_456);
+    let r = timeline();
+    assert_eq!(r.method, "POST");
+    assert_eq!(r.param("identifier"), Some("com.plexapp.plugins.library"));
+    assert_eq!(r.param("key"), Some("/library/metadata/102"));
+    assert_eq!(r.param("ratingKey"), Some("102"));
+    assert_eq!(r.param("state"), Some("stopped"));
+    assert_eq!(r.param("time"), Some("123456"));
+    assert_eq!(r.param("duration"), Some("8000000"));
+    let first = client_id(&r);
+    assert!(first.starts_with("watchstate-rs-"), "{first}");
+    assert!(!first.contains(fake.token()), "{first}");
+    let product = r.headers.get("x-plex-product").map(|v| v.to_str().unwrap());
+    assert_eq!(product, Some("watchstate-rs"));
+    // Every request of the client carries the same identifier.
+    assert!(fake.requests().iter().all(|r| client_id(r) == first));
+
+    // The same backend configured again (a restart): the same identifier.
+    fake.client()
+        .set_position("102", 200_000, Some(8_000_000))
+        .await
+        .unwrap();
+    assert_eq!(client_id(&timeline()), first);
+
+    // Another user of the same server: another identifier.
+    let other = build_client(ClientConfig {
+        user_id: "plex-user-2".into(),
+        ..config(&fake, "second-account-token", Duration::from_secs(5))
+    })
+    .unwrap();
+    other
+        .set_position("102", 300_000, Some(8_000_000))
+        .await
+        .unwrap();
+    assert_eq!(fake.item_state_for("plex-user-2", "102").position_ms, 300_000);
+    let second = client_id(&timeline());
+    assert!(second.starts_with("watchstate-rs-"), "{second}");
+    assert_ne!(second, first);
+    fake.assert_contract();
+}

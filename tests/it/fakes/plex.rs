@@ -10,11 +10,13 @@
 //!   (paging also from the headers of the same names) → `Metadata[]`, `totalSize`, `offset`
 //! - `GET /library/metadata/{ids}` (comma-separated ids; items and shows)
 //! - `PUT /:/scrobble` / `PUT /:/unscrobble` `?identifier=com.plexapp.plugins.library&key=`
-//! - `POST /:/timeline?ratingKey&key&state&time&duration`: `stopped` stores the offset; at 90 %
-//!   of the duration or more Plex counts the item as watched.
+//! - `POST /:/timeline?identifier&ratingKey&key&state&time&duration`: `stopped` stores the
+//!   offset; at 90 % of the duration or more Plex counts the item as watched. An `identifier`
+//!   other than `com.plexapp.plugins.library` is refused.
 //!
 //! GETs without `Accept: application/json` get XML, as from Plex; writes need
-//! `X-Plex-Client-Identifier`.
+//! `X-Plex-Client-Identifier`. Every request is recorded with its query and headers
+//! ([`super::FakeServer::requests`]), so a test can read what a timeline report carried.
 //!
 //! Items with a legacy agent guid ([`FakeItem::plex_guid`]) have `guid` and no `Guid[]`.
 
@@ -298,6 +300,12 @@ pub(super) fn handle(inner: &Inner, st: &mut State, req: &FakeRequest) -> FakeRe
             FakeResponse::empty(200)
         }
         ("POST", [":", "timeline"]) => {
+            if req
+                .param("identifier")
+                .is_some_and(|i| i != "com.plexapp.plugins.library")
+            {
+                return FakeResponse::status(400, "identifier must be com.plexapp.plugins.library");
+            }
             let key = req.param("ratingKey").map(str::to_string).or_else(|| {
                 req.param("key")
                     .and_then(|k| k.strip_prefix("/library/metadata/"))

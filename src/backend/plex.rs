@@ -120,7 +120,8 @@ struct MetadataContainer {
     /// Items in the whole section: tells when the section is exhausted.
     #[serde(default, deserialize_with = "opt_number")]
     total_size: Option<i64>,
-    /// Hoisted from the items when they all share it.
+    /// Hoisted from the items when they all share it; on `/library/metadata/{id}` the section
+    /// of an item that lacks its own (the spec's `Metadata` has no such field).
     #[serde(
         rename = "librarySectionID",
         default,
@@ -651,6 +652,7 @@ impl BackendApi for PlexClient {
         let Some(item) = decode_metadata(&c, "item").0.into_iter().next() else {
             return Ok(None);
         };
+        // The item's own section first, else the container's.
         let library = c.library_section_id;
         self.load_shows(std::slice::from_ref(&item)).await?;
         Ok(self.convert(item, library.as_deref()))

@@ -1291,3 +1291,31 @@ async fn plex_timeline_reports_name_the_library_and_the_backends_own_client() {
     assert_ne!(second, first);
     fake.assert_contract();
 }
+
+/// The spec's `Metadata` has no `librarySectionID`; Plex also names the section on the
+/// `MediaContainer` of `/library/metadata/{id}`. An item looked up without its own takes the
+/// container's, so that `ignore_libraries` applies to it as to a listed one.
+#[tokio::test]
+async fn plex_lookup_takes_the_section_from_the_container() {
+    let lib = library()
+        .with(
+            FakeItem::movie("120", "No section of its own")
+                .library("5")
+                .omit("librarySectionID"),
+        )
+        .with(FakeItem::episode("203", "200", 1, 3).omit("librarySectionID"));
+    let fake = FakeServer::start(FakeKind::Plex, lib).await;
+    let client = build_client(ClientConfig {
+        ignore_libraries: vec!["5".into()],
+        ..fake.client_config()
+    })
+    .unwrap();
+    let movie = client.get_item("120").await.unwrap().expect("item 120");
+    assert_eq!(movie.library_id.as_deref(), Some("5"));
+    let ep = client.get_item("203").await.unwrap().expect("item 203");
+    assert_eq!(ep.library_id.as_deref(), Some("2"));
+    // Items with their own, as before.
+    let matrix = client.get_item("101").await.unwrap().expect("item 101");
+    assert_eq!(matrix.library_id.as_deref(), Some("1"));
+    fake.assert_contract();
+}

@@ -8,7 +8,8 @@
 //!   (in creation order, `addedAt`, when `sort=addedAt` is asked; else in an order that turns
 //!   on every request, as a database without ORDER BY may answer)
 //!   (paging also from the headers of the same names) → `Metadata[]`, `totalSize`, `offset`
-//! - `GET /library/metadata/{ids}` (comma-separated ids; items and shows)
+//! - `GET /library/metadata/{ids}` (comma-separated ids; items and shows), with the items'
+//!   `librarySectionID` also on the `MediaContainer` when they share one section
 //! - `PUT /:/scrobble` / `PUT /:/unscrobble` `?identifier=com.plexapp.plugins.library&key=`
 //! - `POST /:/timeline?identifier&ratingKey&key&state&time&duration`: `stopped` stores the
 //!   offset; at 90 % of the duration or more Plex counts the item as watched. An `identifier`
@@ -122,13 +123,17 @@ fn show_guid(show: &FakeShow) -> String {
         .unwrap_or_else(|| format!("plex://show/{}", show.id))
 }
 
-fn show_json(st: &State, show: &FakeShow, include_guids: bool) -> Value {
-    let library = st
-        .items
+/// The section of a show: that of its first episode.
+fn show_library(st: &State, show: &FakeShow) -> String {
+    st.items
         .iter()
         .find(|i| i.show_id.as_deref() == Some(show.id.as_str()))
         .map(FakeItem::library_id)
-        .unwrap_or_else(|| "2".to_string());
+        .unwrap_or_else(|| "2".to_string())
+}
+
+fn show_json(st: &State, show: &FakeShow, include_guids: bool) -> Value {
+    let library = show_library(st, show);
     let mut out = json!({
         "ratingKey": show.id,
         "key": format!("/library/metadata/{}/children", show.id),
@@ -267,20 +272,34 @@ pub(super) fn handle(inner: &Inner, st: &mut State, req: &FakeRequest) -> FakeRe
             }))
         }
         ("GET", ["library", "metadata", ids]) => {
+            let mut sections = std::collections::BTreeSet::new();
             let found: Vec<Value> = ids
                 .split(',')
                 .filter_map(|id| match (st.item(id), st.show(id)) {
-                    (Some(item), _) => Some(item_json(st, &user, item, include_guids)),
-                    (None, Some(show)) => Some(show_json(st, show, include_guids)),
+                    (Some(item), _) => {
+                        sections.insert(item.library_id());
+                        Some(item_json(st, &user, item, include_guids))
+                    }
+                    (None, Some(show)) => {
+                        sections.insert(show_library(st, show));
+                        Some(show_json(st, show, include_guids))
+                    }
                     _ => None,
                 })
                 .collect();
             if found.is_empty() {
                 return FakeResponse::status(404, "<html><h1>404 Not Found</h1></html>");
             }
-            container(
-                json!({"size": found.len(), "identifier": "com.plexapp.plugins.library", "Metadata": found}),
-            )
+            let mut out = json!({
+                "size": found.len(), "identifier": "com.plexapp.plugins.library", "Metadata": found,
+            });
+            // As Plex: the items' section on the container too, when they share one (an item
+            // can be served without its own with `FakeItem::omit("librarySectionID")`).
+            if let [section] = Vec::from_iter(sections).as_slice() {
+                out["librarySectionID"] = section_id_json(section);
+                out["librarySectionTitle"] = json!(format!("Library {section}"));
+            }
+            container(out)
         }
         ("PUT", [":", action @ ("scrobble" | "unscrobble")]) => {
             if req.param("identifier") != Some("com.plexapp.plugins.library") {

@@ -170,21 +170,32 @@ impl HttpCore {
         req: RequestBuilder,
         what: &str,
     ) -> Result<T, BackendError> {
+        self.send_json_with_headers(req, what).await.map(|(v, _)| v)
+    }
+
+    /// [`Self::send_json`], with the answer's headers (Plex also gives its paging totals
+    /// there).
+    pub async fn send_json_with_headers<T: DeserializeOwned>(
+        &self,
+        req: RequestBuilder,
+        what: &str,
+    ) -> Result<(T, HeaderMap), BackendError> {
         let resp = self.send(req, what).await?;
-        let content_type = resp
-            .headers()
+        let headers = resp.headers().clone();
+        let content_type = headers
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("none")
             .to_string();
         let bytes = resp.bytes().await.map_err(|e| self.transport_error(e))?;
-        serde_json::from_slice(&bytes).map_err(|e| BackendError::BadResponse {
+        let value = serde_json::from_slice(&bytes).map_err(|e| BackendError::BadResponse {
             message: format!(
                 "{what}: the answer is not the expected JSON ({e}); content type {}, it starts with \"{}\"",
                 self.redact(&content_type),
                 self.snippet(&bytes)
             ),
-        })
+        })?;
+        Ok((value, headers))
     }
 
     /// The first [`SNIPPET_BYTES`] of an answer as one line of text: invalid UTF-8 and

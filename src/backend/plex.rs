@@ -7,7 +7,8 @@
 //! Listing walks the movie and show sections of `/library/sections/all` in order: `type=1`
 //! (movies) in movie sections, `type=4` (episodes) in show sections, with `includeGuids=1`,
 //! `sort=addedAt` (the spec's `mediaQuery` sort: a fixed order, so that pages neither overlap
-//! nor miss items) and `X-Plex-Container-Start`/`-Size`. The cursor is
+//! nor miss items) and `X-Plex-Container-Start`/`-Size`; a section's size is `totalSize`, or
+//! the `X-Plex-Container-Total-Size` header when the body has none. The cursor is
 //! `<section key>:<offset>`.
 //!
 //! Ids: `Guid[]` (`imdb://…`, `tmdb://…`, `tvdb://…`) and the item's `guid` when it is a legacy
@@ -458,13 +459,32 @@ impl PlexClient {
             ];
             let req = self.http.request(Method::GET, &route, &query)?;
             let what = format!("size of section {}", section.key);
-            let c: Container<MetadataContainer> = self.http.send_json(req, &what).await?;
-            match c.media_container.total_size {
+            let c = self.section_page(req, &what).await?;
+            match c.total_size {
                 Some(n) => total += n.max(0) as u64,
                 None => return Ok(None),
             }
         }
         Ok(Some(total))
+    }
+
+    /// A page of a section listing. `totalSize` is not required in the body: the spec says it
+    /// is "also provided in the `X-Plex-Container-Total-Size` header", read when it is not.
+    async fn section_page(
+        &self,
+        req: reqwest::RequestBuilder,
+        what: &str,
+    ) -> Result<MetadataContainer, BackendError> {
+        let (c, headers): (Container<MetadataContainer>, _) =
+            self.http.send_json_with_headers(req, what).await?;
+        let mut page = c.media_container;
+        if page.total_size.is_none() {
+            page.total_size = headers
+                .get("x-plex-container-total-size")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse().ok());
+        }
+        Ok(page)
     }
 
     fn lock_sections(&self) -> std::sync::MutexGuard<'_, Option<Vec<Section>>> {
@@ -602,8 +622,7 @@ impl BackendApi for PlexClient {
         ];
         let req = self.http.request(Method::GET, &route, &query)?;
         let what = format!("section {}", section.key);
-        let page: Container<MetadataContainer> = self.http.send_json(req, &what).await?;
-        let page = page.media_container;
+        let page = self.section_page(req, &what).await?;
         // The offset moves past every item of the page, read or skipped.
         let got = page.metadata.len() as u64;
         let (metadata, skipped) = decode_metadata(&page, &what);

@@ -1319,3 +1319,23 @@ async fn plex_lookup_takes_the_section_from_the_container() {
     assert_eq!(matrix.library_id.as_deref(), Some("1"));
     fake.assert_contract();
 }
+
+/// `totalSize` is not required in a Plex `MediaContainer`: the spec says it is "also provided
+/// in the `X-Plex-Container-Total-Size` header". A server that sends only the header still
+/// gives the listing its total and ends each section without asking for an empty page.
+#[tokio::test]
+async fn plex_reads_the_total_from_the_header_when_the_body_has_none() {
+    let fake = FakeServer::start(
+        FakeKind::Plex,
+        library().plex_container_omit("totalSize"),
+    )
+    .await;
+    let client = fake.client();
+    let first = client.list_items(None, 4).await.expect("first page");
+    assert_eq!(first.total, Some(10));
+    // 7 movies in pages of 7: the total tells that the section ends there.
+    let (items, pages) = list_all(client.as_ref(), 7).await;
+    assert_eq!(by_id(items).len(), 10);
+    assert_eq!(pages, 2, "a page came back empty");
+    fake.assert_contract();
+}

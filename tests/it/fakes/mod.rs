@@ -267,6 +267,9 @@ pub struct FakeLibrary {
     /// Plex only: raw `Directory` entries served after the sections of the items (a section
     /// in an unexpected shape, e.g. without `key`).
     pub plex_extra_sections: Vec<serde_json::Value>,
+    /// Plex only: fields left out of every `MediaContainer` (`totalSize`, which the spec does
+    /// not require in the body).
+    pub plex_container_omit: Vec<String>,
 }
 
 impl FakeLibrary {
@@ -290,6 +293,12 @@ impl FakeLibrary {
         self
     }
 
+    /// Plex only: leaves `field` out of every `MediaContainer` the fake answers.
+    pub fn plex_container_omit(mut self, field: &str) -> Self {
+        self.plex_container_omit.push(field.to_string());
+        self
+    }
+
     /// `n` items, half movies (ids `100000`, `100002`, ..., imdb `tt<id>`) and half episodes
     /// of shows of 10 episodes (ids `100001`, ..., tvdb `<id>`; shows `s<k>`, tvdb `9<k>`).
     /// Every third movie starts played; every fifth episode has a position. Cheap for 20 000.
@@ -298,6 +307,7 @@ impl FakeLibrary {
             items: Vec::with_capacity(n),
             shows: Vec::with_capacity(n / 20 + 1),
             plex_extra_sections: Vec::new(),
+            plex_container_omit: Vec::new(),
         };
         for i in 0..n {
             let id = (100_000 + i).to_string();
@@ -540,6 +550,8 @@ pub(crate) struct State {
     pub(crate) show_index: HashMap<String, usize>,
     /// See [`FakeLibrary::plex_extra_sections`].
     pub(crate) plex_extra_sections: Vec<serde_json::Value>,
+    /// See [`FakeLibrary::plex_container_omit`].
+    pub(crate) plex_container_omit: Vec<String>,
     /// Listing requests answered without a sort order so far (see [`State::listing_order`]).
     pub(crate) unsorted_listings: std::cell::Cell<usize>,
     /// token → user id.
@@ -703,6 +715,8 @@ pub(crate) struct FakeResponse {
     pub(crate) retry_after: Option<String>,
     /// `Location` of a redirect.
     pub(crate) location: Option<String>,
+    /// Other headers of the answer (Plex's `X-Plex-Container-*`).
+    pub(crate) headers: Vec<(&'static str, String)>,
 }
 
 impl FakeResponse {
@@ -713,6 +727,7 @@ impl FakeResponse {
             content_type: "application/json",
             retry_after: None,
             location: None,
+            headers: Vec::new(),
         }
     }
 
@@ -723,6 +738,7 @@ impl FakeResponse {
             content_type: "text/plain",
             retry_after: None,
             location: None,
+            headers: Vec::new(),
         }
     }
 
@@ -863,6 +879,7 @@ impl FakeServer {
             shows: library.shows,
             show_index,
             plex_extra_sections: library.plex_extra_sections,
+            plex_container_omit: library.plex_container_omit,
             unsorted_listings: std::cell::Cell::new(0),
             tokens: [(token.clone(), user_id.clone())].into(),
             user_state,
@@ -1239,6 +1256,11 @@ fn into_reply(resp: FakeResponse) -> warp::reply::Response {
         .and_then(|l| warp::http::HeaderValue::from_str(&l).ok())
     {
         out.headers_mut().insert("location", loc);
+    }
+    for (name, value) in resp.headers {
+        if let Ok(v) = warp::http::HeaderValue::from_str(&value) {
+            out.headers_mut().insert(name, v);
+        }
     }
     if let Some(ra) = resp.retry_after {
         if let Ok(v) = warp::http::HeaderValue::from_str(&ra) {

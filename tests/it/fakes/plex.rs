@@ -7,7 +7,9 @@
 //! - `GET /library/sections/{id}/all?type=1|2|4&includeGuids=1&sort&X-Plex-Container-Start&-Size`
 //!   (in creation order, `addedAt`, when `sort=addedAt` is asked; else in an order that turns
 //!   on every request, as a database without ORDER BY may answer)
-//!   (paging also from the headers of the same names) → `Metadata[]`, `totalSize`, `offset`
+//!   (paging also from the headers of the same names) → `Metadata[]`, `totalSize`, `offset`,
+//!   and the headers `X-Plex-Container-Start`/`-Total-Size`; fields of every `MediaContainer`
+//!   can be left out ([`super::FakeLibrary::plex_container_omit`])
 //! - `GET /library/metadata/{ids}` (comma-separated ids; items and shows), with the items'
 //!   `librarySectionID` also on the `MediaContainer` when they share one section
 //! - `PUT /:/scrobble` / `PUT /:/unscrobble` `?identifier=com.plexapp.plugins.library&key=`
@@ -151,8 +153,22 @@ fn show_json(st: &State, show: &FakeShow, include_guids: bool) -> Value {
     out
 }
 
-fn container(extra: Value) -> FakeResponse {
+fn container(st: &State, mut extra: Value) -> FakeResponse {
+    if let Some(obj) = extra.as_object_mut() {
+        for field in &st.plex_container_omit {
+            obj.remove(field);
+        }
+    }
     FakeResponse::json(json!({ "MediaContainer": extra }))
+}
+
+/// A page of a listing: the container, with the paging also in the headers, as Plex sends it.
+fn page_of(st: &State, extra: Value, start: usize, total: usize) -> FakeResponse {
+    let mut resp = container(st, extra);
+    resp.headers.push(("X-Plex-Container-Start", start.to_string()));
+    resp.headers
+        .push(("X-Plex-Container-Total-Size", total.to_string()));
+    resp
 }
 
 /// A paging value from the query or, as real Plex also accepts, the header of the same name.
@@ -177,13 +193,14 @@ pub(super) fn handle(inner: &Inner, st: &mut State, req: &FakeRequest) -> FakeRe
             content_type: "text/xml",
             retry_after: None,
             location: None,
+            headers: Vec::new(),
         };
     }
     if is_write(req) && req.header("x-plex-client-identifier").is_none() {
         return FakeResponse::status(400, "X-Plex-Client-Identifier is required");
     }
     if m == "GET" && path == "/identity" {
-        return container(json!({
+        return container(st, json!({
             "size": 0,
             "claimed": true,
             "machineIdentifier": inner.server_id,
@@ -216,6 +233,7 @@ pub(super) fn handle(inner: &Inner, st: &mut State, req: &FakeRequest) -> FakeRe
                 .collect();
             dirs.extend(st.plex_extra_sections.iter().cloned());
             container(
+                st,
                 json!({"size": dirs.len(), "allowSync": false, "title1": "Plex Library", "Directory": dirs}),
             )
         }
@@ -244,18 +262,23 @@ pub(super) fn handle(inner: &Inner, st: &mut State, req: &FakeRequest) -> FakeRe
                         .is_some_and(|f| f.split(':').next() == Some("addedAt"));
                     st.listing_order(&mut matching, sorted);
                     let total = matching.len();
-                    let page: Vec<Value> = matching
+                    let rows: Vec<Value> = matching
                         .into_iter()
                         .skip(start)
                         .take(size)
                         .map(|i| item_json(st, &user, i, include_guids))
                         .collect();
-                    return container(json!({
-                        "size": page.len(), "totalSize": total, "offset": start,
-                        "librarySectionID": section_id_json(&key),
-                        "identifier": "com.plexapp.plugins.library",
-                        "Metadata": page,
-                    }));
+                    return page_of(
+                        st,
+                        json!({
+                            "size": rows.len(), "totalSize": total, "offset": start,
+                            "librarySectionID": section_id_json(&key),
+                            "identifier": "com.plexapp.plugins.library",
+                            "Metadata": rows,
+                        }),
+                        start,
+                        total,
+                    );
                 }
                 ("show", None | Some("2")) => st
                     .shows
@@ -265,11 +288,16 @@ pub(super) fn handle(inner: &Inner, st: &mut State, req: &FakeRequest) -> FakeRe
                 _ => Vec::new(),
             };
             let total = rows.len();
-            let page: Vec<Value> = rows.into_iter().skip(start).take(size).collect();
-            container(json!({
-                "size": page.len(), "totalSize": total, "offset": start,
-                "librarySectionID": section_id_json(&key), "Metadata": page,
-            }))
+            let rows: Vec<Value> = rows.into_iter().skip(start).take(size).collect();
+            page_of(
+                st,
+                json!({
+                    "size": rows.len(), "totalSize": total, "offset": start,
+                    "librarySectionID": section_id_json(&key), "Metadata": rows,
+                }),
+                start,
+                total,
+            )
         }
         ("GET", ["library", "metadata", ids]) => {
             let mut sections = std::collections::BTreeSet::new();
@@ -299,7 +327,7 @@ pub(super) fn handle(inner: &Inner, st: &mut State, req: &FakeRequest) -> FakeRe
                 out["librarySectionID"] = section_id_json(section);
                 out["librarySectionTitle"] = json!(format!("Library {section}"));
             }
-            container(out)
+            container(st, out)
         }
         ("PUT", [":", action @ ("scrobble" | "unscrobble")]) => {
             if req.param("identifier") != Some("com.plexapp.plugins.library") {
@@ -354,7 +382,7 @@ pub(super) fn handle(inner: &Inner, st: &mut State, req: &FakeRequest) -> FakeRe
                     st.record_position(&user, &key, time);
                 }
             }
-            container(json!({"size": 0}))
+            container(st, json!({"size": 0}))
         }
         _ => FakeResponse::status(404, "<html><h1>404 Not Found</h1></html>"),
     }

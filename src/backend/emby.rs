@@ -10,6 +10,8 @@
 //! through the listing route with `Fields=…UserDataPlayCount,UserDataLastPlayedDate`: recent
 //! Emby leaves `LastPlayedDate` out and answers `PlayCount: 0` unless asked, and the
 //! single-item route documents no `Fields`.
+//! Unlike Jellyfin's, Emby 4.8's listing has no filter on `LocationType` or missing episodes
+//! (no `ExcludeLocationTypes`, `LocationTypes` or `IsMissing` in its spec): none is sent.
 //! `ignore_libraries`: as for Jellyfin (`ParentId` listings, `GET /Items/{Id}/Ancestors`);
 //! see `mediabrowser::IgnoredLibraries`.
 

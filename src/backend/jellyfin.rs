@@ -15,6 +15,9 @@
 //! Series ids: the episodes of a page name their show (`SeriesId`); the shows not yet cached
 //! are fetched with `GET /Items?ids=…&fields=ProviderIds` (100 per request) and cached.
 //!
+//! Listings leave out `Virtual` items (`excludeLocationTypes`, in the 10.8 to 12.0 specs): the
+//! placeholders of missing episodes, which no other server has.
+//!
 //! Array query parameters (`includeItemTypes`, `fields`, `ids`) are `type: array` with the
 //! default `form`/`explode=true` style in the spec, so they are sent as repeated keys
 //! (`includeItemTypes=Movie&includeItemTypes=Episode`); Jellyfin also reads comma lists.
@@ -45,6 +48,11 @@ const LIST_TYPES: [&str; 2] = ["Movie", "Episode"];
 /// added during a listing at its end. `SortName` breaks ties. `sortOrder=Ascending` applies
 /// to both.
 const LIST_SORT: [&str; 2] = ["DateCreated", "SortName"];
+
+/// The `excludeLocationTypes` of a listing: `Virtual` items are the placeholders Jellyfin keeps
+/// for episodes it knows from metadata but has no file of (missing, not yet aired); listed,
+/// they would be unplayed items that no other server has. The PHP original sends it too.
+const LIST_EXCLUDED_LOCATIONS: [&str; 1] = ["Virtual"];
 
 /// `name=v1&name=v2…`: an array query parameter in the spec's (default, exploded) style.
 fn repeated<'a>(name: &'a str, values: &[&str]) -> Vec<(&'a str, String)> {
@@ -263,6 +271,7 @@ impl JellyfinClient {
                     ("recursive", "true".to_string()),
                 ];
                 query.extend(repeated("includeItemTypes", &LIST_TYPES));
+                query.extend(repeated("excludeLocationTypes", &LIST_EXCLUDED_LOCATIONS));
                 query.extend(repeated("sortBy", &LIST_SORT));
                 query.extend([
                     ("sortOrder", "Ascending".to_string()),
@@ -323,6 +332,7 @@ impl BackendApi for JellyfinClient {
         }
         let mut query = vec![self.user(), ("recursive", "true".to_string())];
         query.extend(repeated("includeItemTypes", &LIST_TYPES));
+        query.extend(repeated("excludeLocationTypes", &LIST_EXCLUDED_LOCATIONS));
         query.extend(repeated("fields", &LIST_FIELDS));
         query.extend(repeated("sortBy", &LIST_SORT));
         query.extend([

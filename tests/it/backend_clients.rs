@@ -1339,3 +1339,34 @@ async fn plex_reads_the_total_from_the_header_when_the_body_has_none() {
     assert_eq!(pages, 2, "a page came back empty");
     fake.assert_contract();
 }
+
+/// Jellyfin keeps `Virtual` items for episodes it knows from metadata but has no file of; the
+/// listing leaves them out (`excludeLocationTypes=Virtual`, an array parameter sent in the
+/// spec's repeated style), so they never count as unplayed items of the library.
+#[tokio::test]
+async fn jellyfin_listing_leaves_out_virtual_items() {
+    let lib = library().with(
+        FakeItem::episode("203", "200", 1, 3)
+            .title("Missing")
+            .ext("tvdb", "6252620")
+            .virtual_item(),
+    );
+    let fake = FakeServer::start(FakeKind::Jellyfin, lib).await;
+    let client = fake.client();
+    let first = client.list_items(None, 4).await.expect("first page");
+    assert_eq!(first.total, Some(10));
+    let (items, _) = list_all(client.as_ref(), 4).await;
+    let items = by_id(items);
+    assert_eq!(items.len(), 10);
+    assert!(!items.contains_key("203"), "the virtual episode was listed");
+    let listings: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/Items" && r.param("startIndex").is_some())
+        .collect();
+    assert!(!listings.is_empty());
+    for r in &listings {
+        assert_eq!(r.params("excludeLocationTypes"), ["Virtual"]);
+    }
+    fake.assert_contract();
+}

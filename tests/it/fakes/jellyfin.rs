@@ -3,9 +3,11 @@
 //! ticks. Also the `BaseItemDto` rendering Emby shares.
 //!
 //! - `GET /System/Info/Public` (no auth)
-//! - `GET /Items?userId&includeItemTypes&ids&fields&sortBy&startIndex&limit` → `Items`,
-//!   `TotalRecordCount`; array parameters repeated or comma lists; in creation order when
-//!   `sortBy` starts with `DateCreated`, else in an order that turns on every request
+//! - `GET /Items?userId&includeItemTypes&excludeLocationTypes&ids&fields&sortBy&startIndex&limit`
+//!   → `Items`, `TotalRecordCount`; array parameters repeated or comma lists; in creation
+//!   order when `sortBy` starts with `DateCreated`, else in an order that turns on every
+//!   request; virtual items ([`super::FakeItem::virtual_item`]) listed unless
+//!   `excludeLocationTypes` names `Virtual`
 //! - `GET /Items/{itemId}?userId`
 //! - `POST|DELETE /UserPlayedItems/{itemId}?userId(&datePlayed)` → `UserItemDataDto`
 //! - `GET|POST /UserItems/{itemId}/UserData?userId` (body `UpdateUserItemDataDto`, nullable fields)
@@ -153,7 +155,7 @@ pub(super) fn item_json(
         "IsFolder": false,
         "MediaType": "Video",
         "RunTimeTicks": item.duration_ms as i64 * TICKS_PER_MS,
-        "LocationType": "FileSystem",
+        "LocationType": if item.is_virtual { "Virtual" } else { "FileSystem" },
     });
     if let Some(y) = item.year {
         out["ProductionYear"] = json!(y);
@@ -216,6 +218,13 @@ pub(super) fn query_items(
             .collect()
     });
     let wants = |t: &str| types.as_ref().is_none_or(|ts| ts.iter().any(|x| x == t));
+    // `excludeLocationTypes`: Jellyfin only (Emby 4.8 has no such parameter and ignores
+    // it); enum names read case-insensitively.
+    let no_virtual = inner.kind == super::FakeKind::Jellyfin
+        && p("excludeLocationTypes").is_some_and(|l| {
+        l.split(',')
+            .any(|t| t.trim().eq_ignore_ascii_case("virtual"))
+    });
     let start: usize = p("startIndex").and_then(|s| s.parse().ok()).unwrap_or(0);
     let limit: usize = p("limit")
         .and_then(|s| s.parse().ok())
@@ -251,6 +260,7 @@ pub(super) fn query_items(
                 ItemType::Movie => wants("movie"),
                 ItemType::Episode => wants("episode"),
             })
+            .filter(|i| !(no_virtual && i.is_virtual))
             .filter(|i| {
                 parent
                     .as_ref()

@@ -99,6 +99,10 @@ pub struct FakeItem {
     pub library_id: Option<String>,
     /// The default user's state at start.
     pub initial: ItemState,
+    /// Jellyfin/Emby only: a placeholder with no media (`LocationType: "Virtual"`), as
+    /// Jellyfin keeps for missing episodes; Jellyfin leaves it out of listings that send
+    /// `excludeLocationTypes=Virtual`.
+    pub is_virtual: bool,
     /// Fields of the item's JSON changed as the server renders it, in order: `Some` sets the
     /// field (a string year, a null id), `None` removes it; for items real servers send
     /// in an unexpected shape.
@@ -120,6 +124,7 @@ impl FakeItem {
             duration_ms: 7_200_000,
             library_id: None,
             initial: ItemState::default(),
+            is_virtual: false,
             render: Vec::new(),
         }
     }
@@ -160,6 +165,12 @@ impl FakeItem {
 
     pub fn duration_ms(mut self, ms: u64) -> Self {
         self.duration_ms = ms;
+        self
+    }
+
+    /// A virtual item (see [`Self::is_virtual`]).
+    pub fn virtual_item(mut self) -> Self {
+        self.is_virtual = true;
         self
     }
 

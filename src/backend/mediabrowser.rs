@@ -52,15 +52,40 @@ impl PublicSystemInfo {
     }
 }
 
-/// `QueryResult<BaseItemDto>`; `Items` is required so that a wrong-shaped answer is an error,
-/// not an empty library. The items stay raw until [`Self::decode`] reads them one by one.
+/// `QueryResult<BaseItemDto>`. The items stay raw until [`Self::decode`] reads them one by one.
+/// `Items` is nullable in Jellyfin 10.8's spec (and Jellyfin leaves null properties out): a
+/// null or absent `Items` is an empty page when the answer has `TotalRecordCount`, as every
+/// query result has; an answer with neither is an error, not an empty library.
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "PascalCase")]
+#[serde(try_from = "QueryResultFields")]
 pub struct ItemsResult {
     pub items: Vec<Box<RawValue>>,
     /// Lets the listing stop without asking for an empty page.
-    #[serde(default, deserialize_with = "opt_number")]
     pub total_record_count: Option<i64>,
+}
+
+/// [`ItemsResult`] as sent, before the check that it is a query result.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct QueryResultFields {
+    #[serde(default)]
+    items: Option<Vec<Box<RawValue>>>,
+    #[serde(default, deserialize_with = "opt_number")]
+    total_record_count: Option<i64>,
+}
+
+impl TryFrom<QueryResultFields> for ItemsResult {
+    type Error = &'static str;
+
+    fn try_from(f: QueryResultFields) -> Result<Self, Self::Error> {
+        if f.items.is_none() && f.total_record_count.is_none() {
+            return Err("neither Items nor TotalRecordCount: not a list of items");
+        }
+        Ok(ItemsResult {
+            items: f.items.unwrap_or_default(),
+            total_record_count: f.total_record_count,
+        })
+    }
 }
 
 impl ItemsResult {
@@ -483,6 +508,24 @@ mod tests {
         .unwrap();
         let (items, skipped) = page.decode("test");
         assert_eq!((items.len(), skipped, page.total()), (1, 2, Some(3)));
+    }
+
+    #[test]
+    fn null_or_absent_items_are_an_empty_page_of_a_query_result() {
+        for body in [
+            r#"{"Items": null, "TotalRecordCount": 0, "StartIndex": 0}"#,
+            r#"{"TotalRecordCount": 0, "StartIndex": 0}"#,
+        ] {
+            let page: ItemsResult = serde_json::from_str(body).expect(body);
+            assert!(page.items.is_empty(), "{body}");
+            assert_eq!(page.total(), Some(0), "{body}");
+        }
+        let page: ItemsResult = serde_json::from_str(r#"{"Items": []}"#).unwrap();
+        assert_eq!((page.items.len(), page.total()), (0, None));
+        // Another shape is still an error, not an empty library.
+        for body in [r#"{}"#, r#"{"Items": null}"#, r#"{"error": "x"}"#, r#"[1]"#] {
+            assert!(serde_json::from_str::<ItemsResult>(body).is_err(), "{body}");
+        }
     }
 
     #[test]

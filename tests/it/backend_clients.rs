@@ -1370,3 +1370,33 @@ async fn jellyfin_listing_leaves_out_virtual_items() {
     }
     fake.assert_contract();
 }
+
+/// `Items` is nullable in Jellyfin 10.8's `BaseItemDtoQueryResult` (and Jellyfin leaves null
+/// properties out): a page whose `Items` is null or absent is empty, not a failed listing.
+/// An answer without `TotalRecordCount` either is no query result and stays an error.
+#[tokio::test]
+async fn a_page_with_null_or_absent_items_is_empty() {
+    let fakes = [
+        FakeServer::start_jellyfin_10_8(library()).await,
+        FakeServer::start(FakeKind::Jellyfin, library()).await,
+        FakeServer::start(FakeKind::Emby, library()).await,
+    ];
+    for fake in &fakes {
+        let client = fake.client();
+        for body in [
+            r#"{"Items":null,"TotalRecordCount":0,"StartIndex":0}"#,
+            r#"{"TotalRecordCount":0,"StartIndex":0}"#,
+        ] {
+            fake.inject(Fault::body(200, "application/json", body));
+            let page = client.list_items(None, 10).await.expect(body);
+            assert!(page.items.is_empty(), "{body}");
+            assert_eq!((page.next, page.total), (None, Some(0)), "{body}");
+        }
+        fake.inject(Fault::body(200, "application/json", r#"{"Items":null}"#));
+        let err = client.list_items(None, 10).await.unwrap_err();
+        assert!(matches!(err, BackendError::BadResponse { .. }), "{err:?}");
+        // The listing goes on as before.
+        let (items, _) = list_all(client.as_ref(), 4).await;
+        assert_eq!(items.len(), 10);
+    }
+}

@@ -369,6 +369,20 @@ impl BackendApi for JellyfinClient {
         let item = match self.with_routes(|r| self.fetch_item(r, id)).await {
             Ok(item) => item,
             Err(BackendError::NotFound { .. }) => return Ok(None),
+            // Item ids are `format: uuid` in the spec: a server that checks the format answers
+            // 400 to an id that is not one (a webhook's id of another server), which no item
+            // has. Only here: a 400 to a listing or a write stays an error.
+            Err(BackendError::Client {
+                status: 400,
+                message,
+            }) => {
+                tracing::debug!(
+                    item = id,
+                    answer = %message,
+                    "Jellyfin refused the item id (400): taken as no such item"
+                );
+                return Ok(None);
+            }
             Err(e) => return Err(e),
         };
         self.load_series(std::slice::from_ref(&item)).await?;

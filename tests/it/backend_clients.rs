@@ -1400,3 +1400,43 @@ async fn a_page_with_null_or_absent_items_is_empty() {
         assert_eq!(items.len(), 10);
     }
 }
+
+/// Jellyfin item ids are `format: uuid`: the server answers a lookup of an id that is not one
+/// with 400 (parameter binding), and of a GUID it does not have with 404. Both mean that no
+/// item has the id. Only the lookup reads a 400 so: a listing or a write answered 400 fails.
+#[tokio::test]
+async fn jellyfin_lookup_of_an_id_that_is_no_guid_finds_nothing() {
+    for fake in [
+        FakeServer::start(FakeKind::Jellyfin, library()).await,
+        FakeServer::start_jellyfin_10_8(library()).await,
+    ] {
+        let client = fake.client();
+        for id in ["999999", "0123456789abcdef0123456789abcdef"] {
+            fake.clear_log();
+            assert_eq!(client.get_item(id).await.unwrap(), None, "{id}");
+            let statuses: Vec<u16> = fake
+                .requests()
+                .iter()
+                .filter(|r| r.path.ends_with(&format!("/Items/{id}")))
+                .map(|r| r.status)
+                .collect();
+            let expected = if id.len() == 32 { 404 } else { 400 };
+            assert_eq!(statuses.last(), Some(&expected), "{id}: {statuses:?}");
+        }
+        assert!(client.get_item("101").await.unwrap().is_some());
+
+        fake.inject(Fault::status(400));
+        let err = client.list_items(None, 10).await.unwrap_err();
+        assert!(
+            matches!(err, BackendError::Client { status: 400, .. }),
+            "{err:?}"
+        );
+        fake.inject(Fault::status(400));
+        let err = client.set_played("103", true, None).await.unwrap_err();
+        assert!(
+            matches!(err, BackendError::Client { status: 400, .. }),
+            "{err:?}"
+        );
+        fake.assert_contract();
+    }
+}

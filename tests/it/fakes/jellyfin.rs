@@ -8,7 +8,7 @@
 //!   order when `sortBy` starts with `DateCreated`, else in an order that turns on every
 //!   request; virtual items ([`super::FakeItem::virtual_item`]) listed unless
 //!   `excludeLocationTypes` names `Virtual`
-//! - `GET /Items/{itemId}?userId`
+//! - `GET /Items/{itemId}?userId`; an unknown id: 404 when it is a GUID, else 400 (binding)
 //! - `POST|DELETE /UserPlayedItems/{itemId}?userId(&datePlayed)` → `UserItemDataDto`
 //! - `GET|POST /UserItems/{itemId}/UserData?userId` (body `UpdateUserItemDataDto`, nullable fields)
 //!
@@ -72,7 +72,7 @@ fn handle_10_8(inner: &Inner, st: &mut State, req: &FakeRequest) -> FakeResponse
                     FakeResponse::json(item_json(inner, st, Some(user), item, Render::FULL))
                 }
                 (None, Some(show)) => FakeResponse::json(show_json(inner, show, Render::FULL)),
-                _ => FakeResponse::status(404, "Item not found"),
+                _ => unknown_item(id),
             }
         }
         (_, ["Users", user, "PlayedItems", id]) if m == "POST" || m == "DELETE" => {
@@ -86,6 +86,29 @@ fn handle_10_8(inner: &Inner, st: &mut State, req: &FakeRequest) -> FakeResponse
         ("GET", ["Items", _]) => FakeResponse::status(405, ""),
         _ => FakeResponse::status(404, ""),
     }
+}
+
+/// The answer of `GET /Items/{itemId}` (10.8: `GET /Users/{userId}/Items/{itemId}`) for an id
+/// the library does not have: `itemId` is a `Guid` route parameter, so an id that is not one
+/// fails parameter binding (400, a validation problem), and a GUID of no item is 404. (The
+/// fake's own items keep the short ids the tests give them.)
+fn unknown_item(id: &str) -> FakeResponse {
+    let hex = |s: &str| s.bytes().all(|b| b.is_ascii_hexdigit());
+    let parts: Vec<&str> = id.split('-').collect();
+    let guid = (id.len() == 32 && hex(id))
+        || (parts.iter().map(|p| p.len()).eq([8, 4, 4, 4, 12]) && parts.iter().all(|p| hex(p)));
+    if guid {
+        return FakeResponse::status(404, "Item not found");
+    }
+    let mut resp = FakeResponse::json(json!({
+        "type": "https://tools.ietf.org/html/rfc9110#section-15.5.1",
+        "title": "One or more validation errors occurred.",
+        "status": 400,
+        "errors": {"itemId": [format!("The value '{id}' is not valid.")]},
+    }));
+    resp.status = 400;
+    resp.content_type = "application/problem+json; charset=utf-8";
+    resp
 }
 
 /// Which optional parts of an item are rendered.
@@ -394,7 +417,7 @@ pub(super) fn handle(inner: &Inner, st: &mut State, req: &FakeRequest) -> FakeRe
                 FakeResponse::json(item_json(inner, st, user.as_deref(), item, Render::FULL))
             }
             (None, Some(show)) => FakeResponse::json(show_json(inner, show, Render::FULL)),
-            _ => FakeResponse::status(404, "Item not found"),
+            _ => unknown_item(id),
         },
         (_, ["UserPlayedItems", id]) if m == "POST" || m == "DELETE" => {
             let Some(user) = user else { return need_user() };

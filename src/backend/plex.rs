@@ -873,7 +873,10 @@ mod tests {
         assert!(!id.contains("s3cret"));
         // Stable: the same backend always has the same identifier (and the URL reads the same
         // with or without its trailing slash).
-        assert_eq!(id, client_identifier(&cfg("http://plex:32400", "1", "s3cret")));
+        assert_eq!(
+            id,
+            client_identifier(&cfg("http://plex:32400", "1", "s3cret"))
+        );
         for other in [
             cfg("http://plex:32401/", "1", "s3cret"),
             cfg("http://plex:32400/", "2", "s3cret"),

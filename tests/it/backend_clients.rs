@@ -1285,7 +1285,10 @@ async fn plex_timeline_reports_name_the_library_and_the_backends_own_client() {
         .set_position("102", 300_000, Some(8_000_000))
         .await
         .unwrap();
-    assert_eq!(fake.item_state_for("plex-user-2", "102").position_ms, 300_000);
+    assert_eq!(
+        fake.item_state_for("plex-user-2", "102").position_ms,
+        300_000
+    );
     let second = client_id(&timeline());
     assert!(second.starts_with("watchstate-rs-"), "{second}");
     assert_ne!(second, first);
@@ -1325,11 +1328,7 @@ async fn plex_lookup_takes_the_section_from_the_container() {
 /// gives the listing its total and ends each section without asking for an empty page.
 #[tokio::test]
 async fn plex_reads_the_total_from_the_header_when_the_body_has_none() {
-    let fake = FakeServer::start(
-        FakeKind::Plex,
-        library().plex_container_omit("totalSize"),
-    )
-    .await;
+    let fake = FakeServer::start(FakeKind::Plex, library().plex_container_omit("totalSize")).await;
     let client = fake.client();
     let first = client.list_items(None, 4).await.expect("first page");
     assert_eq!(first.total, Some(10));

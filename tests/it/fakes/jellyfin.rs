@@ -245,9 +245,9 @@ pub(super) fn query_items(
     // it); enum names read case-insensitively.
     let no_virtual = inner.kind == super::FakeKind::Jellyfin
         && p("excludeLocationTypes").is_some_and(|l| {
-        l.split(',')
-            .any(|t| t.trim().eq_ignore_ascii_case("virtual"))
-    });
+            l.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("virtual"))
+        });
     let start: usize = p("startIndex").and_then(|s| s.parse().ok()).unwrap_or(0);
     let limit: usize = p("limit")
         .and_then(|s| s.parse().ok())

@@ -165,7 +165,8 @@ fn container(st: &State, mut extra: Value) -> FakeResponse {
 /// A page of a listing: the container, with the paging also in the headers, as Plex sends it.
 fn page_of(st: &State, extra: Value, start: usize, total: usize) -> FakeResponse {
     let mut resp = container(st, extra);
-    resp.headers.push(("X-Plex-Container-Start", start.to_string()));
+    resp.headers
+        .push(("X-Plex-Container-Start", start.to_string()));
     resp.headers
         .push(("X-Plex-Container-Total-Size", total.to_string()));
     resp
@@ -200,12 +201,15 @@ pub(super) fn handle(inner: &Inner, st: &mut State, req: &FakeRequest) -> FakeRe
         return FakeResponse::status(400, "X-Plex-Client-Identifier is required");
     }
     if m == "GET" && path == "/identity" {
-        return container(st, json!({
-            "size": 0,
-            "claimed": true,
-            "machineIdentifier": inner.server_id,
-            "version": "1.41.3.9314-a0bfb8370",
-        }));
+        return container(
+            st,
+            json!({
+                "size": 0,
+                "claimed": true,
+                "machineIdentifier": inner.server_id,
+                "version": "1.41.3.9314-a0bfb8370",
+            }),
+        );
     }
     let token = req
         .header("x-plex-token")

@@ -55,6 +55,65 @@ pub struct ItemPage {
     pub skipped: u64,
 }
 
+/// Spaces out the requests a client makes for one sync run (`sync.max_requests_per_second`).
+/// A sync runs each listing call inside [`RequestPacer::scope`]; the HTTP clients call
+/// [`pace_request`] before every request, so a listing call that needs several (Plex's
+/// sections, show lookups, the ids of ignored libraries) is paced request by request.
+/// Requests made outside a sync (pushes, webhook lookups) are never held back.
+#[derive(Debug)]
+pub struct RequestPacer {
+    gap: Duration,
+    /// When the next request may start.
+    next: std::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+tokio::task_local! {
+    static PACER: std::sync::Arc<RequestPacer>;
+}
+
+impl RequestPacer {
+    /// At most `per_second` requests a second; `None` when that is no limit (0 or less).
+    pub fn new(per_second: f64) -> Option<std::sync::Arc<RequestPacer>> {
+        (per_second > 0.0 && per_second.is_finite()).then(|| {
+            std::sync::Arc::new(RequestPacer {
+                gap: Duration::from_secs_f64(1.0 / per_second),
+                next: std::sync::Mutex::new(None),
+            })
+        })
+    }
+
+    /// Wait for this request's turn.
+    pub async fn wait(&self) {
+        let at = {
+            let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+            let now = tokio::time::Instant::now();
+            let at = next.map_or(now, |n| n.max(now));
+            *next = Some(at + self.gap);
+            at
+        };
+        tokio::time::sleep_until(at).await;
+    }
+
+    /// Run `fut` with every request it makes through [`pace_request`] paced by `pacer`.
+    pub async fn scope<F: std::future::Future>(
+        pacer: Option<std::sync::Arc<RequestPacer>>,
+        fut: F,
+    ) -> F::Output {
+        match pacer {
+            Some(p) => PACER.scope(p, fut).await,
+            None => fut.await,
+        }
+    }
+}
+
+/// Called by a client before each request: waits for its turn when the request is part of a
+/// paced sync ([`RequestPacer::scope`]), returns at once otherwise.
+pub async fn pace_request() {
+    if let Ok(p) = PACER.try_with(|p| p.clone()) {
+        p.wait().await;
+    }
+}
+
 /// Why a call to a media server failed; decides whether the outbox retries it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum BackendError {

@@ -37,7 +37,8 @@ pub struct SyncSettings {
     pub progress_threshold: Duration,
     /// Attempts per push before it becomes a dead letter.
     pub push_attempts: u32,
-    /// Scheduled sync request rate per backend, so a sync never floods a server.
+    /// Scheduled sync request rate per pair, so a sync never floods a server: pages start
+    /// this far apart, and so does every request a client makes for one ([`crate::backend::RequestPacer`]).
     pub max_requests_per_second: f64,
     /// Items per `list_items` page during a sync.
     pub page_size: usize,

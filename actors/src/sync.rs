@@ -6,7 +6,7 @@
 //! from it. The next run time is persisted, so a restart neither skips nor repeats a run.
 
 use crate::apply::remote_identity;
-use crate::backend::{BackendApi, BackendError, ItemPage, RemoteItem};
+use crate::backend::{BackendApi, BackendError, ItemPage, RemoteItem, RequestPacer};
 use crate::event::Millis;
 use crate::pair::{PairCore, PairMsg};
 use crate::state::key_hashes;
@@ -82,13 +82,20 @@ async fn fetch_pages(
     } else {
         Duration::ZERO
     };
+    // Each page starts a gap after the last one started; inside a page, a client that makes
+    // several requests has each of them paced the same way.
+    let pacer = RequestPacer::new(max_rps);
     let mut last: Option<tokio::time::Instant> = None;
     loop {
         if let Some(l) = last {
             tokio::time::sleep_until(l + gap).await;
         }
         last = Some(tokio::time::Instant::now());
-        let result = backend.list_items(cursor.as_deref(), page_size).await;
+        let result = RequestPacer::scope(
+            pacer.clone(),
+            backend.list_items(cursor.as_deref(), page_size),
+        )
+        .await;
         let next = result.as_ref().ok().and_then(|p| p.next.clone());
         let done = next.is_none();
         if me.cast(PairMsg::SyncPage { run, result }).is_err() || done {

@@ -140,6 +140,8 @@ impl HttpCore {
     /// Sends the request; `Ok` only for a 2xx answer, anything else classified.
     pub async fn send(&self, req: RequestBuilder, what: &str) -> Result<Response, BackendError> {
         let request = req.build().map_err(|e| self.transport_error(e))?;
+        // A sync's requests keep to `sync.max_requests_per_second`; others go at once.
+        watchstate_actors::backend::pace_request().await;
         let sent_to = request.url().clone();
         let route = format!("{} {}", request.method(), sent_to.path());
         let resp = self

@@ -7,7 +7,7 @@ use crate::fakes::{
 use std::collections::BTreeMap;
 use std::time::Duration;
 use watchstate::backend::{build_client, ClientConfig};
-use watchstate_actors::backend::{BackendApi, BackendError, RemoteItem};
+use watchstate_actors::backend::{BackendApi, BackendError, RemoteItem, RequestPacer};
 use watchstate_actors::event::{ItemType, Millis};
 
 const MATRIX_PLAYED_AT: Millis = 1_714_557_600_000;
@@ -612,6 +612,45 @@ async fn items_of_ignored_libraries_carry_the_library(kind: FakeKind) {
 }
 
 per_kind!(items_of_ignored_libraries_carry_the_library);
+
+/// A sync's listing call keeps to `sync.max_requests_per_second` request by request, also
+/// when one call needs several (Plex: the sections, then the page, then the shows; Jellyfin
+/// and Emby: the ids of an ignored library, then the page, then the shows).
+async fn a_paced_listing_spaces_every_request(kind: FakeKind) {
+    let fake = FakeServer::start(kind, library()).await;
+    let client = build_client(ClientConfig {
+        ignore_libraries: vec!["2".into()],
+        ..fake.client_config()
+    })
+    .unwrap();
+    // 40 requests a second: 25 ms apart. Arrival times at the fake can differ from the send
+    // times by the time a connection takes, so the check allows 10 ms for that.
+    let pacer = RequestPacer::new(40.0);
+    let page = RequestPacer::scope(pacer, client.list_items(None, 10))
+        .await
+        .expect("a page");
+    assert!(!page.items.is_empty());
+    let requests = fake.requests();
+    assert!(
+        requests.len() >= 3,
+        "{kind:?}: expected several requests for the first page, got {:?}",
+        requests.iter().map(|r| &r.path).collect::<Vec<_>>()
+    );
+    for w in requests.windows(2) {
+        let gap = w[1].at.duration_since(w[0].at);
+        assert!(
+            gap >= Duration::from_millis(15),
+            "{kind:?}: {} then {} only {gap:?} apart",
+            w[0].path,
+            w[1].path
+        );
+    }
+    // The same client outside a sync's scope still works.
+    assert!(client.get_item("101").await.unwrap().is_some());
+    assert!(fake.requests().len() > requests.len());
+}
+
+per_kind!(a_paced_listing_spaces_every_request);
 
 #[tokio::test]
 async fn plex_answers_xml_without_the_json_accept_header() {

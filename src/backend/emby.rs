@@ -11,7 +11,8 @@
 //! Emby leaves `LastPlayedDate` out and answers `PlayCount: 0` unless asked, and the
 //! single-item route documents no `Fields`.
 //! Unlike Jellyfin's, Emby 4.8's listing has no filter on `LocationType` or missing episodes
-//! (no `ExcludeLocationTypes`, `LocationTypes` or `IsMissing` in its spec): none is sent.
+//! (no `ExcludeLocationTypes`, `LocationTypes` or `IsMissing` in its spec): none is sent, and
+//! the items it answers with `LocationType: Virtual` are left out by the client.
 //! `ignore_libraries`: as for Jellyfin (`ParentId` listings, `GET /Items/{Id}/Ancestors`);
 //! see `mediabrowser::IgnoredLibraries`.
 

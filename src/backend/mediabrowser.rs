@@ -125,6 +125,9 @@ pub struct ItemDto {
     #[serde(default, deserialize_with = "opt_number")]
     pub index_number: Option<i64>,
     pub user_data: Option<UserDataDto>,
+    /// `Virtual` for a placeholder (an episode known from metadata, with no file): not an
+    /// item of the library, whatever the listing's filters let through.
+    pub location_type: Option<String>,
 }
 
 /// `UserItemDataDto` as read (Jellyfin's write body is [`UserDataUpdate`]).
@@ -185,6 +188,13 @@ impl ItemDto {
 
     /// The sync's view of this item; `series_ids` are the show's provider ids (episodes).
     pub fn into_remote(self, series_ids: ExternalIds) -> Option<RemoteItem> {
+        if self
+            .location_type
+            .as_deref()
+            .is_some_and(|l| l.eq_ignore_ascii_case("virtual"))
+        {
+            return None;
+        }
         let item_type = self.kind()?;
         let user = self.user_data.unwrap_or_default();
         let episode = item_type == ItemType::Episode;

@@ -1409,6 +1409,29 @@ async fn jellyfin_listing_leaves_out_virtual_items() {
     fake.assert_contract();
 }
 
+/// Emby 4.8's listing has no filter for placeholders, so its `Virtual` items come back; the
+/// client leaves them out itself (and so would Jellyfin's, were a server to ignore the filter).
+#[tokio::test]
+async fn emby_listing_leaves_out_virtual_items() {
+    let lib = library().with(
+        FakeItem::episode("203", "200", 1, 3)
+            .title("Missing")
+            .ext("tvdb", "6252620")
+            .virtual_item(),
+    );
+    let fake = FakeServer::start(FakeKind::Emby, lib).await;
+    let client = fake.client();
+    let (items, _) = list_all(client.as_ref(), 4).await;
+    let items = by_id(items);
+    assert_eq!(items.len(), 10);
+    assert!(!items.contains_key("203"), "the virtual episode was listed");
+    assert!(
+        client.get_item("203").await.unwrap().is_none(),
+        "a placeholder looked up alone is no item either"
+    );
+    fake.assert_contract();
+}
+
 /// `Items` is nullable in Jellyfin 10.8's `BaseItemDtoQueryResult` (and Jellyfin leaves null
 /// properties out): a page whose `Items` is null or absent is empty, not a failed listing.
 /// An answer without `TotalRecordCount` either is no query result and stays an error.

@@ -8,7 +8,7 @@
 //! | `PlaybackProgress` | pause if `IsPaused`, else progress |
 //! | `PlaybackStop` | stop; `played = true` only if `PlayedToCompletion` (or `Played`) is true |
 //! | `UserDataSaved`, `SaveReason` `PlaybackStart` / `PlaybackProgress` | progress |
-//! | `UserDataSaved`, `SaveReason` `PlaybackFinished` | scrobble, `played = true` |
+//! | `UserDataSaved`, `SaveReason` `PlaybackFinished` | scrobble, `played = true`, if `Played`; else progress |
 //! | `UserDataSaved`, `SaveReason` `TogglePlayed` | mark_played / mark_unplayed by `Played` |
 //! | `ItemAdded` | item_added (generic) |
 //! | anything else (other save reasons, `AuthenticationSuccess`, `SessionStart`, ...) | ignore |
@@ -101,7 +101,13 @@ fn user_data_saved(obj: &Obj<'_>) -> (EventKind, Option<bool>) {
     let reason = str_field(obj, "SaveReason").unwrap_or_default();
     match reason.to_ascii_lowercase().as_str() {
         "playbackstart" | "playbackprogress" => (EventKind::Progress, None),
-        "playbackfinished" => (EventKind::Scrobble, Some(true)),
+        // Jellyfin saves with this reason at every stop, not only at the end: `Played` says
+        // whether the stop went past the played threshold. A stop short of it is the resume
+        // position being stored, which asserts nothing (nor unplayed).
+        "playbackfinished" => match bool_field(obj, "Played") {
+            Some(true) => (EventKind::Scrobble, Some(true)),
+            _ => (EventKind::Progress, None),
+        },
         "toggleplayed" => match bool_field(obj, "Played") {
             Some(true) => (EventKind::MarkPlayed, Some(true)),
             Some(false) => (EventKind::MarkUnplayed, Some(false)),
@@ -190,6 +196,16 @@ mod tests {
                 json!({"NotificationType": "UserDataSaved", "SaveReason": "PlaybackFinished", "Played": true}),
                 EventKind::Scrobble,
                 Some(true),
+            ),
+            (
+                json!({"NotificationType": "UserDataSaved", "SaveReason": "PlaybackFinished", "Played": false}),
+                EventKind::Progress,
+                None,
+            ),
+            (
+                json!({"NotificationType": "UserDataSaved", "SaveReason": "PlaybackFinished"}),
+                EventKind::Progress,
+                None,
             ),
             (
                 json!({"NotificationType": "UserDataSaved", "SaveReason": "TogglePlayed", "Played": true}),

@@ -76,24 +76,43 @@ pub enum DecodeError {
 pub fn decode(req: &RawRequest) -> Result<WebhookEvent, DecodeError> {
     let (text, envelope) = transport::extract_json(req.content_type, req.body)?;
     let fixed: Option<String>;
+    let repaired: Option<String>;
     let json = match transport::parse_extracted(&text, envelope) {
         Ok(json) => json,
-        Err(err @ DecodeError::InvalidJson { .. }) => {
+        Err(err) => {
+            if !matches!(
+                &err,
+                DecodeError::InvalidJson { .. } | DecodeError::InField { .. }
+            ) {
+                return Err(err);
+            }
             // A Tautulli test notification of a template with unquoted placeholders
             // (`"viewOffset": {view_offset}`) is not JSON until they are quoted.
-            fixed = tautulli::quote_bare_placeholders(req.body);
-            match fixed
-                .as_deref()
-                .and_then(|fixed| transport::json_str(fixed).ok())
-                .and_then(|fixed| transport::parse_json(fixed).ok())
-            {
-                Some(json) => json,
-                None => return Err(err),
+            fixed = match &err {
+                DecodeError::InvalidJson { .. } => tautulli::quote_bare_placeholders(req.body),
+                _ => None,
+            };
+            if let Some(json) = fixed.as_deref().and_then(parse_repaired) {
+                json
+            } else {
+                // A Jellyfin template that rendered a line break, `True` or nothing where
+                // JSON wants a value (see `transport::repair_template_json`).
+                repaired = transport::repair_template_json(&text);
+                match repaired.as_deref().and_then(parse_repaired) {
+                    Some(json) => json,
+                    None => return Err(err),
+                }
             }
         }
-        Err(err) => return Err(err),
     };
     decode_json(json, req.user_agent, 0)
+}
+
+/// Parses a body rewritten after it failed to parse; `None` if it still does not.
+fn parse_repaired(text: &str) -> Option<Json<'_>> {
+    transport::json_str(text)
+        .and_then(transport::parse_json)
+        .ok()
 }
 
 /// Decodes a parsed JSON body (the sender is recognised by its shape). Emby can wrap its JSON
@@ -300,6 +319,49 @@ mod tests {
         assert_eq!(ev.event, EventKind::Pause);
         assert_eq!(ev.position_ms, Some(12_345));
         assert_eq!(ev.external_ids["imdb"], "tt1");
+    }
+
+    #[test]
+    fn jellyfin_template_that_renders_invalid_json_decodes() {
+        // What the webhook plugin sends for a user's Handlebars template: an `Overview` with
+        // line breaks, `{{Name}}` HTML-escaping the quote the plugin backslash-escaped, bare
+        // `{{IsPaused}}`/`{{PlayedToCompletion}}` rendering .NET's False/True, a bare
+        // `{{SeasonNumber}}` rendering nothing for a movie, and a trailing comma left by a
+        // conditional block; GUIDs rendered with dashes.
+        let body = "{\n  \"NotificationType\": \"PlaybackStop\",\n  \"ServerId\": \"7bc43eb3bf2c4266980f3e30ab4d8fa4\",\n  \"UserId\": \"a4b9f3c2-d1e0-4f6a-8b7c-6d5e4f3a2b1c\",\n  \"NotificationUsername\": \"alice\",\n  \"ItemId\": \"e3a1f9b2-c47d-4e1f-9a0b-8c7d6e5f4a3b\",\n  \"ItemType\": \"Movie\",\n  \"Name\": \"The \\&quot;Director\\&quot; Cut\",\n  \"Overview\": \"First paragraph.\r\n\r\nSecond\tparagraph.\",\n  \"Year\": 2016,\n  \"SeasonNumber\": ,\n  \"Provider_imdb\": \"tt2543164\",\n  \"RunTimeTicks\": 69610000000,\n  \"PlaybackPositionTicks\": 68123400000,\n  \"IsPaused\": False,\n  \"PlayedToCompletion\": True,\n\n}";
+        for ct in ["text/plain; charset=utf-8", "application/json"] {
+            let ev = decode(&req(
+                Some(ct),
+                Some("Jellyfin-Server/10.10.7"),
+                body.as_bytes(),
+            ))
+            .unwrap();
+            assert_eq!(ev.sender, Sender::Jellyfin);
+            assert_eq!(ev.event, EventKind::Stop);
+            assert_eq!(ev.played, Some(true));
+            assert_eq!(ev.position_ms, Some(6_812_340));
+            assert_eq!(
+                ev.item_id.as_deref(),
+                Some("e3a1f9b2c47d4e1f9a0b8c7d6e5f4a3b")
+            );
+            assert_eq!(ev.season, None);
+            assert_eq!(ev.external_ids["imdb"], "tt2543164");
+            assert_eq!(
+                ev.user_id.as_deref(),
+                Some("a4b9f3c2-d1e0-4f6a-8b7c-6d5e4f3a2b1c")
+            );
+        }
+        // The same with `IsPaused: True` is a pause.
+        let body = r#"{"NotificationType": "PlaybackProgress", "ItemType": "Episode", "ItemId": "i", "IsPaused": True, "PlaybackPositionTicks": 10000}"#;
+        let ev = decode(&req(Some("text/plain"), None, body.as_bytes())).unwrap();
+        assert_eq!((ev.event, ev.position_ms), (EventKind::Pause, Some(1)));
+        // Text that no repair makes JSON keeps its first error.
+        let err = decode(&req(Some("text/plain"), None, b"{\"a\": \"x\n")).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("invalid JSON at line 2 column 0: control character"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -227,6 +227,116 @@ pub fn parse_json(text: &str) -> Result<Json<'_>, DecodeError> {
     })
 }
 
+/// Repairs the JSON that a Jellyfin Handlebars template renders: the plugin substitutes values
+/// as they are, so a user's template produces text that is not JSON when an `Overview` holds a
+/// line break (jellyfin-plugin-webhook#44, #217, #380), when `{{Name}}` HTML-escapes the quote the
+/// plugin already backslash-escaped (`\&quot;`), when a bare `{{IsPaused}}` renders .NET's
+/// `True`/`False`, when a bare `{{SeasonNumber}}` renders nothing (`"SeasonNumber": ,`), or when
+/// a conditional block leaves a trailing comma (`"message": "...",\n}`, #173). Inside strings,
+/// control characters are escaped and a backslash that starts no JSON escape is kept as a
+/// character; outside strings, `True`/`False` become `true`/`false`, an empty value becomes `null`
+/// and a comma before `}` or `]` is dropped. `None` when there was nothing to repair. Only tried
+/// on a body that did not parse; linear in its length.
+pub fn repair_template_json(text: &str) -> Option<String> {
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut changed = false;
+    let mut in_string = false;
+    let mut chars = text.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        if in_string {
+            match c {
+                '"' => in_string = false,
+                '\\' => {
+                    let next = chars.peek().map(|(_, n)| *n);
+                    let valid = match next {
+                        Some('"' | '\\' | '/' | 'b' | 'f' | 'n' | 'r' | 't') => true,
+                        Some('u') => {
+                            let hex = text.get(i + 2..i + 6).unwrap_or_default();
+                            hex.len() == 4 && hex.bytes().all(|b| b.is_ascii_hexdigit())
+                        }
+                        _ => false,
+                    };
+                    if valid {
+                        out.push(c);
+                        if let Some((_, n)) = chars.next() {
+                            out.push(n);
+                        }
+                    } else {
+                        out.push_str("\\\\");
+                        changed = true;
+                    }
+                    continue;
+                }
+                '\n' => {
+                    out.push_str("\\n");
+                    changed = true;
+                    continue;
+                }
+                '\r' => {
+                    out.push_str("\\r");
+                    changed = true;
+                    continue;
+                }
+                '\t' => {
+                    out.push_str("\\t");
+                    changed = true;
+                    continue;
+                }
+                c if (c as u32) < 0x20 => {
+                    out.push_str(&format!("\\u{:04x}", c as u32));
+                    changed = true;
+                    continue;
+                }
+                _ => {}
+            }
+            out.push(c);
+            continue;
+        }
+        match c {
+            '"' => in_string = true,
+            ',' => {
+                // A comma before the closing bracket: left by a conditional block.
+                let rest = text[i + 1..].trim_start();
+                if rest.starts_with('}') || rest.starts_with(']') {
+                    changed = true;
+                    continue;
+                }
+            }
+            ':' => {
+                // A value that rendered empty.
+                let rest = text[i + 1..].trim_start();
+                if rest.starts_with(',') || rest.starts_with('}') {
+                    out.push_str(": null");
+                    changed = true;
+                    continue;
+                }
+            }
+            'T' | 'F' => {
+                let word = if c == 'T' { "True" } else { "False" };
+                let after = text[i..].strip_prefix(word).and_then(|r| r.chars().next());
+                let starts_word = out
+                    .chars()
+                    .next_back()
+                    .is_none_or(|p| !p.is_ascii_alphanumeric() && p != '_');
+                if starts_word
+                    && text[i..].starts_with(word)
+                    && after.is_none_or(|a| !a.is_ascii_alphanumeric() && a != '_')
+                {
+                    out.push_str(if c == 'T' { "true" } else { "false" });
+                    for _ in 1..word.len() {
+                        chars.next();
+                    }
+                    changed = true;
+                    continue;
+                }
+            }
+            _ => {}
+        }
+        out.push(c);
+    }
+    changed.then_some(out)
+}
+
 /// serde_json appends " at line L column C"; the error's Display says it once, in front.
 fn strip_position(msg: &str) -> String {
     match msg.rfind(" at line ") {
@@ -587,6 +697,50 @@ mod tests {
     fn invalid_utf8_is_replaced() {
         let (v, _) = extract(None, b"{\"a\": \"x\xff\"}").unwrap();
         assert_eq!(v["a"], "x\u{fffd}");
+    }
+
+    #[test]
+    fn template_json_is_repaired() {
+        let fix = |s: &str| repair_template_json(s);
+        // A line break and a tab inside a string; other control characters.
+        assert_eq!(
+            fix("{\"Overview\": \"a\n\r\tb\u{1}\"}").as_deref(),
+            Some(r#"{"Overview": "a\n\r\tb\u0001"}"#)
+        );
+        // A backslash that starts no escape is a character; valid escapes are kept.
+        assert_eq!(
+            fix(r#"{"Name": "say \&quot;hi\&quot; \" \\ \u00e9 \u12"}"#).as_deref(),
+            Some(r#"{"Name": "say \\&quot;hi\\&quot; \" \\ \u00e9 \\u12"}"#)
+        );
+        // .NET booleans, empty values and trailing commas outside strings only.
+        assert_eq!(
+            fix(r#"{"IsPaused": False, "P": True,"S": , "E":}"#).as_deref(),
+            Some(r#"{"IsPaused": false, "P": true,"S": null , "E": null}"#)
+        );
+        assert_eq!(
+            fix("{\"a\": [1, 2,\n], \"b\": \"x, }\",\n\n}").as_deref(),
+            Some("{\"a\": [1, 2\n], \"b\": \"x, }\"\n\n}")
+        );
+        assert_eq!(
+            fix(r#"{"True": "False", "a": Trueish, "b": xFalse}"#),
+            None,
+            "words inside strings or other words are left alone"
+        );
+        assert_eq!(fix(r#"{"a": true, "b": "ok"}"#), None);
+        // Never panics on odd text, and stops at an unterminated string.
+        for odd in [
+            "\"\\",
+            "\"\\u",
+            "é\\",
+            "{\"a\": \"\\u00",
+            ",",
+            ":",
+            "T",
+            "Fals",
+            "\"x\n",
+        ] {
+            let _ = fix(odd);
+        }
     }
 
     #[test]

@@ -1378,18 +1378,22 @@ async fn plex_reads_the_total_from_the_header_when_the_body_has_none() {
     fake.assert_contract();
 }
 
+/// [`library`] and episode 203 as a `Virtual` item: known from metadata, no file.
+fn library_with_a_placeholder() -> FakeLibrary {
+    library().with(
+        FakeItem::episode("203", "200", 1, 3)
+            .title("Missing")
+            .ext("tvdb", "6252620")
+            .virtual_item(),
+    )
+}
+
 /// Jellyfin keeps `Virtual` items for episodes it knows from metadata but has no file of; the
 /// listing leaves them out (`excludeLocationTypes=Virtual`, an array parameter sent in the
 /// spec's repeated style), so they never count as unplayed items of the library.
 #[tokio::test]
 async fn jellyfin_listing_leaves_out_virtual_items() {
-    let lib = library().with(
-        FakeItem::episode("203", "200", 1, 3)
-            .title("Missing")
-            .ext("tvdb", "6252620")
-            .virtual_item(),
-    );
-    let fake = FakeServer::start(FakeKind::Jellyfin, lib).await;
+    let fake = FakeServer::start(FakeKind::Jellyfin, library_with_a_placeholder()).await;
     let client = fake.client();
     let first = client.list_items(None, 4).await.expect("first page");
     assert_eq!(first.total, Some(10));
@@ -1413,13 +1417,7 @@ async fn jellyfin_listing_leaves_out_virtual_items() {
 /// client leaves them out itself (and so would Jellyfin's, were a server to ignore the filter).
 #[tokio::test]
 async fn emby_listing_leaves_out_virtual_items() {
-    let lib = library().with(
-        FakeItem::episode("203", "200", 1, 3)
-            .title("Missing")
-            .ext("tvdb", "6252620")
-            .virtual_item(),
-    );
-    let fake = FakeServer::start(FakeKind::Emby, lib).await;
+    let fake = FakeServer::start(FakeKind::Emby, library_with_a_placeholder()).await;
     let client = fake.client();
     let (items, _) = list_all(client.as_ref(), 4).await;
     let items = by_id(items);

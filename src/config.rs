@@ -314,10 +314,13 @@ impl Config {
         if self.sync.push_attempts == 0 {
             return Err(("sync.push_attempts".into(), "must be at least 1".into()));
         }
-        if self.sync.max_requests_per_second.is_nan() || self.sync.max_requests_per_second <= 0.0 {
+        // Below one request in 1000 s a sync would never finish (and the gap between two
+        // requests would overflow a timer).
+        let rps = self.sync.max_requests_per_second;
+        if rps.is_nan() || rps < 0.001 {
             return Err((
                 "sync.max_requests_per_second".into(),
-                "must be greater than 0".into(),
+                "must be at least 0.001 (one request every 1000 s)".into(),
             ));
         }
         if self.sync.page_size == 0 {

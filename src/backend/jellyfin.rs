@@ -371,11 +371,12 @@ impl BackendApi for JellyfinClient {
             Err(BackendError::NotFound { .. }) => return Ok(None),
             // Item ids are `format: uuid` in the spec: a server that checks the format answers
             // 400 to an id that is not one (a webhook's id of another server), which no item
-            // has. Only here: a 400 to a listing or a write stays an error.
+            // has. Only here, and only for such an id: a 400 to a GUID (a wrong user id, say),
+            // to a listing or to a write stays an error.
             Err(BackendError::Client {
                 status: 400,
                 message,
-            }) => {
+            }) if !is_guid(id) => {
                 tracing::debug!(
                     item = id,
                     answer = %message,
@@ -415,6 +416,19 @@ impl BackendApi for JellyfinClient {
         let id = plain_id(item_id)?;
         self.with_routes(|r| self.put_position(r, id, position_ms))
             .await
+    }
+}
+
+/// A GUID as Jellyfin writes one: 32 hex digits, or 36 characters with dashes.
+fn is_guid(id: &str) -> bool {
+    let b = id.as_bytes();
+    match b.len() {
+        32 => b.iter().all(u8::is_ascii_hexdigit),
+        36 => b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        }),
+        _ => false,
     }
 }
 

@@ -78,8 +78,13 @@ impl TryFrom<QueryResultFields> for ItemsResult {
     type Error = &'static str;
 
     fn try_from(f: QueryResultFields) -> Result<Self, Self::Error> {
-        if f.items.is_none() && f.total_record_count.is_none() {
-            return Err("neither Items nor TotalRecordCount: not a list of items");
+        match (&f.items, f.total_record_count) {
+            (None, None) => return Err("neither Items nor TotalRecordCount: not a list of items"),
+            // No items, yet items to list: taken as empty it would end a listing early.
+            (None, Some(n)) if n > 0 => {
+                return Err("no Items although TotalRecordCount is above 0")
+            }
+            _ => {}
         }
         Ok(ItemsResult {
             items: f.items.unwrap_or_default(),
@@ -533,7 +538,16 @@ mod tests {
         let page: ItemsResult = serde_json::from_str(r#"{"Items": []}"#).unwrap();
         assert_eq!((page.items.len(), page.total()), (0, None));
         // Another shape is still an error, not an empty library.
-        for body in [r#"{}"#, r#"{"Items": null}"#, r#"{"error": "x"}"#, r#"[1]"#] {
+        // So is a null list where the total says there are items: read as empty, it would
+        // end a listing at its first page.
+        for body in [
+            r#"{}"#,
+            r#"{"Items": null}"#,
+            r#"{"Items": null, "TotalRecordCount": 500}"#,
+            r#"{"TotalRecordCount": 3}"#,
+            r#"{"error": "x"}"#,
+            r#"[1]"#,
+        ] {
             assert!(serde_json::from_str::<ItemsResult>(body).is_err(), "{body}");
         }
     }

@@ -623,8 +623,10 @@ async fn a_paced_listing_spaces_every_request(kind: FakeKind) {
         ..fake.client_config()
     })
     .unwrap();
-    // 40 requests a second: 25 ms apart. Arrival times at the fake can differ from the send
-    // times by the time a connection takes, so the check allows 10 ms for that.
+    // 40 requests a second: request k may not start before k × 25 ms. Delays (a busy core,
+    // a slow connection) can only make it arrive later, so the bound holds whatever the load;
+    // without pacing they all arrive within a few milliseconds.
+    let t0 = std::time::Instant::now();
     let pacer = RequestPacer::new(40.0);
     let page = RequestPacer::scope(pacer, client.list_items(None, 10))
         .await
@@ -636,13 +638,12 @@ async fn a_paced_listing_spaces_every_request(kind: FakeKind) {
         "{kind:?}: expected several requests for the first page, got {:?}",
         requests.iter().map(|r| &r.path).collect::<Vec<_>>()
     );
-    for w in requests.windows(2) {
-        let gap = w[1].at.duration_since(w[0].at);
+    for (k, r) in requests.iter().enumerate() {
+        let at = r.at.duration_since(t0);
         assert!(
-            gap >= Duration::from_millis(15),
-            "{kind:?}: {} then {} only {gap:?} apart",
-            w[0].path,
-            w[1].path
+            at >= Duration::from_millis(25) * k as u32,
+            "{kind:?}: request {k} ({}) after only {at:?}",
+            r.path
         );
     }
     // The same client outside a sync's scope still works.
@@ -1451,9 +1452,19 @@ async fn a_page_with_null_or_absent_items_is_empty() {
             assert!(page.items.is_empty(), "{body}");
             assert_eq!((page.next, page.total), (None, Some(0)), "{body}");
         }
-        fake.inject(Fault::body(200, "application/json", r#"{"Items":null}"#));
-        let err = client.list_items(None, 10).await.unwrap_err();
-        assert!(matches!(err, BackendError::BadResponse { .. }), "{err:?}");
+        // No list at all, or none where the total says there are items, fails the page
+        // (read as empty, the second would end the sync at its first page).
+        for body in [
+            r#"{"Items":null}"#,
+            r#"{"Items":null,"TotalRecordCount":500}"#,
+        ] {
+            fake.inject(Fault::body(200, "application/json", body));
+            let err = client.list_items(None, 10).await.unwrap_err();
+            assert!(
+                matches!(err, BackendError::BadResponse { .. }),
+                "{body}: {err:?}"
+            );
+        }
         // The listing goes on as before.
         let (items, _) = list_all(client.as_ref(), 4).await;
         assert_eq!(items.len(), 10);
@@ -1483,6 +1494,16 @@ async fn jellyfin_lookup_of_an_id_that_is_no_guid_finds_nothing() {
             assert_eq!(statuses.last(), Some(&expected), "{id}: {statuses:?}");
         }
         assert!(client.get_item("101").await.unwrap().is_some());
+        // A 400 to a GUID is something else (a wrong user id, say): an error.
+        fake.inject(Fault::status(400));
+        let err = client
+            .get_item("0123456789abcdef0123456789abcdef")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, BackendError::Client { status: 400, .. }),
+            "{err:?}"
+        );
 
         fake.inject(Fault::status(400));
         let err = client.list_items(None, 10).await.unwrap_err();

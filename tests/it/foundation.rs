@@ -98,6 +98,17 @@ fn config_error_empty_library_id() {
 }
 
 #[test]
+fn config_error_request_rate_too_low() {
+    for rate in ["0", "-1", "1e-30"] {
+        assert_config_error(
+            &format!("[sync]\nmax_requests_per_second = {rate}\n{BACKEND}"),
+            "sync.max_requests_per_second",
+            "at least 0.001",
+        );
+    }
+}
+
+#[test]
 fn config_error_empty_token() {
     assert_config_error(
         &BACKEND.replace("secret-plex-token", ""),

@@ -345,7 +345,7 @@ impl BackendApi for JellyfinClient {
         let page: ItemsResult = self.http.send_json(req, "list items").await?;
         // The cursor moves past every item of the page, read or skipped.
         let got = page.items.len();
-        let (items, skipped) = page.decode("list items");
+        let (items, skipped) = page.decode_listed("list items");
         self.load_series(&items).await?;
         let next = next_cursor(start, got, page_size, page.total());
         let items = items

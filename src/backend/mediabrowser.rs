@@ -99,6 +99,14 @@ impl ItemsResult {
         decode_each(&self.items, "Id", what)
     }
 
+    /// [`Self::decode`] for a listing page: placeholders left out before their shows are
+    /// looked up.
+    pub fn decode_listed(&self, what: &str) -> (Vec<ItemDto>, u64) {
+        let (mut items, skipped) = self.decode(what);
+        items.retain(|i| !i.is_virtual());
+        (items, skipped)
+    }
+
     /// `TotalRecordCount`, when the server gave a usable one.
     pub fn total(&self) -> Option<u64> {
         self.total_record_count.and_then(|n| u64::try_from(n).ok())
@@ -192,12 +200,15 @@ impl ItemDto {
     }
 
     /// The sync's view of this item; `series_ids` are the show's provider ids (episodes).
-    pub fn into_remote(self, series_ids: ExternalIds) -> Option<RemoteItem> {
-        if self
-            .location_type
+    /// A placeholder (`LocationType: Virtual`): no item of the library.
+    pub fn is_virtual(&self) -> bool {
+        self.location_type
             .as_deref()
             .is_some_and(|l| l.eq_ignore_ascii_case("virtual"))
-        {
+    }
+
+    pub fn into_remote(self, series_ids: ExternalIds) -> Option<RemoteItem> {
+        if self.is_virtual() {
             return None;
         }
         let item_type = self.kind()?;

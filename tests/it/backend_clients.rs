@@ -1418,12 +1418,23 @@ async fn jellyfin_listing_leaves_out_virtual_items() {
 /// client leaves them out itself (and so would Jellyfin's, were a server to ignore the filter).
 #[tokio::test]
 async fn emby_listing_leaves_out_virtual_items() {
-    let fake = FakeServer::start(FakeKind::Emby, library_with_a_placeholder()).await;
+    // Show 400 has nothing but a placeholder: it is not even looked up.
+    let lib = library_with_a_placeholder()
+        .with_show(FakeShow::new("400", "Announced").ext("tvdb", "999001"))
+        .with(FakeItem::episode("401", "400", 1, 1).virtual_item());
+    let fake = FakeServer::start(FakeKind::Emby, lib).await;
     let client = fake.client();
     let (items, _) = list_all(client.as_ref(), 4).await;
     let items = by_id(items);
     assert_eq!(items.len(), 10);
     assert!(!items.contains_key("203"), "the virtual episode was listed");
+    assert!(!items.contains_key("401"), "the virtual episode was listed");
+    assert!(
+        !fake.requests().iter().any(|r| r
+            .param("Ids")
+            .is_some_and(|ids| ids.split(',').any(|i| i == "400"))),
+        "the show of a placeholder was looked up"
+    );
     assert!(
         client.get_item("203").await.unwrap().is_none(),
         "a placeholder looked up alone is no item either"

@@ -146,6 +146,11 @@ pub fn extract_json<'a>(
     let ct = content_type.map(ContentType::parse);
     match &ct {
         Some(ct) if ct.is_multipart() => {
+            // Raw JSON labelled multipart (a sender's or a proxy's mislabel): a multipart body
+            // starts with its boundary, never with `{`.
+            if looks_like_json(body) {
+                return json_text(body).map(|t| (t, Envelope::Raw));
+            }
             let boundary = match ct.param("boundary") {
                 Some(b) if !b.is_empty() => b.to_string(),
                 _ => sniff_boundary(body).ok_or(DecodeError::MissingBoundary)?,
@@ -648,6 +653,16 @@ mod tests {
         let (v, env) = extract(Some("application/x-www-form-urlencoded"), body).unwrap();
         assert_eq!(v["Event"], "library.new");
         assert_eq!(env, Envelope::Form("data"));
+    }
+
+    #[test]
+    fn raw_json_labelled_multipart_is_read_as_json() {
+        let body = br#" {"Event":"playback.stop","Server":{"Id":"s"}}"#;
+        for ct in ["multipart/form-data; boundary=----x", "multipart/form-data"] {
+            let (v, env) = extract(Some(ct), body).unwrap();
+            assert_eq!(v["Event"], "playback.stop", "{ct}");
+            assert_eq!(env, Envelope::Raw, "{ct}");
+        }
     }
 
     #[test]

@@ -24,14 +24,26 @@ pub fn dropped_lines() -> u64 {
 /// out the lines still queued. `None` when a subscriber was already installed.
 #[must_use = "dropping the guard stops the log writer"]
 pub fn init(format: LogFormat, level: Option<&str>) -> Option<WorkerGuard> {
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    init_to(std::io::stderr(), ansi, format, level)
+}
+
+/// [`init`] with the lines written to `out` instead of stderr (the ingest bench logs into
+/// `io::sink()` this way, through the same writer thread as the service).
+#[must_use = "dropping the guard stops the log writer"]
+pub fn init_to(
+    out: impl std::io::Write + Send + 'static,
+    ansi: bool,
+    format: LogFormat,
+    level: Option<&str>,
+) -> Option<WorkerGuard> {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level.unwrap_or("info")))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let (writer, guard) = NonBlockingBuilder::default()
         .lossy(true)
         .thread_name("log-writer")
-        .finish(std::io::stderr());
+        .finish(out);
     let dropped = writer.error_counter();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

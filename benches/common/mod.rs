@@ -108,14 +108,18 @@ pub fn rss_bytes() -> u64 {
         .unwrap_or(0)
 }
 
-/// Install an `info` tracing subscriber that formats every line and throws it away: the
-/// service then pays for its per-webhook log line as it does in production, without
-/// flooding the bench output.
+/// Install the service's own `info` subscriber (its log writer thread included) with the
+/// lines thrown away at the end: the service then pays for its per-webhook log line as it
+/// does in production, without flooding the bench output.
 pub fn discard_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
-        .with_writer(std::io::sink)
-        .try_init();
+    let guard = watchstate::logging::init_to(
+        std::io::sink(),
+        false,
+        watchstate::config::LogFormat::Text,
+        Some("info"),
+    );
+    // Kept for the whole run: the process ends with the bench.
+    std::mem::forget(guard);
 }
 
 /// The value at percentile `p` (0–100) of sorted samples (nearest rank); 0 when empty.

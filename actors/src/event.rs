@@ -232,9 +232,37 @@ pub fn normalize_id(id: &str) -> String {
         .to_string()
 }
 
+/// A GUID as Jellyfin and Emby write one: 32 hex digits ("N" format) or 36 characters with
+/// dashes ("D" format), in either case.
+pub fn is_guid(id: &str) -> bool {
+    let b = id.as_bytes();
+    match b.len() {
+        32 => b.iter().all(u8::is_ascii_hexdigit),
+        36 => b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        }),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn guids_in_both_formats() {
+        assert!(is_guid("16588a9f062a40c4966586b1d220bffc"));
+        assert!(is_guid("16588A9F-062A-40C4-9665-86B1D220BFFC"));
+        for id in [
+            "101",
+            "16588a9f062a40c4966586b1d220bff",
+            "16588a9f-062a40c4-9665-86b1d220bffc0",
+            "g6588a9f062a40c4966586b1d220bffc",
+        ] {
+            assert!(!is_guid(id), "{id}");
+        }
+    }
 
     #[test]
     fn normalize_id_ignores_case_and_dashes() {

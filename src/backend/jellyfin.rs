@@ -376,7 +376,7 @@ impl BackendApi for JellyfinClient {
             Err(BackendError::Client {
                 status: 400,
                 message,
-            }) if !is_guid(id) => {
+            }) if !watchstate_actors::event::is_guid(id) => {
                 tracing::debug!(
                     item = id,
                     answer = %message,
@@ -416,19 +416,6 @@ impl BackendApi for JellyfinClient {
         let id = plain_id(item_id)?;
         self.with_routes(|r| self.put_position(r, id, position_ms))
             .await
-    }
-}
-
-/// A GUID as Jellyfin writes one: 32 hex digits, or 36 characters with dashes.
-fn is_guid(id: &str) -> bool {
-    let b = id.as_bytes();
-    match b.len() {
-        32 => b.iter().all(u8::is_ascii_hexdigit),
-        36 => b.iter().enumerate().all(|(i, c)| match i {
-            8 | 13 | 18 | 23 => *c == b'-',
-            _ => c.is_ascii_hexdigit(),
-        }),
-        _ => false,
     }
 }
 

@@ -80,13 +80,7 @@ pub fn decode(obj: &Obj<'_>) -> WebhookEvent {
 /// ("D" format: `2c0d61a7-93f1-a789-57bc-cedd56eea531`); item ids are compared exactly
 /// downstream, so that form is turned into the N form. Anything else is kept as it is.
 fn guid_n_format(id: String) -> String {
-    let b = id.as_bytes();
-    let dashed = b.len() == 36
-        && b.iter().enumerate().all(|(i, c)| match i {
-            8 | 13 | 18 | 23 => *c == b'-',
-            _ => c.is_ascii_hexdigit(),
-        });
-    if dashed {
+    if id.len() == 36 && watchstate_actors::event::is_guid(&id) {
         id.chars()
             .filter(|c| *c != '-')
             .map(|c| c.to_ascii_lowercase())

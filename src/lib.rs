@@ -21,6 +21,7 @@ pub mod config;
 pub mod http;
 pub mod ingest;
 pub mod journal;
+pub mod json_repair;
 pub mod logging;
 pub mod store;
 pub mod webhook;

@@ -17,7 +17,7 @@
 //! see `mediabrowser::IgnoredLibraries`.
 
 use super::http::{format_compact_utc, item_id as plain_id, HttpCore};
-use super::lenient::id_of;
+use super::lenient::{from_str_repaired, id_of};
 use super::mediabrowser::{
     cache_shows, ms_to_ticks, next_cursor, parse_cursor, to_remote, uncached_shows,
     IgnoredLibraries, ItemDto, ItemsResult, PublicSystemInfo,
@@ -217,7 +217,7 @@ impl BackendApi for EmbyClient {
             return Ok(None);
         };
         let item: ItemDto =
-            serde_json::from_str(raw.get()).map_err(|e| BackendError::BadResponse {
+            from_str_repaired(raw.get(), "item").map_err(|e| BackendError::BadResponse {
                 message: format!("item {item_id}: the item is not the expected JSON ({e})"),
             })?;
         self.load_series(std::slice::from_ref(&item)).await?;
@@ -273,7 +273,7 @@ impl BackendApi for EmbyClient {
             user_data: Option<serde_json::Map<String, serde_json::Value>>,
         }
         let item: WithUserData =
-            serde_json::from_str(raw.get()).map_err(|e| BackendError::BadResponse {
+            from_str_repaired(raw.get(), &what).map_err(|e| BackendError::BadResponse {
                 message: format!("{what}: the item is not the expected JSON ({e})"),
             })?;
         // Without the current user data the update would reset it: better not to send it.

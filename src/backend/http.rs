@@ -12,6 +12,7 @@
 //! Request paths are built from segments ([`HttpCore::url`]), each percent-encoded on its own,
 //! and item ids must be plain ([`item_id`]): an id from a webhook can never change the route.
 
+use super::lenient::from_slice_repaired;
 use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE, LOCATION, RETRY_AFTER};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
@@ -190,7 +191,7 @@ impl HttpCore {
             .unwrap_or("none")
             .to_string();
         let bytes = resp.bytes().await.map_err(|e| self.transport_error(e))?;
-        let value = serde_json::from_slice(&bytes).map_err(|e| BackendError::BadResponse {
+        let value = from_slice_repaired(&bytes, what).map_err(|e| BackendError::BadResponse {
             message: format!(
                 "{what}: the answer is not the expected JSON ({e}); content type {}, it starts with \"{}\"",
                 self.redact(&content_type),

@@ -18,7 +18,7 @@ pub fn decode_each<T: DeserializeOwned>(
     let mut items = Vec::with_capacity(raw.len());
     let mut skipped = 0;
     for r in raw {
-        match serde_json::from_str::<T>(r.get()) {
+        match from_str_repaired::<T>(r.get(), what) {
             Ok(item) => items.push(item),
             Err(e) => {
                 skipped += 1;
@@ -34,11 +34,57 @@ pub fn decode_each<T: DeserializeOwned>(
     (items, skipped)
 }
 
+/// Decodes a JSON text as `T`; when that fails, once more after [`crate::json_repair::repair`]
+/// (half a surrogate pair, a raw control character, ...). The first error when the repair does
+/// not help.
+pub fn from_str_repaired<T: DeserializeOwned>(
+    text: &str,
+    what: &str,
+) -> Result<T, serde_json::Error> {
+    let err = match serde_json::from_str(text) {
+        Ok(v) => return Ok(v),
+        Err(e) => e,
+    };
+    retry_repaired(text, false, what).ok_or(err)
+}
+
+/// [`from_str_repaired`] of a media server's answer as bytes: invalid UTF-8 (a title or a file
+/// name that the server stored as it found it) is replaced by U+FFFD instead of failing the
+/// whole answer, and with it every later sync that resumes at that page.
+pub fn from_slice_repaired<T: DeserializeOwned>(
+    bytes: &[u8],
+    what: &str,
+) -> Result<T, serde_json::Error> {
+    let err = match serde_json::from_slice(bytes) {
+        Ok(v) => return Ok(v),
+        Err(e) => e,
+    };
+    let text = String::from_utf8_lossy(bytes);
+    let lossy = matches!(text, std::borrow::Cow::Owned(_));
+    retry_repaired(&text, lossy, what).ok_or(err)
+}
+
+fn retry_repaired<T: DeserializeOwned>(text: &str, lossy: bool, what: &str) -> Option<T> {
+    let repaired = crate::json_repair::repair(text);
+    if repaired.is_none() && !lossy {
+        return None;
+    }
+    let value = serde_json::from_str(repaired.as_deref().unwrap_or(text)).ok()?;
+    tracing::warn!(
+        "{what}: the answer was not valid JSON{}; read after replacing what was broken",
+        if lossy { " (invalid UTF-8)" } else { "" }
+    );
+    Some(value)
+}
+
 /// The item's `field` as text, when it is a string or a number (for the log, and to check that
 /// an answer is the item asked for).
 pub fn id_of(raw: &RawValue, field: &str) -> Option<String> {
-    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(raw.get()).ok()?;
-    match map.get(field)? {
+    // The other fields stay raw: one that only a full parse rejects (half a surrogate pair in
+    // a title) must not hide the id.
+    let map: std::collections::HashMap<String, Box<RawValue>> =
+        serde_json::from_str(raw.get()).ok()?;
+    match serde_json::from_str(map.get(field)?.get()).ok()? {
         serde_json::Value::String(s) => Some(s.chars().take(64).collect()),
         serde_json::Value::Number(n) => Some(n.to_string()),
         _ => None,

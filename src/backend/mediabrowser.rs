@@ -416,12 +416,7 @@ pub fn next_cursor(start: u64, got: usize, asked: usize, total: Option<u64>) -> 
 
 /// The start of the page after one of `got` items starting at `start`, if there is one.
 fn next_start(start: u64, got: usize, asked: usize, total: Option<u64>) -> Option<u64> {
-    let end = start + got as u64;
-    let more = match total {
-        Some(total) => got > 0 && end < total,
-        None => got >= asked && got > 0,
-    };
-    more.then_some(end)
+    super::more_pages(start, got as u64, asked as u64, total).then_some(start + got as u64)
 }
 
 /// The shows named by the episodes of `items` whose provider ids are not cached yet (sorted,
@@ -573,6 +568,13 @@ mod tests {
         assert_eq!(next_cursor(0, 20, 20, None), Some("20".into()));
         assert_eq!(next_cursor(20, 3, 20, None), None);
         assert_eq!(next_cursor(0, 0, 20, Some(10)), None);
+        // A total below what was listed is wrong: full pages go on, a short one ends it.
+        assert_eq!(next_cursor(0, 20, 20, Some(0)), Some("20".into()));
+        assert_eq!(next_cursor(20, 20, 20, Some(39)), Some("40".into()));
+        assert_eq!(next_cursor(40, 3, 20, Some(39)), None);
+        assert_eq!(next_cursor(20, 20, 20, Some(40)), None);
+        // A server that ignores the page size: its total ends the listing.
+        assert_eq!(next_cursor(0, 45, 20, Some(45)), None);
     }
 
     #[test]

@@ -27,6 +27,21 @@ use std::time::Duration;
 use watchstate_actors::backend::{BackendApi, BackendError};
 use watchstate_actors::event::BackendKind;
 
+/// Whether a listing goes on after a page of `got` items, of `asked`, that started at `start`.
+/// The server's total decides, unless the listing already went past it: then the total is
+/// wrong (Jellyfin 10.4 and 10.5 answered one too few or 0, jellyfin#2116 and #3030), and only
+/// a full page says there may be more. Without a total, a full page does.
+pub(crate) fn more_pages(start: u64, got: u64, asked: u64, total: Option<u64>) -> bool {
+    let end = start + got;
+    got > 0
+        && match total {
+            Some(total) if end < total => true,
+            Some(total) if end > total => got >= asked,
+            Some(_) => false,
+            None => got >= asked,
+        }
+}
+
 /// What a client needs to talk to one media server for one user.
 #[derive(Clone)]
 pub struct ClientConfig {

@@ -627,10 +627,8 @@ impl BackendApi for PlexClient {
         let got = page.metadata.len() as u64;
         let (metadata, skipped) = decode_metadata(&page, &what);
         self.load_shows(&metadata).await?;
-        let section_done = match page.total_size {
-            Some(total) => got == 0 || offset + got >= total.max(0) as u64,
-            None => got < page_size as u64,
-        };
+        let total_size = page.total_size.map(|t| t.max(0) as u64);
+        let section_done = !super::more_pages(offset, got, page_size as u64, total_size);
         let next = if !section_done {
             Some(format!("{}:{}", section.key, offset + got))
         } else {

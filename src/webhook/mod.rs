@@ -96,8 +96,8 @@ pub fn decode(req: &RawRequest) -> Result<WebhookEvent, DecodeError> {
                 json
             } else {
                 // A Jellyfin template that rendered a line break, `True` or nothing where
-                // JSON wants a value (see `transport::repair_template_json`).
-                repaired = transport::repair_template_json(&text);
+                // JSON wants a value (see `json_repair::repair`).
+                repaired = crate::json_repair::repair(&text);
                 match repaired.as_deref().and_then(parse_repaired) {
                     Some(json) => json,
                     None => return Err(err),

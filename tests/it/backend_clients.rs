@@ -969,6 +969,59 @@ async fn one_malformed_item_does_not_stop_the_listing(kind: FakeKind) {
 
 per_kind!(one_malformed_item_does_not_stop_the_listing);
 
+/// Titles a real server stored as it found them: bytes that are not UTF-8 (WatchState#68 and
+/// other Plex clients' reports), and half a surrogate pair as an escape. The answer is read
+/// with U+FFFD in their place; no item is skipped and no page fails.
+async fn broken_text_in_an_answer_is_replaced(kind: FakeKind) {
+    let lib = library()
+        .with(FakeItem::movie("111", "Caf@@BAD@@").ext("imdb", "tt0000111"))
+        .with(FakeItem::movie("112", "Smile @@HALF@@").ext("imdb", "tt0000112"));
+    let fake = FakeServer::start(kind, lib).await;
+    fake.rewrite_answers("@@BAD@@", b"\xff\xfe");
+    fake.rewrite_answers("@@HALF@@", b"\\ud83d");
+    let client = fake.client();
+    let mut cursor: Option<String> = None;
+    let (mut items, mut skipped) = (Vec::new(), 0);
+    loop {
+        let page = client.list_items(cursor.as_deref(), 4).await.unwrap();
+        skipped += page.skipped;
+        items.extend(page.items);
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    let items = by_id(items);
+    assert_eq!(skipped, 0);
+    assert_eq!(items.len(), 12, "{:?}", items.keys());
+    assert_eq!(items["111"].title.as_deref(), Some("Caf\u{fffd}\u{fffd}"));
+    assert_eq!(items["111"].external_ids["imdb"], "tt0000111");
+    assert_eq!(items["112"].title.as_deref(), Some("Smile \u{fffd}"));
+    let one = client.get_item("112").await.unwrap().expect("the item");
+    assert_eq!(one.external_ids["imdb"], "tt0000112");
+    fake.assert_contract();
+}
+
+per_kind!(broken_text_in_an_answer_is_replaced);
+
+/// A server whose totals are below the truth (Jellyfin 10.4/10.5 answered one too few, or 0
+/// with every item in the page): full pages past the total go on, so nothing is left out.
+async fn a_total_below_the_truth_does_not_end_the_listing(kind: FakeKind) {
+    let full = FakeServer::start(kind, library()).await;
+    let (expected, _) = list_all(full.client().as_ref(), 3).await;
+    let expected: Vec<String> = by_id(expected).into_keys().collect();
+    assert_eq!(expected.len(), 10);
+    for short_by in [5, usize::MAX] {
+        let fake = FakeServer::start(kind, library().under_count(short_by)).await;
+        let (items, _) = list_all(fake.client().as_ref(), 3).await;
+        let ids: Vec<String> = by_id(items).into_keys().collect();
+        assert_eq!(ids, expected, "totals short by {short_by}");
+        fake.assert_contract();
+    }
+}
+
+per_kind!(a_total_below_the_truth_does_not_end_the_listing);
+
 #[tokio::test]
 async fn plex_skips_a_section_it_cannot_address() {
     let lib = library().with_plex_section(serde_json::json!({

@@ -99,3 +99,35 @@ fn decode_is_deterministic_across_transports() {
         );
     }
 }
+
+#[test]
+fn half_a_surrogate_pair_in_a_body_changes_no_fact() {
+    // A serialiser that cut a title in the middle of an emoji writes half a surrogate pair as
+    // an escape (`\ud83d`), which strict JSON parsers refuse. Such a body is read with U+FFFD
+    // in its place: every fixture with one added decodes to the same event as without.
+    let mut mutated = 0;
+    for case in fixture_cases() {
+        let Some(at) = case.body.iter().position(|b| *b == b'{') else {
+            continue; // url-encoded: the JSON is escaped
+        };
+        let original = decode(&RawRequest {
+            method: case.method,
+            content_type: case.content_type.as_deref(),
+            user_agent: case.user_agent.as_deref(),
+            body: &case.body,
+        })
+        .unwrap_or_else(|e| panic!("{}: {e}", case.label()));
+        let mut body = case.body.clone();
+        body.splice(at + 1..at + 1, br#""Note": "cut \ud83d", "#.iter().copied());
+        let event = decode(&RawRequest {
+            method: case.method,
+            content_type: case.content_type.as_deref(),
+            user_agent: case.user_agent.as_deref(),
+            body: &body,
+        })
+        .unwrap_or_else(|e| panic!("{}: {e}", case.label()));
+        assert_eq!(event, original, "{}", case.label());
+        mutated += 1;
+    }
+    assert!(mutated >= 60, "only {mutated} bodies with a JSON object");
+}

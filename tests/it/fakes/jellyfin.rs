@@ -304,6 +304,7 @@ pub(super) fn query_items(
             .map(|i| item_json(inner, st, user, i, render))
             .collect();
     }
+    let total = total.saturating_sub(st.under_count);
     json!({"Items": all, "TotalRecordCount": total, "StartIndex": start})
 }
 

@@ -281,6 +281,8 @@ pub struct FakeLibrary {
     /// Plex only: fields left out of every `MediaContainer` (`totalSize`, which the spec does
     /// not require in the body).
     pub plex_container_omit: Vec<String>,
+    /// See [`FakeLibrary::under_count`].
+    pub under_count: usize,
 }
 
 impl FakeLibrary {
@@ -310,6 +312,13 @@ impl FakeLibrary {
         self
     }
 
+    /// Every listing's total (`TotalRecordCount`, Plex's `totalSize` and its header) is `n` below
+    /// the truth, at least 0: what Jellyfin 10.4 and 10.5 answered (jellyfin#2116, #3030).
+    pub fn under_count(mut self, n: usize) -> Self {
+        self.under_count = n;
+        self
+    }
+
     /// `n` items, half movies (ids `100000`, `100002`, ..., imdb `tt<id>`) and half episodes
     /// of shows of 10 episodes (ids `100001`, ..., tvdb `<id>`; shows `s<k>`, tvdb `9<k>`).
     /// Every third movie starts played; every fifth episode has a position. Cheap for 20 000.
@@ -319,6 +328,7 @@ impl FakeLibrary {
             shows: Vec::with_capacity(n / 20 + 1),
             plex_extra_sections: Vec::new(),
             plex_container_omit: Vec::new(),
+            under_count: 0,
         };
         for i in 0..n {
             let id = (100_000 + i).to_string();
@@ -563,6 +573,8 @@ pub(crate) struct State {
     pub(crate) plex_extra_sections: Vec<serde_json::Value>,
     /// See [`FakeLibrary::plex_container_omit`].
     pub(crate) plex_container_omit: Vec<String>,
+    /// See [`FakeLibrary::under_count`].
+    pub(crate) under_count: usize,
     /// Listing requests answered without a sort order so far (see [`State::listing_order`]).
     pub(crate) unsorted_listings: std::cell::Cell<usize>,
     /// token → user id.
@@ -577,6 +589,8 @@ pub(crate) struct State {
     pub(crate) writes: Vec<FakeWrite>,
     violations: Vec<String>,
     faults: VecDeque<Fault>,
+    /// See [`FakeServer::rewrite_answers`].
+    rewrites: Vec<(String, Vec<u8>)>,
 }
 
 impl State {
@@ -728,6 +742,8 @@ pub(crate) struct FakeResponse {
     pub(crate) location: Option<String>,
     /// Other headers of the answer (Plex's `X-Plex-Container-*`).
     pub(crate) headers: Vec<(&'static str, String)>,
+    /// The body as bytes, when [`FakeServer::rewrite_answers`] made it other than `body`.
+    pub(crate) raw: Option<Vec<u8>>,
 }
 
 impl FakeResponse {
@@ -739,6 +755,7 @@ impl FakeResponse {
             retry_after: None,
             location: None,
             headers: Vec::new(),
+            raw: None,
         }
     }
 
@@ -750,6 +767,7 @@ impl FakeResponse {
             retry_after: None,
             location: None,
             headers: Vec::new(),
+            raw: None,
         }
     }
 
@@ -891,6 +909,7 @@ impl FakeServer {
             show_index,
             plex_extra_sections: library.plex_extra_sections,
             plex_container_omit: library.plex_container_omit,
+            under_count: library.under_count,
             unsorted_listings: std::cell::Cell::new(0),
             tokens: [(token.clone(), user_id.clone())].into(),
             user_state,
@@ -899,6 +918,7 @@ impl FakeServer {
             writes: Vec::new(),
             violations: Vec::new(),
             faults: VecDeque::new(),
+            rewrites: Vec::new(),
         };
         let inner = Arc::new(Inner {
             kind,
@@ -982,6 +1002,15 @@ impl FakeServer {
 
     pub fn user_id(&self) -> &str {
         &self.inner.user_id
+    }
+
+    /// From now on every answer has `marker` replaced by `bytes`, as a server answers that
+    /// stored a title as it found it (invalid UTF-8) or cut one in the middle of an emoji
+    /// (`\ud83d`, half a surrogate pair). Give an item a title holding the marker.
+    pub fn rewrite_answers(&self, marker: &str, bytes: &[u8]) {
+        self.lock()
+            .rewrites
+            .push((marker.to_string(), bytes.to_vec()));
     }
 
     /// Adds a user whose requests carry `token` (Plex: a second account; Jellyfin/Emby: a
@@ -1221,11 +1250,18 @@ impl Inner {
             None => {}
         }
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let resp = resp.unwrap_or_else(|| match self.kind {
+        let mut resp = resp.unwrap_or_else(|| match self.kind {
             FakeKind::Plex => plex::handle(self, &mut st, &req),
             FakeKind::Jellyfin => jellyfin::handle(self, &mut st, &req),
             FakeKind::Emby => emby::handle(self, &mut st, &req),
         });
+        for (marker, bytes) in &st.rewrites {
+            let body = resp
+                .raw
+                .take()
+                .unwrap_or_else(|| resp.body.clone().into_bytes());
+            resp.raw = Some(replace_bytes(&body, marker.as_bytes(), bytes));
+        }
         st.requests.push(RecordedRequest {
             method: req.method,
             path: req.path,
@@ -1253,9 +1289,25 @@ fn take_fault(faults: &mut VecDeque<Fault>, is_write: bool) -> Option<FaultKind>
     Some(kind)
 }
 
+/// `body` with every `marker` replaced by `with`.
+fn replace_bytes(body: &[u8], marker: &[u8], with: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len());
+    let mut rest = body;
+    while let Some(at) = rest.windows(marker.len()).position(|w| w == marker) {
+        out.extend_from_slice(&rest[..at]);
+        out.extend_from_slice(with);
+        rest = &rest[at + marker.len()..];
+    }
+    out.extend_from_slice(rest);
+    out
+}
+
 fn into_reply(resp: FakeResponse) -> warp::reply::Response {
     use warp::Reply;
-    let mut out = resp.body.into_response();
+    let mut out = match resp.raw {
+        Some(raw) => raw.into_response(),
+        None => resp.body.into_response(),
+    };
     *out.status_mut() =
         warp::http::StatusCode::from_u16(resp.status).unwrap_or(warp::http::StatusCode::OK);
     out.headers_mut().insert(

@@ -163,7 +163,11 @@ fn container(st: &State, mut extra: Value) -> FakeResponse {
 }
 
 /// A page of a listing: the container, with the paging also in the headers, as Plex sends it.
-fn page_of(st: &State, extra: Value, start: usize, total: usize) -> FakeResponse {
+fn page_of(st: &State, mut extra: Value, start: usize, total: usize) -> FakeResponse {
+    let total = total.saturating_sub(st.under_count);
+    if extra.get("totalSize").is_some() {
+        extra["totalSize"] = json!(total);
+    }
     let mut resp = container(st, extra);
     resp.headers
         .push(("X-Plex-Container-Start", start.to_string()));
@@ -195,6 +199,7 @@ pub(super) fn handle(inner: &Inner, st: &mut State, req: &FakeRequest) -> FakeRe
             retry_after: None,
             location: None,
             headers: Vec::new(),
+            raw: None,
         };
     }
     if is_write(req) && req.header("x-plex-client-identifier").is_none() {

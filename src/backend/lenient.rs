@@ -135,6 +135,30 @@ pub fn opt_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Err
     }
 }
 
+/// Provider name → id, values as strings: a number (`"Tmdb": 603`, as some proxies and
+/// Emby-compatible servers write it) becomes its text; a value of another kind is no id. A
+/// `ProviderIds` that is no object (`[]` for an empty map) is none; absent or null too.
+#[allow(clippy::type_complexity)]
+pub fn opt_id_map<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<std::collections::HashMap<String, Option<String>>>, D::Error> {
+    Ok(match Option::<serde_json::Value>::deserialize(d)? {
+        Some(serde_json::Value::Object(map)) => Some(
+            map.into_iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        serde_json::Value::String(s) => Some(s),
+                        serde_json::Value::Number(n) => Some(n.to_string()),
+                        _ => None,
+                    };
+                    (k, v)
+                })
+                .collect(),
+        ),
+        _ => None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,7 @@
 //! ticks (100 ns). The two clients differ only in routes and auth.
 
 use super::http::parse_iso8601_ms;
-use super::lenient::{decode_each, opt_number, string_or_number};
+use super::lenient::{decode_each, opt_id_map, opt_number, opt_string_or_number, string_or_number};
 use super::provider_key;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -125,13 +125,15 @@ pub struct ItemDto {
     pub item_type: Option<String>,
     pub name: Option<String>,
     /// Provider name → id; values can be null or empty on real servers.
+    #[serde(default, deserialize_with = "opt_id_map")]
     pub provider_ids: Option<HashMap<String, Option<String>>>,
     #[serde(default, deserialize_with = "opt_number")]
     pub production_year: Option<i64>,
     #[serde(default, deserialize_with = "opt_number")]
     pub run_time_ticks: Option<i64>,
     pub series_name: Option<String>,
-    /// The show, whose provider ids are the episode's series ids.
+    /// The show, whose provider ids are the episode's series ids (a number like `Id`).
+    #[serde(default, deserialize_with = "opt_string_or_number")]
     pub series_id: Option<String>,
     #[serde(default, deserialize_with = "opt_number")]
     pub parent_index_number: Option<i64>,
@@ -498,6 +500,28 @@ mod tests {
         assert_eq!(r.position_ms, 60_000);
         assert_eq!(r.duration_ms, Some(3_600_000));
         assert_eq!(r.last_played_at, Some(1_714_557_600_000));
+    }
+
+    #[test]
+    fn provider_ids_and_series_ids_may_be_numbers() {
+        let dto = item(serde_json::json!({
+            "Id": 7, "Type": "Episode", "SeriesId": 70,
+            "ProviderIds": {"Tvdb": 6252618, "Imdb": "tt1", "Tmdb": {"odd": 1}, "X": true}
+        }));
+        assert_eq!(dto.show_id(), Some("70"));
+        let r = dto.into_remote(ExternalIds::new()).unwrap();
+        assert_eq!(r.external_ids["tvdb"], "6252618");
+        assert_eq!(r.external_ids["imdb"], "tt1");
+        assert_eq!(r.external_ids.len(), 2);
+        // An empty map written as a list (`[]`), or null: no ids, the item still reads.
+        for ids in [serde_json::json!([]), serde_json::Value::Null] {
+            let dto = item(serde_json::json!({"Id": "m", "Type": "Movie", "ProviderIds": ids}));
+            assert!(dto
+                .into_remote(ExternalIds::new())
+                .unwrap()
+                .external_ids
+                .is_empty());
+        }
     }
 
     #[test]

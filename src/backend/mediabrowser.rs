@@ -502,6 +502,125 @@ mod tests {
         assert_eq!(r.last_played_at, Some(1_714_557_600_000));
     }
 
+    macro_rules! real {
+        ($dir:literal, $file:literal) => {
+            include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/responses/",
+                $dir,
+                "/",
+                $file
+            ))
+        };
+    }
+
+    /// A real listing's movies and episodes as the sync sees them (shows not looked up), the
+    /// number of items skipped, and the page's total.
+    fn real_page(text: &str) -> (Vec<RemoteItem>, u64, Option<u64>) {
+        let page: ItemsResult = serde_json::from_str(text).unwrap();
+        let (items, skipped) = page.decode_listed("sample");
+        let items = items
+            .into_iter()
+            .filter_map(|i| i.into_remote(ExternalIds::new()))
+            .collect();
+        (items, skipped, page.total())
+    }
+
+    #[test]
+    fn real_jellyfin_answers_decode() {
+        // 10.10: LastPlayedDate with three fractional digits.
+        let (items, skipped, _) = real_page(real!("jellyfin", "items-episode-onepiece-10.10.json"));
+        assert_eq!(skipped, 0);
+        let e = &items[0];
+        assert_eq!(e.item_id, "ebf426612fd9faef245484ffccadceec");
+        assert_eq!(
+            (e.item_type, e.season, e.episode),
+            (ItemType::Episode, Some(1), Some(3))
+        );
+        assert_eq!(e.series_title.as_deref(), Some("One Piece"));
+        assert!(e.played);
+        assert_eq!(e.last_played_at, Some(1_732_223_089_571));
+        // A series is no item of the sync; a movie played 9 times but now unplayed is unplayed.
+        let (items, _, _) = real_page(real!("jellyfin", "items-series-and-movie-10.10.json"));
+        assert_eq!(items.len(), 1);
+        let m = &items[0];
+        assert_eq!((m.item_type, m.year), (ItemType::Movie, Some(2024)));
+        assert!(!m.played);
+        assert_eq!(m.duration_ms, Some(5_831_916));
+        // 10.8.10 (the demo server): the same, and a played episode with its date.
+        let (items, _, total) = real_page(real!("jellyfin", "shows-episodes-10.8.10-demo.json"));
+        assert_eq!(total, Some(2));
+        assert!(!items[0].played, "Played: false despite PlayCount 17");
+        assert!(items[1].played);
+        assert_eq!(items[1].last_played_at, Some(1_581_787_850_365));
+        let (items, _, _) = real_page(real!(
+            "jellyfin",
+            "users-items-search-folder-and-episode-10.8.10-demo.json"
+        ));
+        assert_eq!(items.len(), 1, "the folder is left out");
+        assert_eq!(items[0].item_id, "26e5d3268d21165df762a033b8b116f6");
+        // No UserData asked for: unplayed, nothing else lost.
+        let (items, _, _) = real_page(real!("jellyfin", "items-movie-bourne.json"));
+        assert_eq!((items[0].played, items[0].year), (false, Some(2004)));
+        // 10.5 answered a total of 0 with the items in the page: the listing goes on.
+        let (items, skipped, total) = real_page(real!(
+            "jellyfin",
+            "users-items-movies-10.5-jellyfin3030-excerpt.json"
+        ));
+        assert_eq!((items.len(), skipped, total), (2, 0, Some(0)));
+        assert!(items.iter().all(|m| m.played));
+        assert_eq!(next_cursor(0, 2, 2, total), Some("2".into()));
+        // One item, and the server identities.
+        let one: ItemDto =
+            serde_json::from_str(real!("jellyfin", "item-movie-310toyuma.json")).unwrap();
+        let m = one.into_remote(ExternalIds::new()).unwrap();
+        assert_eq!(
+            (m.title.as_deref(), m.year),
+            (Some("3 10 to Yuma"), Some(2007))
+        );
+        for text in [
+            real!("jellyfin", "system-info-public-10.8.10-demo.json"),
+            real!("jellyfin", "system-info-public-10.1.0.json"),
+        ] {
+            let info: PublicSystemInfo = serde_json::from_str(text).unwrap();
+            assert_eq!(info.id.map(|id| id.len()), Some(32));
+        }
+    }
+
+    #[test]
+    fn real_emby_answers_decode() {
+        // Upper-case IMDB key, a resume position in ticks, the last-played date.
+        let one: ItemDto =
+            serde_json::from_str(real!("emby", "item-movie-users-items-id.json")).unwrap();
+        let m = one.into_remote(ExternalIds::new()).unwrap();
+        assert_eq!(
+            (m.item_id.as_str(), m.item_type),
+            ("368536", ItemType::Movie)
+        );
+        assert_eq!(m.external_ids["imdb"], "tt10676048");
+        assert_eq!(m.external_ids["tmdb"], "609681");
+        assert!(!m.played);
+        assert_eq!(m.position_ms, 2_708_635);
+        assert_eq!(m.last_played_at, Some(1_778_745_294_000));
+        // Numeric-string ids; no UserData.
+        let one: ItemDto =
+            serde_json::from_str(real!("emby", "item-episode-resume-or-latest-empl.json")).unwrap();
+        assert_eq!(one.show_id(), Some("11206"));
+        let e = one.into_remote(ExternalIds::new()).unwrap();
+        assert_eq!((e.season, e.episode, e.played), (Some(3), Some(4), false));
+        // A season is no item of the sync.
+        let one: ItemDto =
+            serde_json::from_str(real!("emby", "item-season-users-items-id.json")).unwrap();
+        assert!(one.into_remote(ExternalIds::new()).is_none());
+        // Played without a date (Fields did not name UserDataLastPlayedDate).
+        let (items, skipped, _) =
+            real_page(real!("emby", "items-movie-userdata-without-fields.json"));
+        assert_eq!(skipped, 0);
+        assert!(items[0].played);
+        assert_eq!(items[0].last_played_at, None);
+        assert_eq!(items[0].external_ids["imdb"], "tt28650488");
+    }
+
     #[test]
     fn provider_ids_and_series_ids_may_be_numbers() {
         let dto = item(serde_json::json!({

@@ -742,6 +742,104 @@ mod tests {
         serde_json::from_value(json).unwrap()
     }
 
+    macro_rules! real {
+        ($file:literal) => {
+            include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/responses/plex/",
+                $file
+            ))
+        };
+    }
+
+    /// A real answer's items as the sync sees them, and how many were skipped.
+    fn real_items(text: &str) -> (Vec<RemoteItem>, u64) {
+        let c: Container<MetadataContainer> = serde_json::from_str(text).unwrap();
+        let library = c.media_container.library_section_id.clone();
+        let (items, skipped) = decode_metadata(&c.media_container, "sample");
+        let items = items
+            .into_iter()
+            .filter_map(|i| i.into_remote(None, library.as_deref()))
+            .collect();
+        (items, skipped)
+    }
+
+    #[test]
+    fn real_answers_of_one_item_decode() {
+        // A legacy-agent movie, never played: its id is in `guid`, there is no `Guid[]`.
+        let (items, skipped) = real_items(real!("plexapirs-metadata-108-legacy-movie.json"));
+        assert_eq!(skipped, 0);
+        let m = &items[0];
+        assert_eq!((m.item_id.as_str(), m.item_type), ("108", ItemType::Movie));
+        assert_eq!(m.title.as_deref(), Some("Interstate 60"));
+        assert_eq!(m.external_ids["imdb"], "tt0165832");
+        assert_eq!((m.year, m.library_id.as_deref()), (Some(2002), Some("1")));
+        assert!(!m.played);
+        assert_eq!((m.position_ms, m.last_played_at), (0, None));
+        // The same modern-agent movie stopped part way (no viewCount), then scrobbled.
+        let (items, _) = real_items(real!("plexapirs-metadata-182-inprogress.json"));
+        let m = &items[0];
+        assert_eq!(m.external_ids["imdb"], "tt0096895");
+        assert_eq!(m.external_ids["tmdb"], "268");
+        assert!(!m.played);
+        assert_eq!(m.position_ms, 75_000);
+        assert_eq!(m.duration_ms, Some(81_030));
+        let (items, _) = real_items(real!("plexapirs-metadata-182-played.json"));
+        let m = &items[0];
+        assert!(m.played);
+        assert_eq!(m.last_played_at, Some(1_683_761_882_000));
+        assert_eq!(m.position_ms, 0);
+        // A collection decodes and is no item of the sync.
+        let (items, skipped) = real_items(real!("plexapirs-metadata-161-collection.json"));
+        assert_eq!((items.len(), skipped), (0, 0));
+    }
+
+    #[test]
+    fn real_listings_decode() {
+        let (movies, skipped) = real_items(real!("plexapirs-movie-library.json"));
+        assert_eq!(skipped, 0);
+        let ids: Vec<_> = movies.iter().map(|m| m.item_id.as_str()).collect();
+        assert_eq!(ids, ["55", "108"]);
+        assert_eq!(movies[0].external_ids["imdb"], "tt1254207");
+        assert!(movies.iter().all(|m| m.library_id.as_deref() == Some("1")));
+        // Legacy TheTVDB episodes: the show's id and the numbers, from each episode's guid.
+        let (episodes, _) = real_items(real!("plexapirs-tv-episodes.json"));
+        assert_eq!(episodes.len(), 3);
+        for (n, e) in episodes.iter().enumerate() {
+            assert_eq!(e.item_type, ItemType::Episode);
+            assert_eq!((e.season, e.episode), (Some(1), Some(n as u32 + 1)));
+            assert_eq!(e.series_external_ids["tvdb"], "268592");
+            assert_eq!(e.series_title.as_deref(), Some("The 100"));
+        }
+        // WatchState's listings (modern agents, paged): a played episode and movies.
+        let (episodes, skipped) = real_items(real!("watchstate-episodes-page.json"));
+        assert_eq!(skipped, 0);
+        let e = &episodes[0];
+        assert_eq!((e.item_id.as_str(), e.played), ("5", true));
+        assert_eq!(e.last_played_at, Some(1_643_805_016_000));
+        assert_eq!(e.external_ids["tvdb"], "4");
+        assert_eq!((e.season, e.episode), (Some(1), Some(1)));
+        let (movies, skipped) = real_items(real!("watchstate-movies-page.json"));
+        assert_eq!(skipped, 0);
+        assert_eq!(movies[0].external_ids["imdb"], "tt0000001");
+        assert!(movies.iter().all(|m| m.item_type == ItemType::Movie));
+    }
+
+    #[test]
+    fn real_section_lists_decode() {
+        for text in [
+            real!("watchstate-library-sections.json"),
+            real!("watchstate-sections-anonymized.json"),
+        ] {
+            let c: Container<SectionsContainer> = serde_json::from_str(text).unwrap();
+            let (entries, skipped) =
+                decode_each::<SectionEntry>(&c.media_container.directory, "key", "sample");
+            assert_eq!(skipped, 0);
+            assert!(entries.iter().any(|e| e.kind == "show"));
+            assert!(entries.iter().all(|e| e.key.is_some()));
+        }
+    }
+
     #[test]
     fn guids_of_every_agent_parse() {
         use GuidMeaning::*;

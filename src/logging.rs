@@ -43,7 +43,9 @@ pub fn init_to(
     let (writer, guard) = NonBlockingBuilder::default()
         .lossy(true)
         .thread_name("log-writer")
-        .finish(out);
+        // The thread takes every line queued, then flushes: the lines of one batch go out in
+        // one `write` (stderr itself is unbuffered, one system call per line).
+        .finish(std::io::BufWriter::with_capacity(64 * 1024, out));
     let dropped = writer.error_counter();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -265,13 +265,16 @@ fn main() {
         println!("---");
         report("baseline", &base);
         report("service", &svc);
-        // No baseline phase with BENCH_ONLY=service (and no service phase with =baseline).
-        let rate = |r: f64| (r.is_finite() && r > 0.0).then_some(r);
-        let ratio = match (rate(svc.per_second()), rate(base.per_second())) {
-            (Some(s), Some(b)) => format!("{:.2}", s / b),
+        // No baseline phase with BENCH_ONLY=service (and no service phase with =baseline); a
+        // phase that ran and got nothing through shows 0.
+        let (ran_base, ran_svc) = (only != "service", only != "baseline");
+        let rate = |ran: bool, r: f64| ran.then(|| if r.is_finite() { r } else { 0.0 });
+        let (svc_rate, base_rate) = (rate(ran_svc, svc.per_second()), rate(ran_base, base.per_second()));
+        let ratio = match (svc_rate, base_rate) {
+            (Some(s), Some(b)) if b > 0.0 => format!("{:.2}", s / b),
             _ => "n/a".to_string(),
         };
-        let per_s = |r: f64| rate(r).map_or("n/a".to_string(), |r| format!("{r:.0}"));
+        let per_s = |r: Option<f64>| r.map_or("n/a".to_string(), |r| format!("{r:.0}"));
         println!(
             "journal: {accepted} webhooks accepted, {appended} entries, {flushes} flushes \
              ({:.1} entries per flush); ratio service/baseline {ratio} (target >= 0.5, aim 0.7); \
@@ -288,8 +291,8 @@ fn main() {
         bench_line(
             "ingest",
             &[
-                ("events_per_s", per_s(svc.per_second())),
-                ("baseline_per_s", per_s(base.per_second())),
+                ("events_per_s", per_s(svc_rate)),
+                ("baseline_per_s", per_s(base_rate)),
                 ("ratio", ratio),
                 ("p50_ms", ms(svc.p50_us())),
                 ("p99_ms", ms(svc.p99_us())),

@@ -195,7 +195,7 @@ impl BackendApi for EmbyClient {
         let got = page.items.len();
         let (items, skipped) = page.decode_listed("list items");
         self.load_series(&items).await?;
-        let next = next_cursor(start, got, page_size, page.total());
+        let next = next_cursor(start, got, page_size, &page);
         let items = items
             .into_iter()
             .filter_map(|i| to_remote(&self.series, i))
@@ -272,8 +272,10 @@ impl BackendApi for EmbyClient {
             #[serde(rename = "UserData")]
             user_data: Option<serde_json::Map<String, serde_json::Value>>,
         }
+        // Strict (other fields are skipped unread, so a broken title does not matter): what a
+        // repair replaced in the user data must not be written back.
         let item: WithUserData =
-            from_str_repaired(raw.get(), &what).map_err(|e| BackendError::BadResponse {
+            serde_json::from_str(raw.get()).map_err(|e| BackendError::BadResponse {
                 message: format!("{what}: the item is not the expected JSON ({e})"),
             })?;
         // Without the current user data the update would reset it: better not to send it.

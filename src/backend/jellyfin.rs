@@ -347,7 +347,7 @@ impl BackendApi for JellyfinClient {
         let got = page.items.len();
         let (items, skipped) = page.decode_listed("list items");
         self.load_series(&items).await?;
-        let next = next_cursor(start, got, page_size, page.total());
+        let next = next_cursor(start, got, page_size, &page);
         let items = items
             .into_iter()
             .filter_map(|i| to_remote(&self.series, i))

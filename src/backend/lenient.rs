@@ -18,7 +18,16 @@ pub fn decode_each<T: DeserializeOwned>(
     let mut items = Vec::with_capacity(raw.len());
     let mut skipped = 0;
     for r in raw {
-        match from_str_repaired::<T>(r.get(), what) {
+        let decoded: Result<T, serde_json::Error> = serde_json::from_str(r.get()).or_else(|e| {
+            let item = repaired(r.get()).ok_or(e)?;
+            let id = id_of(r, id_field);
+            tracing::warn!(
+                item = id.as_deref().unwrap_or("unknown"),
+                "{what}: an item was not valid JSON; read after replacing what was broken"
+            );
+            Ok(item)
+        });
+        match decoded {
             Ok(item) => items.push(item),
             Err(e) => {
                 skipped += 1;
@@ -35,8 +44,8 @@ pub fn decode_each<T: DeserializeOwned>(
 }
 
 /// Decodes a JSON text as `T`; when that fails, once more after [`crate::json_repair::repair`]
-/// (half a surrogate pair, a raw control character, ...). The first error when the repair does
-/// not help.
+/// (half a surrogate pair, a raw control character, ...), with a warning. The first error when
+/// the repair does not help.
 pub fn from_str_repaired<T: DeserializeOwned>(
     text: &str,
     what: &str,
@@ -45,12 +54,15 @@ pub fn from_str_repaired<T: DeserializeOwned>(
         Ok(v) => return Ok(v),
         Err(e) => e,
     };
-    retry_repaired(text, false, what).ok_or(err)
+    let value = repaired(text).ok_or(err)?;
+    warn_repaired(what, false);
+    Ok(value)
 }
 
 /// [`from_str_repaired`] of a media server's answer as bytes: invalid UTF-8 (a title or a file
 /// name that the server stored as it found it) is replaced by U+FFFD instead of failing the
-/// whole answer, and with it every later sync that resumes at that page.
+/// whole answer, and with it every later sync that resumes at that page. When nothing helps,
+/// the error is that of the text with U+FFFD in place (the real fault, not the UTF-8).
 pub fn from_slice_repaired<T: DeserializeOwned>(
     bytes: &[u8],
     what: &str,
@@ -59,22 +71,28 @@ pub fn from_slice_repaired<T: DeserializeOwned>(
         Ok(v) => return Ok(v),
         Err(e) => e,
     };
-    let text = String::from_utf8_lossy(bytes);
-    let lossy = matches!(text, std::borrow::Cow::Owned(_));
-    retry_repaired(&text, lossy, what).ok_or(err)
+    let (value, lossy) = match String::from_utf8_lossy(bytes) {
+        std::borrow::Cow::Borrowed(text) => (repaired(text).ok_or(err)?, false),
+        std::borrow::Cow::Owned(text) => match serde_json::from_str(&text) {
+            Ok(v) => (v, true),
+            Err(err) => (repaired(&text).ok_or(err)?, true),
+        },
+    };
+    warn_repaired(what, lossy);
+    Ok(value)
 }
 
-fn retry_repaired<T: DeserializeOwned>(text: &str, lossy: bool, what: &str) -> Option<T> {
-    let repaired = crate::json_repair::repair(text);
-    if repaired.is_none() && !lossy {
-        return None;
-    }
-    let value = serde_json::from_str(repaired.as_deref().unwrap_or(text)).ok()?;
+/// `text` decoded after [`crate::json_repair::repair`]; `None` when there was nothing to
+/// repair or it still does not decode.
+fn repaired<T: DeserializeOwned>(text: &str) -> Option<T> {
+    serde_json::from_str(&crate::json_repair::repair(text)?).ok()
+}
+
+fn warn_repaired(what: &str, lossy: bool) {
     tracing::warn!(
         "{what}: the answer was not valid JSON{}; read after replacing what was broken",
         if lossy { " (invalid UTF-8)" } else { "" }
     );
-    Some(value)
 }
 
 /// The item's `field` as text, when it is a string or a number (for the log, and to check that

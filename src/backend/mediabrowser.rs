@@ -62,6 +62,8 @@ pub struct ItemsResult {
     pub items: Vec<Box<RawValue>>,
     /// Lets the listing stop without asking for an empty page.
     pub total_record_count: Option<i64>,
+    /// Where the page starts, as the server says (Jellyfin; Emby's answers do not say).
+    pub start_index: Option<i64>,
 }
 
 /// [`ItemsResult`] as sent, before the check that it is a query result.
@@ -72,6 +74,8 @@ struct QueryResultFields {
     items: Option<Vec<Box<RawValue>>>,
     #[serde(default, deserialize_with = "opt_number")]
     total_record_count: Option<i64>,
+    #[serde(default, deserialize_with = "opt_number")]
+    start_index: Option<i64>,
 }
 
 impl TryFrom<QueryResultFields> for ItemsResult {
@@ -89,6 +93,7 @@ impl TryFrom<QueryResultFields> for ItemsResult {
         Ok(ItemsResult {
             items: f.items.unwrap_or_default(),
             total_record_count: f.total_record_count,
+            start_index: f.start_index,
         })
     }
 }
@@ -367,7 +372,7 @@ impl IgnoredLibraries {
                 };
                 let (got, ids) = page_ids(&page);
                 members.extend(ids.into_iter().map(|id| (id, lib.clone())));
-                match next_start(start, got, page_size, page.total()) {
+                match next_start(start, got, page_size, &page) {
                     Some(next) => start = next,
                     None => break,
                 }
@@ -411,14 +416,16 @@ pub fn parse_cursor(cursor: Option<&str>) -> u64 {
     }
 }
 
-/// The cursor after a page of `got` items starting at `start`.
-pub fn next_cursor(start: u64, got: usize, asked: usize, total: Option<u64>) -> Option<String> {
-    next_start(start, got, asked, total).map(|n| n.to_string())
+/// The cursor after `page`, of `got` items, asked for at `start`.
+pub fn next_cursor(start: u64, got: usize, asked: usize, page: &ItemsResult) -> Option<String> {
+    next_start(start, got, asked, page).map(|n| n.to_string())
 }
 
-/// The start of the page after one of `got` items starting at `start`, if there is one.
-fn next_start(start: u64, got: usize, asked: usize, total: Option<u64>) -> Option<u64> {
-    super::more_pages(start, got as u64, asked as u64, total).then_some(start + got as u64)
+/// The start of the page after `page`, of `got` items, asked for at `start`, if there is one.
+fn next_start(start: u64, got: usize, asked: usize, page: &ItemsResult) -> Option<u64> {
+    let confirmed = page.start_index == i64::try_from(start).ok();
+    super::more_pages(start, got as u64, asked as u64, page.total(), confirmed)
+        .then_some(start + got as u64)
 }
 
 /// The shows named by the episodes of `items` whose provider ids are not cached yet (sorted,
@@ -502,18 +509,6 @@ mod tests {
         assert_eq!(r.last_played_at, Some(1_714_557_600_000));
     }
 
-    macro_rules! real {
-        ($dir:literal, $file:literal) => {
-            include_str!(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/fixtures/responses/",
-                $dir,
-                "/",
-                $file
-            ))
-        };
-    }
-
     /// A real listing's movies and episodes as the sync sees them (shows not looked up), the
     /// number of items skipped, and the page's total.
     fn real_page(text: &str) -> (Vec<RemoteItem>, u64, Option<u64>) {
@@ -529,7 +524,8 @@ mod tests {
     #[test]
     fn real_jellyfin_answers_decode() {
         // 10.10: LastPlayedDate with three fractional digits.
-        let (items, skipped, _) = real_page(real!("jellyfin", "items-episode-onepiece-10.10.json"));
+        let (items, skipped, _) =
+            real_page(real_answer!("jellyfin/items-episode-onepiece-10.10.json"));
         assert_eq!(skipped, 0);
         let e = &items[0];
         assert_eq!(e.item_id, "ebf426612fd9faef245484ffccadceec");
@@ -541,46 +537,49 @@ mod tests {
         assert!(e.played);
         assert_eq!(e.last_played_at, Some(1_732_223_089_571));
         // A series is no item of the sync; a movie played 9 times but now unplayed is unplayed.
-        let (items, _, _) = real_page(real!("jellyfin", "items-series-and-movie-10.10.json"));
+        let (items, _, _) = real_page(real_answer!("jellyfin/items-series-and-movie-10.10.json"));
         assert_eq!(items.len(), 1);
         let m = &items[0];
         assert_eq!((m.item_type, m.year), (ItemType::Movie, Some(2024)));
         assert!(!m.played);
         assert_eq!(m.duration_ms, Some(5_831_916));
         // 10.8.10 (the demo server): the same, and a played episode with its date.
-        let (items, _, total) = real_page(real!("jellyfin", "shows-episodes-10.8.10-demo.json"));
+        let (items, _, total) =
+            real_page(real_answer!("jellyfin/shows-episodes-10.8.10-demo.json"));
         assert_eq!(total, Some(2));
         assert!(!items[0].played, "Played: false despite PlayCount 17");
         assert!(items[1].played);
         assert_eq!(items[1].last_played_at, Some(1_581_787_850_365));
-        let (items, _, _) = real_page(real!(
-            "jellyfin",
-            "users-items-search-folder-and-episode-10.8.10-demo.json"
+        let (items, _, _) = real_page(real_answer!(
+            "jellyfin/users-items-search-folder-and-episode-10.8.10-demo.json"
         ));
         assert_eq!(items.len(), 1, "the folder is left out");
         assert_eq!(items[0].item_id, "26e5d3268d21165df762a033b8b116f6");
         // No UserData asked for: unplayed, nothing else lost.
-        let (items, _, _) = real_page(real!("jellyfin", "items-movie-bourne.json"));
+        let (items, _, _) = real_page(real_answer!("jellyfin/items-movie-bourne.json"));
         assert_eq!((items[0].played, items[0].year), (false, Some(2004)));
         // 10.5 answered a total of 0 with the items in the page: the listing goes on.
-        let (items, skipped, total) = real_page(real!(
-            "jellyfin",
-            "users-items-movies-10.5-jellyfin3030-excerpt.json"
+        let (items, skipped, total) = real_page(real_answer!(
+            "jellyfin/users-items-movies-10.5-jellyfin3030-excerpt.json"
         ));
         assert_eq!((items.len(), skipped, total), (2, 0, Some(0)));
         assert!(items.iter().all(|m| m.played));
-        assert_eq!(next_cursor(0, 2, 2, total), Some("2".into()));
+        let page: ItemsResult = serde_json::from_str(real_answer!(
+            "jellyfin/users-items-movies-10.5-jellyfin3030-excerpt.json"
+        ))
+        .unwrap();
+        assert_eq!(next_cursor(0, 2, 2, &page), Some("2".into()));
         // One item, and the server identities.
         let one: ItemDto =
-            serde_json::from_str(real!("jellyfin", "item-movie-310toyuma.json")).unwrap();
+            serde_json::from_str(real_answer!("jellyfin/item-movie-310toyuma.json")).unwrap();
         let m = one.into_remote(ExternalIds::new()).unwrap();
         assert_eq!(
             (m.title.as_deref(), m.year),
             (Some("3 10 to Yuma"), Some(2007))
         );
         for text in [
-            real!("jellyfin", "system-info-public-10.8.10-demo.json"),
-            real!("jellyfin", "system-info-public-10.1.0.json"),
+            real_answer!("jellyfin/system-info-public-10.8.10-demo.json"),
+            real_answer!("jellyfin/system-info-public-10.1.0.json"),
         ] {
             let info: PublicSystemInfo = serde_json::from_str(text).unwrap();
             assert_eq!(info.id.map(|id| id.len()), Some(32));
@@ -591,7 +590,7 @@ mod tests {
     fn real_emby_answers_decode() {
         // Upper-case IMDB key, a resume position in ticks, the last-played date.
         let one: ItemDto =
-            serde_json::from_str(real!("emby", "item-movie-users-items-id.json")).unwrap();
+            serde_json::from_str(real_answer!("emby/item-movie-users-items-id.json")).unwrap();
         let m = one.into_remote(ExternalIds::new()).unwrap();
         assert_eq!(
             (m.item_id.as_str(), m.item_type),
@@ -604,17 +603,19 @@ mod tests {
         assert_eq!(m.last_played_at, Some(1_778_745_294_000));
         // Numeric-string ids; no UserData.
         let one: ItemDto =
-            serde_json::from_str(real!("emby", "item-episode-resume-or-latest-empl.json")).unwrap();
+            serde_json::from_str(real_answer!("emby/item-episode-resume-or-latest-empl.json"))
+                .unwrap();
         assert_eq!(one.show_id(), Some("11206"));
         let e = one.into_remote(ExternalIds::new()).unwrap();
         assert_eq!((e.season, e.episode, e.played), (Some(3), Some(4), false));
         // A season is no item of the sync.
         let one: ItemDto =
-            serde_json::from_str(real!("emby", "item-season-users-items-id.json")).unwrap();
+            serde_json::from_str(real_answer!("emby/item-season-users-items-id.json")).unwrap();
         assert!(one.into_remote(ExternalIds::new()).is_none());
         // Played without a date (Fields did not name UserDataLastPlayedDate).
-        let (items, skipped, _) =
-            real_page(real!("emby", "items-movie-userdata-without-fields.json"));
+        let (items, skipped, _) = real_page(real_answer!(
+            "emby/items-movie-userdata-without-fields.json"
+        ));
         assert_eq!(skipped, 0);
         assert!(items[0].played);
         assert_eq!(items[0].last_played_at, None);
@@ -706,18 +707,38 @@ mod tests {
         assert_eq!(parse_cursor(None), 0);
         assert_eq!(parse_cursor(Some("40")), 40);
         assert_eq!(parse_cursor(Some("garbage")), 0);
-        assert_eq!(next_cursor(0, 20, 20, Some(45)), Some("20".into()));
-        assert_eq!(next_cursor(40, 5, 20, Some(45)), None);
-        assert_eq!(next_cursor(0, 20, 20, None), Some("20".into()));
-        assert_eq!(next_cursor(20, 3, 20, None), None);
-        assert_eq!(next_cursor(0, 0, 20, Some(10)), None);
+        // What Jellyfin answers (it says where the page starts) and what Emby answers.
+        let jf = |total: Option<i64>, start: u64| ItemsResult {
+            items: Vec::new(),
+            total_record_count: total,
+            start_index: Some(start as i64),
+        };
+        let emby = |total: Option<i64>| ItemsResult {
+            items: Vec::new(),
+            total_record_count: total,
+            start_index: None,
+        };
+        for (page, start) in [(jf(Some(45), 0), 0), (emby(Some(45)), 0)] {
+            assert_eq!(next_cursor(start, 20, 20, &page), Some("20".into()));
+        }
+        assert_eq!(next_cursor(40, 5, 20, &jf(Some(45), 40)), None);
+        assert_eq!(next_cursor(0, 20, 20, &emby(None)), Some("20".into()));
+        assert_eq!(next_cursor(20, 3, 20, &emby(None)), None);
+        assert_eq!(next_cursor(0, 0, 20, &jf(Some(10), 0)), None);
         // A total below what was listed is wrong: full pages go on, a short one ends it.
-        assert_eq!(next_cursor(0, 20, 20, Some(0)), Some("20".into()));
-        assert_eq!(next_cursor(20, 20, 20, Some(39)), Some("40".into()));
-        assert_eq!(next_cursor(40, 3, 20, Some(39)), None);
-        assert_eq!(next_cursor(20, 20, 20, Some(40)), None);
+        assert_eq!(next_cursor(0, 20, 20, &jf(Some(0), 0)), Some("20".into()));
+        assert_eq!(
+            next_cursor(20, 20, 20, &jf(Some(39), 20)),
+            Some("40".into())
+        );
+        assert_eq!(next_cursor(40, 3, 20, &jf(Some(39), 40)), None);
+        // Short by less than a page, ending on a page boundary: not caught.
+        assert_eq!(next_cursor(20, 20, 20, &jf(Some(40), 20)), None);
+        // Only when the answer confirms its start: not Emby's, not one that ignores it.
+        assert_eq!(next_cursor(0, 20, 20, &emby(Some(0))), None);
+        assert_eq!(next_cursor(40, 20, 20, &jf(Some(45), 0)), None);
         // A server that ignores the page size: its total ends the listing.
-        assert_eq!(next_cursor(0, 45, 20, Some(45)), None);
+        assert_eq!(next_cursor(0, 45, 20, &jf(Some(45), 0)), None);
     }
 
     #[test]

@@ -11,6 +11,18 @@
 //!
 //! Build a client with [`build_client`]; every call is made for [`ClientConfig::user_id`].
 
+/// A real answer of `tests/fixtures/responses/` (`"plex/x.json"`), for the clients' unit tests.
+#[cfg(test)]
+macro_rules! real_answer {
+    ($path:literal) => {
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/responses/",
+            $path
+        ))
+    };
+}
+
 pub mod emby;
 pub mod http;
 pub mod jellyfin;
@@ -29,14 +41,25 @@ use watchstate_actors::event::BackendKind;
 
 /// Whether a listing goes on after a page of `got` items, of `asked`, that started at `start`.
 /// The server's total decides, unless the listing already went past it: then the total is
-/// wrong (Jellyfin 10.4 and 10.5 answered one too few or 0, jellyfin#2116 and #3030), and only
-/// a full page says there may be more. Without a total, a full page does.
-pub(crate) fn more_pages(start: u64, got: u64, asked: u64, total: Option<u64>) -> bool {
+/// wrong (Jellyfin 10.5 answered 0 with a full page, jellyfin#3030; 10.4 one too few,
+/// jellyfin#2116), and a full page says there may be more, but only when the answer confirms
+/// that it starts where it was asked to (`start_confirmed`: Jellyfin's `StartIndex`, Plex's
+/// `offset`). A server or proxy that ignores the start index would otherwise send its first
+/// page for ever. A total short by less than a page that ends exactly on a page boundary is
+/// not caught: telling it from a right one would cost an empty page on every listing whose
+/// size is a multiple of the page. Without a total, a full page goes on.
+pub(crate) fn more_pages(
+    start: u64,
+    got: u64,
+    asked: u64,
+    total: Option<u64>,
+    start_confirmed: bool,
+) -> bool {
     let end = start + got;
     got > 0
         && match total {
             Some(total) if end < total => true,
-            Some(total) if end > total => got >= asked,
+            Some(total) if end > total => start_confirmed && got >= asked,
             Some(_) => false,
             None => got >= asked,
         }

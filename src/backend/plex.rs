@@ -121,6 +121,9 @@ struct MetadataContainer {
     /// Items in the whole section: tells when the section is exhausted.
     #[serde(default, deserialize_with = "opt_number")]
     total_size: Option<i64>,
+    /// Where the page starts, as the server says (also in `X-Plex-Container-Start`).
+    #[serde(default, deserialize_with = "opt_number")]
+    offset: Option<i64>,
     /// Hoisted from the items when they all share it; on `/library/metadata/{id}` the section
     /// of an item that lacks its own (the spec's `Metadata` has no such field).
     #[serde(
@@ -468,8 +471,9 @@ impl PlexClient {
         Ok(Some(total))
     }
 
-    /// A page of a section listing. `totalSize` is not required in the body: the spec says it
-    /// is "also provided in the `X-Plex-Container-Total-Size` header", read when it is not.
+    /// A page of a section listing. `totalSize` and `offset` are not required in the body: the
+    /// spec says they are also given in the `X-Plex-Container-Total-Size` and
+    /// `X-Plex-Container-Start` headers, read when they are not.
     async fn section_page(
         &self,
         req: reqwest::RequestBuilder,
@@ -478,11 +482,17 @@ impl PlexClient {
         let (c, headers): (Container<MetadataContainer>, _) =
             self.http.send_json_with_headers(req, what).await?;
         let mut page = c.media_container;
-        if page.total_size.is_none() {
-            page.total_size = headers
-                .get("x-plex-container-total-size")
+        let header = |name: &str| {
+            headers
+                .get(name)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse().ok());
+                .and_then(|v| v.trim().parse().ok())
+        };
+        if page.total_size.is_none() {
+            page.total_size = header("x-plex-container-total-size");
+        }
+        if page.offset.is_none() {
+            page.offset = header("x-plex-container-start");
         }
         Ok(page)
     }
@@ -628,7 +638,8 @@ impl BackendApi for PlexClient {
         let (metadata, skipped) = decode_metadata(&page, &what);
         self.load_shows(&metadata).await?;
         let total_size = page.total_size.map(|t| t.max(0) as u64);
-        let section_done = !super::more_pages(offset, got, page_size as u64, total_size);
+        let confirmed = page.offset == i64::try_from(offset).ok();
+        let section_done = !super::more_pages(offset, got, page_size as u64, total_size, confirmed);
         let next = if !section_done {
             Some(format!("{}:{}", section.key, offset + got))
         } else {
@@ -742,16 +753,6 @@ mod tests {
         serde_json::from_value(json).unwrap()
     }
 
-    macro_rules! real {
-        ($file:literal) => {
-            include_str!(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/fixtures/responses/plex/",
-                $file
-            ))
-        };
-    }
-
     /// A real answer's items as the sync sees them, and how many were skipped.
     fn real_items(text: &str) -> (Vec<RemoteItem>, u64) {
         let c: Container<MetadataContainer> = serde_json::from_str(text).unwrap();
@@ -767,7 +768,9 @@ mod tests {
     #[test]
     fn real_answers_of_one_item_decode() {
         // A legacy-agent movie, never played: its id is in `guid`, there is no `Guid[]`.
-        let (items, skipped) = real_items(real!("plexapirs-metadata-108-legacy-movie.json"));
+        let (items, skipped) = real_items(real_answer!(
+            "plex/plexapirs-metadata-108-legacy-movie.json"
+        ));
         assert_eq!(skipped, 0);
         let m = &items[0];
         assert_eq!((m.item_id.as_str(), m.item_type), ("108", ItemType::Movie));
@@ -777,33 +780,34 @@ mod tests {
         assert!(!m.played);
         assert_eq!((m.position_ms, m.last_played_at), (0, None));
         // The same modern-agent movie stopped part way (no viewCount), then scrobbled.
-        let (items, _) = real_items(real!("plexapirs-metadata-182-inprogress.json"));
+        let (items, _) = real_items(real_answer!("plex/plexapirs-metadata-182-inprogress.json"));
         let m = &items[0];
         assert_eq!(m.external_ids["imdb"], "tt0096895");
         assert_eq!(m.external_ids["tmdb"], "268");
         assert!(!m.played);
         assert_eq!(m.position_ms, 75_000);
         assert_eq!(m.duration_ms, Some(81_030));
-        let (items, _) = real_items(real!("plexapirs-metadata-182-played.json"));
+        let (items, _) = real_items(real_answer!("plex/plexapirs-metadata-182-played.json"));
         let m = &items[0];
         assert!(m.played);
         assert_eq!(m.last_played_at, Some(1_683_761_882_000));
         assert_eq!(m.position_ms, 0);
         // A collection decodes and is no item of the sync.
-        let (items, skipped) = real_items(real!("plexapirs-metadata-161-collection.json"));
+        let (items, skipped) =
+            real_items(real_answer!("plex/plexapirs-metadata-161-collection.json"));
         assert_eq!((items.len(), skipped), (0, 0));
     }
 
     #[test]
     fn real_listings_decode() {
-        let (movies, skipped) = real_items(real!("plexapirs-movie-library.json"));
+        let (movies, skipped) = real_items(real_answer!("plex/plexapirs-movie-library.json"));
         assert_eq!(skipped, 0);
         let ids: Vec<_> = movies.iter().map(|m| m.item_id.as_str()).collect();
         assert_eq!(ids, ["55", "108"]);
         assert_eq!(movies[0].external_ids["imdb"], "tt1254207");
         assert!(movies.iter().all(|m| m.library_id.as_deref() == Some("1")));
         // Legacy TheTVDB episodes: the show's id and the numbers, from each episode's guid.
-        let (episodes, _) = real_items(real!("plexapirs-tv-episodes.json"));
+        let (episodes, _) = real_items(real_answer!("plex/plexapirs-tv-episodes.json"));
         assert_eq!(episodes.len(), 3);
         for (n, e) in episodes.iter().enumerate() {
             assert_eq!(e.item_type, ItemType::Episode);
@@ -812,14 +816,14 @@ mod tests {
             assert_eq!(e.series_title.as_deref(), Some("The 100"));
         }
         // WatchState's listings (modern agents, paged): a played episode and movies.
-        let (episodes, skipped) = real_items(real!("watchstate-episodes-page.json"));
+        let (episodes, skipped) = real_items(real_answer!("plex/watchstate-episodes-page.json"));
         assert_eq!(skipped, 0);
         let e = &episodes[0];
         assert_eq!((e.item_id.as_str(), e.played), ("5", true));
         assert_eq!(e.last_played_at, Some(1_643_805_016_000));
         assert_eq!(e.external_ids["tvdb"], "4");
         assert_eq!((e.season, e.episode), (Some(1), Some(1)));
-        let (movies, skipped) = real_items(real!("watchstate-movies-page.json"));
+        let (movies, skipped) = real_items(real_answer!("plex/watchstate-movies-page.json"));
         assert_eq!(skipped, 0);
         assert_eq!(movies[0].external_ids["imdb"], "tt0000001");
         assert!(movies.iter().all(|m| m.item_type == ItemType::Movie));
@@ -828,8 +832,8 @@ mod tests {
     #[test]
     fn real_section_lists_decode() {
         for text in [
-            real!("watchstate-library-sections.json"),
-            real!("watchstate-sections-anonymized.json"),
+            real_answer!("plex/watchstate-library-sections.json"),
+            real_answer!("plex/watchstate-sections-anonymized.json"),
         ] {
             let c: Container<SectionsContainer> = serde_json::from_str(text).unwrap();
             let (entries, skipped) =

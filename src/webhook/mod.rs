@@ -89,15 +89,16 @@ pub fn decode(req: &RawRequest) -> Result<WebhookEvent, DecodeError> {
             // A Tautulli test notification of a template with unquoted placeholders
             // (`"viewOffset": {view_offset}`) is not JSON until they are quoted.
             fixed = match &err {
-                DecodeError::InvalidJson { .. } => tautulli::quote_bare_placeholders(req.body),
+                DecodeError::InvalidJson { .. } => tautulli::quote_bare_placeholders(&text),
                 _ => None,
             };
             if let Some(json) = fixed.as_deref().and_then(parse_repaired) {
                 json
             } else {
                 // A Jellyfin template that rendered a line break, `True` or nothing where
-                // JSON wants a value (see `json_repair::repair`).
-                repaired = crate::json_repair::repair(&text);
+                // JSON wants a value, half a surrogate pair (see `json_repair::repair`): in
+                // the text with its placeholders quoted, if it had any.
+                repaired = crate::json_repair::repair(fixed.as_deref().unwrap_or(&text));
                 match repaired.as_deref().and_then(parse_repaired) {
                     Some(json) => json,
                     None => return Err(err),
@@ -298,6 +299,15 @@ mod tests {
         assert_eq!(ev.sender, Sender::Tautulli);
         assert_eq!(ev.event, EventKind::Test);
         assert_eq!(ev.position_ms, None);
+        // With half a surrogate pair in a title and invalid UTF-8 too: both repairs apply.
+        let body = b"{\"event\": \"tautulli.{action}\", \"Server\": {\"uuid\": \"{server_machine_id}\"},\n \"Metadata\": {\"title\": \"cut \\ud83d \xff\", \"viewOffset\": {view_offset}}}";
+        let ev = decode(&req(
+            Some("application/json"),
+            Some("Tautulli/v2.17.2"),
+            body,
+        ))
+        .unwrap();
+        assert_eq!((ev.sender, ev.event), (Sender::Tautulli, EventKind::Test));
         // Real syntax errors stay errors.
         let err = decode(&req(
             Some("application/json"),

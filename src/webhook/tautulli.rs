@@ -77,8 +77,7 @@ fn is_unrendered(s: &str) -> bool {
 
 /// Quotes every `{placeholder}` that stands outside a JSON string, so that a test notification
 /// of a template with unquoted numeric placeholders parses. `None` if there was none.
-pub(super) fn quote_bare_placeholders(body: &[u8]) -> Option<String> {
-    let text = std::str::from_utf8(body).ok()?;
+pub(super) fn quote_bare_placeholders(text: &str) -> Option<String> {
     let mut out = String::with_capacity(text.len() + 16);
     let mut in_string = false;
     let mut escaped = false;
@@ -211,9 +210,9 @@ mod tests {
     #[test]
     fn bare_placeholders_are_quoted_outside_strings_only() {
         let fixed =
-            quote_bare_placeholders(br#"{"a": {x_y}, "b": "{c} \" {d}", "e": {"f": 1}}"#).unwrap();
+            quote_bare_placeholders(r#"{"a": {x_y}, "b": "{c} \" {d}", "e": {"f": 1}}"#).unwrap();
         assert_eq!(fixed, r#"{"a": "{x_y}", "b": "{c} \" {d}", "e": {"f": 1}}"#);
-        assert_eq!(quote_bare_placeholders(br#"{"a": "{x}"}"#), None);
+        assert_eq!(quote_bare_placeholders(r#"{"a": "{x}"}"#), None);
     }
 
     #[test]

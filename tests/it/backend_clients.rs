@@ -999,13 +999,23 @@ async fn broken_text_in_an_answer_is_replaced(kind: FakeKind) {
     assert_eq!(items["112"].title.as_deref(), Some("Smile \u{fffd}"));
     let one = client.get_item("112").await.unwrap().expect("the item");
     assert_eq!(one.external_ids["imdb"], "tt0000112");
+    // Writes to such an item work (Emby sends the item's user data back: it is read strictly,
+    // the broken title is not part of it).
+    client.set_position("112", 61_000, None).await.unwrap();
+    assert_eq!(fake.item_state("112").position_ms, 61_000);
+    client
+        .set_played("111", true, Some(1_714_557_600_000))
+        .await
+        .unwrap();
+    assert!(fake.item_state("111").played);
     fake.assert_contract();
 }
 
 per_kind!(broken_text_in_an_answer_is_replaced);
 
-/// A server whose totals are below the truth (Jellyfin 10.4/10.5 answered one too few, or 0
-/// with every item in the page): full pages past the total go on, so nothing is left out.
+/// A server whose totals are below the truth (Jellyfin 10.5 answered 0 with every item in the
+/// page): full pages past the total go on, so nothing is left out. Jellyfin and Plex say where
+/// each page starts; Emby's answers do not, so its total is believed (see below).
 async fn a_total_below_the_truth_does_not_end_the_listing(kind: FakeKind) {
     let full = FakeServer::start(kind, library()).await;
     let (expected, _) = list_all(full.client().as_ref(), 3).await;
@@ -1020,7 +1030,39 @@ async fn a_total_below_the_truth_does_not_end_the_listing(kind: FakeKind) {
     }
 }
 
-per_kind!(a_total_below_the_truth_does_not_end_the_listing);
+#[tokio::test]
+async fn a_total_below_the_truth_does_not_end_a_jellyfin_listing() {
+    a_total_below_the_truth_does_not_end_the_listing(FakeKind::Jellyfin).await;
+}
+
+#[tokio::test]
+async fn a_total_below_the_truth_does_not_end_a_plex_listing() {
+    a_total_below_the_truth_does_not_end_the_listing(FakeKind::Plex).await;
+}
+
+/// A server or proxy that ignores the start index sends its first page for every page asked
+/// for: the listing still ends, with right totals and with wrong ones (and Emby, whose answers
+/// do not say where they start, ends at its total).
+async fn a_server_that_ignores_the_start_index_cannot_loop_the_listing(kind: FakeKind) {
+    for short_by in [0, 5, usize::MAX] {
+        let lib = library().ignore_start_index().under_count(short_by);
+        let fake = FakeServer::start(kind, lib).await;
+        let client = fake.client();
+        let (mut cursor, mut pages) = (None::<String>, 0);
+        loop {
+            let page = client.list_items(cursor.as_deref(), 3).await.unwrap();
+            pages += 1;
+            assert!(pages <= 8, "short by {short_by}: the listing does not end");
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        fake.assert_contract();
+    }
+}
+
+per_kind!(a_server_that_ignores_the_start_index_cannot_loop_the_listing);
 
 #[tokio::test]
 async fn plex_skips_a_section_it_cannot_address() {

@@ -249,6 +249,7 @@ pub(super) fn query_items(
                 .any(|t| t.trim().eq_ignore_ascii_case("virtual"))
         });
     let start: usize = p("startIndex").and_then(|s| s.parse().ok()).unwrap_or(0);
+    let start = if st.ignore_start_index { 0 } else { start };
     let limit: usize = p("limit")
         .and_then(|s| s.parse().ok())
         .unwrap_or(usize::MAX);
@@ -305,6 +306,10 @@ pub(super) fn query_items(
             .collect();
     }
     let total = total.saturating_sub(st.under_count);
+    if inner.kind == super::FakeKind::Emby {
+        // Emby's `QueryResult_BaseItemDto` has no `StartIndex`.
+        return json!({"Items": all, "TotalRecordCount": total});
+    }
     json!({"Items": all, "TotalRecordCount": total, "StartIndex": start})
 }
 

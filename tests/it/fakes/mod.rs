@@ -283,6 +283,8 @@ pub struct FakeLibrary {
     pub plex_container_omit: Vec<String>,
     /// See [`FakeLibrary::under_count`].
     pub under_count: usize,
+    /// See [`FakeLibrary::ignore_start_index`].
+    pub ignore_start_index: bool,
 }
 
 impl FakeLibrary {
@@ -319,6 +321,13 @@ impl FakeLibrary {
         self
     }
 
+    /// Listings ignore the start index and always answer from the first item (and say so), as
+    /// a broken server or proxy might.
+    pub fn ignore_start_index(mut self) -> Self {
+        self.ignore_start_index = true;
+        self
+    }
+
     /// `n` items, half movies (ids `100000`, `100002`, ..., imdb `tt<id>`) and half episodes
     /// of shows of 10 episodes (ids `100001`, ..., tvdb `<id>`; shows `s<k>`, tvdb `9<k>`).
     /// Every third movie starts played; every fifth episode has a position. Cheap for 20 000.
@@ -329,6 +338,7 @@ impl FakeLibrary {
             plex_extra_sections: Vec::new(),
             plex_container_omit: Vec::new(),
             under_count: 0,
+            ignore_start_index: false,
         };
         for i in 0..n {
             let id = (100_000 + i).to_string();
@@ -575,6 +585,8 @@ pub(crate) struct State {
     pub(crate) plex_container_omit: Vec<String>,
     /// See [`FakeLibrary::under_count`].
     pub(crate) under_count: usize,
+    /// See [`FakeLibrary::ignore_start_index`].
+    pub(crate) ignore_start_index: bool,
     /// Listing requests answered without a sort order so far (see [`State::listing_order`]).
     pub(crate) unsorted_listings: std::cell::Cell<usize>,
     /// token → user id.
@@ -910,6 +922,7 @@ impl FakeServer {
             plex_extra_sections: library.plex_extra_sections,
             plex_container_omit: library.plex_container_omit,
             under_count: library.under_count,
+            ignore_start_index: library.ignore_start_index,
             unsorted_listings: std::cell::Cell::new(0),
             tokens: [(token.clone(), user_id.clone())].into(),
             user_state,

@@ -252,6 +252,7 @@ pub(super) fn handle(inner: &Inner, st: &mut State, req: &FakeRequest) -> FakeRe
             };
             let wanted = req.param("type");
             let start = paging(req, "X-Plex-Container-Start").unwrap_or(0);
+            let start = if st.ignore_start_index { 0 } else { start };
             let size = paging(req, "X-Plex-Container-Size").unwrap_or(usize::MAX);
             let rows: Vec<Value> = match (kind, wanted) {
                 ("movie", None | Some("1")) | ("show", Some("4")) => {

@@ -335,6 +335,11 @@ impl PairCore {
             .store
             .scan_prefix(Tree::Pairs, self.prefix.as_bytes())?;
         let plen = self.prefix.len();
+        let items = rows
+            .iter()
+            .filter(|(k, _)| k[plen..].starts_with(b"i/"))
+            .count();
+        self.items.reserve(items);
         for (k, v) in rows {
             let rest = &k[plen..];
             let bad = |what: &str| {

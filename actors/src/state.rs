@@ -344,12 +344,38 @@ pub fn key_hashes(identity: &Identity) -> impl Iterator<Item = u64> {
 
 /// A 64-bit hash of an index key or item id. The indexes store hashes instead of strings
 /// (memory), and every hit is verified against the item itself, so a collision can never
-/// return the wrong item.
+/// return the wrong item. Keyed at random once per process (the hashes live in memory only),
+/// so ids sent from outside cannot be chosen to collide.
 fn h64(s: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    s.hash(&mut h);
-    h.finish()
+    use std::hash::BuildHasher;
+    static KEYS: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
+    KEYS.get_or_init(Default::default).hash_one(s)
+}
+
+/// A map keyed by [`h64`] hashes, which are hashed already: the map uses them as they are
+/// instead of hashing them again (SipHash was a tenth of an actor's start).
+pub type HashIndex<V> = HashMap<u64, V, std::hash::BuildHasherDefault<Prehashed>>;
+
+/// The hasher of [`HashIndex`]: a `u64` key is its own hash.
+#[derive(Default)]
+pub struct Prehashed(u64);
+
+impl std::hash::Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys are used; anything else still hashes (FNV-1a), never panics.
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
 }
 
 /// All items of one pair with both indexes. Items are never removed, so a slot is stable.
@@ -357,9 +383,9 @@ fn h64(s: &str) -> u64 {
 pub struct Items {
     slots: Vec<Item>,
     /// Hash of the backend item id → slot: resolves events that carry no external ids.
-    by_item_id: HashMap<u64, u32>,
+    by_item_id: HashIndex<u32>,
     /// Hash of an identity index key → slot.
-    by_key: HashMap<u64, u32>,
+    by_key: HashIndex<u32>,
     /// Item ids whose hash collided with another item's (practically never used).
     item_id_overflow: HashMap<Box<str>, u32>,
 }
@@ -488,6 +514,14 @@ impl Items {
         self.slots.push(item);
         self.index_item_id(&id, slot);
         (slot, true)
+    }
+
+    /// Room for `n` more items before a bulk load, so that the slots and the indexes are not
+    /// grown (and copied) step by step: an item has two or three index keys.
+    pub fn reserve(&mut self, n: usize) {
+        self.slots.reserve_exact(n);
+        self.by_item_id.reserve(n);
+        self.by_key.reserve(n * 2);
     }
 
     /// Free spare capacity after a bulk load.

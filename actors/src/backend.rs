@@ -53,6 +53,11 @@ pub struct ItemPage {
     /// logged, so that one odd item does not stop the listing.
     #[serde(default)]
     pub skipped: u64,
+    /// Items of this page, counted in `total`, that are no items of the sync: placeholders
+    /// (episodes with no file), and whatever else the listing brought besides movies and
+    /// episodes. They count towards the sync's progress.
+    #[serde(default)]
+    pub left_out: u64,
 }
 
 /// Spaces out the requests a client makes for one sync run (`sync.max_requests_per_second`).

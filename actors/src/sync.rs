@@ -200,7 +200,8 @@ impl PairCore {
             self.sync_item(item, &mut batch);
         }
         let m = &mut self.meta.sync;
-        m.seen += page.items.len() as u64;
+        // Progress counts every entry of the server's total: read, unreadable or left out.
+        m.seen += page.items.len() as u64 + page.skipped + page.left_out;
         m.skipped += page.skipped;
         if page.total.is_some() {
             m.total = page.total;

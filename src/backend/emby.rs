@@ -196,7 +196,7 @@ impl BackendApi for EmbyClient {
         let (items, skipped) = page.decode_listed("list items");
         self.load_series(&items).await?;
         let next = next_cursor(start, got, page_size, &page);
-        let items = items
+        let items: Vec<RemoteItem> = items
             .into_iter()
             .filter_map(|i| to_remote(&self.series, i))
             .map(|mut r| {
@@ -205,6 +205,7 @@ impl BackendApi for EmbyClient {
             })
             .collect();
         Ok(ItemPage {
+            left_out: (got as u64).saturating_sub(skipped + items.len() as u64),
             items,
             next,
             total: page.total(),

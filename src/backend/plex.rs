@@ -619,6 +619,7 @@ impl BackendApi for PlexClient {
                 next: None,
                 total: Some(0),
                 skipped: 0,
+                left_out: 0,
             });
         };
         let kind = if section.kind == "movie" { "1" } else { "4" };
@@ -658,11 +659,12 @@ impl BackendApi for PlexClient {
                 .map(|t| t + first.max(0) as u64),
             _ => None,
         };
-        let items = metadata
+        let items: Vec<RemoteItem> = metadata
             .into_iter()
             .filter_map(|i| self.convert(i, Some(&library)))
             .collect();
         Ok(ItemPage {
+            left_out: got.saturating_sub(skipped + items.len() as u64),
             items,
             next,
             total,

@@ -1534,6 +1534,19 @@ async fn emby_listing_leaves_out_virtual_items() {
         client.get_item("203").await.unwrap().is_none(),
         "a placeholder looked up alone is no item either"
     );
+    // The placeholders are in Emby's total: the pages say they left them out, so that a
+    // sync's progress reaches the total.
+    let (mut cursor, mut counted, mut total) = (None::<String>, 0, None);
+    loop {
+        let page = client.list_items(cursor.as_deref(), 4).await.unwrap();
+        counted += page.items.len() as u64 + page.skipped + page.left_out;
+        total = total.or(page.total);
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!((counted, total), (12, Some(12)));
     fake.assert_contract();
 }
 

@@ -139,11 +139,15 @@ impl BackendApi for FakeBackend {
         let start: usize = cursor.map(|c| c.parse().unwrap()).unwrap_or(0);
         let all: Vec<&RemoteItem> = s.items.values().collect();
         let end = (start + page_size).min(all.len());
+        // The unreadable entries a page reports are part of the server's total, as with a
+        // real server.
+        let pages = all.len().div_ceil(page_size.max(1)) as u64;
         Ok(ItemPage {
             items: all[start..end].iter().map(|i| (*i).clone()).collect(),
             next: (end < all.len()).then(|| end.to_string()),
-            total: Some(all.len() as u64),
+            total: Some(all.len() as u64 + pages * s.skipped_per_page),
             skipped: s.skipped_per_page,
+            left_out: 0,
         })
     }
 

@@ -517,11 +517,11 @@ impl Items {
     }
 
     /// Room for `n` more items before a bulk load, so that the slots and the indexes are not
-    /// grown (and copied) step by step: an item has two or three index keys.
+    /// grown (and copied) step by step: an item has two to four index keys.
     pub fn reserve(&mut self, n: usize) {
         self.slots.reserve_exact(n);
         self.by_item_id.reserve(n);
-        self.by_key.reserve(n * 2);
+        self.by_key.reserve(n * 3);
     }
 
     /// Free spare capacity after a bulk load.

@@ -148,7 +148,8 @@ pub struct SyncStatus {
     pub last_finished: Option<Millis>,
     /// `ok` or `failed: <error>`.
     pub last_result: Option<String>,
-    /// Items seen by the running or last run.
+    /// Entries of the server's total the running or last run went through: items read,
+    /// unreadable ones and ones left out (placeholders).
     pub seen: u64,
     /// Total the server announced for the running or last run.
     pub total: Option<u64>,

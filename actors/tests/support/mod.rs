@@ -141,7 +141,7 @@ impl BackendApi for FakeBackend {
         let end = (start + page_size).min(all.len());
         // The unreadable entries a page reports are part of the server's total, as with a
         // real server.
-        let pages = all.len().div_ceil(page_size.max(1)) as u64;
+        let pages = all.len().div_ceil(page_size.max(1)).max(1) as u64;
         Ok(ItemPage {
             items: all[start..end].iter().map(|i| (*i).clone()).collect(),
             next: (end < all.len()).then(|| end.to_string()),

@@ -85,13 +85,15 @@ enum Routes {
 }
 
 impl Routes {
-    /// From `PublicSystemInfo.Version` (`10.8.13`); a version that does not read as
-    /// `major.minor` is taken as current.
+    /// From `PublicSystemInfo.Version` (`10.8.13`): the 10.8 routes for 10.0 to 10.8 only.
+    /// Jellyfin's versions start at 10.0 (it forked Emby 3.5), so a version that does not read
+    /// as `major.minor`, or a lower one (`0.0.0`, `1.0.0` from a placeholder), is taken as
+    /// current, as is any later one.
     fn of_version(version: Option<&str>) -> Routes {
         let mut parts = version.unwrap_or("").trim().split('.');
         let mut number = || parts.next().and_then(|p| p.parse::<u32>().ok());
         match (number(), number()) {
-            (Some(major), Some(minor)) if (major, minor) < (10, 9) => Routes::Legacy,
+            (Some(10), Some(minor)) if minor < 9 => Routes::Legacy,
             _ => Routes::Current,
         }
     }
@@ -432,7 +434,10 @@ mod tests {
             (Some("10.9.0"), Routes::Current),
             (Some("10.11.11"), Routes::Current),
             (Some("12.0.0"), Routes::Current),
+            (Some("10.0.0"), Routes::Legacy),
             (Some("unstable"), Routes::Current),
+            (Some("0.0.0"), Routes::Current),
+            (Some("1.0.0"), Routes::Current),
             (None, Routes::Current),
         ] {
             assert_eq!(Routes::of_version(version), routes, "{version:?}");

@@ -7,7 +7,7 @@ use crate::fakes::{
 use std::collections::BTreeMap;
 use std::time::Duration;
 use watchstate::backend::{build_client, ClientConfig};
-use watchstate_actors::backend::{BackendApi, BackendError, RemoteItem, RequestPacer};
+use watchstate_actors::backend::{BackendApi, BackendError, ItemPage, RemoteItem, RequestPacer};
 use watchstate_actors::event::{ItemType, Millis};
 
 const MATRIX_PLAYED_AT: Millis = 1_714_557_600_000;
@@ -64,25 +64,30 @@ fn library() -> FakeLibrary {
     )
 }
 
-async fn list_all(client: &dyn BackendApi, page_size: usize) -> (Vec<RemoteItem>, usize) {
-    let mut items = Vec::new();
+/// Every page of a listing, which must end within `max_pages`.
+async fn pages(client: &dyn BackendApi, page_size: usize, max_pages: usize) -> Vec<ItemPage> {
+    let mut pages = Vec::new();
     let mut cursor: Option<String> = None;
-    let mut pages = 0;
     loop {
         let page = client
             .list_items(cursor.as_deref(), page_size)
             .await
             .expect("a page of the listing");
         assert!(page.items.len() <= page_size, "page larger than asked");
-        pages += 1;
-        assert!(pages < 1000, "listing does not end");
-        items.extend(page.items);
-        match page.next {
-            Some(next) => cursor = Some(next),
-            None => break,
+        assert!(pages.len() < max_pages, "the listing does not end");
+        cursor = page.next.clone();
+        pages.push(page);
+        if cursor.is_none() {
+            return pages;
         }
     }
-    (items, pages)
+}
+
+/// The items of a whole listing, and the number of pages.
+async fn list_all(client: &dyn BackendApi, page_size: usize) -> (Vec<RemoteItem>, usize) {
+    let pages = pages(client, page_size, 1000).await;
+    let n = pages.len();
+    (pages.into_iter().flat_map(|p| p.items).collect(), n)
 }
 
 fn by_id(items: Vec<RemoteItem>) -> BTreeMap<String, RemoteItem> {
@@ -954,15 +959,11 @@ async fn one_malformed_item_does_not_stop_the_listing(kind: FakeKind) {
         assert!(items.contains_key(id), "{id} missing");
     }
     // Each page says how many items it skipped, for the sync's status.
-    let (mut skipped, mut cursor) = (0, None::<String>);
-    loop {
-        let page = client.list_items(cursor.as_deref(), 4).await.unwrap();
-        skipped += page.skipped;
-        match page.next {
-            Some(next) => cursor = Some(next),
-            None => break,
-        }
-    }
+    let skipped: u64 = pages(client.as_ref(), 4, 100)
+        .await
+        .iter()
+        .map(|p| p.skipped)
+        .sum();
     assert_eq!(skipped, if kind == FakeKind::Plex { 1 } else { 2 });
     fake.assert_contract();
 }
@@ -980,19 +981,9 @@ async fn broken_text_in_an_answer_is_replaced(kind: FakeKind) {
     fake.rewrite_answers("@@BAD@@", b"\xff\xfe");
     fake.rewrite_answers("@@HALF@@", b"\\ud83d");
     let client = fake.client();
-    let mut cursor: Option<String> = None;
-    let (mut items, mut skipped) = (Vec::new(), 0);
-    loop {
-        let page = client.list_items(cursor.as_deref(), 4).await.unwrap();
-        skipped += page.skipped;
-        items.extend(page.items);
-        match page.next {
-            Some(next) => cursor = Some(next),
-            None => break,
-        }
-    }
-    let items = by_id(items);
-    assert_eq!(skipped, 0);
+    let pages = pages(client.as_ref(), 4, 100).await;
+    assert_eq!(pages.iter().map(|p| p.skipped).sum::<u64>(), 0);
+    let items = by_id(pages.into_iter().flat_map(|p| p.items).collect());
     assert_eq!(items.len(), 12, "{:?}", items.keys());
     assert_eq!(items["111"].title.as_deref(), Some("Caf\u{fffd}\u{fffd}"));
     assert_eq!(items["111"].external_ids["imdb"], "tt0000111");
@@ -1047,17 +1038,13 @@ async fn a_server_that_ignores_the_start_index_cannot_loop_the_listing(kind: Fak
     for short_by in [0, 5, usize::MAX] {
         let lib = library().ignore_start_index().under_count(short_by);
         let fake = FakeServer::start(kind, lib).await;
-        let client = fake.client();
-        let (mut cursor, mut pages) = (None::<String>, 0);
-        loop {
-            let page = client.list_items(cursor.as_deref(), 3).await.unwrap();
-            pages += 1;
-            assert!(pages <= 8, "short by {short_by}: the listing does not end");
-            match page.next {
-                Some(next) => cursor = Some(next),
-                None => break,
-            }
-        }
+        // 10 items in pages of 3: 4 pages at most, more would be a loop.
+        let listed = pages(fake.client().as_ref(), 3, 8).await;
+        assert!(
+            listed.len() <= 4,
+            "short by {short_by}: {} pages",
+            listed.len()
+        );
         fake.assert_contract();
     }
 }
@@ -1536,17 +1523,12 @@ async fn emby_listing_leaves_out_virtual_items() {
     );
     // The placeholders are in Emby's total: the pages say they left them out, so that a
     // sync's progress reaches the total.
-    let (mut cursor, mut counted, mut total) = (None::<String>, 0, None);
-    loop {
-        let page = client.list_items(cursor.as_deref(), 4).await.unwrap();
-        counted += page.items.len() as u64 + page.skipped + page.left_out;
-        total = total.or(page.total);
-        match page.next {
-            Some(next) => cursor = Some(next),
-            None => break,
-        }
-    }
-    assert_eq!((counted, total), (12, Some(12)));
+    let pages = pages(client.as_ref(), 4, 100).await;
+    let counted: u64 = pages
+        .iter()
+        .map(|p| p.items.len() as u64 + p.skipped + p.left_out)
+        .sum();
+    assert_eq!((counted, pages[0].total), (12, Some(12)));
     fake.assert_contract();
 }
 

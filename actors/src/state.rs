@@ -353,7 +353,7 @@ fn h64(s: &str) -> u64 {
     KEYS.get_or_init(Default::default).hash_one(s)
 }
 
-/// A map keyed by [`h64`] hashes, which are hashed already: the map uses them as they are
+/// A map keyed by `h64` hashes, which are hashed already: the map uses them as they are
 /// instead of hashing them again (SipHash was a tenth of an actor's start).
 pub type HashIndex<V> = HashMap<u64, V, std::hash::BuildHasherDefault<Prehashed>>;
 

@@ -28,7 +28,7 @@
 
 use super::http::{format_rfc3339, item_id as plain_id, HttpCore};
 use super::mediabrowser::{
-    cache_shows, ms_to_ticks, next_cursor, parse_cursor, to_remote, uncached_shows,
+    cache_shows, listed_page, ms_to_ticks, next_cursor, parse_cursor, to_remote, uncached_shows,
     IgnoredLibraries, ItemDto, ItemsResult, PublicSystemInfo, UserDataUpdate,
 };
 use super::{ClientConfig, SeriesIdCache, SHOW_LOOKUP_BATCH};
@@ -350,21 +350,15 @@ impl BackendApi for JellyfinClient {
         let (items, skipped) = page.decode_listed("list items");
         self.load_series(&items).await?;
         let next = next_cursor(start, got, page_size, &page);
-        let items: Vec<RemoteItem> = items
-            .into_iter()
-            .filter_map(|i| to_remote(&self.series, i))
-            .map(|mut r| {
-                self.ignored.tag(&mut r);
-                r
-            })
-            .collect();
-        Ok(ItemPage {
-            left_out: (got as u64).saturating_sub(skipped + items.len() as u64),
+        Ok(listed_page(
+            &self.series,
+            &self.ignored,
             items,
-            next,
-            total: page.total(),
+            got,
             skipped,
-        })
+            next,
+            page.total(),
+        ))
     }
 
     async fn get_item(&self, item_id: &str) -> Result<Option<RemoteItem>, BackendError> {

@@ -8,7 +8,7 @@ use super::provider_key;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::collections::HashMap;
-use watchstate_actors::backend::{BackendError, RemoteItem, ServerIdentity};
+use watchstate_actors::backend::{BackendError, ItemPage, RemoteItem, ServerIdentity};
 use watchstate_actors::event::{ExternalIds, ItemType};
 
 /// Ticks per millisecond: .NET `TimeSpan` ticks are 100 ns.
@@ -457,6 +457,35 @@ pub(crate) fn cache_shows(cache: &super::SeriesIdCache, asked: &[&str], shows: I
         .collect();
     for id in asked {
         cache.insert(id.to_string(), found.remove(*id).unwrap_or_default());
+    }
+}
+
+/// A listing page as the sync sees it: the `items` that decoded (their shows looked up) as
+/// remote items tagged with their ignored library, out of `got` entries of which `skipped`
+/// did not decode; the rest are counted as left out (placeholders, other types).
+pub(crate) fn listed_page(
+    cache: &super::SeriesIdCache,
+    ignored: &IgnoredLibraries,
+    items: Vec<ItemDto>,
+    got: usize,
+    skipped: u64,
+    next: Option<String>,
+    total: Option<u64>,
+) -> ItemPage {
+    let items: Vec<RemoteItem> = items
+        .into_iter()
+        .filter_map(|i| to_remote(cache, i))
+        .map(|mut r| {
+            ignored.tag(&mut r);
+            r
+        })
+        .collect();
+    ItemPage {
+        left_out: (got as u64).saturating_sub(skipped + items.len() as u64),
+        items,
+        next,
+        total,
+        skipped,
     }
 }
 

@@ -128,11 +128,12 @@ async fn start_baseline() -> (std::net::SocketAddr, tokio::sync::oneshot::Sender
 
 fn report(label: &str, r: &LoadResult) {
     println!(
-        "{label:<9} {:>9.0} events/s  p50 {:>7} ms  p99 {:>7} ms  max {:>8} ms  ({} ok, {} errors)",
+        "{label:<9} {:>9.0} events/s  p50 {:>7} ms  p99 {:>7} ms  max {:>8} ms  CPU {:>6} us/event  ({} ok, {} errors)",
         r.per_second(),
         ms(r.p50_us()),
         ms(r.p99_us()),
         ms(r.max_us()),
+        cpu_per_event(r),
         r.ok,
         r.error_count()
     );
@@ -144,7 +145,19 @@ fn report(label: &str, r: &LoadResult) {
     }
 }
 
+/// The process's CPU time per answered request (senders and server together), or `n/a`.
+fn cpu_per_event(r: &LoadResult) -> String {
+    r.cpu_us_per_event()
+        .map_or("n/a".to_string(), |us| format!("{us:.1}"))
+}
+
 fn merge(into: &mut LoadResult, r: LoadResult) {
+    // The first phase merged into the empty total sets the CPU time; later ones add to it.
+    into.cpu_us = if into.window.is_zero() {
+        r.cpu_us
+    } else {
+        into.cpu_us.zip(r.cpu_us).map(|(a, b)| a + b)
+    };
     into.ok += r.ok;
     into.window += r.window;
     for (k, v) in r.errors {
@@ -297,6 +310,8 @@ fn main() {
                 ("p50_ms", ms(svc.p50_us())),
                 ("p99_ms", ms(svc.p99_us())),
                 ("baseline_p99_ms", ms(base.p99_us())),
+                ("cpu_us_per_event", cpu_per_event(&svc)),
+                ("baseline_cpu_us_per_event", cpu_per_event(&base)),
                 ("errors", svc.error_count().to_string()),
                 ("senders", senders.to_string()),
                 ("fsync_p99_ms", ms(fsync_p99)),

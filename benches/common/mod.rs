@@ -314,6 +314,9 @@ pub struct LoadResult {
     pub window: Duration,
     /// The first few unexpected answers, to say what went wrong.
     pub error_samples: Vec<String>,
+    /// CPU time the whole process (senders, server, every thread) used during the window,
+    /// in microseconds; `None` where `/proc/self/stat` cannot be read.
+    pub cpu_us: Option<u64>,
 }
 
 impl LoadResult {
@@ -332,6 +335,25 @@ impl LoadResult {
     pub fn max_us(&self) -> u64 {
         self.latencies_us.last().copied().unwrap_or(0)
     }
+    /// Process CPU time per answered request, in microseconds: unlike the rate, it hardly
+    /// moves when other tenants of a shared host take CPU away.
+    pub fn cpu_us_per_event(&self) -> Option<f64> {
+        let cpu = self.cpu_us?;
+        (self.ok > 0).then(|| cpu as f64 / self.ok as f64)
+    }
+}
+
+/// CPU time (user + system) of this process so far, all threads, in microseconds; read from
+/// `/proc/self/stat` (Linux), in clock ticks of 10 ms.
+pub fn process_cpu_us() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may hold spaces; the fields after its closing parenthesis
+    // start at field 3, so utime and stime (fields 14 and 15) are the 12th and 13th.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) * 10_000)
 }
 
 /// `senders` concurrent keep-alive senders post `requests` round-robin to `url` (each sender
@@ -391,8 +413,13 @@ pub async fn run_load(
             r
         });
     }
+    tokio::time::sleep_until(from.into()).await;
+    let cpu_from = process_cpu_us();
+    tokio::time::sleep_until(until.into()).await;
+    let cpu_until = process_cpu_us();
     let mut total = LoadResult {
         window,
+        cpu_us: cpu_from.zip(cpu_until).map(|(a, b)| b.saturating_sub(a)),
         ..LoadResult::default()
     };
     while let Some(r) = tasks.join_next().await {

@@ -2,7 +2,6 @@
 //! durable [`crate::journal::Journal`]; tests and benchmarks may use [`MemorySink`].
 
 use async_trait::async_trait;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use watchstate_actors::event::{Millis, WebhookEvent};
 use watchstate_actors::store::PairKey;
@@ -25,49 +24,6 @@ pub trait EventSink: Send + Sync + 'static {
         event: &WebhookEvent,
         pairs: &[PairKey],
     ) -> Result<(), SinkError>;
-
-    /// Where the handler counts webhooks on their way to [`EventSink::accept`], if the sink
-    /// wants to know (the journal waits for them to share its disk sync).
-    fn arrivals(&self) -> Option<&Arrivals> {
-        None
-    }
-}
-
-/// Webhooks whose body is in and which are being decoded and routed: the ones that may
-/// reach the sink in the next few microseconds. Two counters, so that a reader can wait for
-/// the ones that had entered at some point to leave, without waiting for later ones.
-#[derive(Debug, Default)]
-pub struct Arrivals {
-    entered: AtomicU64,
-    left: AtomicU64,
-}
-
-impl Arrivals {
-    /// Count a webhook in; it is counted out when the guard is dropped.
-    pub fn enter(&self) -> Arriving<'_> {
-        self.entered.fetch_add(1, Ordering::AcqRel);
-        Arriving(self)
-    }
-
-    /// Webhooks counted in so far.
-    pub fn entered(&self) -> u64 {
-        self.entered.load(Ordering::Acquire)
-    }
-
-    /// Webhooks counted out so far.
-    pub fn left(&self) -> u64 {
-        self.left.load(Ordering::Acquire)
-    }
-}
-
-/// One webhook counted in [`Arrivals`] until dropped.
-#[must_use = "dropping it counts the webhook out at once"]
-pub struct Arriving<'a>(&'a Arrivals);
-
-impl Drop for Arriving<'_> {
-    fn drop(&mut self) {
-        self.0.left.fetch_add(1, Ordering::AcqRel);
-    }
 }
 
 /// One event a [`MemorySink`] accepted.

@@ -15,7 +15,7 @@
 //! crash at any point either finds an effect durable or replays its entry (replaying an applied
 //! event changes nothing). Entries left at start are replayed in order.
 
-use crate::ingest::{Arrivals, EventSink, SinkError};
+use crate::ingest::{EventSink, SinkError};
 use crate::store::SledStore;
 use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap};
@@ -25,7 +25,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::oneshot;
 use watchstate_actors::event::{JournalEntry, Millis, WebhookEvent};
 use watchstate_actors::store::{PairKey, Store};
@@ -46,11 +46,6 @@ const SPARE_PREP: &str = "spare.prep";
 /// How long the writer waits for requests before it closes a fully applied active segment
 /// (so that the tidier can delete it).
 const IDLE: Duration = Duration::from_millis(200);
-/// The longest a group waits for webhooks still being decoded before its disk sync.
-const GATHER_MAX: Duration = Duration::from_micros(500);
-/// How often a group that waits looks again at who is still being decoded (a webhook that
-/// turns out ignored never arrives, and nothing wakes the writer for it).
-const GATHER_SLICE: Duration = Duration::from_micros(100);
 /// The tidier deletes applied segments (after flushing sled) this often.
 const TIDY_EVERY: Duration = Duration::from_secs(1);
 /// Sustained writes (this much in one segment) have the tidier prepare a spare. A segment
@@ -234,8 +229,6 @@ pub struct Journal {
     flushes: Arc<AtomicU64>,
     /// Entries appended since start.
     appended: AtomicU64,
-    /// Webhooks being decoded, which the writer waits for before a sync.
-    arrivals: Arc<Arrivals>,
 }
 
 /// Closed segments, by first seq: the writer adds, the tidier deletes.
@@ -539,59 +532,6 @@ fn read_record(data: &[u8]) -> Option<(&[u8], usize)> {
     (crc32fast::hash(payload) == crc).then_some((payload, HEADER + len))
 }
 
-/// What the writer waits for before a sync: webhooks being decoded, for at most `max`.
-struct Gathering {
-    arrivals: Arc<Arrivals>,
-    max: Duration,
-}
-
-/// Add to `group` every request waiting, and those of the webhooks that were being decoded
-/// when the queue ran dry (for at most [`GATHER_MAX`]): one sync then serves them all, which
-/// under load is most of the writer's and the disk's work per event. An idle service (nothing
-/// being decoded) syncs at once. Returns the close request, if one came.
-fn gather(
-    rx: &mpsc::Receiver<Msg>,
-    group: &mut Vec<Append>,
-    gathering: &Gathering,
-) -> Option<oneshot::Sender<()>> {
-    let arrivals = &gathering.arrivals;
-    let take = |m: Msg, group: &mut Vec<Append>| match m {
-        Msg::Append(a) => {
-            group.push(*a);
-            None
-        }
-        Msg::Close(done) => Some(done),
-    };
-    while let Ok(m) = rx.try_recv() {
-        if let Some(done) = take(m, group) {
-            return Some(done);
-        }
-    }
-    let awaited = arrivals.entered();
-    let deadline = Instant::now() + gathering.max;
-    while arrivals.left() < awaited {
-        let now = Instant::now();
-        if now >= deadline {
-            break;
-        }
-        match rx.recv_timeout((deadline - now).min(GATHER_SLICE)) {
-            Ok(m) => {
-                if let Some(done) = take(m, group) {
-                    return Some(done);
-                }
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        }
-    }
-    while let Ok(m) = rx.try_recv() {
-        if let Some(done) = take(m, group) {
-            return Some(done);
-        }
-    }
-    None
-}
-
 /// The writer thread: take every request waiting, append them with one write, make them
 /// durable with one `fdatasync`, answer them all (group commit). When idle, delete the
 /// segments whose entries are all applied.
@@ -601,7 +541,6 @@ fn writer(
     store: SledStore,
     rx: mpsc::Receiver<Msg>,
     flushes: Arc<AtomicU64>,
-    gathering: Gathering,
 ) {
     let (tidy_tx, tidy_rx) = mpsc::channel::<TidierMsg>();
     let tidier = {
@@ -656,7 +595,16 @@ fn writer(
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
         let mut group = vec![first];
-        let close = gather(&rx, &mut group, &gathering);
+        let mut close = None;
+        while let Ok(m) = rx.try_recv() {
+            match m {
+                Msg::Append(a) => group.push(*a),
+                Msg::Close(done) => {
+                    close = Some(done);
+                    break;
+                }
+            }
+        }
         buf.clear();
         // Every entry of the group as (seq, JSON), in order.
         let mut written: Vec<(u64, Arc<[u8]>)> = Vec::with_capacity(group.len());
@@ -741,16 +689,11 @@ impl Journal {
     /// and start the writer thread. Entries are dispatched once [`Journal::set_dispatch`] is
     /// called; [`Journal::replay`] hands over the ones left from the previous run.
     pub fn open(store: SledStore) -> Result<Journal, JournalError> {
-        Journal::open_with(store, SEGMENT_BYTES, GATHER_MAX)
+        Journal::open_sized(store, SEGMENT_BYTES)
     }
 
-    /// [`Journal::open`] with another segment size and gathering time (tests use small
-    /// segments, and long gathering times to see what a group waits for).
-    fn open_with(
-        store: SledStore,
-        segment_bytes: u64,
-        gather_max: Duration,
-    ) -> Result<Journal, JournalError> {
+    /// [`Journal::open`] with another segment size (tests use small ones).
+    fn open_sized(store: SledStore, segment_bytes: u64) -> Result<Journal, JournalError> {
         let index = Arc::new(JournalIndex::default());
         let dir = store.path().join("journal");
         let mut segments = Segments::open(&dir, &index)?;
@@ -758,19 +701,11 @@ impl Journal {
         store.attach_journal(index.clone());
         let (append_tx, rx) = mpsc::channel::<Msg>();
         let flushes = Arc::new(AtomicU64::new(0));
-        let arrivals = Arc::new(Arrivals::default());
         let writer_index = index.clone();
         let counter = flushes.clone();
-        let writer_arrivals = arrivals.clone();
         std::thread::Builder::new()
             .name("journal-writer".into())
-            .spawn(move || {
-                let gathering = Gathering {
-                    arrivals: writer_arrivals,
-                    max: gather_max,
-                };
-                writer(segments, writer_index, store, rx, counter, gathering)
-            })
+            .spawn(move || writer(segments, writer_index, store, rx, counter))
             .map_err(io_err(&dir))?;
         Ok(Journal {
             index,
@@ -778,7 +713,6 @@ impl Journal {
             append_tx,
             flushes,
             appended: AtomicU64::new(0),
-            arrivals,
         })
     }
 
@@ -877,10 +811,6 @@ impl EventSink for Journal {
             }
         }
         Ok(())
-    }
-
-    fn arrivals(&self) -> Option<&Arrivals> {
-        Some(&self.arrivals)
     }
 }
 
@@ -1117,65 +1047,6 @@ mod tests {
         assert_eq!(j.pending().last().unwrap().seq, 103);
     }
 
-    /// A journal whose groups may wait an hour for webhooks being decoded (so only the
-    /// webhooks themselves can end the wait), with a dispatch that drops entries.
-    fn patient_journal(dir: &Path) -> Arc<Journal> {
-        let store = SledStore::open(dir, 1 << 20).unwrap();
-        let j = Journal::open_with(store, SEGMENT_BYTES, Duration::from_secs(3600)).unwrap();
-        j.set_dispatch(Arc::new(|_| Ok(())));
-        Arc::new(j)
-    }
-
-    /// An event appended while another webhook is still being decoded waits for it, and the
-    /// two share one disk sync.
-    #[tokio::test]
-    async fn a_group_waits_for_a_webhook_being_decoded_and_syncs_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let j = patient_journal(dir.path());
-        let pair = [PairKey::new("u", "b")];
-        let decoding = j.arrivals().unwrap().enter();
-        let first = {
-            let (j, pair) = (j.clone(), pair.clone());
-            tokio::spawn(async move { j.accept("r1", 1, &event(), &pair).await })
-        };
-        // Give the writer time to take r1 (without the wait it would sync it alone now).
-        let deadline = std::time::Instant::now() + Duration::from_millis(300);
-        while std::time::Instant::now() < deadline && j.flush_count() == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        assert_eq!(j.flush_count(), 0, "r1 was synced without waiting");
-        assert!(!first.is_finished());
-        // The decoded webhook reaches the journal.
-        drop(decoding);
-        j.accept("r2", 2, &event(), &pair).await.unwrap();
-        first.await.unwrap().unwrap();
-        assert_eq!(j.flush_count(), 1, "r1 and r2 should share one sync");
-        assert_eq!(j.depth(), 2);
-    }
-
-    /// A webhook that is counted in but never arrives (it was ignored, or refused) does not
-    /// hold the group for the whole gathering time.
-    #[tokio::test]
-    async fn a_webhook_that_never_arrives_does_not_hold_the_group() {
-        let dir = tempfile::tempdir().unwrap();
-        let j = patient_journal(dir.path());
-        let decoding = j.arrivals().unwrap().enter();
-        let first = {
-            let j = j.clone();
-            tokio::spawn(
-                async move { j.accept("r1", 1, &event(), &[PairKey::new("u", "b")]).await },
-            )
-        };
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        drop(decoding);
-        tokio::time::timeout(Duration::from_secs(20), first)
-            .await
-            .expect("r1 waited for a webhook that was never coming")
-            .unwrap()
-            .unwrap();
-        assert_eq!(j.flush_count(), 1);
-    }
-
     /// Under sustained writes the tidier prepares a zero-filled spare and the next segment is
     /// that file, written from its start; acknowledged full-size segments are recycled as
     /// spares. A restart reads every entry of such segments once, in order, and nothing more.
@@ -1185,7 +1056,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let journal_dir = dir.path().join("journal");
         let store = SledStore::open(dir.path(), 1 << 20).unwrap();
-        let j = Journal::open_with(store.clone(), BYTES, GATHER_MAX).unwrap();
+        let j = Journal::open_sized(store.clone(), BYTES).unwrap();
         // Requests whose id starts with "keep" stay pending; the others are applied at once.
         let acks = store.clone();
         j.set_dispatch(Arc::new(move |e: JournalEntry| {
@@ -1306,7 +1177,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let journal_dir = dir.path().join("journal");
         let store = SledStore::open(dir.path(), 1 << 20).unwrap();
-        let j = Journal::open_with(store, BYTES, GATHER_MAX).unwrap();
+        let j = Journal::open_sized(store, BYTES).unwrap();
         j.set_dispatch(Arc::new(|_| Ok(())));
         let pair = [PairKey::new("u", "b")];
         let wal_sizes = || -> Vec<u64> {

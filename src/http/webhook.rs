@@ -138,9 +138,6 @@ impl WebhookService {
                 return body_error_reply(e);
             }
         };
-        // Counted until it reaches the sink or is answered otherwise: a journal about to sync
-        // waits for such webhooks to join its group.
-        let arriving = self.sink.arrivals().map(|a| a.enter());
         let raw = RawRequest {
             method: req.method.as_str(),
             content_type: req.header("content-type"),
@@ -204,7 +201,6 @@ impl WebhookService {
         );
         match outcome {
             RouteOutcome::Routed(pairs) => {
-                drop(arriving);
                 match self
                     .sink
                     .accept(&req.request_id, received_at, &event, &pairs)

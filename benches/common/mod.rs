@@ -335,8 +335,10 @@ impl LoadResult {
     pub fn max_us(&self) -> u64 {
         self.latencies_us.last().copied().unwrap_or(0)
     }
-    /// Process CPU time per answered request, in microseconds: unlike the rate, it hardly
-    /// moves when other tenants of a shared host take CPU away.
+    /// Process CPU time per answered request, in microseconds: what one request costs the
+    /// machine, senders included. It does not count time the process waited (for the disk,
+    /// or for a core taken by another tenant of a shared host), but a busy host still moves
+    /// it (caches, frequency) about as much as the rate.
     pub fn cpu_us_per_event(&self) -> Option<f64> {
         let cpu = self.cpu_us?;
         (self.ok > 0).then(|| cpu as f64 / self.ok as f64)

@@ -51,6 +51,23 @@ pub struct EmbyClient {
     ignored: IgnoredLibraries,
 }
 
+/// The configured server URL with Emby's `/emby` base path, unless it already ends with it.
+/// The spec's server URL is `http://emby.media/emby` and Emby's own apps call `/emby/...`;
+/// current servers answer most routes without it too, but a server that follows the spec,
+/// or a reverse proxy that forwards only `/emby`, need not.
+fn under_emby(mut url: url::Url) -> url::Url {
+    let ends_with_emby = url
+        .path_segments()
+        .and_then(|mut s| s.rfind(|seg| !seg.is_empty()))
+        .is_some_and(|last| last.eq_ignore_ascii_case("emby"));
+    if !ends_with_emby {
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().push("emby");
+        }
+    }
+    url
+}
+
 impl EmbyClient {
     pub fn new(cfg: ClientConfig) -> Result<Self, BackendError> {
         let mut headers = HeaderMap::new();
@@ -64,7 +81,7 @@ impl EmbyClient {
         Ok(EmbyClient {
             // The spec's security scheme is `api_key` in the query; the header is the
             // alternative it names. Both are sent, so either reading authenticates.
-            http: HttpCore::new(cfg.base_url, cfg.timeout, headers, &cfg.token)?
+            http: HttpCore::new(under_emby(cfg.base_url), cfg.timeout, headers, &cfg.token)?
                 .with_token_in_query("api_key"),
             user_id: cfg.user_id,
             series: SeriesIdCache::default(),
@@ -296,5 +313,34 @@ impl BackendApi for EmbyClient {
         ];
         let req = self.http.request(Method::POST, &route, &[])?.json(&body);
         self.http.send(req, &what).await.map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::under_emby;
+
+    #[test]
+    fn the_emby_base_path_is_added_once() {
+        let cases = [
+            ("http://10.0.0.5:8096", "http://10.0.0.5:8096/emby"),
+            ("http://10.0.0.5:8096/", "http://10.0.0.5:8096/emby"),
+            ("http://10.0.0.5:8096/emby", "http://10.0.0.5:8096/emby"),
+            ("http://10.0.0.5:8096/emby/", "http://10.0.0.5:8096/emby/"),
+            ("http://10.0.0.5:8096/Emby", "http://10.0.0.5:8096/Emby"),
+            ("https://media.example/tv", "https://media.example/tv/emby"),
+            (
+                "https://media.example/tv/emby",
+                "https://media.example/tv/emby",
+            ),
+            (
+                "https://media.example/embyserver",
+                "https://media.example/embyserver/emby",
+            ),
+        ];
+        for (configured, used) in cases {
+            let url = under_emby(url::Url::parse(configured).unwrap());
+            assert_eq!(url.as_str(), used, "{configured}");
+        }
     }
 }

@@ -526,14 +526,40 @@ impl PlexClient {
         Ok(())
     }
 
-    /// Fetches (in one request) and caches the ids of these shows.
+    /// Fetches (in one request, more if the server answers only part of it) and caches the
+    /// ids of these shows.
     async fn load_show_batch(&self, missing: &[&str]) -> Result<(), BackendError> {
-        let shows = match self.metadata(&missing.join(","), "shows").await {
+        let mut found: std::collections::HashMap<String, ExternalIds> =
+            std::collections::HashMap::new();
+        let mut left: Vec<&str> = missing.to_vec();
+        // A server may page the answer (the spec gives 50 as the default container size) and
+        // say so only by what is missing: the shows left out are asked again, for as long as
+        // that brings more of them. A show that never comes was deleted meanwhile.
+        while !left.is_empty() {
+            let before = found.len();
+            for show in self.fetch_shows(&left).await? {
+                found.insert(show.rating_key().to_string(), show.ids().0);
+            }
+            left.retain(|k| !found.contains_key(*k));
+            if found.len() == before {
+                break;
+            }
+        }
+        for key in missing {
+            let ids = found.remove(*key).unwrap_or_default();
+            self.series.insert(key.to_string(), ids);
+        }
+        Ok(())
+    }
+
+    /// The shows of one lookup request; those the server does not have are left out.
+    async fn fetch_shows(&self, keys: &[&str]) -> Result<Vec<PlexItem>, BackendError> {
+        Ok(match self.metadata(&keys.join(","), "shows").await {
             Ok(c) => decode_metadata(&c, "shows").0,
             // One of several shows gone, or a server that reads one id per path: ask singly.
-            Err(BackendError::NotFound { .. }) if missing.len() > 1 => {
+            Err(BackendError::NotFound { .. }) if keys.len() > 1 => {
                 let mut shows = Vec::new();
-                for key in missing {
+                for key in keys {
                     match self.metadata(key, "show").await {
                         Ok(c) => shows.extend(decode_metadata(&c, "show").0),
                         Err(BackendError::NotFound { .. }) => {}
@@ -545,16 +571,7 @@ impl PlexClient {
             // The show was deleted meanwhile: its episodes simply have no series ids.
             Err(BackendError::NotFound { .. }) => Vec::new(),
             Err(e) => return Err(e),
-        };
-        let mut found: std::collections::HashMap<String, ExternalIds> = shows
-            .into_iter()
-            .map(|s| (s.rating_key().to_string(), s.ids().0))
-            .collect();
-        for key in missing {
-            let ids = found.remove(*key).unwrap_or_default();
-            self.series.insert(key.to_string(), ids);
-        }
-        Ok(())
+        })
     }
 
     fn convert(&self, item: PlexItem, library: Option<&str>) -> Option<RemoteItem> {

@@ -811,7 +811,7 @@ async fn the_fake_emby_takes_the_token_in_the_query_or_a_header() {
     let fake = FakeServer::start(FakeKind::Emby, library()).await;
     let url = fake
         .url()
-        .join(&format!("Users/{}/Items?Ids=101", fake.user_id()))
+        .join(&format!("emby/Users/{}/Items?Ids=101", fake.user_id()))
         .unwrap();
     let http = reqwest::Client::new();
     let by_query = http
@@ -1121,6 +1121,55 @@ async fn show_lookups_are_batched(kind: FakeKind) {
 
 per_kind!(show_lookups_are_batched);
 
+/// A Plex server that answers a lookup of several shows with only the first 50 (the spec's
+/// default container size): the shows left out are asked again, so every episode still gets
+/// its show's ids. A show that is gone costs one more request, not a wrong cache entry.
+#[tokio::test]
+async fn a_plex_show_lookup_answered_in_part_asks_for_the_rest() {
+    let mut lib = FakeLibrary::new().plex_metadata_page(50);
+    for n in 0..120 {
+        lib = lib.with(FakeItem::episode(
+            &format!("{}", 6000 + n),
+            &format!("{}", 5000 + n),
+            1,
+            1,
+        ));
+        // Show 5007 was deleted: its episode is listed, the show is not there.
+        if n != 7 {
+            lib = lib.with_show(
+                FakeShow::new(&format!("{}", 5000 + n), &format!("Show {n}"))
+                    .ext("tvdb", &format!("7{n}")),
+            );
+        }
+    }
+    let fake = FakeServer::start(FakeKind::Plex, lib).await;
+    let (items, _) = list_all(fake.client().as_ref(), 200).await;
+    let items = by_id(items);
+    assert_eq!(items.len(), 120);
+    for n in (0..120).filter(|n| *n != 7) {
+        let id = format!("{}", 6000 + n);
+        assert_eq!(
+            items[&id]
+                .series_external_ids
+                .get("tvdb")
+                .map(String::as_str),
+            Some(format!("7{n}").as_str()),
+            "episode {id}"
+        );
+    }
+    assert!(items["6007"].series_external_ids.is_empty());
+    let lookups: Vec<usize> = fake
+        .requests()
+        .iter()
+        .filter_map(|r| r.path.strip_prefix("/library/metadata/"))
+        .map(|ids| ids.split(',').count())
+        .collect();
+    // The first batch: 100 asked, 50 answered; the other 50 asked again, 49 answered; the one
+    // that is gone asked alone (404), which brings nothing more. Then the last 20 shows.
+    assert_eq!(lookups, [100, 50, 1, 20], "{lookups:?}");
+    fake.assert_contract();
+}
+
 /// Without a sort order a server pages through an order that may change between requests
 /// (the fakes turn theirs on every unsorted listing request): the listing asks for creation
 /// order, so that pages neither overlap nor miss items.
@@ -1335,7 +1384,7 @@ async fn not_found_names_the_request_and_the_answer(kind: FakeKind) {
         FakeKind::Plex => ("PUT /:/scrobble".to_string(), "404 Not Found"),
         FakeKind::Jellyfin => ("POST /UserPlayedItems/424242".to_string(), "Item not found"),
         FakeKind::Emby => (
-            format!("POST /Users/{}/PlayedItems/424242", fake.user_id()),
+            format!("POST /emby/Users/{}/PlayedItems/424242", fake.user_id()),
             "Item not found",
         ),
     };

@@ -285,6 +285,8 @@ pub struct FakeLibrary {
     pub under_count: usize,
     /// See [`FakeLibrary::ignore_start_index`].
     pub ignore_start_index: bool,
+    /// See [`FakeLibrary::plex_metadata_page`].
+    pub plex_metadata_page: Option<usize>,
 }
 
 impl FakeLibrary {
@@ -321,6 +323,13 @@ impl FakeLibrary {
         self
     }
 
+    /// Plex only: a lookup of several ids (`/library/metadata/1,2,3`) answers only the first
+    /// `n` it finds, as a server applying the spec's default container size (50) would.
+    pub fn plex_metadata_page(mut self, n: usize) -> Self {
+        self.plex_metadata_page = Some(n);
+        self
+    }
+
     /// Listings ignore the start index and always answer from the first item (and say so), as
     /// a broken server or proxy might.
     pub fn ignore_start_index(mut self) -> Self {
@@ -339,6 +348,7 @@ impl FakeLibrary {
             plex_container_omit: Vec::new(),
             under_count: 0,
             ignore_start_index: false,
+            plex_metadata_page: None,
         };
         for i in 0..n {
             let id = (100_000 + i).to_string();
@@ -587,6 +597,8 @@ pub(crate) struct State {
     pub(crate) under_count: usize,
     /// See [`FakeLibrary::ignore_start_index`].
     pub(crate) ignore_start_index: bool,
+    /// See [`FakeLibrary::plex_metadata_page`].
+    pub(crate) plex_metadata_page: Option<usize>,
     /// Listing requests answered without a sort order so far (see [`State::listing_order`]).
     pub(crate) unsorted_listings: std::cell::Cell<usize>,
     /// token → user id.
@@ -923,6 +935,7 @@ impl FakeServer {
             plex_container_omit: library.plex_container_omit,
             under_count: library.under_count,
             ignore_start_index: library.ignore_start_index,
+            plex_metadata_page: library.plex_metadata_page,
             unsorted_listings: std::cell::Cell::new(0),
             tokens: [(token.clone(), user_id.clone())].into(),
             user_state,
@@ -962,9 +975,19 @@ impl FakeServer {
                     let inner = handler_inner.clone();
                     async move {
                         let mut path = path.as_str().to_string();
-                        // Emby serves every route also under `/emby` (its spec's server URL).
-                        if inner.kind == FakeKind::Emby && path.starts_with("/emby/") {
-                            path.drain(.."/emby".len());
+                        // Emby's routes are under `/emby`, its spec's server URL. (A real
+                        // server also answers most of them without it; a server built from
+                        // the spec need not, and this fake does not.)
+                        if inner.kind == FakeKind::Emby {
+                            match path.strip_prefix("/emby/") {
+                                Some(rest) => path = format!("/{rest}"),
+                                None => {
+                                    return into_reply(FakeResponse::status(
+                                        404,
+                                        "not found: Emby's routes are under /emby",
+                                    ))
+                                }
+                            }
                         }
                         let req = FakeRequest {
                             method: method.as_str().to_string(),

@@ -328,8 +328,14 @@ pub(super) fn handle(inner: &Inner, st: &mut State, req: &FakeRequest) -> FakeRe
             if found.is_empty() {
                 return FakeResponse::status(404, "<html><h1>404 Not Found</h1></html>");
             }
+            let total = found.len();
+            let found: Vec<Value> = match st.plex_metadata_page {
+                Some(n) => found.into_iter().take(n).collect(),
+                None => found,
+            };
             let mut out = json!({
-                "size": found.len(), "identifier": "com.plexapp.plugins.library", "Metadata": found,
+                "size": found.len(), "totalSize": total, "offset": 0,
+                "identifier": "com.plexapp.plugins.library", "Metadata": found,
             });
             // As Plex: the items' section on the container too, when they share one (an item
             // can be served without its own with `FakeItem::omit("librarySectionID")`).

@@ -31,6 +31,12 @@ pub struct RemoteItem {
     /// The show's provider ids (episodes only).
     pub series_external_ids: ExternalIds,
     pub played: bool,
+    /// The server sent no play state for it (a Jellyfin or Emby item without `UserData`,
+    /// which their APIs allow): `played`, `last_played_at` and `position_ms` say nothing, and
+    /// the sync registers the item without taking any state from it. Read as unplayed, a
+    /// server that leaves the user data out would unmark everything elsewhere.
+    #[serde(default)]
+    pub state_unknown: bool,
     /// When the user last played it, if the server knows.
     pub last_played_at: Option<Millis>,
     /// Resume position; 0 when none.

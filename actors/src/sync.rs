@@ -67,6 +67,8 @@ pub struct SyncRun {
     /// Hashes of the identity keys of the items this run found in ignored libraries; they
     /// replace [`PairCore::ignored_keys`] when the run completes.
     pub ignored_keys: std::collections::HashSet<u64>,
+    /// Items listed without the user's play state ([`RemoteItem::state_unknown`]).
+    pub state_unknown: u64,
 }
 
 async fn fetch_pages(
@@ -176,6 +178,7 @@ impl PairCore {
             id,
             task,
             ignored_keys: Default::default(),
+            state_unknown: 0,
         });
         let mut batch = Batch::new();
         self.put_meta(&mut batch);
@@ -255,7 +258,12 @@ impl PairCore {
         }
         let request_id = format!("sync:{}", self.spec.key);
         let min = self.settings.progress_min.as_millis() as u64;
-        if self.spec.import && usable {
+        if r.state_unknown {
+            if let Some(run) = self.sync_run.as_mut() {
+                run.state_unknown += 1;
+            }
+        }
+        if self.spec.import && usable && !r.state_unknown {
             let item = self.items.get(slot).clone();
             let wanted = self.outbox.wanted_played(&item.item_id);
             if known.is_none() {
@@ -351,6 +359,11 @@ impl PairCore {
         } else {
             tracing::info!(pair = %self.spec.key, seen = self.meta.sync.seen,
                 changed = self.meta.sync.changed, "scheduled sync finished");
+        }
+        if run.state_unknown > 0 {
+            tracing::warn!(pair = %self.spec.key, items = run.state_unknown,
+                "the server listed items without this user's play state, so their state was \
+                 not read; check that user_id is the server's id of this user");
         }
         let mut batch = Batch::new();
         if ok {

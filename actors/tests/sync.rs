@@ -161,6 +161,38 @@ async fn an_unmark_or_a_mark_made_without_webhook_is_found_by_the_next_run() {
     );
 }
 
+/// A server that lists items without the user's play state (Jellyfin or Emby leaving
+/// `UserData` out): the items stay known, but nothing is unmarked, here or elsewhere, and a
+/// new item is not taken as unplayed either.
+#[tokio::test(start_paused = true)]
+async fn items_listed_without_their_play_state_change_nothing() {
+    let h = Harness::start_filled(three_synced(), SyncSettings::default(), |h| {
+        library(h, "tt1", "a", &["plex", "jelly", "emby"]);
+    })
+    .await;
+    wait_runs(&h, 1).await;
+    assert!(h.backends.values().all(|b| b.writes().is_empty()));
+
+    let jelly = h.backend("alice", "jelly");
+    jelly.update("a-jelly", |m| {
+        m.played = false;
+        m.last_played_at = None;
+        m.state_unknown = true;
+    });
+    let mut new = movie("n-jelly", "tt9");
+    new.state_unknown = true;
+    new.position_ms = 600_000;
+    jelly.add(new);
+    h.clock.advance(60_000);
+    run_sync(&h, &PairKey::new("alice", "jelly"), 2).await;
+    assert!(h.backends.values().all(|b| b.writes().is_empty()));
+    let s = h.status("alice", "jelly").await;
+    assert_eq!((s.items, s.sync.changed), (2, 0));
+    for b in ["plex", "emby"] {
+        assert!(h.backend("alice", b).item(&format!("a-{b}")).played, "{b}");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn twenty_thousand_items_sync_with_paging_and_the_rate_limit() {
     let settings = SyncSettings {

@@ -219,6 +219,7 @@ impl ItemDto {
             return None;
         }
         let item_type = self.kind()?;
+        let state_unknown = self.user_data.is_none();
         let user = self.user_data.unwrap_or_default();
         let episode = item_type == ItemType::Episode;
         let number = |n: Option<i64>| n.and_then(|n| u32::try_from(n).ok());
@@ -245,6 +246,7 @@ impl ItemDto {
                 None
             },
             played: user.played.unwrap_or(false),
+            state_unknown,
             last_played_at: user.last_played_date.as_deref().and_then(parse_iso8601_ms),
             position_ms: user.playback_position_ticks.map(ticks_to_ms).unwrap_or(0),
             duration_ms: self.run_time_ticks.map(ticks_to_ms),

@@ -365,7 +365,9 @@ impl PlexItem {
             episode: if episode { number(self.index) } else { None },
             external_ids: own,
             series_external_ids: if episode { series } else { ExternalIds::new() },
+            // Plex leaves `viewCount` out of an item never played: its state is always known.
             played: self.view_count.unwrap_or(0) > 0,
+            state_unknown: false,
             last_played_at: self
                 .last_viewed_at
                 .filter(|s| *s > 0)

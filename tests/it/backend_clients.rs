@@ -1121,6 +1121,34 @@ async fn show_lookups_are_batched(kind: FakeKind) {
 
 per_kind!(show_lookups_are_batched);
 
+/// Jellyfin and Emby may leave `UserData` out of an item (their specs make it optional): such
+/// an item is listed with its state unknown, not as unplayed; Plex items always have theirs.
+async fn an_item_without_user_data_is_listed_with_its_state_unknown(kind: FakeKind) {
+    let lib = FakeLibrary::new()
+        .with(
+            FakeItem::movie("101", "Known")
+                .ext("imdb", "tt1")
+                .played_at(1_600_000_000_000),
+        )
+        .with(
+            FakeItem::movie("102", "Unknown")
+                .ext("imdb", "tt2")
+                .played_at(1_600_000_000_000)
+                .omit("UserData"),
+        );
+    let fake = FakeServer::start(kind, lib).await;
+    let items = by_id(list_all(fake.client().as_ref(), 50).await.0);
+    assert!(
+        items["101"].played && !items["101"].state_unknown,
+        "{kind:?}"
+    );
+    let unknown = &items["102"];
+    assert_eq!(unknown.state_unknown, kind != FakeKind::Plex, "{kind:?}");
+    assert_eq!(unknown.played, kind == FakeKind::Plex, "{kind:?}");
+}
+
+per_kind!(an_item_without_user_data_is_listed_with_its_state_unknown);
+
 /// A Plex server that answers a lookup of several shows with only the first 50 (the spec's
 /// default container size): the shows left out are asked again, so every episode still gets
 /// its show's ids. A show that is gone costs one more request, not a wrong cache entry.

@@ -64,6 +64,11 @@ impl FakeBackend {
         it.played = played;
         it.last_played_at = last_played_at;
     }
+    /// Change a listed item in place.
+    pub fn update(&self, item_id: &str, change: impl FnOnce(&mut RemoteItem)) {
+        let mut s = self.state.lock().unwrap();
+        change(s.items.get_mut(item_id).expect("known item"));
+    }
     pub fn item(&self, item_id: &str) -> RemoteItem {
         self.state.lock().unwrap().items[item_id].clone()
     }
@@ -250,6 +255,7 @@ pub fn movie(item_id: &str, imdb: &str) -> RemoteItem {
         external_ids: ids(&[("imdb", imdb)]),
         series_external_ids: ExternalIds::new(),
         played: false,
+        state_unknown: false,
         last_played_at: None,
         position_ms: 0,
         duration_ms: Some(7_200_000),

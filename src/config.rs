@@ -463,6 +463,15 @@ fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> String {
 
 /// The sections whose scalar keys `WATCHSTATE_<SECTION>_<KEY>` may override.
 const ENV_SECTIONS: [&str; 4] = ["server", "storage", "sync", "log"];
+/// Keys whose value is text whatever it looks like (an API key or a directory may be all
+/// digits): an override of one that is not in the file is not read as a number.
+const ENV_TEXT_KEYS: [&str; 5] = [
+    "server.listen",
+    "server.api_key",
+    "storage.path",
+    "log.format",
+    "log.level",
+];
 
 /// Returns the (key path, variable name) of every override, to name the variable in errors.
 fn apply_env_overrides(
@@ -513,7 +522,11 @@ fn apply_env_overrides(
                 })?,
             Some(toml::Value::String(_)) => toml::Value::String(value.clone()),
             Some(_) => return Err((path, "only scalar keys can be overridden".into())),
-            // Not in the file: infer the type so that defaults-only configs can be overridden.
+            // Not in the file: text keys stay text; for the others, infer the type so that
+            // defaults-only configs can be overridden.
+            None if ENV_TEXT_KEYS.contains(&format!("{section}.{key}").as_str()) => {
+                toml::Value::String(value.clone())
+            }
             None => infer_scalar(value),
         };
         sect.insert(key.to_string(), parsed);
@@ -592,5 +605,21 @@ mod tests {
         assert_eq!(c.server.max_body_bytes, 2048);
         assert!(c.server.secure_webhooks);
         assert_eq!(c.sync.interval, Some(Duration::from_secs(3600)));
+    }
+
+    /// An API key or a data directory made of digits, set only in the environment, is text.
+    #[test]
+    fn env_overrides_of_text_keys_absent_from_the_file_stay_text() {
+        let mut env = HashMap::new();
+        env.insert(
+            "WATCHSTATE_SERVER_API_KEY".to_string(),
+            "1234567890123456".to_string(),
+        );
+        env.insert("WATCHSTATE_STORAGE_PATH".to_string(), "2024".to_string());
+        env.insert("WATCHSTATE_SYNC_PAGE_SIZE".to_string(), "200".to_string());
+        let c = Config::parse("t.toml", "", &env).unwrap();
+        assert_eq!(c.server.api_key.as_deref(), Some("1234567890123456"));
+        assert_eq!(c.storage.path, std::path::PathBuf::from("2024"));
+        assert_eq!(c.sync.page_size, 200);
     }
 }

@@ -9,18 +9,21 @@ use subtle::ConstantTimeEq;
 /// How to pass the key, said in every 401.
 const HOW: &str = "pass the API key as the header 'X-Apikey: <key>', as 'Authorization: Bearer <key>' or as the query parameter '?apikey=<key>' (see 'watchstate apikey')";
 
-/// The key the request carries, if any.
+/// The key the request carries, if any: the first of the three places that holds one (an
+/// empty header, as some proxies and clients leave, does not hide a key given in the query).
 pub fn presented_key(req: &Request) -> Option<String> {
-    if let Some(k) = req.header("x-apikey") {
-        return Some(k.trim().to_string());
-    }
-    if let Some(v) = req.header("authorization") {
+    let header = req.header("x-apikey").map(str::trim);
+    let bearer = req.header("authorization").and_then(|v| {
         let v = v.trim();
-        if v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ") {
-            return Some(v[7..].trim().to_string());
-        }
-    }
-    req.query_param("apikey").map(|k| k.trim().to_string())
+        (v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ")).then(|| v[7..].trim())
+    });
+    let query = req.query_param("apikey");
+    let found = [header, bearer, query.as_deref().map(str::trim)]
+        .into_iter()
+        .flatten()
+        .find(|k| !k.is_empty())
+        .map(str::to_string);
+    found
 }
 
 /// Constant-time equality: the time taken does not depend on where the keys differ.
@@ -72,6 +75,41 @@ mod tests {
     fn masks_the_key_in_queries() {
         assert_eq!(mask_query("a=1&apikey=secret&b=2"), "a=1&apikey=***&b=2");
         assert!(!mask_query("APIKEY=secret").contains("secret"));
+    }
+
+    fn request(headers: &[(&'static str, &str)], query: &str) -> Request {
+        let mut map = http::HeaderMap::new();
+        for (name, value) in headers {
+            map.insert(*name, value.parse().unwrap());
+        }
+        Request {
+            method: http::Method::GET,
+            path: "/v1/api/status".into(),
+            query: query.into(),
+            headers: map,
+            request_id: "r".into(),
+        }
+    }
+
+    #[test]
+    fn an_empty_header_does_not_hide_the_key_in_the_query() {
+        let key =
+            |headers: &[(&'static str, &str)], query: &str| presented_key(&request(headers, query));
+        assert_eq!(key(&[("x-apikey", "")], "apikey=k1").as_deref(), Some("k1"));
+        assert_eq!(
+            key(&[("authorization", "Bearer ")], "apikey=k1").as_deref(),
+            Some("k1")
+        );
+        assert_eq!(
+            key(&[("x-apikey", " k2 ")], "apikey=k1").as_deref(),
+            Some("k2")
+        );
+        assert_eq!(
+            key(&[("authorization", "bearer k3")], "").as_deref(),
+            Some("k3")
+        );
+        assert_eq!(key(&[("x-apikey", "")], ""), None);
+        assert_eq!(key(&[], "apikey="), None);
     }
 
     #[test]

@@ -123,14 +123,33 @@ struct RoutedPair<'a> {
     backend: &'a str,
 }
 
+/// `?dry_run`: on when present without a value or as `1`, `true`, `yes`, `on`; off as `0`,
+/// `false`, `no`, `off` (any case). Anything else is refused rather than taken as off: a
+/// caller who meant a dry run must not have the event stored for real.
+fn dry_run(value: Option<&str>) -> Result<bool, String> {
+    let Some(v) = value else {
+        return Ok(false);
+    };
+    match v.trim().to_ascii_lowercase().as_str() {
+        "" | "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(format!(
+            "dry_run={v:?} is neither on (1, true, yes) nor off (0, false, no); nothing was stored"
+        )),
+    }
+}
+
 impl WebhookService {
     pub async fn handle(&self, req: &Request, body: &mut Body) -> Reply {
         let received_at = self.clock.now_ms();
         self.counters.received.fetch_add(1, Ordering::Relaxed);
-        let dry_run = matches!(
-            req.query_param("dry_run").as_deref(),
-            Some("1") | Some("true") | Some("yes")
-        );
+        let dry_run = match dry_run(req.query_param("dry_run").as_deref()) {
+            Ok(d) => d,
+            Err(message) => {
+                self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+                return error(StatusCode::BAD_REQUEST, message);
+            }
+        };
         let bytes = match body.read(&req.headers, self.max_body_bytes).await {
             Ok(b) => b,
             Err(e) => {

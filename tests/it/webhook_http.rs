@@ -118,6 +118,53 @@ async fn dry_run_decodes_every_fixture_in_every_transport_and_stores_nothing() {
     t.stop().await;
 }
 
+/// Every spelling of a dry run is one; a value that is neither on nor off is refused (400)
+/// rather than taken as off, and nothing is stored in any of these cases.
+#[tokio::test]
+async fn dry_run_spellings_never_store_the_event() {
+    let t = TestApp::start(TestDir::new(), &format!("api_key = \"{API_KEY}\""), CONFIG).await;
+    let case = fixture_cases()
+        .into_iter()
+        .find(|c| c.expected["actionable"] == true)
+        .expect("an actionable fixture");
+    for query in [
+        "dry_run",
+        "dry_run=",
+        "dry_run=TRUE",
+        "dry_run=on",
+        "dry_run=Yes",
+    ] {
+        let r = request(&t.client, &t.url(&format!("/webhook?{query}")), &case)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "?{query}");
+        let answer: Value = r.json().await.unwrap();
+        assert!(answer.get("event").is_some(), "?{query}: {answer}");
+    }
+    let r = request(&t.client, &t.url("/webhook?dry_run=please"), &case)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let answer: Value = r.json().await.unwrap();
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("dry_run"),
+        "{answer}"
+    );
+    let status = get_json(&t, "/status").await;
+    assert_eq!(
+        status["webhooks"]["accepted"], 0,
+        "a dry run stored something"
+    );
+    assert_eq!(status["journal"]["appended"], 0);
+    assert_eq!(status["webhooks"]["dry_runs"], 5);
+    t.stop().await;
+}
+
 #[tokio::test]
 async fn each_outcome_has_its_answer() {
     let t = TestApp::start(TestDir::new(), &format!("api_key = \"{API_KEY}\""), CONFIG).await;

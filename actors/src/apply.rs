@@ -203,9 +203,16 @@ impl PairCore {
         let mut slot = None;
         let mut registered = false;
         if let Some(item_id) = ev.item_id.as_deref() {
-            let (s, is_new, mut changed) =
-                self.items
-                    .upsert(item_id, &identity, ev.title.as_deref(), at);
+            // An event that asserts a state is compared with what the record knew, even when
+            // it names the item by a new id (a user's unmark of a re-added film still goes out).
+            let keep_state = ev.asserts_played().is_some();
+            let up = self
+                .items
+                .upsert(item_id, &identity, ev.title.as_deref(), at, keep_state);
+            let (s, is_new, mut changed) = (up.slot, up.is_new, up.changed);
+            if let Some(old) = &up.renamed_from {
+                batch.remove(Tree::Pairs, self.item_key(old));
+            }
             let duration = ev.duration_ms.or(lookup_duration);
             let item = self.items.get_mut(s);
             if duration.is_some() && item.duration_ms != duration {

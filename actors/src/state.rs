@@ -153,6 +153,19 @@ fn packed_pairs(s: &str) -> impl Iterator<Item = (&str, &str)> {
     s.split(PAIR_SEP).filter_map(|kv| kv.split_once(KV_SEP))
 }
 
+/// What [`Items::upsert`] did.
+#[derive(Debug)]
+pub struct Upserted {
+    pub slot: u32,
+    /// A new record.
+    pub is_new: bool,
+    /// More than `last_seen` changed (always for a new record).
+    pub changed: bool,
+    /// The record had this other backend id (its state was reset unless kept, see
+    /// [`Items::upsert`]); the record stored under the old id is to be removed.
+    pub renamed_from: Option<Box<str>>,
+}
+
 /// One tracked movie or episode on this pair's backend, kept small.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Item {
@@ -452,16 +465,23 @@ impl Items {
         self.item_id_overflow.remove(item_id);
     }
 
-    /// Insert or update the item with this backend id and identity; returns (slot, is_new,
-    /// changed), where `changed` says that more than `last_seen` changed (always for a new
-    /// item). The identity is merged with what was known, so ids learned once are kept.
+    /// Insert or update the item with this backend id and identity. The identity is merged
+    /// with what was known, so ids learned once are kept.
+    ///
+    /// A record found by its ids under another backend id takes the new id (the item was
+    /// deleted and added again, or it is another copy of the same film). Unless `keep_state`
+    /// (an event that asserts a state of its own, compared with what was known), its state
+    /// is then reset to unobserved (unplayed, no position, no dates): the state it held was
+    /// that of the other id, and read as this one's, a copy that is not played would look
+    /// like the user unmarking it, and be unmarked everywhere.
     pub fn upsert(
         &mut self,
         item_id: &str,
         identity: &Identity,
         title: Option<&str>,
         now: Millis,
-    ) -> (u32, bool, bool) {
+        keep_state: bool,
+    ) -> Upserted {
         let existing = self.by_item_id(item_id).or_else(|| self.find(identity));
         match existing {
             Some(slot) => {
@@ -472,10 +492,18 @@ impl Items {
                     identity.clone()
                 };
                 let old_id = self.slots[slot as usize].item_id.clone();
-                let mut changed = &*old_id != item_id || merged != old;
-                if &*old_id != item_id {
+                let renamed = &*old_id != item_id;
+                let mut changed = renamed || merged != old;
+                if renamed {
                     self.unindex_item_id(&old_id, slot);
-                    self.slots[slot as usize].item_id = item_id.into();
+                    let item = &mut self.slots[slot as usize];
+                    item.item_id = item_id.into();
+                    if !keep_state {
+                        item.played = false;
+                        item.played_at = 0;
+                        item.position_ms = 0;
+                        item.position_at = 0;
+                    }
                     self.index_item_id(item_id, slot);
                 }
                 if merged != old {
@@ -490,11 +518,21 @@ impl Items {
                     changed = true;
                 }
                 item.last_seen = now;
-                (slot, false, changed)
+                Upserted {
+                    slot,
+                    is_new: false,
+                    changed,
+                    renamed_from: renamed.then_some(old_id),
+                }
             }
             None => {
                 let (slot, is_new) = self.insert(Item::new(item_id, identity, title, now));
-                (slot, is_new, true)
+                Upserted {
+                    slot,
+                    is_new,
+                    changed: true,
+                    renamed_from: None,
+                }
             }
         }
     }
@@ -553,7 +591,7 @@ mod tests {
             season: None,
             episode: None,
         };
-        items.upsert("a", &movie, Some("M"), 1);
+        items.upsert("a", &movie, Some("M"), 1, false);
         let by_tmdb = Identity {
             ids: ids(&[("tmdb", "5")]),
             ..movie.clone()
@@ -576,7 +614,7 @@ mod tests {
             season: Some(1),
             episode: Some(2),
         };
-        items.upsert("x", &ep, None, 1);
+        items.upsert("x", &ep, None, 1, false);
         let legacy = Identity {
             ids: ExternalIds::new(),
             ..ep.clone()

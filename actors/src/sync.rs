@@ -247,9 +247,16 @@ impl PairCore {
             .items
             .by_item_id(&r.item_id)
             .or_else(|| self.items.find(&identity));
-        let (slot, _, _) = self
+        let up = self
             .items
-            .upsert(&r.item_id, &identity, r.title.as_deref(), now);
+            .upsert(&r.item_id, &identity, r.title.as_deref(), now, false);
+        let slot = up.slot;
+        // A record that took this id from another one (a copy of the same film, or the item
+        // deleted and added again) starts from nothing: the first sight of this id.
+        let known = known.filter(|_| up.renamed_from.is_none());
+        if let Some(old) = &up.renamed_from {
+            batch.remove(Tree::Pairs, self.item_key(old));
+        }
         // Listed outside the ignored libraries (moved, the config changed, or a copy in
         // another library that now holds the slot): followed again.
         self.items.get_mut(slot).in_ignored_library = false;

@@ -65,7 +65,13 @@ fn a_tracked_item_costs_under_512_bytes() {
                 }
             };
             let item_id = format!("{:032x}", n);
-            items.upsert(&item_id, &identity, Some("A Typical Title Of An Item"), 1);
+            items.upsert(
+                &item_id,
+                &identity,
+                Some("A Typical Title Of An Item"),
+                1,
+                false,
+            );
         }
         items.shrink();
         tables.push(items);

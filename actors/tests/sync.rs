@@ -193,6 +193,74 @@ async fn items_listed_without_their_play_state_change_nothing() {
     }
 }
 
+/// Two copies of one film on Plex (say an HD and a 4K library), one played, one not: the copy
+/// that is not played is a first sight of its id, never the user unmarking the film. Run
+/// after run, nothing is unmarked anywhere, whichever copy is listed first.
+#[tokio::test(start_paused = true)]
+async fn a_second_copy_of_a_film_never_unmarks_it_elsewhere() {
+    for (played, unplayed) in [("a1-plex", "a2-plex"), ("a2-plex", "a1-plex")] {
+        let h = Harness::start_filled(three_synced(), SyncSettings::default(), |h| {
+            library(h, "tt1", "a", &["jelly", "emby"]);
+            let plex = fake(h, "plex");
+            let mut copy = movie(played, "tt1");
+            copy.played = true;
+            copy.last_played_at = Some(1_600_000_000_000);
+            plex.add(copy);
+            plex.add(movie(unplayed, "tt1"));
+        })
+        .await;
+        wait_runs(&h, 1).await;
+        for run in 2..=3 {
+            h.clock.advance(60_000);
+            run_sync(&h, &PairKey::new("alice", "plex"), run).await;
+        }
+        for b in ["jelly", "emby"] {
+            assert!(
+                h.backend("alice", b).writes().is_empty(),
+                "{b} was written to ({played} played): {:?}",
+                h.backend("alice", b).writes()
+            );
+            assert!(h.backend("alice", b).item(&format!("a-{b}")).played);
+        }
+    }
+}
+
+/// A film deleted on Jellyfin and added again comes back under a new id, unplayed: its
+/// `ItemAdded` and the next sync do not unmark it on the other servers, and the new copy
+/// gets the played state they hold.
+#[tokio::test(start_paused = true)]
+async fn a_film_added_again_under_a_new_id_does_not_unmark_it_elsewhere() {
+    let mut h = Harness::start_filled(three_synced(), SyncSettings::default(), |h| {
+        library(h, "tt1", "a", &["plex", "jelly", "emby"]);
+    })
+    .await;
+    wait_runs(&h, 1).await;
+    let jelly = h.backend("alice", "jelly");
+    jelly.state.lock().unwrap().items.remove("a-jelly");
+    let again = movie("z-jelly", "tt1");
+    jelly.add(again.clone());
+    h.send("alice", "jelly", event(EventKind::ItemAdded, &again));
+    h.settle().await;
+    h.clock.advance(60_000);
+    run_sync(&h, &PairKey::new("alice", "jelly"), 2).await;
+    for b in ["plex", "emby"] {
+        assert!(
+            h.backend("alice", b).writes().is_empty(),
+            "{b}: {:?}",
+            h.backend("alice", b).writes()
+        );
+    }
+    // The copy added again gets the film's played state from the other servers.
+    assert_eq!(
+        h.backend("alice", "jelly").writes(),
+        vec![Call::SetPlayed("z-jelly".into(), true)]
+    );
+    // The old record is gone from the store: a restart cannot bring the deleted id back.
+    let keys = h.store_keys("alice/jelly/i/");
+    assert!(!keys.iter().any(|k| k.ends_with("/a-jelly")), "{keys:?}");
+    assert!(keys.iter().any(|k| k.ends_with("/z-jelly")), "{keys:?}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn twenty_thousand_items_sync_with_paging_and_the_rate_limit() {
     let settings = SyncSettings {

@@ -409,6 +409,16 @@ impl Harness {
     }
 
     /// Journal and dispatch an event to one pair, as the lead's webhook handler does.
+    /// The keys of the pairs' tree that start with `prefix` (e.g. `alice/jelly/i/`).
+    pub fn store_keys(&self, prefix: &str) -> Vec<String> {
+        self.store
+            .scan_prefix(watchstate_actors::store::Tree::Pairs, prefix.as_bytes())
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| String::from_utf8_lossy(&k).into_owned())
+            .collect()
+    }
+
     pub fn send(&mut self, user: &str, backend: &str, ev: WebhookEvent) -> JournalEntry {
         let now = watchstate_actors::Clock::now_ms(&*self.clock);
         self.send_at(user, backend, ev, now)

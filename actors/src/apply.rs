@@ -270,7 +270,20 @@ impl PairCore {
         if let Some(s) = slot {
             let item = self.items.get(s);
             if item.played == played {
-                return Decision::new(Outcome::Unchanged, "state already equal");
+                // Equal to what the server held, but a sibling's opposite change may still be
+                // queued for it (the push is being retried): the user's own action here, when
+                // newer, wins over it, here and on the siblings.
+                let item_id = item.item_id.to_string();
+                match self.outbox.wanted_played(&item_id) {
+                    Some((want, changed_at)) if want != played && at >= changed_at => {
+                        self.drop_queued_pushes(&item_id, true, batch);
+                        self.items.get_mut(s).played_at = at;
+                        self.put_item(batch, s);
+                        self.propagate(identity, Some(played), None, at, request_id, batch);
+                        return Decision::new(Outcome::Applied, None);
+                    }
+                    _ => return Decision::new(Outcome::Unchanged, "state already equal"),
+                }
             }
             if at < item.played_at {
                 return Decision::new(Outcome::Ignored, "older than the stored state");

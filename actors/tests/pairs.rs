@@ -464,6 +464,69 @@ async fn outbox_retries_with_backoff_and_honours_retry_after() {
     assert!(jelly.item("o-jelly").played);
 }
 
+/// Plex unmarks a film; the push to Jellyfin fails and waits for its retry; meanwhile the user
+/// watches the film to the end on Jellyfin. That newer action wins: the queued unmark is
+/// dropped (Jellyfin stays played) and Plex and Emby are marked played again.
+#[tokio::test(start_paused = true)]
+async fn a_users_newer_action_beats_an_opposite_push_still_queued_for_it() {
+    let mut h = Harness::start(three(), SyncSettings::default()).await;
+    let m = movie("x", "tt77");
+    register(&mut h, "alice", &["plex", "jelly", "emby"], &m, "q").await;
+    h.send(
+        "alice",
+        "plex",
+        event(EventKind::Scrobble, &local(&m, "q", "plex")),
+    );
+    h.settle().await;
+    assert!(h.backend("alice", "jelly").item("q-jelly").played);
+
+    let jelly = h.backend("alice", "jelly");
+    for _ in 0..5 {
+        jelly.fault(BackendError::Server {
+            status: 503,
+            message: "busy".into(),
+        });
+    }
+    h.clock.advance(60_000);
+    h.send(
+        "alice",
+        "plex",
+        event(EventKind::MarkUnplayed, &local(&m, "q", "plex")),
+    );
+    eventually(
+        "the unmark to fail once on jellyfin and wait for its retry",
+        || async {
+            let s = h.status("alice", "jelly").await;
+            s.outbox.pending == 1 && s.outbox.in_flight == 0 && !jelly.writes().is_empty()
+        },
+    )
+    .await;
+    assert!(jelly.item("q-jelly").played);
+
+    h.clock.advance(1_000);
+    h.send(
+        "alice",
+        "jelly",
+        event(EventKind::Scrobble, &local(&m, "q", "jelly")),
+    );
+    h.settle().await;
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    h.settle().await;
+    assert!(
+        jelly.item("q-jelly").played,
+        "the queued unmark was sent after all"
+    );
+    assert_eq!(h.status("alice", "jelly").await.outbox.pending, 0);
+    for b in ["plex", "emby"] {
+        let writes = h.backend("alice", b).writes();
+        assert_eq!(
+            writes.last(),
+            Some(&Call::SetPlayed(format!("q-{b}"), true)),
+            "{b}: {writes:?}"
+        );
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn permanent_errors_become_dead_letters_that_can_be_retried() {
     let settings = SyncSettings {

@@ -278,6 +278,7 @@ impl PairCore {
                     Some((want, changed_at)) if want != played && at >= changed_at => {
                         self.drop_queued_pushes(&item_id, true, batch);
                         self.items.get_mut(s).played_at = at;
+                        self.touch(s);
                         self.put_item(batch, s);
                         self.propagate(identity, Some(played), None, at, request_id, batch);
                         return Decision::new(Outcome::Applied, None);
@@ -305,6 +306,7 @@ impl PairCore {
                 item.position_ms = 0;
                 item.position_at = at;
             }
+            self.touch(s);
             self.put_item(batch, s);
         }
         self.propagate(identity, Some(played), None, at, request_id, batch);
@@ -336,6 +338,7 @@ impl PairCore {
             let item = self.items.get_mut(s);
             item.position_ms = pos;
             item.position_at = at;
+            self.touch(s);
             self.put_item(batch, s);
         }
         if self.settings.progress && pos > self.settings.progress_min.as_millis() as u64 {

@@ -367,6 +367,7 @@ impl PairCore {
                             item.position_at = entry.changed_at;
                         }
                     }
+                    self.touch(slot);
                     self.put_item(&mut batch, slot);
                 }
                 tracing::debug!(pair = %self.spec.key, item = %entry.item_id,
@@ -447,6 +448,7 @@ impl PairCore {
             item.position_ms = 0;
             item.position_at = changed_at;
         }
+        self.touch(slot);
         self.put_item(batch, slot);
     }
 

@@ -60,6 +60,8 @@ pub enum PairMsg {
     SyncPage {
         run: u64,
         result: Result<ItemPage, BackendError>,
+        /// See [`PairCore::on_sync_page`].
+        touches_before: u64,
     },
     /// A push task finished.
     PushResult {
@@ -615,8 +617,12 @@ impl Actor for PairActor {
                 };
                 let _ = reply.send(r);
             }
-            PairMsg::SyncPage { run, result } => {
-                core.on_sync_page(run, result)?;
+            PairMsg::SyncPage {
+                run,
+                result,
+                touches_before,
+            } => {
+                core.on_sync_page(run, result, touches_before)?;
                 core.pump_outbox();
             }
             PairMsg::PushResult {

@@ -14,7 +14,9 @@ use crate::status::SyncStatus;
 use crate::store::{Batch, StoreError, Tree};
 use ractor::ActorRef;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -69,6 +71,11 @@ pub struct SyncRun {
     pub ignored_keys: std::collections::HashSet<u64>,
     /// Items listed without the user's play state ([`RemoteItem::state_unknown`]).
     pub state_unknown: u64,
+    /// Counts the state changes made during the run by webhooks and confirmed pushes; the
+    /// fetch task reads it before each page's request (see [`PairCore::touch`]).
+    pub touches: Arc<AtomicU64>,
+    /// Slot → the count of its last such change.
+    pub touched: HashMap<u32, u64>,
 }
 
 async fn fetch_pages(
@@ -78,6 +85,7 @@ async fn fetch_pages(
     mut cursor: Option<String>,
     page_size: usize,
     max_rps: f64,
+    touches: Arc<AtomicU64>,
 ) {
     let gap = if max_rps > 0.0 {
         Duration::from_secs_f64(1.0 / max_rps)
@@ -93,6 +101,7 @@ async fn fetch_pages(
             tokio::time::sleep_until(l + gap).await;
         }
         last = Some(tokio::time::Instant::now());
+        let touches_before = touches.load(Ordering::Acquire);
         let result = RequestPacer::scope(
             pacer.clone(),
             backend.list_items(cursor.as_deref(), page_size),
@@ -100,7 +109,12 @@ async fn fetch_pages(
         .await;
         let next = result.as_ref().ok().and_then(|p| p.next.clone());
         let done = next.is_none();
-        if me.cast(PairMsg::SyncPage { run, result }).is_err() || done {
+        let page = PairMsg::SyncPage {
+            run,
+            result,
+            touches_before,
+        };
+        if me.cast(page).is_err() || done {
             return;
         }
         cursor = next;
@@ -166,6 +180,7 @@ impl PairCore {
         }
         m.last_started = Some(now);
         tracing::info!(pair = %self.spec.key, resume = resume.is_some(), "scheduled sync started");
+        let touches = Arc::new(AtomicU64::new(0));
         let task = tokio::spawn(fetch_pages(
             self.backend.clone(),
             self.myself.clone(),
@@ -173,23 +188,40 @@ impl PairCore {
             resume,
             self.settings.page_size.max(1),
             self.settings.max_requests_per_second,
+            touches.clone(),
         ));
         self.sync_run = Some(SyncRun {
             id,
             task,
             ignored_keys: Default::default(),
             state_unknown: 0,
+            touches,
+            touched: HashMap::new(),
         });
         let mut batch = Batch::new();
         self.put_meta(&mut batch);
         self.commit(batch)
     }
 
+    /// A webhook or a confirmed push changed the state of the item at `slot`. A page of the
+    /// running sync whose request had started before that holds the server's state from
+    /// before the change: for this item it is stale, and read as news it would undo the
+    /// change (a push to this server confirmed after the page was read would look like the
+    /// user unmarking the film there).
+    pub fn touch(&mut self, slot: u32) {
+        if let Some(run) = self.sync_run.as_mut() {
+            let n = run.touches.fetch_add(1, Ordering::AcqRel) + 1;
+            run.touched.insert(slot, n);
+        }
+    }
+
     /// One page of the running sync: compare its items, persist them with the checkpoint.
+    /// `touches_before` is [`SyncRun::touches`] as the page's request started.
     pub fn on_sync_page(
         &mut self,
         run: u64,
         result: Result<ItemPage, BackendError>,
+        touches_before: u64,
     ) -> Result<(), StoreError> {
         if self.sync_run.as_ref().map(|r| r.id) != Some(run) {
             return Ok(());
@@ -200,7 +232,7 @@ impl PairCore {
         };
         let mut batch = Batch::new();
         for item in &page.items {
-            self.sync_item(item, &mut batch);
+            self.sync_item(item, touches_before, &mut batch);
         }
         let m = &mut self.meta.sync;
         // Progress counts every entry of the server's total: read, unreadable or left out.
@@ -219,7 +251,7 @@ impl PairCore {
     }
 
     /// Rule 8 for one listed item.
-    fn sync_item(&mut self, r: &RemoteItem, batch: &mut Batch) {
+    fn sync_item(&mut self, r: &RemoteItem, touches_before: u64, batch: &mut Batch) {
         let ignored = r
             .library_id
             .as_deref()
@@ -270,7 +302,13 @@ impl PairCore {
                 run.state_unknown += 1;
             }
         }
-        if self.spec.import && usable && !r.state_unknown {
+        // Changed here since this page was requested: the page's state of it is older.
+        let stale = self
+            .sync_run
+            .as_ref()
+            .and_then(|run| run.touched.get(&slot))
+            .is_some_and(|n| *n > touches_before);
+        if self.spec.import && usable && !r.state_unknown && !stale {
             let item = self.items.get(slot).clone();
             let wanted = self.outbox.wanted_played(&item.item_id);
             if known.is_none() {

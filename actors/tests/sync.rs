@@ -376,6 +376,52 @@ async fn the_next_run_time_survives_a_restart() {
     assert_eq!(h.backend("alice", "plex").lists().len(), 2);
 }
 
+/// A page read before a change and handled after it is stale for that item: Jellyfin's page
+/// shows the film unplayed, but before the page is handled a Plex scrobble is pushed to
+/// Jellyfin and confirmed. The page must not read as the user unmarking it on Jellyfin.
+#[tokio::test(start_paused = true)]
+async fn a_page_read_before_a_change_does_not_undo_it() {
+    let specs = vec![synced("alice", "plex"), synced("alice", "jelly")];
+    let mut h = Harness::start_filled(specs, SyncSettings::default(), |h| {
+        library(h, "tt1", "a", &[]);
+    })
+    .await;
+    wait_runs(&h, 1).await;
+    let jelly = h.backend("alice", "jelly");
+    jelly.state.lock().unwrap().pages_read_before_gate = true;
+    let held = jelly.list_gate.lock().await;
+    let pair = PairKey::new("alice", "jelly");
+    h.handle.sync_now(&pair).await.unwrap();
+    eventually("the page to be read", || async { jelly.lists().len() == 2 }).await;
+    h.clock.advance(60_000);
+    h.send(
+        "alice",
+        "plex",
+        event(EventKind::Scrobble, &movie("a-plex", "tt1")),
+    );
+    eventually("the push to Jellyfin", || async {
+        jelly.item("a-jelly").played
+    })
+    .await;
+    h.settle().await;
+    drop(held);
+    eventually("the run to finish", || async {
+        h.status("alice", "jelly").await.sync.runs_ok == 2
+    })
+    .await;
+    h.settle().await;
+    assert!(
+        h.backend("alice", "plex").writes().is_empty(),
+        "the stale page unmarked Plex: {:?}",
+        h.backend("alice", "plex").writes()
+    );
+    assert!(jelly.item("a-jelly").played);
+    assert_eq!(
+        jelly.writes(),
+        vec![Call::SetPlayed("a-jelly".into(), true)]
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn sync_now_refuses_a_second_run_and_webhooks_flow_during_a_run() {
     let specs = vec![spec("alice", "plex"), spec("alice", "jelly")];

@@ -37,6 +37,9 @@ pub struct FakeState {
     pub unreachable: bool,
     /// What every page reports as [`ItemPage::skipped`] (items the client could not read).
     pub skipped_per_page: u64,
+    /// A page is read from the library before `list_gate` is waited for, so a page held at
+    /// the gate shows the library as it was when its request started (a slow answer).
+    pub pages_read_before_gate: bool,
 }
 
 /// A media server double: an in-memory library with per-user state, recording every call.
@@ -69,6 +72,39 @@ impl FakeBackend {
         let mut s = self.state.lock().unwrap();
         change(s.items.get_mut(item_id).expect("known item"));
     }
+    /// One page of the library, as `list_items` answers it (after its gate).
+    fn page(&self, cursor: Option<&str>, page_size: usize) -> Result<ItemPage, BackendError> {
+        self.record(Call::List(cursor.map(str::to_string)));
+        let mut s = self.state.lock().unwrap();
+        if s.unreachable {
+            return Err(BackendError::Network {
+                message: "connection refused".into(),
+            });
+        }
+        if let Some(c) = cursor {
+            if let Some(i) = s.list_fail_at.iter().position(|x| x == c) {
+                s.list_fail_at.remove(i);
+                return Err(BackendError::Server {
+                    status: 500,
+                    message: "boom".into(),
+                });
+            }
+        }
+        let start: usize = cursor.map(|c| c.parse().unwrap()).unwrap_or(0);
+        let all: Vec<&RemoteItem> = s.items.values().collect();
+        let end = (start + page_size).min(all.len());
+        // The unreadable entries a page reports are part of the server's total, as with a
+        // real server.
+        let pages = all.len().div_ceil(page_size.max(1)).max(1) as u64;
+        Ok(ItemPage {
+            items: all[start..end].iter().map(|i| (*i).clone()).collect(),
+            next: (end < all.len()).then(|| end.to_string()),
+            total: Some(all.len() as u64 + pages * s.skipped_per_page),
+            skipped: s.skipped_per_page,
+            left_out: 0,
+        })
+    }
+
     pub fn item(&self, item_id: &str) -> RemoteItem {
         self.state.lock().unwrap().items[item_id].clone()
     }
@@ -124,36 +160,13 @@ impl BackendApi for FakeBackend {
         cursor: Option<&str>,
         page_size: usize,
     ) -> Result<ItemPage, BackendError> {
+        if self.state.lock().unwrap().pages_read_before_gate {
+            let page = self.page(cursor, page_size);
+            let _gate = self.list_gate.lock().await;
+            return page;
+        }
         let _gate = self.list_gate.lock().await;
-        self.record(Call::List(cursor.map(str::to_string)));
-        let mut s = self.state.lock().unwrap();
-        if s.unreachable {
-            return Err(BackendError::Network {
-                message: "connection refused".into(),
-            });
-        }
-        if let Some(c) = cursor {
-            if let Some(i) = s.list_fail_at.iter().position(|x| x == c) {
-                s.list_fail_at.remove(i);
-                return Err(BackendError::Server {
-                    status: 500,
-                    message: "boom".into(),
-                });
-            }
-        }
-        let start: usize = cursor.map(|c| c.parse().unwrap()).unwrap_or(0);
-        let all: Vec<&RemoteItem> = s.items.values().collect();
-        let end = (start + page_size).min(all.len());
-        // The unreadable entries a page reports are part of the server's total, as with a
-        // real server.
-        let pages = all.len().div_ceil(page_size.max(1)).max(1) as u64;
-        Ok(ItemPage {
-            items: all[start..end].iter().map(|i| (*i).clone()).collect(),
-            next: (end < all.len()).then(|| end.to_string()),
-            total: Some(all.len() as u64 + pages * s.skipped_per_page),
-            skipped: s.skipped_per_page,
-            left_out: 0,
-        })
+        self.page(cursor, page_size)
     }
 
     async fn get_item(&self, item_id: &str) -> Result<Option<RemoteItem>, BackendError> {

@@ -422,6 +422,55 @@ async fn a_page_read_before_a_change_does_not_undo_it() {
     );
 }
 
+/// A backend added later lists a film as played but gives no date (Jellyfin can): that play
+/// is of unknown age, so it does not undo an unmark the user made on the other servers.
+#[tokio::test(start_paused = true)]
+async fn a_played_state_without_a_date_does_not_beat_an_earlier_unmark() {
+    let specs = vec![
+        synced("alice", "plex"),
+        synced("alice", "jelly"),
+        spec("alice", "emby"),
+    ];
+    let mut h = Harness::start_filled(specs, SyncSettings::default(), |h| {
+        library(h, "tt1", "a", &["plex", "jelly"]);
+        let mut undated = movie("a-emby", "tt1");
+        undated.played = true;
+        fake(h, "emby").add(undated);
+    })
+    .await;
+    eventually("plex and jelly to finish their first run", || async {
+        let (p, j) = (
+            h.status("alice", "plex").await,
+            h.status("alice", "jelly").await,
+        );
+        p.sync.runs_ok == 1 && j.sync.runs_ok == 1
+    })
+    .await;
+    h.clock.advance(60_000);
+    h.send(
+        "alice",
+        "plex",
+        event(EventKind::MarkUnplayed, &movie("a-plex", "tt1")),
+    );
+    h.settle().await;
+    assert_eq!(
+        h.backend("alice", "jelly").writes(),
+        vec![Call::SetPlayed("a-jelly".into(), false)]
+    );
+    h.clock.advance(60_000);
+    run_sync(&h, &PairKey::new("alice", "emby"), 1).await;
+    assert!(
+        h.backend("alice", "plex").writes().is_empty(),
+        "{:?}",
+        h.backend("alice", "plex").writes()
+    );
+    assert_eq!(
+        h.backend("alice", "jelly").writes(),
+        vec![Call::SetPlayed("a-jelly".into(), false)]
+    );
+    assert!(!h.backend("alice", "jelly").item("a-jelly").played);
+}
+
 #[tokio::test(start_paused = true)]
 async fn sync_now_refuses_a_second_run_and_webhooks_flow_during_a_run() {
     let specs = vec![spec("alice", "plex"), spec("alice", "jelly")];

@@ -116,6 +116,13 @@ pub struct Outbox {
 }
 
 impl Outbox {
+    /// Whether a newer entry of the same item, queued after `entry` (id `id`), supersedes it
+    /// under the rule of [`Outbox::enqueue`].
+    pub fn superseded(&self, id: u64, entry: &OutboxEntry) -> bool {
+        self.entries_for(&entry.item_id)
+            .any(|newer| newer.id > id && (newer.action.is_played() || !entry.action.is_played()))
+    }
+
     /// Queue a push. A played push supersedes queued (not running) pushes of the same item;
     /// a position push supersedes queued position pushes. Returns the ids it removed.
     pub fn enqueue(&mut self, entry: OutboxEntry) -> Vec<u64> {
@@ -192,7 +199,9 @@ impl Outbox {
             .filter_map(|id| self.queue.get(id))
     }
 
-    /// Entries to start now: due, not running, their item has nothing running, oldest first.
+    /// Entries to start now: due, not running, their item has nothing running and no older
+    /// entry waiting for its retry (an item's pushes go out in the order they were queued),
+    /// oldest first.
     pub fn ready(&self, now: Millis, max_in_flight: usize) -> Vec<u64> {
         let mut busy: HashSet<&str> = self
             .in_flight
@@ -206,21 +215,27 @@ impl Outbox {
             if slots == 0 {
                 break;
             }
-            if self.in_flight.contains(id) || e.due_at > now || busy.contains(e.item_id.as_str()) {
+            if self.in_flight.contains(id) || !busy.insert(e.item_id.as_str()) || e.due_at > now {
                 continue;
             }
-            busy.insert(e.item_id.as_str());
             out.push(*id);
             slots -= 1;
         }
         out
     }
 
-    /// The earliest due time of a queued, not running entry.
+    /// The earliest due time of an entry that [`Outbox::ready`] could start: the oldest of its
+    /// item, with nothing of the item running.
     pub fn next_due(&self) -> Option<Millis> {
+        let mut held: HashSet<&str> = self
+            .in_flight
+            .iter()
+            .filter_map(|id| self.queue.get(id))
+            .map(|e| e.item_id.as_str())
+            .collect();
         self.queue
             .iter()
-            .filter(|(id, _)| !self.in_flight.contains(id))
+            .filter(|(id, e)| !self.in_flight.contains(id) && held.insert(e.item_id.as_str()))
             .map(|(_, e)| e.due_at)
             .min()
     }
@@ -372,6 +387,15 @@ impl PairCore {
                 }
                 tracing::debug!(pair = %self.spec.key, item = %entry.item_id,
                     action = %entry.action.describe(), "push confirmed");
+            }
+            // Failed while a newer push for the item was queued that makes it pointless (a
+            // played push, or a position after a position): dropped, not retried, so that the
+            // older state can never reach the server after the newer one.
+            Err(err) if self.outbox.superseded(entry_id, &entry) => {
+                self.outbox.remove(entry_id);
+                batch.remove(Tree::Pairs, self.outbox_key(entry_id));
+                record.error = Some(err.to_string());
+                record.result = "superseded".into();
             }
             Err(err) => {
                 let unit: f64 = rand::random();
@@ -561,6 +585,29 @@ mod tests {
             status: 500,
             message: "x".into(),
         }
+    }
+
+    /// An unmark waiting for its retry holds back a newer position push of the same item (a
+    /// server clears the position when unmarking, so the order matters); other items go on.
+    #[test]
+    fn an_items_pushes_start_in_order_behind_one_waiting_for_its_retry() {
+        let mut o = Outbox::default();
+        let unmark = PushAction::SetPlayed {
+            played: false,
+            at: None,
+        };
+        let position = PushAction::SetPosition {
+            position_ms: 90_000,
+            duration_ms: None,
+        };
+        let due = |e: OutboxEntry, due_at: Millis| OutboxEntry { due_at, ..e };
+        o.insert(due(entry(1, "a", unmark), 100));
+        o.insert(due(entry(2, "a", position.clone()), 0));
+        o.insert(due(entry(3, "b", position), 0));
+        assert_eq!(o.ready(50, 4), vec![3]);
+        o.in_flight.insert(3);
+        assert_eq!(o.next_due(), Some(100));
+        assert_eq!(o.ready(100, 4), vec![1]);
     }
 
     #[test]

@@ -527,6 +527,54 @@ async fn a_users_newer_action_beats_an_opposite_push_still_queued_for_it() {
     }
 }
 
+/// A push of "played" is still running on Jellyfin when Plex unmarks the film; then that
+/// push fails (a timeout). It must not be retried after the unmark went out: Jellyfin ends
+/// unplayed, like the others.
+#[tokio::test(start_paused = true)]
+async fn a_push_that_fails_after_a_newer_one_was_queued_is_not_retried_over_it() {
+    let mut h = Harness::start(three(), SyncSettings::default()).await;
+    let m = movie("x", "tt78");
+    register(&mut h, "alice", &["plex", "jelly"], &m, "w").await;
+    let jelly = h.backend("alice", "jelly");
+    let held = jelly.write_gate.lock().await;
+    jelly.fault(BackendError::Network {
+        message: "timed out".into(),
+    });
+    h.send(
+        "alice",
+        "plex",
+        event(EventKind::Scrobble, &local(&m, "w", "plex")),
+    );
+    eventually("the played push to be in flight", || async {
+        h.status("alice", "jelly").await.outbox.in_flight == 1
+    })
+    .await;
+    h.clock.advance(60_000);
+    h.send(
+        "alice",
+        "plex",
+        event(EventKind::MarkUnplayed, &local(&m, "w", "plex")),
+    );
+    eventually("the unmark to be queued behind it", || async {
+        h.status("alice", "jelly").await.outbox.pending == 2
+    })
+    .await;
+    drop(held);
+    h.settle().await;
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    h.settle().await;
+    assert!(!jelly.item("w-jelly").played, "{:?}", jelly.writes());
+    assert_eq!(
+        jelly.writes(),
+        vec![
+            Call::SetPlayed("w-jelly".into(), true),
+            Call::SetPlayed("w-jelly".into(), false)
+        ]
+    );
+    let s = h.status("alice", "jelly").await;
+    assert_eq!((s.outbox.pending, s.outbox.dead_letters), (0, 0));
+}
+
 #[tokio::test(start_paused = true)]
 async fn permanent_errors_become_dead_letters_that_can_be_retried() {
     let settings = SyncSettings {

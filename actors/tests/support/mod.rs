@@ -48,6 +48,9 @@ pub struct FakeBackend {
     pub state: Mutex<FakeState>,
     /// Held while `list_items` should block (to keep a sync running).
     pub list_gate: tokio::sync::Mutex<()>,
+    /// Held while writes should block (to keep a push in flight); a write takes its fault,
+    /// if any, after the gate.
+    pub write_gate: tokio::sync::Mutex<()>,
 }
 
 impl FakeBackend {
@@ -187,6 +190,7 @@ impl BackendApi for FakeBackend {
         at: Option<Millis>,
     ) -> Result<(), BackendError> {
         self.record(Call::SetPlayed(item_id.into(), played));
+        drop(self.write_gate.lock().await);
         if let Some(e) = self.write_fault() {
             return Err(e);
         }

@@ -116,6 +116,21 @@ pub struct Outbox {
 }
 
 impl Outbox {
+    /// Dead letters of `item_id` that a change made at `changed_at` makes stale: older played
+    /// pushes and positions for a played change, older positions for a position change.
+    /// Retried later, they would put an old state back over the newer one.
+    pub fn dead_superseded_by(&self, item_id: &str, played: bool, changed_at: Millis) -> Vec<u64> {
+        self.dead
+            .iter()
+            .filter(|(_, e)| {
+                e.item_id == item_id
+                    && e.changed_at <= changed_at
+                    && (played || !e.action.is_played())
+            })
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     /// Whether a newer entry of the same item, queued after `entry` (id `id`), supersedes it
     /// under the rule of [`Outbox::enqueue`].
     pub fn superseded(&self, id: u64, entry: &OutboxEntry) -> bool {

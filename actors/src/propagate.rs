@@ -254,6 +254,16 @@ impl PairCore {
         }
         let item = self.items.get(slot);
         let item_id = item.item_id.to_string();
+        if !self.outbox.dead.is_empty() {
+            for id in self
+                .outbox
+                .dead_superseded_by(&item_id, sc.played.is_some(), sc.changed_at)
+            {
+                self.outbox.dead.remove(&id);
+                batch.remove(Tree::Pairs, self.dead_key(id));
+            }
+        }
+        let item = self.items.get(slot);
         let (eff_played, eff_played_at) = self
             .outbox
             .wanted_played(&item_id)

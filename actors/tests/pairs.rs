@@ -575,6 +575,44 @@ async fn a_push_that_fails_after_a_newer_one_was_queued_is_not_retried_over_it()
     assert_eq!((s.outbox.pending, s.outbox.dead_letters), (0, 0));
 }
 
+/// A played push to Jellyfin became a dead letter; then the user unmarks the film on Plex.
+/// Jellyfin never got the play, so nothing is pushed, but the dead letter is stale now: it
+/// is dropped, and a retry of dead letters cannot mark the film played again.
+#[tokio::test(start_paused = true)]
+async fn a_newer_change_drops_the_dead_letters_it_makes_stale() {
+    let mut h = Harness::start(three(), SyncSettings::default()).await;
+    let m = movie("x", "tt79");
+    register(&mut h, "alice", &["plex", "jelly"], &m, "v").await;
+    let jelly = h.backend("alice", "jelly");
+    jelly.fault(BackendError::Client {
+        status: 400,
+        message: "bad request".into(),
+    });
+    h.send(
+        "alice",
+        "plex",
+        event(EventKind::Scrobble, &local(&m, "v", "plex")),
+    );
+    h.settle().await;
+    assert_eq!(h.status("alice", "jelly").await.outbox.dead_letters, 1);
+    h.clock.advance(60_000);
+    h.send(
+        "alice",
+        "plex",
+        event(EventKind::MarkUnplayed, &local(&m, "v", "plex")),
+    );
+    h.settle().await;
+    assert_eq!(h.status("alice", "jelly").await.outbox.dead_letters, 0);
+    let pair = PairKey::new("alice", "jelly");
+    assert_eq!(h.handle.retry_dead_letters(&pair).await.unwrap(), 0);
+    h.settle().await;
+    assert!(!jelly.item("v-jelly").played);
+    assert_eq!(jelly.writes().len(), 1, "{:?}", jelly.writes());
+    // After a restart too: the dead letter was removed from the store.
+    let h = h.restart().await;
+    assert_eq!(h.status("alice", "jelly").await.outbox.dead_letters, 0);
+}
+
 #[tokio::test(start_paused = true)]
 async fn permanent_errors_become_dead_letters_that_can_be_retried() {
     let settings = SyncSettings {

@@ -423,7 +423,7 @@ impl PairCore {
                         record.result = "retry".into();
                         self.meta.metrics.push_retried += 1;
                         // Visible at the first failure: a server that is down would otherwise
-                        // go unnoticed until the last attempt (~20 min with the defaults).
+                        // go unnoticed until the last attempt (8.5 min with the defaults: 1 + 2 + ... + 256 s).
                         let message = format!(
                             "push {} of item {} failed (attempt {} of {}, next in {}): {err}",
                             entry.action.describe(),

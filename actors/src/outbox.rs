@@ -46,11 +46,16 @@ impl RetrySchedule {
         let factor = 1.0 + self.jitter * (2.0 * unit.clamp(0.0, 1.0) - 1.0);
         let jittered = raw.mul_f64(factor.max(0.0)).min(self.max);
         Some(match error.retry_after() {
-            Some(ra) => ra.max(jittered),
+            // A server asking for more than an hour is read as an hour (a huge value must not
+            // wrap the clock arithmetic into "now").
+            Some(ra) => ra.min(MAX_RETRY_AFTER).max(jittered),
             None => jittered,
         })
     }
 }
+
+/// The longest `Retry-After` honoured.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 /// What to write on the media server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -113,6 +118,9 @@ pub struct Outbox {
     pub in_flight: HashSet<u64>,
     /// Item id → queued entry ids, so "what is wanted for this item" needs no scan.
     by_item: HashMap<String, Vec<u64>>,
+    /// No push starts before this time: the server answered 429 with a `Retry-After`, which
+    /// holds for every push to it, not only the one that got it.
+    pub hold_until: Millis,
 }
 
 impl Outbox {
@@ -218,6 +226,9 @@ impl Outbox {
     /// entry waiting for its retry (an item's pushes go out in the order they were queued),
     /// oldest first.
     pub fn ready(&self, now: Millis, max_in_flight: usize) -> Vec<u64> {
+        if now < self.hold_until {
+            return Vec::new();
+        }
         let mut busy: HashSet<&str> = self
             .in_flight
             .iter()
@@ -251,7 +262,7 @@ impl Outbox {
         self.queue
             .iter()
             .filter(|(id, e)| !self.in_flight.contains(id) && held.insert(e.item_id.as_str()))
-            .map(|(_, e)| e.due_at)
+            .map(|(_, e)| e.due_at.max(self.hold_until))
             .min()
     }
 }
@@ -420,6 +431,9 @@ impl PairCore {
                 match schedule.next_delay(entry.attempts, &err, unit) {
                     Some(delay) => {
                         entry.due_at = now + delay.as_millis() as Millis;
+                        if matches!(err, BackendError::RateLimited { .. }) {
+                            self.outbox.hold_until = self.outbox.hold_until.max(entry.due_at);
+                        }
                         record.result = "retry".into();
                         self.meta.metrics.push_retried += 1;
                         // Visible at the first failure: a server that is down would otherwise
@@ -623,6 +637,30 @@ mod tests {
         o.in_flight.insert(3);
         assert_eq!(o.next_due(), Some(100));
         assert_eq!(o.ready(100, 4), vec![1]);
+    }
+
+    /// A 429 holds every push of the pair until its time, and a Retry-After of years is read
+    /// as an hour.
+    #[test]
+    fn a_rate_limit_holds_the_whole_outbox_and_is_capped() {
+        let mut o = Outbox::default();
+        let played = PushAction::SetPlayed {
+            played: true,
+            at: None,
+        };
+        o.insert(entry(1, "a", played.clone()));
+        o.insert(entry(2, "b", played));
+        o.hold_until = 5_000;
+        assert!(o.ready(4_999, 4).is_empty());
+        assert_eq!(o.next_due(), Some(5_000));
+        assert_eq!(o.ready(5_000, 4), vec![1, 2]);
+        let huge = BackendError::RateLimited {
+            retry_after_ms: Some(u64::MAX / 4),
+        };
+        assert_eq!(
+            sched().next_delay(1, &huge, 0.5),
+            Some(Duration::from_secs(3600))
+        );
     }
 
     #[test]

@@ -613,6 +613,45 @@ async fn a_newer_change_drops_the_dead_letters_it_makes_stale() {
     assert_eq!(h.status("alice", "jelly").await.outbox.dead_letters, 0);
 }
 
+/// A server that answered 429 with `Retry-After: 7` gets no push of any item before then.
+#[tokio::test(start_paused = true)]
+async fn retry_after_holds_every_push_to_that_server() {
+    let mut h = Harness::start(three(), SyncSettings::default()).await;
+    let (m1, m2) = (movie("x", "tt81"), movie("y", "tt82"));
+    register(&mut h, "alice", &["plex", "jelly"], &m1, "r1").await;
+    register(&mut h, "alice", &["plex", "jelly"], &m2, "r2").await;
+    let jelly = h.backend("alice", "jelly");
+    jelly.fault(BackendError::RateLimited {
+        retry_after_ms: Some(7_000),
+    });
+    h.send(
+        "alice",
+        "plex",
+        event(EventKind::Scrobble, &local(&m1, "r1", "plex")),
+    );
+    eventually("the 429", || async {
+        let s = h.status("alice", "jelly").await;
+        s.outbox.pending == 1 && s.outbox.in_flight == 0 && jelly.writes().len() == 1
+    })
+    .await;
+    h.send(
+        "alice",
+        "plex",
+        event(EventKind::Scrobble, &local(&m2, "r2", "plex")),
+    );
+    h.settle().await;
+    let calls: Vec<_> = jelly.calls();
+    let first = calls[0].0;
+    for (at, call) in &calls[1..] {
+        assert!(
+            *at - first >= Duration::from_secs(7),
+            "{call:?} went {:?} after the 429",
+            *at - first
+        );
+    }
+    assert!(jelly.item("r1-jelly").played && jelly.item("r2-jelly").played);
+}
+
 #[tokio::test(start_paused = true)]
 async fn permanent_errors_become_dead_letters_that_can_be_retried() {
     let settings = SyncSettings {

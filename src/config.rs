@@ -44,6 +44,7 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Where the HTTP API listens; `0.0.0.0:8080` to receive webhooks from other machines.
+    #[serde(deserialize_with = "de_listen")]
     pub listen: SocketAddr,
     /// Fixed API key; unset means generated at first start and kept in the store.
     pub api_key: Option<String>,
@@ -206,6 +207,16 @@ impl fmt::Display for BackendConfig {
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text.trim()).map_err(|e| {
         format!("invalid duration {text:?}: {e} (write it like \"12h\", \"90s\", \"1h 30m\")")
+    })
+}
+
+fn de_listen<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    text.trim().parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not an IP address and port, such as 127.0.0.1:8080 (this machine only), \
+             0.0.0.0:8080 (every interface) or [::]:8080; a host name is not accepted"
+        ))
     })
 }
 
@@ -581,6 +592,15 @@ mod tests {
                 Duration::from_secs(30)
             )
         );
+    }
+
+    #[test]
+    fn a_listen_address_with_a_host_name_says_what_to_write() {
+        let err = parse("[server]\nlisten = \"localhost:8080\"\n").unwrap_err();
+        assert_eq!(err.key, "server.listen");
+        assert!(err.message.contains("127.0.0.1:8080"), "{}", err.message);
+        let ok = parse("[server]\nlisten = \"0.0.0.0:9000\"\n").unwrap();
+        assert_eq!(ok.server.listen.port(), 9000);
     }
 
     #[test]

@@ -200,9 +200,20 @@ fn detect(obj: &Obj<'_>, user_agent: Option<&str>) -> Option<Sender> {
 fn why_not(obj: &Obj<'_>, user_agent: Option<&str>) -> String {
     let ua = user_agent.unwrap_or_default().trim();
     let all = obj.sorted();
-    let mut keys: Vec<&str> = all.iter().map(|(k, _)| *k).take(12).collect();
+    // A key whose value is null counts as missing: say so next to it.
+    let mut keys: Vec<String> = all
+        .iter()
+        .take(12)
+        .map(|(k, v)| {
+            if v.is_null() {
+                format!("{k} (null)")
+            } else {
+                k.to_string()
+            }
+        })
+        .collect();
     if all.len() > 12 {
-        keys.push("...");
+        keys.push("...".into());
     }
     let keys = keys.join(", ");
     if starts_with_ci(ua, "jellyfin") || fields::get(obj, "ServerId").is_some() {
@@ -211,7 +222,7 @@ fn why_not(obj: &Obj<'_>, user_agent: Option<&str>) -> String {
         );
     }
     format!(
-        "the JSON object has none of the keys 'event' (Plex, Tautulli), 'NotificationType' (Jellyfin) or 'Event' (Emby); keys present: {keys}"
+        "the JSON object has none of the keys 'event' (Plex, Tautulli), 'NotificationType' (Jellyfin) or 'Event' (Emby) with a value; keys present: {keys}"
     )
 }
 
@@ -433,6 +444,7 @@ mod tests {
             msg(br#"{"data": "[1]"}"#)
         );
         assert!(msg(br#"{"data": {"data": 5}}"#).ends_with("keys present: data"));
+        assert!(msg(br#"{"event": null}"#).ends_with("keys present: event (null)"));
         assert!(msg(br#"{"data": {"data": {"data": 5}}}"#).ends_with("keys present: data"));
         assert!(msg(br#"{"data": {"data": "\"x\""}}"#)
             .ends_with("the 'data' field holds a string, not an object"));

@@ -85,12 +85,15 @@ impl App {
                 },
                 client,
             ));
-            targets.push(RouteTarget {
-                user: user.to_string(),
-                backend: name.to_string(),
-                server_id: b.server_id.clone(),
-                user_id: b.user_id.clone(),
-            });
+            // The user id and each alias route to this pair alike.
+            for user_id in std::iter::once(&b.user_id).chain(&b.user_id_aliases) {
+                targets.push(RouteTarget {
+                    user: user.to_string(),
+                    backend: name.to_string(),
+                    server_id: b.server_id.clone(),
+                    user_id: user_id.clone(),
+                });
+            }
         }
         let settings = SyncSettings {
             progress: config.sync.progress,

@@ -172,6 +172,10 @@ pub struct BackendConfig {
     pub server_id: String,
     /// The backend's id of this user: what user-scoped webhooks are routed by.
     pub user_id: String,
+    /// Other ids the webhooks may name this user by. The Plex server owner is `1` in Plex's
+    /// own webhooks but their plex.tv account id in Tautulli's: configure one, alias the other.
+    #[serde(default)]
+    pub user_id_aliases: Vec<String>,
     /// false: this backend's events never change state.
     #[serde(default = "yes")]
     pub import: bool,
@@ -417,17 +421,27 @@ impl Config {
                         "contains an empty id: list library ids, e.g. [\"7\"] (Plex section id, Jellyfin/Emby library id)".into(),
                     ));
                 }
-                let id = (normalize_id(&b.server_id), normalize_id(&b.user_id));
-                if let Some(first) = seen.get(&id) {
+                if b.user_id_aliases.iter().any(|a| a.trim().is_empty()) {
                     return Err((
-                        format!("{at}.user_id"),
-                        format!(
-                            "server_id {:?} with user_id {:?} is already configured at {first}; one backend user can belong to one user only",
-                            b.server_id, b.user_id
-                        ),
+                        format!("{at}.user_id_aliases"),
+                        "contains an empty id: list other ids of this user, e.g. [\"1\"] for the Plex owner".into(),
                     ));
                 }
-                seen.insert(id, at);
+                let ids = std::iter::once(("user_id", &b.user_id))
+                    .chain(b.user_id_aliases.iter().map(|a| ("user_id_aliases", a)));
+                for (key, user_id) in ids {
+                    let id = (normalize_id(&b.server_id), normalize_id(user_id));
+                    if let Some(first) = seen.get(&id) {
+                        return Err((
+                            format!("{at}.{key}"),
+                            format!(
+                                "server_id {:?} with user id {:?} is already configured at {first}; one backend user can belong to one user only",
+                                b.server_id, user_id
+                            ),
+                        ));
+                    }
+                    seen.insert(id, at.clone());
+                }
             }
         }
         Ok(())
@@ -601,6 +615,34 @@ mod tests {
         assert!(err.message.contains("127.0.0.1:8080"), "{}", err.message);
         let ok = parse("[server]\nlisten = \"0.0.0.0:9000\"\n").unwrap();
         assert_eq!(ok.server.listen.port(), 9000);
+    }
+
+    #[test]
+    fn a_user_id_alias_may_not_name_another_backends_user() {
+        let backend = |user_id: &str, aliases: &str| {
+            format!(
+                "type = \"plex\"\nurl = \"http://h:32400\"\ntoken = \"t\"\nserver_id = \"s\"\n\
+                 user_id = \"{user_id}\"\nuser_id_aliases = {aliases}\n"
+            )
+        };
+        let text = format!(
+            "[users.a.backends.plex]\n{}\n[users.b.backends.plex]\n{}",
+            backend("1", "[\"556205\"]"),
+            backend("7", "[\"556205\"]")
+        );
+        let err = parse(&text).unwrap_err();
+        assert_eq!(err.key, "users.b.backends.plex.user_id_aliases");
+        assert!(
+            err.message.contains("already configured"),
+            "{}",
+            err.message
+        );
+        let err = parse(&format!(
+            "[users.a.backends.plex]\n{}",
+            backend("1", "[\" \"]")
+        ))
+        .unwrap_err();
+        assert_eq!(err.key, "users.a.backends.plex.user_id_aliases");
     }
 
     #[test]

@@ -165,6 +165,49 @@ async fn dry_run_spellings_never_store_the_event() {
     t.stop().await;
 }
 
+/// The Plex owner is `1` in Plex's own webhooks and their plex.tv account id in Tautulli's:
+/// with one as `user_id` and the other in `user_id_aliases`, both reach the same pair.
+#[tokio::test]
+async fn a_user_id_alias_routes_tautulli_and_plex_ids_of_the_owner_alike() {
+    let config = r#"
+[users.alice.backends.plex]
+type = "plex"
+url = "http://127.0.0.1:9"
+token = "plex-token"
+server_id = "9d2c7e5a1b3f48c6a0e4d8b2f6c1a7e3b5d9f0c2"
+user_id = "1"
+user_id_aliases = ["28467193"]
+export = false
+"#;
+    let t = TestApp::start(TestDir::new(), &format!("api_key = \"{API_KEY}\""), config).await;
+    let body = include_str!("../fixtures/webhooks/tautulli-watched-01.json");
+    assert!(body.contains(r#""id": "28467193""#));
+    for (label, body) in [
+        ("plex.tv account id", body.to_string()),
+        (
+            "owner id 1",
+            body.replace(r#""id": "28467193""#, r#""id": "1""#),
+        ),
+    ] {
+        let r = t
+            .client
+            .put(t.url("/webhook"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202, "{label}");
+        let answer: Value = r.json().await.unwrap();
+        assert_eq!(
+            answer["routed"],
+            serde_json::json!([{"user": "alice", "backend": "plex"}]),
+            "{label}"
+        );
+    }
+    t.stop().await;
+}
+
 #[tokio::test]
 async fn each_outcome_has_its_answer() {
     let t = TestApp::start(TestDir::new(), &format!("api_key = \"{API_KEY}\""), CONFIG).await;

@@ -5,7 +5,7 @@
 //! drains and a replay is a no-op by state equality.
 
 use crate::backend::RemoteItem;
-use crate::event::{EventKind, JournalEntry, Millis, WebhookEvent};
+use crate::event::{EventKind, JournalEntry, Millis, Sender, WebhookEvent};
 use crate::pair::{PairCore, LOOKUP_PAUSE};
 use crate::state::Identity;
 use crate::status::{EventRecord, LastEvent, Outcome};
@@ -250,12 +250,58 @@ impl PairCore {
             return Decision::new(Outcome::Ignored, "import disabled for this backend");
         }
         if let Some(played) = ev.asserts_played() {
+            if ev.sender == Sender::Tautulli {
+                return self.apply_reported_play(
+                    slot,
+                    &identity,
+                    played,
+                    at,
+                    &entry.request_id,
+                    batch,
+                );
+            }
             return self.apply_played(slot, &identity, played, at, &entry.request_id, batch);
         }
         match ev.position_ms {
             Some(pos) => self.apply_position(slot, &identity, pos, at, &entry.request_id, batch),
             None => Decision::new(Outcome::Unchanged, "event carries no position"),
         }
+    }
+
+    /// Tautulli's "watched": what Tautulli saw played, at its own threshold (85 % by default),
+    /// not what Plex stored (Plex marks played at 90 %). The siblings get it, but the Plex
+    /// pair's record keeps what Plex itself reports: stored as Plex's state, a stop at 87 %
+    /// would have the next sync read Plex's "unplayed" as the user unmarking the film, and
+    /// unmark it everywhere.
+    fn apply_reported_play(
+        &mut self,
+        slot: Option<u32>,
+        identity: &Identity,
+        played: bool,
+        at: Millis,
+        request_id: &str,
+        batch: &mut Batch,
+    ) -> Decision {
+        if let Some(s) = slot {
+            let item = self.items.get(s);
+            if item.played == played {
+                return Decision::new(Outcome::Unchanged, "state already equal");
+            }
+            if at < item.played_at {
+                return Decision::new(Outcome::Ignored, "older than the stored state");
+            }
+            // A sibling's opposite change still queued for Plex is older than this play.
+            let item_id = item.item_id.to_string();
+            if self
+                .outbox
+                .wanted_played(&item_id)
+                .is_some_and(|(want, _)| want != played)
+            {
+                self.drop_queued_pushes(&item_id, true, batch);
+            }
+        }
+        self.propagate(identity, Some(played), None, at, request_id, batch);
+        Decision::new(Outcome::Applied, None)
     }
 
     fn apply_played(

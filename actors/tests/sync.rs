@@ -471,6 +471,38 @@ async fn a_played_state_without_a_date_does_not_beat_an_earlier_unmark() {
     assert!(!h.backend("alice", "jelly").item("a-jelly").played);
 }
 
+/// Tautulli reports "watched" at its own threshold (85 %), Plex marks played at 90 %: a stop
+/// at 87 % leaves Plex unplayed. The next Plex sync must not read that as the user unmarking
+/// the film: Jellyfin, which got the play, keeps it.
+#[tokio::test(start_paused = true)]
+async fn a_tautulli_watched_below_plexs_threshold_is_not_unmarked_by_the_next_sync() {
+    let specs = vec![synced("alice", "plex"), synced("alice", "jelly")];
+    let mut h = Harness::start_filled(specs, SyncSettings::default(), |h| {
+        library(h, "tt1", "a", &[]);
+    })
+    .await;
+    wait_runs(&h, 1).await;
+    h.clock.advance(60_000);
+    let mut watched = event(EventKind::Scrobble, &movie("a-plex", "tt1"));
+    watched.sender = watchstate_actors::event::Sender::Tautulli;
+    h.send("alice", "plex", watched);
+    h.settle().await;
+    assert_eq!(
+        h.backend("alice", "jelly").writes(),
+        vec![Call::SetPlayed("a-jelly".into(), true)]
+    );
+    // Plex itself still has it unplayed (stopped at 87 %).
+    assert!(!h.backend("alice", "plex").item("a-plex").played);
+    h.clock.advance(60_000);
+    run_sync(&h, &PairKey::new("alice", "plex"), 2).await;
+    assert_eq!(
+        h.backend("alice", "jelly").writes(),
+        vec![Call::SetPlayed("a-jelly".into(), true)],
+        "the sync unmarked the film on Jellyfin"
+    );
+    assert!(h.backend("alice", "jelly").item("a-jelly").played);
+}
+
 #[tokio::test(start_paused = true)]
 async fn sync_now_refuses_a_second_run_and_webhooks_flow_during_a_run() {
     let specs = vec![spec("alice", "plex"), spec("alice", "jelly")];

@@ -501,6 +501,11 @@ async fn a_tautulli_watched_below_plexs_threshold_is_not_unmarked_by_the_next_sy
         "the sync unmarked the film on Jellyfin"
     );
     assert!(h.backend("alice", "jelly").item("a-jelly").played);
+    // The sync's catch-up gives Plex the play its siblings hold.
+    assert_eq!(
+        h.backend("alice", "plex").writes(),
+        vec![Call::SetPlayed("a-plex".into(), true)]
+    );
 }
 
 #[tokio::test(start_paused = true)]

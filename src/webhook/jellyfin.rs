@@ -58,14 +58,18 @@ pub fn decode(obj: &Obj<'_>) -> WebhookEvent {
             }
         }
         "playbackstop" => {
-            // `PlayedToCompletion` says this session finished it; `Played` (sent by some
-            // versions) is the item's state after the stop. Either asserts played; a false
-            // never asserts unplayed (stopping early does not unmark an item).
-            let completed = bool_field(obj, "PlayedToCompletion") == Some(true)
-                || bool_field(obj, "Played") == Some(true);
+            // `PlayedToCompletion` says whether this session finished it. Without it, `Played`
+            // (sent by some templates) is the item's state after the stop, which stays true
+            // for a film played before and stopped mid-way this time: it counts only with
+            // the position reset to 0, as Jellyfin does at completion. A false never asserts
+            // unplayed (stopping early does not unmark an item).
+            let completed = match bool_field(obj, "PlayedToCompletion") {
+                Some(done) => done,
+                None => bool_field(obj, "Played") == Some(true) && at_start(ev.position_ms),
+            };
             (EventKind::Stop, completed.then_some(true))
         }
-        "userdatasaved" => user_data_saved(obj),
+        "userdatasaved" => user_data_saved(obj, ev.position_ms),
         "itemadded" => (EventKind::ItemAdded, None),
         _ => (EventKind::Ignore, None),
     };
@@ -90,16 +94,23 @@ fn guid_n_format(id: String) -> String {
     }
 }
 
+/// No position, or 0: where Jellyfin leaves the resume position when playback completes.
+fn at_start(position_ms: Option<u64>) -> bool {
+    position_ms.unwrap_or(0) == 0
+}
+
 /// `UserDataSaved` fires for every user-data write; `SaveReason` says which.
-fn user_data_saved(obj: &Obj<'_>) -> (EventKind, Option<bool>) {
+fn user_data_saved(obj: &Obj<'_>, position_ms: Option<u64>) -> (EventKind, Option<bool>) {
     let reason = str_field(obj, "SaveReason").unwrap_or_default();
     match reason.to_ascii_lowercase().as_str() {
         "playbackstart" | "playbackprogress" => (EventKind::Progress, None),
-        // Jellyfin saves with this reason at every stop, not only at the end: `Played` says
-        // whether the stop went past the played threshold. A stop short of it is the resume
-        // position being stored, which asserts nothing (nor unplayed).
+        // Jellyfin saves with this reason at every stop, not only at the end. At the played
+        // threshold it sets `Played` and resets the position to 0. `Played` with a position
+        // is a film played before, stopped mid-way this time: the resume position being
+        // stored, as is a stop short of the threshold. Neither asserts anything (nor
+        // unplayed).
         "playbackfinished" => match bool_field(obj, "Played") {
-            Some(true) => (EventKind::Scrobble, Some(true)),
+            Some(true) if at_start(position_ms) => (EventKind::Scrobble, Some(true)),
             _ => (EventKind::Progress, None),
         },
         "toggleplayed" => match bool_field(obj, "Played") {
@@ -176,6 +187,17 @@ mod tests {
                 EventKind::Stop,
                 None,
             ),
+            // A film played before, stopped mid-way: `Played` stays true, the position says so.
+            (
+                json!({"NotificationType": "PlaybackStop", "Played": true, "PlaybackPositionTicks": 24031170000u64}),
+                EventKind::Stop,
+                None,
+            ),
+            (
+                json!({"NotificationType": "PlaybackStop", "Played": true, "PlayedToCompletion": false}),
+                EventKind::Stop,
+                None,
+            ),
             (
                 json!({"NotificationType": "UserDataSaved", "SaveReason": "PlaybackStart"}),
                 EventKind::Progress,
@@ -190,6 +212,16 @@ mod tests {
                 json!({"NotificationType": "UserDataSaved", "SaveReason": "PlaybackFinished", "Played": true}),
                 EventKind::Scrobble,
                 Some(true),
+            ),
+            (
+                json!({"NotificationType": "UserDataSaved", "SaveReason": "PlaybackFinished", "Played": true, "PlaybackPositionTicks": 0}),
+                EventKind::Scrobble,
+                Some(true),
+            ),
+            (
+                json!({"NotificationType": "UserDataSaved", "SaveReason": "PlaybackFinished", "Played": true, "PlaybackPositionTicks": 24031170000u64}),
+                EventKind::Progress,
+                None,
             ),
             (
                 json!({"NotificationType": "UserDataSaved", "SaveReason": "PlaybackFinished", "Played": false}),

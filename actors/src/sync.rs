@@ -316,10 +316,11 @@ impl PairCore {
                 let it = self.items.get_mut(slot);
                 if r.played {
                     // A server clock ahead of ours must not put changes in our future. Without
-                    // a date the play is of unknown age (0): it reaches servers that never
-                    // changed the item, but does not beat an unmark made elsewhere, as "now"
-                    // would for a backend just added.
-                    let at = r.last_played_at.unwrap_or(0).min(now);
+                    // a date the play is of unknown age: dated 1 ms, the oldest known state (0
+                    // means none, which the catch-up of a backend added later would skip). It
+                    // reaches servers that never changed the item, but does not beat an unmark
+                    // made elsewhere, as "now" would for a backend just added.
+                    let at = r.last_played_at.unwrap_or(1).min(now);
                     it.played = true;
                     it.played_at = at;
                     self.meta.sync.changed += 1;

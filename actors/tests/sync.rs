@@ -508,6 +508,36 @@ async fn a_tautulli_watched_below_plexs_threshold_is_not_unmarked_by_the_next_sy
     );
 }
 
+/// The same dateless play reaches a backend the user adds later, through its first sync's
+/// catch-up.
+#[tokio::test(start_paused = true)]
+async fn a_played_state_without_a_date_reaches_a_backend_added_later() {
+    let mut h = Harness::start_filled(
+        vec![synced("alice", "jelly")],
+        SyncSettings::default(),
+        |h| {
+            let mut undated = movie("a-jelly", "tt1");
+            undated.played = true;
+            fake(h, "jelly").add(undated);
+        },
+    )
+    .await;
+    wait_runs(&h, 1).await;
+    // The user adds Plex to the configuration and restarts.
+    let plex = FakeBackend::new();
+    plex.add(movie("a-plex", "tt1"));
+    h.backends
+        .insert(PairKey::new("alice", "plex"), plex.clone());
+    h.specs.push(synced("alice", "plex"));
+    let h = h.restart().await;
+    eventually("plex's first run", || async {
+        h.status("alice", "plex").await.sync.runs_ok == 1
+    })
+    .await;
+    h.settle().await;
+    assert_eq!(plex.writes(), vec![Call::SetPlayed("a-plex".into(), true)]);
+}
+
 #[tokio::test(start_paused = true)]
 async fn sync_now_refuses_a_second_run_and_webhooks_flow_during_a_run() {
     let specs = vec![spec("alice", "plex"), spec("alice", "jelly")];

@@ -76,6 +76,11 @@ pub struct SyncRun {
     pub touches: Arc<AtomicU64>,
     /// Slot → the count of its last such change.
     pub touched: HashMap<u32, u64>,
+    /// The item ids this run listed so far (to tell a second copy of a film from a film
+    /// added again under a new id).
+    pub listed: std::collections::HashSet<String>,
+    /// Items left alone as further copies of a film already listed.
+    pub copies: u64,
 }
 
 async fn fetch_pages(
@@ -197,6 +202,8 @@ impl PairCore {
             state_unknown: 0,
             touches,
             touched: HashMap::new(),
+            listed: Default::default(),
+            copies: 0,
         });
         let mut batch = Batch::new();
         self.put_meta(&mut batch);
@@ -275,6 +282,23 @@ impl PairCore {
         let now = self.now();
         let identity = remote_identity(r);
         let usable = identity.is_usable();
+        // A second copy of a film (another library, another version): its ids match a record
+        // whose own item was already listed in this run. The record stays with the copy it
+        // follows; this one is left alone (taken over, the record would swap copies on every
+        // run, and with them its state).
+        if known_id.is_none() && usable {
+            if let (Some(run), Some(other)) = (self.sync_run.as_ref(), self.items.find(&identity)) {
+                if run.listed.contains(&*self.items.get(other).item_id) {
+                    if let Some(run) = self.sync_run.as_mut() {
+                        run.copies += 1;
+                    }
+                    return;
+                }
+            }
+        }
+        if let Some(run) = self.sync_run.as_mut() {
+            run.listed.insert(r.item_id.clone());
+        }
         let known = self
             .items
             .by_item_id(&r.item_id)
@@ -408,6 +432,12 @@ impl PairCore {
         } else {
             tracing::info!(pair = %self.spec.key, seen = self.meta.sync.seen,
                 changed = self.meta.sync.changed, "scheduled sync finished");
+        }
+        if run.copies > 0 {
+            tracing::info!(pair = %self.spec.key, items = run.copies,
+                "items with the external ids of another item listed before them (copies of one \
+                 film in several libraries or versions) were left alone; the first copy listed \
+                 carries the state");
         }
         if run.state_unknown > 0 {
             tracing::warn!(pair = %self.spec.key, items = run.state_unknown,

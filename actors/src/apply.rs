@@ -7,6 +7,7 @@
 use crate::backend::RemoteItem;
 use crate::event::{EventKind, JournalEntry, Millis, Sender, WebhookEvent};
 use crate::pair::{PairCore, LOOKUP_PAUSE};
+use crate::propagate::StateChanged;
 use crate::state::Identity;
 use crate::status::{EventRecord, LastEvent, Outcome};
 use crate::store::{Batch, StoreError, Tree};
@@ -292,6 +293,7 @@ impl PairCore {
             }
             // A sibling's opposite change still queued for Plex is older than this play.
             let item_id = item.item_id.to_string();
+            self.drop_stale_dead_letters(&item_id, true, at, batch);
             if self
                 .outbox
                 .wanted_played(&item_id)
@@ -320,12 +322,30 @@ impl PairCore {
                 // queued for it (the push is being retried): the user's own action here, when
                 // newer, wins over it, here and on the siblings.
                 let item_id = item.item_id.to_string();
+                self.drop_stale_dead_letters(&item_id, true, at, batch);
                 match self.outbox.wanted_played(&item_id) {
                     Some((want, changed_at)) if want != played && at >= changed_at => {
                         self.drop_queued_pushes(&item_id, true, batch);
                         self.items.get_mut(s).played_at = at;
                         self.touch(s);
                         self.put_item(batch, s);
+                        // The opposite push could not be dropped: it is running. The server
+                        // gets the user's state back right after it.
+                        if self
+                            .outbox
+                            .wanted_played(&item_id)
+                            .is_some_and(|(want, _)| want != played)
+                        {
+                            let back = StateChanged {
+                                identity: identity.clone(),
+                                played: Some(played),
+                                position_ms: None,
+                                changed_at: at,
+                                origin: self.spec.key.clone(),
+                                request_id: request_id.to_string(),
+                            };
+                            self.want(s, &back, batch);
+                        }
                         self.propagate(identity, Some(played), None, at, request_id, batch);
                         return Decision::new(Outcome::Applied, None);
                     }
@@ -337,6 +357,7 @@ impl PairCore {
             }
             // Our own push coming back before its confirmation: the echo of a sibling's change.
             let item_id = item.item_id.to_string();
+            self.drop_stale_dead_letters(&item_id, true, at, batch);
             if let Some((want, changed_at)) = self.outbox.wanted_played(&item_id) {
                 if want == played {
                     self.settle_echo(s, played, changed_at, batch);
@@ -380,6 +401,7 @@ impl PairCore {
                 return Decision::new(Outcome::Unchanged, "echo of our own push");
             }
             let item_id = item.item_id.to_string();
+            self.drop_stale_dead_letters(&item_id, false, at, batch);
             self.drop_queued_pushes(&item_id, false, batch);
             let item = self.items.get_mut(s);
             item.position_ms = pos;

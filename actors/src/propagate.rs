@@ -246,23 +246,33 @@ impl PairCore {
         pushed
     }
 
+    /// Forget the dead letters of `item_id` that a change made at `changed_at` (a played one
+    /// when `played`, else a position) makes stale, whether it came from a sibling or from
+    /// this backend: retried later, they would put an old state back over the newer one.
+    pub fn drop_stale_dead_letters(
+        &mut self,
+        item_id: &str,
+        played: bool,
+        changed_at: Millis,
+        batch: &mut Batch,
+    ) {
+        if self.outbox.dead.is_empty() {
+            return;
+        }
+        for id in self.outbox.dead_superseded_by(item_id, played, changed_at) {
+            self.outbox.dead.remove(&id);
+            batch.remove(Tree::Pairs, self.dead_key(id));
+        }
+    }
+
     /// Compare a wanted state with the item's state (including pushes already queued) and
     /// queue a push when needed. Returns true when a push was queued.
     pub fn want(&mut self, slot: u32, sc: &StateChanged, batch: &mut Batch) -> bool {
         if !self.spec.export {
             return false;
         }
-        let item = self.items.get(slot);
-        let item_id = item.item_id.to_string();
-        if !self.outbox.dead.is_empty() {
-            for id in self
-                .outbox
-                .dead_superseded_by(&item_id, sc.played.is_some(), sc.changed_at)
-            {
-                self.outbox.dead.remove(&id);
-                batch.remove(Tree::Pairs, self.dead_key(id));
-            }
-        }
+        let item_id = self.items.get(slot).item_id.to_string();
+        self.drop_stale_dead_letters(&item_id, sc.played.is_some(), sc.changed_at, batch);
         let item = self.items.get(slot);
         let (eff_played, eff_played_at) = self
             .outbox

@@ -652,6 +652,98 @@ async fn retry_after_holds_every_push_to_that_server() {
     assert!(jelly.item("r1-jelly").played && jelly.item("r2-jelly").played);
 }
 
+/// As above, but the unmark is already running on Jellyfin (it cannot be dropped) when the
+/// user watches the film there: Jellyfin gets the play back right after it.
+#[tokio::test(start_paused = true)]
+async fn a_users_newer_action_beats_an_opposite_push_already_running() {
+    let mut h = Harness::start(three(), SyncSettings::default()).await;
+    let m = movie("x", "tt83");
+    register(&mut h, "alice", &["plex", "jelly", "emby"], &m, "n").await;
+    h.send(
+        "alice",
+        "plex",
+        event(EventKind::Scrobble, &local(&m, "n", "plex")),
+    );
+    h.settle().await;
+    let jelly = h.backend("alice", "jelly");
+    let held = jelly.write_gate.lock().await;
+    h.clock.advance(60_000);
+    h.send(
+        "alice",
+        "plex",
+        event(EventKind::MarkUnplayed, &local(&m, "n", "plex")),
+    );
+    eventually("the unmark to be running on jellyfin", || async {
+        h.status("alice", "jelly").await.outbox.in_flight == 1
+    })
+    .await;
+    h.clock.advance(1_000);
+    h.send(
+        "alice",
+        "jelly",
+        event(EventKind::Scrobble, &local(&m, "n", "jelly")),
+    );
+    eventually("the scrobble to be handled", || async {
+        h.status("alice", "jelly").await.outbox.pending == 2
+    })
+    .await;
+    drop(held);
+    h.settle().await;
+    assert!(jelly.item("n-jelly").played, "{:?}", jelly.writes());
+    assert_eq!(
+        jelly.writes().last(),
+        Some(&Call::SetPlayed("n-jelly".into(), true))
+    );
+    for b in ["plex", "emby"] {
+        let writes = h.backend("alice", b).writes();
+        assert_eq!(
+            writes.last(),
+            Some(&Call::SetPlayed(format!("n-{b}"), true)),
+            "{b}: {writes:?}"
+        );
+    }
+}
+
+/// An unmark for Jellyfin became a dead letter; then the user watches the film on Jellyfin
+/// itself. That newer action makes the dead letter stale: a retry cannot unmark the film.
+#[tokio::test(start_paused = true)]
+async fn the_backends_own_newer_action_drops_its_stale_dead_letters() {
+    let mut h = Harness::start(three(), SyncSettings::default()).await;
+    let m = movie("x", "tt84");
+    register(&mut h, "alice", &["plex", "jelly"], &m, "s").await;
+    h.send(
+        "alice",
+        "plex",
+        event(EventKind::Scrobble, &local(&m, "s", "plex")),
+    );
+    h.settle().await;
+    let jelly = h.backend("alice", "jelly");
+    jelly.fault(BackendError::Client {
+        status: 400,
+        message: "bad request".into(),
+    });
+    h.clock.advance(60_000);
+    h.send(
+        "alice",
+        "plex",
+        event(EventKind::MarkUnplayed, &local(&m, "s", "plex")),
+    );
+    h.settle().await;
+    assert_eq!(h.status("alice", "jelly").await.outbox.dead_letters, 1);
+    h.clock.advance(60_000);
+    h.send(
+        "alice",
+        "jelly",
+        event(EventKind::Scrobble, &local(&m, "s", "jelly")),
+    );
+    h.settle().await;
+    assert_eq!(h.status("alice", "jelly").await.outbox.dead_letters, 0);
+    let pair = PairKey::new("alice", "jelly");
+    assert_eq!(h.handle.retry_dead_letters(&pair).await.unwrap(), 0);
+    h.settle().await;
+    assert!(jelly.item("s-jelly").played);
+}
+
 #[tokio::test(start_paused = true)]
 async fn permanent_errors_become_dead_letters_that_can_be_retried() {
     let settings = SyncSettings {

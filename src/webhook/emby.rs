@@ -5,14 +5,16 @@
 //! | `Event` | normalised |
 //! |---|---|
 //! | `playback.start` / `playback.pause` / `playback.unpause` | play / pause / resume |
-//! | `playback.stop` | stop; `played = true` only if `PlayedToCompletion` (or `Item.Played`) is true |
+//! | `playback.stop` | stop; `played = true` only if `PlayedToCompletion` is true (without it: `Item.Played` at position 0 or ≥ 90 %) |
 //! | `playback.scrobble` | scrobble, `played = true` |
 //! | `item.markplayed` / `item.markunplayed` | mark_played / mark_unplayed (forced state) |
 //! | `library.new` | item_added (generic) |
 //! | `system.notificationtest`, `system.webhooktest` | test |
 //! | anything else (`item.rate`, `library.deleted`, `user.*`, ...) | ignore |
 
-use super::fields::{self, bool_field, str_field, ticks_to_ms, u32_field, u64_field};
+use super::fields::{
+    self, bool_field, finished_by_played, str_field, ticks_to_ms, u32_field, u64_field,
+};
 use super::lazy::Obj;
 use super::{blank, ids};
 use watchstate_actors::event::{EventKind, ItemType, Sender, WebhookEvent};
@@ -61,11 +63,21 @@ pub fn decode(obj: &Obj<'_>) -> WebhookEvent {
         "playback.pause" => (EventKind::Pause, None),
         "playback.unpause" => (EventKind::Resume, None),
         "playback.stop" => {
-            // Any of these being true asserts played; false never asserts unplayed.
-            let completed = playback.and_then(|p| bool_field(p, "PlayedToCompletion"))
-                == Some(true)
-                || item.and_then(|i| bool_field(i, "PlayedToCompletion")) == Some(true)
-                || item.and_then(|i| bool_field(i, "Played")) == Some(true);
+            // `PlayedToCompletion` says whether this session finished it; without it, the
+            // item's `Played` counts only where a finished playback leaves the position
+            // (`Played` stays true on a film played before and stopped mid-way). False never
+            // asserts unplayed.
+            let to_completion = playback
+                .and_then(|p| bool_field(p, "PlayedToCompletion"))
+                .or_else(|| item.and_then(|i| bool_field(i, "PlayedToCompletion")));
+            let completed = match to_completion {
+                Some(done) => done,
+                None => finished_by_played(
+                    item.and_then(|i| bool_field(i, "Played")),
+                    ev.position_ms,
+                    ev.duration_ms,
+                ),
+            };
             (EventKind::Stop, completed.then_some(true))
         }
         "playback.scrobble" => (EventKind::Scrobble, Some(true)),
@@ -123,6 +135,21 @@ mod tests {
                 json!({"Item": {"Type": "Movie", "Played": true}}),
                 EventKind::Stop,
                 Some(true),
+            ),
+            // A film played before, stopped mid-way: `Played` stays true.
+            (
+                "playback.stop",
+                json!({"Item": {"Type": "Movie", "Played": true, "RunTimeTicks": 34170000000u64},
+                       "PlaybackInfo": {"PositionTicks": 12000000000u64}}),
+                EventKind::Stop,
+                None,
+            ),
+            (
+                "playback.stop",
+                json!({"Item": {"Type": "Movie", "Played": true},
+                       "PlaybackInfo": {"PlayedToCompletion": false}}),
+                EventKind::Stop,
+                None,
             ),
             (
                 "playback.scrobble",

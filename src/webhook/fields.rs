@@ -111,6 +111,26 @@ pub fn ticks_to_ms(ticks: u64) -> u64 {
     ticks / 10_000
 }
 
+/// Whether an item's `Played: true`, sent with a stop that does not say whether this session
+/// finished it, means it did. `Played` stays true on a film played before and stopped
+/// mid-way this time, so it counts only with the position where a finished playback leaves
+/// it: reset to 0 (the user data after completion), or at least 90 % in (the session's own
+/// position at the end, past Jellyfin's and Emby's default played threshold).
+pub fn finished_by_played(
+    played: Option<bool>,
+    position_ms: Option<u64>,
+    duration_ms: Option<u64>,
+) -> bool {
+    if played != Some(true) {
+        return false;
+    }
+    match (position_ms.unwrap_or(0), duration_ms) {
+        (0, _) => true,
+        (pos, Some(d)) if d > 0 => pos.saturating_mul(10) >= d.saturating_mul(9),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::lazy::parse_object;

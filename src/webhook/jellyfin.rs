@@ -6,14 +6,14 @@
 //! |---|---|
 //! | `PlaybackStart` | play |
 //! | `PlaybackProgress` | pause if `IsPaused`, else progress |
-//! | `PlaybackStop` | stop; `played = true` only if `PlayedToCompletion` (or `Played`) is true |
+//! | `PlaybackStop` | stop; `played = true` only if `PlayedToCompletion` is true (without it: `Played` at position 0 or ≥ 90 %) |
 //! | `UserDataSaved`, `SaveReason` `PlaybackStart` / `PlaybackProgress` | progress |
-//! | `UserDataSaved`, `SaveReason` `PlaybackFinished` | scrobble, `played = true`, if `Played`; else progress |
+//! | `UserDataSaved`, `SaveReason` `PlaybackFinished` | scrobble, `played = true`, if `Played` at position 0 (or ≥ 90 %); else progress |
 //! | `UserDataSaved`, `SaveReason` `TogglePlayed` | mark_played / mark_unplayed by `Played` |
 //! | `ItemAdded` | item_added (generic) |
 //! | anything else (other save reasons, `AuthenticationSuccess`, `SessionStart`, ...) | ignore |
 
-use super::fields::{bool_field, str_field, ticks_to_ms, u32_field, u64_field};
+use super::fields::{bool_field, finished_by_played, str_field, ticks_to_ms, u32_field, u64_field};
 use super::lazy::Obj;
 use super::{blank, ids};
 use watchstate_actors::event::{EventKind, ItemType, Sender, WebhookEvent};
@@ -65,11 +65,13 @@ pub fn decode(obj: &Obj<'_>) -> WebhookEvent {
             // unplayed (stopping early does not unmark an item).
             let completed = match bool_field(obj, "PlayedToCompletion") {
                 Some(done) => done,
-                None => bool_field(obj, "Played") == Some(true) && at_start(ev.position_ms),
+                None => {
+                    finished_by_played(bool_field(obj, "Played"), ev.position_ms, ev.duration_ms)
+                }
             };
             (EventKind::Stop, completed.then_some(true))
         }
-        "userdatasaved" => user_data_saved(obj, ev.position_ms),
+        "userdatasaved" => user_data_saved(obj, ev.position_ms, ev.duration_ms),
         "itemadded" => (EventKind::ItemAdded, None),
         _ => (EventKind::Ignore, None),
     };
@@ -94,13 +96,12 @@ fn guid_n_format(id: String) -> String {
     }
 }
 
-/// No position, or 0: where Jellyfin leaves the resume position when playback completes.
-fn at_start(position_ms: Option<u64>) -> bool {
-    position_ms.unwrap_or(0) == 0
-}
-
 /// `UserDataSaved` fires for every user-data write; `SaveReason` says which.
-fn user_data_saved(obj: &Obj<'_>, position_ms: Option<u64>) -> (EventKind, Option<bool>) {
+fn user_data_saved(
+    obj: &Obj<'_>,
+    position_ms: Option<u64>,
+    duration_ms: Option<u64>,
+) -> (EventKind, Option<bool>) {
     let reason = str_field(obj, "SaveReason").unwrap_or_default();
     match reason.to_ascii_lowercase().as_str() {
         "playbackstart" | "playbackprogress" => (EventKind::Progress, None),
@@ -109,10 +110,13 @@ fn user_data_saved(obj: &Obj<'_>, position_ms: Option<u64>) -> (EventKind, Optio
         // is a film played before, stopped mid-way this time: the resume position being
         // stored, as is a stop short of the threshold. Neither asserts anything (nor
         // unplayed).
-        "playbackfinished" => match bool_field(obj, "Played") {
-            Some(true) if at_start(position_ms) => (EventKind::Scrobble, Some(true)),
-            _ => (EventKind::Progress, None),
-        },
+        "playbackfinished" => {
+            if finished_by_played(bool_field(obj, "Played"), position_ms, duration_ms) {
+                (EventKind::Scrobble, Some(true))
+            } else {
+                (EventKind::Progress, None)
+            }
+        }
         "toggleplayed" => match bool_field(obj, "Played") {
             Some(true) => (EventKind::MarkPlayed, Some(true)),
             Some(false) => (EventKind::MarkUnplayed, Some(false)),
@@ -189,9 +193,15 @@ mod tests {
             ),
             // A film played before, stopped mid-way: `Played` stays true, the position says so.
             (
-                json!({"NotificationType": "PlaybackStop", "Played": true, "PlaybackPositionTicks": 24031170000u64}),
+                json!({"NotificationType": "PlaybackStop", "Played": true, "PlaybackPositionTicks": 7000000000u64}),
                 EventKind::Stop,
                 None,
+            ),
+            // The session's own position at the end of a finished playback (95 % in).
+            (
+                json!({"NotificationType": "PlaybackStop", "Played": true, "PlaybackPositionTicks": 13500000000u64}),
+                EventKind::Stop,
+                Some(true),
             ),
             (
                 json!({"NotificationType": "PlaybackStop", "Played": true, "PlayedToCompletion": false}),
@@ -219,7 +229,7 @@ mod tests {
                 Some(true),
             ),
             (
-                json!({"NotificationType": "UserDataSaved", "SaveReason": "PlaybackFinished", "Played": true, "PlaybackPositionTicks": 24031170000u64}),
+                json!({"NotificationType": "UserDataSaved", "SaveReason": "PlaybackFinished", "Played": true, "PlaybackPositionTicks": 7000000000u64}),
                 EventKind::Progress,
                 None,
             ),

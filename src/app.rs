@@ -126,8 +126,10 @@ impl App {
         journal.set_dispatch(Arc::new(move |entry| {
             dispatch_to.dispatch(entry).map_err(|e| e.to_string())
         }));
+        let configured: std::collections::HashSet<PairKey> =
+            config.pairs().map(|(u, b, _)| PairKey::new(u, b)).collect();
         let replayed = journal
-            .replay()
+            .replay_configured(|pair| configured.contains(pair))
             .map_err(|e| AppError::Storage(e.to_string()))?;
         if replayed > 0 {
             tracing::info!(replayed, "replaying journaled events from the previous run");

@@ -739,10 +739,31 @@ impl Journal {
 
     /// Hand every entry left from the previous run to its actor, in order. Returns how many.
     pub fn replay(&self) -> Result<usize, SinkError> {
-        let entries = self.pending();
-        let n = entries.len();
-        for e in entries {
+        self.replay_configured(|_| true)
+    }
+
+    /// [`Journal::replay`] of the entries whose pair `configured` accepts. The others (a pair
+    /// removed or renamed in the configuration since they were accepted) are kept, not
+    /// dropped: they stay in the journal, and replay if the pair comes back. A warning names
+    /// each such pair. Returns how many were handed on.
+    pub fn replay_configured(
+        &self,
+        configured: impl Fn(&PairKey) -> bool,
+    ) -> Result<usize, SinkError> {
+        let mut kept: BTreeMap<String, usize> = BTreeMap::new();
+        let mut n = 0;
+        for e in self.pending() {
+            if !configured(&e.pair) {
+                *kept.entry(e.pair.to_string()).or_default() += 1;
+                continue;
+            }
             self.dispatch(e).map_err(SinkError::Unavailable)?;
+            n += 1;
+        }
+        for (pair, count) in kept {
+            tracing::warn!(%pair, events = count,
+                "journaled events of a pair that is no longer configured were kept, not applied; \
+                 they apply if the pair is configured again (the journal's depth counts them)");
         }
         Ok(n)
     }
@@ -1045,6 +1066,46 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(j.pending().last().unwrap().seq, 103);
+    }
+
+    /// Entries of a pair removed from the configuration while they waited do not stop the
+    /// start (the actors know no such pair): they are kept, and the others replay.
+    #[tokio::test]
+    async fn entries_of_a_pair_no_longer_configured_are_kept_and_the_rest_replays() {
+        let dir = tempfile::tempdir().unwrap();
+        let (kept, gone) = (PairKey::new("alice", "plex"), PairKey::new("bob", "plex"));
+        {
+            let store = SledStore::open(dir.path(), 1 << 20).unwrap();
+            let j = Journal::open(store).unwrap();
+            j.set_dispatch(Arc::new(|_| Ok(())));
+            j.accept("r1", 1, &event(), std::slice::from_ref(&gone))
+                .await
+                .unwrap();
+            j.accept("r2", 2, &event(), std::slice::from_ref(&kept))
+                .await
+                .unwrap();
+            j.close().await;
+        }
+        let store = SledStore::open(dir.path(), 1 << 20).unwrap();
+        let j = Journal::open(store).unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (s, known) = (seen.clone(), kept.clone());
+        // As the supervisor does: an unknown pair is an error.
+        j.set_dispatch(Arc::new(move |e: JournalEntry| {
+            if e.pair != known {
+                return Err(format!("unknown pair {}", e.pair));
+            }
+            s.lock().unwrap().push(e.request_id);
+            Ok(())
+        }));
+        assert!(
+            j.replay().is_err(),
+            "replaying everything fails on the removed pair"
+        );
+        seen.lock().unwrap().clear();
+        assert_eq!(j.replay_configured(|p| *p == kept).unwrap(), 1);
+        assert_eq!(*seen.lock().unwrap(), vec!["r2".to_string()]);
+        assert_eq!(j.depth(), 2, "the removed pair's entry is kept");
     }
 
     /// Under sustained writes the tidier prepares a zero-filled spare and the next segment is

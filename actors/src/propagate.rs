@@ -185,6 +185,7 @@ impl PairCore {
                 id
             }
         };
+        let before = self.pending.get_mut(id).map(|p| p.clone());
         let p = self.pending.get_mut(id).expect("just found or inserted");
         if let Some(played) = sc.played {
             if p.played.is_none_or(|(_, at)| sc.changed_at >= at) {
@@ -204,6 +205,10 @@ impl PairCore {
         }
         p.identity = p.identity.merged(&sc.identity);
         let p = p.clone();
+        // The same wanted state again (every sibling's catch-up resends it): nothing to write.
+        if before.as_ref().is_some_and(|b| *b == p) {
+            return;
+        }
         self.pending.remove(id);
         self.pending.insert(p.clone());
         batch.put(Tree::Pairs, self.pending_key(id), encode(&p));

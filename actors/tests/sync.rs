@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::Duration;
 use support::*;
 use watchstate_actors::event::EventKind;
@@ -563,6 +564,88 @@ async fn a_played_state_without_a_date_reaches_a_backend_added_later() {
     .await;
     h.settle().await;
     assert_eq!(plex.writes(), vec![Call::SetPlayed("a-plex".into(), true)]);
+}
+
+/// Counts the writes of pending entries (`p/` keys) of one pair.
+struct CountingStore {
+    inner: watchstate_actors::store::MemoryStore,
+    prefix: &'static str,
+    writes: std::sync::atomic::AtomicUsize,
+}
+
+impl watchstate_actors::store::Store for CountingStore {
+    fn get(
+        &self,
+        tree: watchstate_actors::store::Tree,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, watchstate_actors::store::StoreError> {
+        self.inner.get(tree, key)
+    }
+    fn scan_prefix(
+        &self,
+        tree: watchstate_actors::store::Tree,
+        prefix: &[u8],
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, watchstate_actors::store::StoreError> {
+        self.inner.scan_prefix(tree, prefix)
+    }
+    fn apply(
+        &self,
+        batch: watchstate_actors::store::Batch,
+    ) -> Result<(), watchstate_actors::store::StoreError> {
+        let n = batch
+            .ops
+            .iter()
+            .filter(|op| op.value.is_some() && op.key.starts_with(self.prefix.as_bytes()))
+            .count();
+        self.writes
+            .fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+        self.inner.apply(batch)
+    }
+    fn flush(&self) -> Result<(), watchstate_actors::store::StoreError> {
+        Ok(())
+    }
+}
+
+/// A film Jellyfin does not have waits there as a pending state. Every later sync of
+/// Jellyfin gets it again from Plex's catch-up: the same state is not written again.
+#[tokio::test(start_paused = true)]
+async fn a_catch_up_that_resends_a_pending_state_writes_nothing() {
+    let store = Arc::new(CountingStore {
+        inner: watchstate_actors::store::MemoryStore::new(),
+        prefix: "alice/jelly/p/",
+        writes: Default::default(),
+    });
+    let plex = FakeBackend::new();
+    let mut m = movie("a-plex", "tt1");
+    m.played = true;
+    m.last_played_at = Some(1_600_000_000_000);
+    plex.add(m);
+    let backends: std::collections::HashMap<PairKey, Arc<FakeBackend>> = [
+        (PairKey::new("alice", "plex"), plex),
+        (PairKey::new("alice", "jelly"), FakeBackend::new()),
+    ]
+    .into_iter()
+    .collect();
+    let h = Harness::start_with(
+        vec![synced("alice", "plex"), synced("alice", "jelly")],
+        SyncSettings::default(),
+        store.clone(),
+        Arc::new(watchstate_actors::TestClock::new(1_700_000_000_000)),
+        backends,
+    )
+    .await;
+    wait_runs(&h, 1).await;
+    let after_first = store.writes.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(after_first >= 1, "the pending state was never written");
+    for run in 2..=3 {
+        h.clock.advance(60_000);
+        run_sync(&h, &PairKey::new("alice", "jelly"), run).await;
+    }
+    assert_eq!(
+        store.writes.load(std::sync::atomic::Ordering::SeqCst),
+        after_first,
+        "the same pending state was written again"
+    );
 }
 
 #[tokio::test(start_paused = true)]

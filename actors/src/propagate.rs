@@ -58,12 +58,15 @@ impl Pending {
         self.entries.insert(p.id, p);
     }
 
+    /// The entry for this identity. An index key counts only while the entry it names still
+    /// has it: an entry's identity can change (a merge brings other season and episode
+    /// numbers), and a key left from before must not hand its state to another item.
     pub fn find(&self, identity: &Identity) -> Option<u64> {
-        identity
-            .index_keys()
-            .iter()
-            .find_map(|k| self.by_key.get(k).copied())
-            .filter(|id| self.entries.contains_key(id))
+        identity.index_keys().iter().find_map(|k| {
+            let id = *self.by_key.get(k)?;
+            let entry = self.entries.get(&id)?;
+            entry.identity.index_keys().contains(k).then_some(id)
+        })
     }
 
     pub fn get_mut(&mut self, id: u64) -> Option<&mut PendingEntry> {
@@ -409,5 +412,47 @@ impl PairCore {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::ItemType;
+
+    fn episode(season: u32, episode: u32) -> Identity {
+        Identity {
+            item_type: ItemType::Episode,
+            ids: Default::default(),
+            series_ids: [("tvdb".to_string(), "12".to_string())]
+                .into_iter()
+                .collect(),
+            season: Some(season),
+            episode: Some(episode),
+        }
+    }
+
+    /// An entry whose episode numbers changed (another numbering merged in) is not found
+    /// any more by its old numbers, which may name another episode.
+    #[test]
+    fn a_key_the_entry_no_longer_has_finds_nothing() {
+        let mut pending = Pending::default();
+        pending.insert(PendingEntry {
+            id: 1,
+            identity: episode(1, 2),
+            played: Some((true, 5)),
+            position: None,
+            origin: PairKey::new("u", "plex"),
+            request_id: "r".into(),
+            since: 0,
+        });
+        assert_eq!(pending.find(&episode(1, 2)), Some(1));
+        // As keep_pending does: change the identity, then remove and insert again.
+        pending.get_mut(1).unwrap().identity = episode(1, 3);
+        let entry = pending.get_mut(1).unwrap().clone();
+        pending.remove(1);
+        pending.insert(entry);
+        assert_eq!(pending.find(&episode(1, 3)), Some(1));
+        assert_eq!(pending.find(&episode(1, 2)), None);
     }
 }

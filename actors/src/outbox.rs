@@ -57,6 +57,55 @@ impl RetrySchedule {
 /// The longest `Retry-After` honoured.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
+/// How often a run of failed pushes to one server is logged as a warning.
+pub const FAILURE_WARN_EVERY: Millis = 60_000;
+
+/// Failed push attempts in a row to this pair's server, so that an outage is logged as a
+/// warning at its first failure and then once a minute (with the count left out), rather
+/// than once per attempt of every queued push. Every failure still sets the status's
+/// `last_error`; the quiet ones are logged at debug level. Memory only.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct FailureLog {
+    /// Failed attempts since the last push that worked.
+    streak: u64,
+    /// Failed attempts not logged as warnings since the last warning.
+    quiet: u64,
+    /// When the last warning was logged.
+    warned_at: Option<Millis>,
+}
+
+/// Whether a failure is logged as a warning, and how many were left out before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureVerdict {
+    Warn { left_out: u64 },
+    Quiet,
+}
+
+impl FailureLog {
+    /// A push attempt failed at `now`.
+    pub fn failed(&mut self, now: Millis) -> FailureVerdict {
+        self.streak += 1;
+        match self.warned_at {
+            Some(at) if now.saturating_sub(at) < FAILURE_WARN_EVERY => {
+                self.quiet += 1;
+                FailureVerdict::Quiet
+            }
+            _ => {
+                self.warned_at = Some(now);
+                FailureVerdict::Warn {
+                    left_out: std::mem::take(&mut self.quiet),
+                }
+            }
+        }
+    }
+
+    /// A push worked: the number of failed attempts before it, if any (the run is over).
+    pub fn succeeded(&mut self) -> Option<u64> {
+        let streak = std::mem::take(self).streak;
+        (streak > 0).then_some(streak)
+    }
+}
+
 /// What to write on the media server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -388,6 +437,10 @@ impl PairCore {
         };
         match result {
             Ok(()) => {
+                if let Some(failed) = self.push_failures.succeeded() {
+                    tracing::info!(pair = %self.spec.key, failed,
+                        "pushes to this server work again after {failed} failed attempt(s)");
+                }
                 self.outbox.remove(entry_id);
                 batch.remove(Tree::Pairs, self.outbox_key(entry_id));
                 self.meta.counters.pushed += 1;
@@ -446,7 +499,7 @@ impl PairCore {
                             schedule.attempts.max(1),
                             format_delay(delay)
                         );
-                        self.record_error(message.clone());
+                        self.push_failed(message.clone(), now);
                         entry.last_failure = Some(LastError { at: now, message });
                         self.put_outbox(&mut batch, &entry);
                         self.outbox.queue.insert(entry_id, entry);
@@ -458,12 +511,13 @@ impl PairCore {
                         self.meta.counters.push_failed += 1;
                         self.meta.metrics.push_dead += 1;
                         record.result = "dead_letter".into();
-                        self.record_error(format!(
+                        let message = format!(
                             "push {} of item {} failed after {} attempt(s): {err}",
                             entry.action.describe(),
                             entry.item_id,
                             entry.attempts
-                        ));
+                        );
+                        self.push_failed(message, now);
                         self.outbox.dead.insert(entry_id, entry);
                     }
                 }
@@ -472,6 +526,20 @@ impl PairCore {
         self.push_push_record(record);
         self.put_meta(&mut batch);
         self.commit(batch)
+    }
+
+    /// A push attempt failed: the status shows it at once; the log gets a warning at the
+    /// first failure of a run and then once a minute, the rest at debug level.
+    fn push_failed(&mut self, message: String, now: Millis) {
+        match self.push_failures.failed(now) {
+            FailureVerdict::Warn { left_out: 0 } => {
+                tracing::warn!(pair = %self.spec.key, "{message}")
+            }
+            FailureVerdict::Warn { left_out } => tracing::warn!(pair = %self.spec.key,
+                left_out, "{message} ({left_out} more failed attempt(s) in the last minute not logged as warnings)"),
+            FailureVerdict::Quiet => tracing::debug!(pair = %self.spec.key, "{message}"),
+        }
+        self.set_last_error(message);
     }
 
     /// The media server reported the state a queued push wants: it is there already.
@@ -599,6 +667,23 @@ impl PairCore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_of_failures_warns_at_its_start_then_once_a_minute_and_ends_at_a_success() {
+        let mut log = FailureLog::default();
+        assert_eq!(log.succeeded(), None, "no run yet");
+        assert_eq!(log.failed(1_000), FailureVerdict::Warn { left_out: 0 });
+        for t in [1_001, 2_000, 60_999] {
+            assert_eq!(log.failed(t), FailureVerdict::Quiet, "at {t}");
+        }
+        assert_eq!(log.failed(61_000), FailureVerdict::Warn { left_out: 3 });
+        assert_eq!(log.failed(61_001), FailureVerdict::Quiet);
+        assert_eq!(log.failed(200_000), FailureVerdict::Warn { left_out: 1 });
+        assert_eq!(log.succeeded(), Some(7));
+        assert_eq!(log, FailureLog::default(), "the run is over");
+        // The next failure starts a new run: warned at once, even within the minute.
+        assert_eq!(log.failed(200_001), FailureVerdict::Warn { left_out: 0 });
+    }
 
     fn sched() -> RetrySchedule {
         RetrySchedule {

@@ -180,6 +180,8 @@ pub struct PairCore {
     /// being kept pending for an item this pair will never register. Memory only; every
     /// completed sync replaces it, before the catch-up that follows it.
     pub ignored_keys: std::collections::HashSet<u64>,
+    /// Failed push attempts in a row, for logging an outage once a minute.
+    pub push_failures: crate::outbox::FailureLog,
 }
 
 impl PairCore {
@@ -304,6 +306,11 @@ impl PairCore {
 
     pub fn record_error(&mut self, message: String) {
         tracing::warn!(pair = %self.spec.key, "{message}");
+        self.set_last_error(message);
+    }
+
+    /// The status's `last_error`, without a log line.
+    pub fn set_last_error(&mut self, message: String) {
         self.meta.last_error = Some(LastError {
             at: self.now(),
             message,
@@ -543,6 +550,7 @@ impl Actor for PairActor {
             seen: Vec::new(),
             lookups_paused: None,
             ignored_keys: Default::default(),
+            push_failures: Default::default(),
         };
         core.load()?;
         core.forget_stale_ignore_marks()?;

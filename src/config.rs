@@ -361,6 +361,8 @@ impl Config {
         }
         // (normalised server id, normalised user id) → where it was first seen.
         let mut seen: HashMap<(String, String), String> = HashMap::new();
+        // (normalised Plex server id, token) → where it was first seen and for which user id.
+        let mut plex_tokens: HashMap<(String, &str), (String, String)> = HashMap::new();
         for (user, uc) in &self.users {
             check_name(user).map_err(|m| (format!("users.{user}"), m))?;
             if uc.backends.is_empty() {
@@ -426,6 +428,27 @@ impl Config {
                         format!("{at}.user_id_aliases"),
                         "contains an empty id: list other ids of this user, e.g. [\"1\"] for the Plex owner".into(),
                     ));
+                }
+                // A Plex token is one account's: a second user id with it would read and write
+                // the first account's watch state. (Jellyfin and Emby API keys act for any user.)
+                if b.kind == BackendKind::Plex {
+                    let key = (normalize_id(&b.server_id), b.token.trim());
+                    let user_id = normalize_id(&b.user_id);
+                    match plex_tokens.get(&key) {
+                        Some((first, first_user)) if *first_user != user_id => {
+                            return Err((
+                                format!("{at}.token"),
+                                format!(
+                                    "is the same Plex token as {first}.token, which is user id {first_user:?}'s: a Plex token acts as one account, so user id {:?} would read and change that account's watch state; give each Plex user their own token (see \"Plex users\" in the README)",
+                                    b.user_id
+                                ),
+                            ));
+                        }
+                        Some(_) => {}
+                        None => {
+                            plex_tokens.insert(key, (at.clone(), user_id));
+                        }
+                    }
                 }
                 let ids = std::iter::once(("user_id", &b.user_id))
                     .chain(b.user_id_aliases.iter().map(|a| ("user_id_aliases", a)));
@@ -621,7 +644,7 @@ mod tests {
     fn a_user_id_alias_may_not_name_another_backends_user() {
         let backend = |user_id: &str, aliases: &str| {
             format!(
-                "type = \"plex\"\nurl = \"http://h:32400\"\ntoken = \"t\"\nserver_id = \"s\"\n\
+                "type = \"plex\"\nurl = \"http://h:32400\"\ntoken = \"t{user_id}\"\nserver_id = \"s\"\n\
                  user_id = \"{user_id}\"\nuser_id_aliases = {aliases}\n"
             )
         };
@@ -643,6 +666,54 @@ mod tests {
         ))
         .unwrap_err();
         assert_eq!(err.key, "users.a.backends.plex.user_id_aliases");
+    }
+
+    /// A Plex token is one account's: the same token for two user ids of one server would
+    /// read and write the first account's state for both. Jellyfin and Emby API keys are not
+    /// tied to a user, and one Plex account on two servers (or twice on one, as the same user
+    /// id) is fine.
+    #[test]
+    fn one_plex_token_for_two_user_ids_of_a_server_is_refused() {
+        let backend = |kind: &str, server: &str, user_id: &str, token: &str| {
+            format!(
+                "type = \"{kind}\"\nurl = \"http://h:32400\"\ntoken = \"{token}\"\n\
+                 server_id = \"{server}\"\nuser_id = \"{user_id}\"\n"
+            )
+        };
+        let two = |a: String, b: String| {
+            parse(&format!(
+                "[users.alice.backends.plex]\n{a}\n[users.bob.backends.plex]\n{b}"
+            ))
+        };
+        let err = two(
+            backend("plex", "s1", "1", "owner-token"),
+            backend("plex", "S1", "7", " owner-token "),
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "users.bob.backends.plex.token");
+        assert!(
+            err.message.contains("users.alice.backends.plex.token")
+                && err.message.contains("their own token"),
+            "{}",
+            err.message
+        );
+        assert!(!err.message.contains("owner-token"), "{}", err.message);
+
+        two(
+            backend("plex", "s1", "1", "owner-token"),
+            backend("plex", "s1", "7", "bob-token"),
+        )
+        .expect("each user their own token");
+        two(
+            backend("plex", "s1", "1", "owner-token"),
+            backend("plex", "s2", "1", "owner-token"),
+        )
+        .expect("one account on two servers");
+        two(
+            backend("jellyfin", "s1", "u1", "api-key"),
+            backend("jellyfin", "s1", "u2", "api-key"),
+        )
+        .expect("one Jellyfin API key for every user");
     }
 
     #[test]

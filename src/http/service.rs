@@ -34,8 +34,11 @@ impl Routes for ServiceRoutes {
             let rest = path.strip_prefix(PREFIX)?;
             if rest == "/webhook" {
                 return Some(match req.method {
-                    Method::POST | Method::PUT => self.webhook.handle(req, body).await,
-                    _ => method_not_allowed("GET, POST, PUT"),
+                    // Tautulli can send PATCH (2.15.2 added it to its webhook methods).
+                    Method::POST | Method::PUT | Method::PATCH => {
+                        self.webhook.handle(req, body).await
+                    }
+                    _ => method_not_allowed("POST, PUT, PATCH"),
                 });
             }
             if rest == "/metrics" {

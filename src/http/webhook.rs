@@ -1,4 +1,4 @@
-//! `POST|PUT /v1/api/webhook` (DESIGN.md §2, §8): read the body within the limit, decode
+//! `POST|PUT|PATCH /v1/api/webhook` (DESIGN.md §2, §8): read the body within the limit, decode
 //! (pure), route (config lookup), and hand routed events to the [`EventSink`]. The handler
 //! never waits on a media server; it answers 202 only once the sink has made the event durable.
 

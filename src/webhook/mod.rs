@@ -43,6 +43,8 @@ pub struct RawRequest<'a> {
 pub enum DecodeError {
     #[error("empty body: a webhook must carry a JSON payload (Plex: multipart field 'payload'; Tautulli, Jellyfin, Emby: the JSON body). Emby before 4.9.0.37 sends its test notification empty: check the set-up with a real event instead")]
     EmptyBody,
+    #[error("empty body from Tautulli: Tautulli sends its webhook empty when the JSON data template is not JSON once filled in. Check the agent's JSON data: every value must be quoted, placeholders too (\"viewOffset\": \"{{view_offset}}\"), as in WatchState's webhook guide")]
+    EmptyTautulliBody,
     #[error("invalid JSON at line {line} column {column}: {message}")]
     InvalidJson {
         line: usize,
@@ -72,9 +74,23 @@ pub enum DecodeError {
     NotAWebhook(String),
 }
 
+/// Tautulli's user agent, as the README's set-up sends it (`Tautulli/v2.17.2`).
+fn is_tautulli(user_agent: Option<&str>) -> bool {
+    user_agent.is_some_and(|ua| {
+        ua.trim_start()
+            .get(..9)
+            .is_some_and(|p| p.eq_ignore_ascii_case("tautulli/"))
+    })
+}
+
 /// Decodes one webhook request into the normalised event.
 pub fn decode(req: &RawRequest) -> Result<WebhookEvent, DecodeError> {
-    let (text, envelope) = transport::extract_json(req.content_type, req.body)?;
+    let (text, envelope) = match transport::extract_json(req.content_type, req.body) {
+        Err(DecodeError::EmptyBody) if is_tautulli(req.user_agent) => {
+            return Err(DecodeError::EmptyTautulliBody)
+        }
+        other => other?,
+    };
     let fixed: Option<String>;
     let repaired: Option<String>;
     let json = match transport::parse_extracted(&text, envelope) {
@@ -432,6 +448,15 @@ mod tests {
             decode(&req(None, None, b"")),
             Err(DecodeError::EmptyBody)
         ));
+        // Tautulli sends nothing when its filled-in template is not JSON: say so.
+        let err = decode(&req(
+            Some("application/json"),
+            Some("Tautulli/v2.17.2"),
+            b" \n",
+        ))
+        .unwrap_err();
+        assert!(matches!(err, DecodeError::EmptyTautulliBody), "{err}");
+        assert!(err.to_string().contains("\"{view_offset}\""), "{err}");
     }
 
     #[test]

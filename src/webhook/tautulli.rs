@@ -1,12 +1,12 @@
 //! Tautulli webhooks: the guide's JSON template (Plex-shaped, every value a string), sent with
-//! `PUT` or `POST`. The event is `tautulli.<action>`.
+//! `PUT`, `POST` or `PATCH`. The event is `tautulli.<action>`.
 //!
 //! | Tautulli event | normalised |
 //! |---|---|
 //! | `tautulli.play` (`start`) / `pause` / `resume` / `stop` | play / pause / resume / stop |
 //! | `tautulli.watched` | scrobble, `played = true` |
 //! | `tautulli.created` | item_added (generic) |
-//! | a test notification (unrendered `{placeholders}`) or `tautulli.test` | test |
+//! | a test notification (event, server or item an unrendered `{placeholder}`) or `tautulli.test` | test |
 //! | anything else (`change`, `buffer`, `error`, `newdevice`, ...) | ignore |
 //!
 //! `Metadata.Guids` (`{imdb_id}`, `{thetvdb_id}`, ...) name the show for an episode and the
@@ -18,9 +18,19 @@ use super::{blank, plex};
 use watchstate_actors::event::{EventKind, ItemType, Sender, WebhookEvent};
 
 pub fn decode(obj: Obj<'_>) -> WebhookEvent {
-    // Unrendered placeholders are absent values; finding any means a test notification.
+    // Unrendered placeholders are absent values. A test notification sends the template
+    // unrendered: its event, server and item are placeholders. A live event may still leave
+    // some other one (Tautulli keeps a name it does not know as `{name}`: an older Tautulli
+    // than the template, or a typo); that field alone is absent.
     let raw_event = str_field(&obj, "event").unwrap_or_default();
-    let had_placeholders = obj.any_brace_string(is_unrendered);
+    let unrendered = |parent: &str, key: &str| {
+        fields::object(&obj, parent)
+            .and_then(|o| str_field(o, key))
+            .is_some_and(|v| is_unrendered(&v))
+    };
+    let is_test = is_unrendered(&raw_event)
+        || unrendered("Server", "uuid")
+        || unrendered("Metadata", "ratingKey");
     let obj = obj.with_null_strings(is_unrendered);
     let mut ev = blank(Sender::Tautulli, plex::server_id(&obj), raw_event.clone());
     plex::fill_account(&obj, &mut ev);
@@ -30,7 +40,7 @@ pub fn decode(obj: Obj<'_>) -> WebhookEvent {
     }
     let lower = raw_event.to_ascii_lowercase();
     let action = lower.strip_prefix("tautulli.").unwrap_or(&lower);
-    let (kind, played) = if had_placeholders {
+    let (kind, played) = if is_test {
         (EventKind::Test, None)
     } else {
         match action {
@@ -200,11 +210,36 @@ mod tests {
         assert_eq!(ev.position_ms, None);
         assert!(ev.external_ids.is_empty());
 
-        // Rendered event, one field left unrendered: still a test.
+        // Rendered event, its item left unrendered: still a test.
         let ev = dec(json!({"event": "tautulli.play", "Server": {"uuid": "abc"},
                             "Metadata": {"ratingKey": "{rating_key}"}}));
         assert_eq!(ev.event, EventKind::Test);
         assert_eq!(ev.backend_id, "abc");
+    }
+
+    /// Tautulli keeps a parameter it does not know as `{name}` in a live event (an older
+    /// Tautulli than the template, or a typo): that field is absent, the event is real.
+    #[test]
+    fn a_live_event_with_one_unknown_placeholder_is_not_a_test() {
+        let mut v = body("tautulli.watched", "movie");
+        v["Metadata"]["file_size"] = json!("{file_size_bytes}");
+        v["Metadata"]["year"] = json!("{yaer}");
+        v["Metadata"]["Guids"]["tmdb"] = json!("{themoviedb_id}");
+        let ev = dec(v);
+        assert_eq!(ev.event, EventKind::Scrobble);
+        assert_eq!(ev.played, Some(true));
+        assert_eq!(ev.item_id.as_deref(), Some("70315"));
+        assert_eq!(ev.year, None);
+        assert_eq!(
+            ev.external_ids.get("imdb").map(String::as_str),
+            Some("tt11280740")
+        );
+        assert!(!ev.external_ids.contains_key("tmdb"));
+
+        // The server left unrendered: a test.
+        let mut v = body("tautulli.watched", "movie");
+        v["Server"]["uuid"] = json!("{server_machine_id}");
+        assert_eq!(dec(v).event, EventKind::Test);
     }
 
     #[test]

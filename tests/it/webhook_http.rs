@@ -182,16 +182,20 @@ export = false
     let t = TestApp::start(TestDir::new(), &format!("api_key = \"{API_KEY}\""), config).await;
     let body = include_str!("../fixtures/webhooks/tautulli-watched-01.json");
     assert!(body.contains(r#""id": "28467193""#));
-    for (label, body) in [
-        ("plex.tv account id", body.to_string()),
+    let (put, patch) = (reqwest::Method::PUT, reqwest::Method::PATCH);
+    for (label, method, body) in [
+        ("plex.tv account id", put.clone(), body.to_string()),
         (
             "owner id 1",
+            put,
             body.replace(r#""id": "28467193""#, r#""id": "1""#),
         ),
+        // Tautulli 2.15.2 added PATCH to its webhook methods.
+        ("sent with PATCH", patch, body.to_string()),
     ] {
         let r = t
             .client
-            .put(t.url("/webhook"))
+            .request(method, t.url("/webhook"))
             .header("content-type", "application/json")
             .body(body)
             .send()
@@ -205,6 +209,15 @@ export = false
             "{label}"
         );
     }
+    let r = t
+        .client
+        .delete(t.url("/webhook"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "POST, PUT, PATCH");
     t.stop().await;
 }
 

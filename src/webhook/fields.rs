@@ -88,14 +88,16 @@ pub fn u32_field(obj: &Obj<'_>, key: &str) -> Option<u32> {
     u64_field(obj, key).and_then(|v| u32::try_from(v).ok())
 }
 
-/// A boolean: JSON booleans, `1`/`0`, and the strings `true`/`false`/`1`/`0`/`yes`/`no`.
+/// A boolean: JSON booleans, `1`/`0`, and the strings `true`/`false`/`1`/`0`/`yes`/`no`. An
+/// empty string (a template whose value rendered as nothing) is absent, not `false`: read as
+/// `false`, an empty `Played` would assert an unmark.
 pub fn bool_of(v: Val<'_>) -> Option<bool> {
     match v.scalar() {
         Scalar::Bool(b) => Some(b),
         Scalar::Number(n) => n.as_f64().map(|f| f != 0.0),
         Scalar::Str(s) => match s.trim().to_ascii_lowercase().as_str() {
             "true" | "1" | "yes" => Some(true),
-            "false" | "0" | "no" | "" => Some(false),
+            "false" | "0" | "no" => Some(false),
             _ => None,
         },
         _ => None,
@@ -177,7 +179,7 @@ mod tests {
         assert_eq!(with("true", u64_of), None);
         assert_eq!(with("\"yes\"", bool_of), Some(true));
         assert_eq!(with("\" No \"", bool_of), Some(false));
-        assert_eq!(with("\"\"", bool_of), Some(false));
+        assert_eq!(with("\"\"", bool_of), None);
         assert_eq!(with("\"maybe\"", bool_of), None);
         assert_eq!(with("0.5", bool_of), Some(true));
         assert_eq!(with("false", bool_of), Some(false));

@@ -130,11 +130,25 @@ impl RouteTable {
         let all_on_server = on_server.map(|s| s.all.as_slice()).unwrap_or_default();
 
         if event.event == EventKind::Test {
-            let routed = match &user {
-                Some(u) => self.pairs(of_user(u)),
-                None => self.pairs(all_on_server),
+            // Emby's test names whoever pressed the button: when that is no configured user,
+            // the server's pairs are the ones real events would reach.
+            let routed = match user.as_deref().map(of_user) {
+                Some(pairs) if !pairs.is_empty() => self.pairs(pairs),
+                _ => self.pairs(all_on_server),
             };
             return RouteOutcome::Test { routed };
+        }
+        if needs_item
+            && event.item_id.is_none()
+            && event.external_ids.is_empty()
+            && event.series_external_ids.is_empty()
+        {
+            return RouteOutcome::Ignored {
+                reason: format!(
+                    "{} names no item (no item id, no external ids)",
+                    describe_event(event)
+                ),
+            };
         }
 
         if server.is_empty() {
@@ -519,6 +533,42 @@ mod tests {
         );
         let e = ev(EventKind::Test, "unknown", None);
         assert_eq!(route(&e, &targets()), RouteOutcome::Test { routed: vec![] });
+        // Sent by someone who is no configured user (Emby names whoever pressed the button).
+        let e = ev(EventKind::Test, JF, Some("admin"));
+        assert_eq!(
+            route(&e, &targets()),
+            RouteOutcome::Test {
+                routed: vec![PairKey::new("alice", "jelly"), PairKey::new("bob", "jelly")]
+            }
+        );
+    }
+
+    /// A state or item-added event about no item (the Jellyfin plugin's test button sends
+    /// only the server and the notification type) is ignored, not journaled or unmatched.
+    #[test]
+    fn an_event_naming_no_item_is_ignored() {
+        for (kind, user) in [
+            (EventKind::ItemAdded, None),
+            (EventKind::Play, Some("b0b")),
+            (EventKind::Play, None),
+        ] {
+            let mut e = ev(kind, JF, user);
+            e.item_id = None;
+            e.external_ids.clear();
+            e.series_external_ids.clear();
+            match route(&e, &targets()) {
+                RouteOutcome::Ignored { reason } => {
+                    assert!(reason.contains("names no item"), "{reason}")
+                }
+                other => panic!("{kind:?}: {other:?}"),
+            }
+            // With an external id it is about an item.
+            e.external_ids.insert("imdb".into(), "tt1".into());
+            assert!(!matches!(
+                route(&e, &targets()),
+                RouteOutcome::Ignored { .. }
+            ));
+        }
     }
 
     #[test]

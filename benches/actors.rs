@@ -55,7 +55,13 @@ impl BackendApi for Unreachable {
     async fn set_played(&self, _: &str, _: bool, _: Option<Millis>) -> Result<(), BackendError> {
         Err(unreachable_err())
     }
-    async fn set_position(&self, _: &str, _: u64, _: Option<u64>) -> Result<(), BackendError> {
+    async fn set_position(
+        &self,
+        _: &str,
+        _: u64,
+        _: Option<u64>,
+        _: Option<Millis>,
+    ) -> Result<(), BackendError> {
         Err(unreachable_err())
     }
 }

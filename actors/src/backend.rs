@@ -206,11 +206,14 @@ pub trait BackendApi: Send + Sync + 'static {
         at: Option<Millis>,
     ) -> Result<(), BackendError>;
 
-    /// Set the resume position of an unplayed item.
+    /// Set the resume position of an unplayed item; `at` is when it was reached (the
+    /// item's last-played date where the server keeps one: Jellyfin and Emby order their
+    /// "Continue Watching" by it).
     async fn set_position(
         &self,
         item_id: &str,
         position_ms: u64,
         duration_ms: Option<u64>,
+        at: Option<Millis>,
     ) -> Result<(), BackendError>;
 }

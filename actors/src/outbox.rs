@@ -344,6 +344,7 @@ async fn run_push(
     backend: Arc<dyn BackendApi>,
     item_id: String,
     action: PushAction,
+    changed_at: Millis,
 ) -> Result<(), BackendError> {
     match action {
         PushAction::SetPlayed { played, at } => backend.set_played(&item_id, played, at).await,
@@ -351,8 +352,9 @@ async fn run_push(
             position_ms,
             duration_ms,
         } => {
+            let at = (changed_at > 0).then_some(changed_at);
             backend
-                .set_position(&item_id, position_ms, duration_ms)
+                .set_position(&item_id, position_ms, duration_ms, at)
                 .await
         }
     }
@@ -379,9 +381,10 @@ impl PairCore {
             let backend = self.backend.clone();
             let me = self.myself.clone();
             let (item_id, action) = (entry.item_id.clone(), entry.action.clone());
+            let changed_at = entry.changed_at;
             tokio::spawn(async move {
                 let started = tokio::time::Instant::now();
-                let result = run_push(backend, item_id, action).await;
+                let result = run_push(backend, item_id, action, changed_at).await;
                 let latency_ms = started.elapsed().as_millis() as u64;
                 let _ = me.cast(PairMsg::PushResult {
                     entry_id: id,

@@ -16,7 +16,7 @@
 //! `ignore_libraries`: as for Jellyfin (`ParentId` listings, `GET /Items/{Id}/Ancestors`);
 //! see `mediabrowser::IgnoredLibraries`.
 
-use super::http::{format_compact_utc, item_id as plain_id, HttpCore};
+use super::http::{format_compact_utc, format_rfc3339, item_id as plain_id, HttpCore};
 use super::lenient::{from_str_repaired, id_of};
 use super::mediabrowser::{
     cache_shows, listed_page, ms_to_ticks, next_cursor, parse_cursor, to_remote, uncached_shows,
@@ -271,6 +271,7 @@ impl BackendApi for EmbyClient {
         item_id: &str,
         position_ms: u64,
         _duration_ms: Option<u64>,
+        at: Option<Millis>,
     ) -> Result<(), BackendError> {
         let what = format!("set position of {item_id}");
         let Some(raw) = self.fetch_item(item_id).await? else {
@@ -302,6 +303,10 @@ impl BackendApi for EmbyClient {
             "PlaybackPositionTicks".into(),
             ms_to_ticks(position_ms).into(),
         );
+        // When it was reached: Emby orders "Continue Watching" by it.
+        if let Some(at) = at {
+            body.insert("LastPlayedDate".into(), format_rfc3339(at).into());
+        }
         // Derived from the old position; the server computes it.
         body.remove("PlayedPercentage");
         let route = [

@@ -224,6 +224,7 @@ impl JellyfinClient {
         routes: Routes,
         id: &str,
         position_ms: u64,
+        at: Option<Millis>,
     ) -> Result<(), BackendError> {
         let what = format!("set position of {id}");
         if routes == Routes::Legacy {
@@ -235,10 +236,12 @@ impl JellyfinClient {
                 ),
             });
         }
-        // Only the position: every other field is left as it is (`UpdateUserItemDataDto`),
-        // so a position push never unmarks an item played meanwhile.
+        // Only the position and when it was reached: every other field is left as it is
+        // (`UpdateUserItemDataDto`), so a position push never unmarks an item played
+        // meanwhile. The date orders "Continue Watching" (most recently played first).
         let body = UserDataUpdate {
             playback_position_ticks: ms_to_ticks(position_ms),
+            last_played_date: at.map(format_rfc3339),
             ..Default::default()
         };
         let req = self
@@ -409,9 +412,10 @@ impl BackendApi for JellyfinClient {
         item_id: &str,
         position_ms: u64,
         _duration_ms: Option<u64>,
+        at: Option<Millis>,
     ) -> Result<(), BackendError> {
         let id = plain_id(item_id)?;
-        self.with_routes(|r| self.put_position(r, id, position_ms))
+        self.with_routes(|r| self.put_position(r, id, position_ms, at))
             .await
     }
 }

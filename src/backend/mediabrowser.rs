@@ -171,6 +171,9 @@ pub struct UserDataUpdate {
     /// explicit `false` would unmark it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub played: Option<bool>,
+    /// When the position was reached (RFC 3339); absent leaves the server's date.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_played_date: Option<String>,
 }
 
 /// `ProviderIds` → the system's lower-case keys; unknown providers and empty values dropped.
@@ -783,11 +786,13 @@ mod tests {
         let body = serde_json::to_value(UserDataUpdate {
             playback_position_ticks: 10,
             played: Some(false),
+            last_played_date: Some("2024-05-01T10:00:00Z".into()),
         })
         .unwrap();
         assert_eq!(
             body,
-            serde_json::json!({"PlaybackPositionTicks": 10, "Played": false})
+            serde_json::json!({"PlaybackPositionTicks": 10, "Played": false,
+                               "LastPlayedDate": "2024-05-01T10:00:00Z"})
         );
     }
 }

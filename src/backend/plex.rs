@@ -732,6 +732,8 @@ impl BackendApi for PlexClient {
         item_id: &str,
         position_ms: u64,
         duration_ms: Option<u64>,
+        // Plex stamps the report with its own time.
+        _at: Option<Millis>,
     ) -> Result<(), BackendError> {
         let item_id = plain_id(item_id)?;
         let duration = match duration_ms {

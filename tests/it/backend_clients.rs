@@ -250,13 +250,19 @@ async fn writes_change_the_server_in_its_units(kind: FakeKind) {
     client.set_played("101", false, None).await.unwrap();
     assert!(!fake.item_state("101").played);
 
+    // The position was reached at `reached`: Jellyfin and Emby keep it as the item's last
+    // played date, which orders their "Continue Watching".
+    let reached = 1_714_557_600_000;
     client
-        .set_position("102", 123_456, Some(8_000_000))
+        .set_position("102", 123_456, Some(8_000_000), Some(reached))
         .await
         .unwrap();
     let s = fake.item_state("102");
     assert_eq!(s.position_ms, 123_456);
     assert!(!s.played);
+    if kind != FakeKind::Plex {
+        assert_eq!(s.last_played_at, Some(reached));
+    }
 
     assert_eq!(
         fake.writes()
@@ -308,6 +314,7 @@ async fn writes_change_the_server_in_its_units(kind: FakeKind) {
             let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
             assert_eq!(body["PlaybackPositionTicks"], 1_234_560_000i64);
             assert_eq!(body.get("Played"), None, "absent: left as it is");
+            assert_eq!(body["LastPlayedDate"], "2024-05-01T10:00:00Z");
         }
         FakeKind::Emby => {
             let uid = fake.user_id();
@@ -321,6 +328,7 @@ async fn writes_change_the_server_in_its_units(kind: FakeKind) {
             let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
             assert_eq!(body["PlaybackPositionTicks"], 1_234_560_000i64);
             assert_eq!(body["Played"], false);
+            assert_eq!(body["LastPlayedDate"], "2024-05-01T10:00:00Z");
         }
     }
     fake.assert_contract();
@@ -735,7 +743,7 @@ async fn a_hostile_item_id_never_reaches_another_route(kind: FakeKind) {
         for result in [
             client.set_played(&id, true, None).await,
             client.set_played(&id, false, None).await,
-            client.set_position(&id, 60_000, Some(120_000)).await,
+            client.set_position(&id, 60_000, Some(120_000), None).await,
         ] {
             let err = result.expect_err(&id);
             assert!(!err.is_retryable(), "{kind:?} {id:?}: {err:?}");
@@ -794,7 +802,7 @@ async fn emby_sends_its_token_as_api_key_and_as_header() {
     client.get_item("101").await.unwrap().expect("item 101");
     client.set_played("103", true, None).await.unwrap();
     client.set_played("103", false, None).await.unwrap();
-    client.set_position("102", 5_000, None).await.unwrap();
+    client.set_position("102", 5_000, None, None).await.unwrap();
     let requests = fake.requests();
     assert!(requests.len() >= 8, "{requests:?}");
     for r in &requests {
@@ -849,7 +857,7 @@ async fn emby_errors_never_show_the_token() {
     assert!(matches!(err, BackendError::BadResponse { .. }), "{err:?}");
     texts.push(format!("{err} / {err:?}"));
     fake.inject(Fault::redirect(307, "https://emby.example.com:8920/emby"));
-    let err = client.set_position("102", 5_000, Some(10_000)).await;
+    let err = client.set_position("102", 5_000, Some(10_000), None).await;
     texts.push(format!("{err:?}"));
     let slow = build_client(config(&fake, &token, Duration::from_millis(100))).unwrap();
     fake.inject(Fault::delay(Duration::from_secs(2)));
@@ -992,7 +1000,10 @@ async fn broken_text_in_an_answer_is_replaced(kind: FakeKind) {
     assert_eq!(one.external_ids["imdb"], "tt0000112");
     // Writes to such an item work (Emby sends the item's user data back: it is read strictly,
     // the broken title is not part of it).
-    client.set_position("112", 61_000, None).await.unwrap();
+    client
+        .set_position("112", 61_000, None, None)
+        .await
+        .unwrap();
     assert_eq!(fake.item_state("112").position_ms, 61_000);
     client
         .set_played("111", true, Some(1_714_557_600_000))
@@ -1245,7 +1256,7 @@ async fn jellyfin_position_leaves_the_rest_of_the_user_data_alone() {
     );
     fake.clear_log();
     fake.client()
-        .set_position("201", 5_000, None)
+        .set_position("201", 5_000, None, None)
         .await
         .unwrap();
     // 201 is played: a position pushed meanwhile must not unmark it.
@@ -1273,7 +1284,7 @@ async fn emby_position_sends_back_the_whole_user_data() {
         serde_json::json!({"IsFavorite": true, "Rating": 7.5}),
     );
     fake.client()
-        .set_position("201", 5_000, None)
+        .set_position("201", 5_000, None, None)
         .await
         .unwrap();
     // Emby resets every field the body leaves out: the client read them all (asking for the
@@ -1291,7 +1302,7 @@ async fn emby_position_sends_back_the_whole_user_data() {
     // An unplayed item keeps its other fields too.
     fake.set_user_data_directly("102", serde_json::json!({"IsFavorite": true}));
     fake.client()
-        .set_position("102", 9_000, Some(8_000_000))
+        .set_position("102", 9_000, Some(8_000_000), None)
         .await
         .unwrap();
     let s = fake.item_state("102");
@@ -1323,7 +1334,10 @@ async fn jellyfin_10_8_is_read_and_marked_through_its_own_routes() {
     assert!(!fake.item_state("101").played);
     // 10.8 has no route that sets a resume position: a clear error, no request.
     let before = fake.requests().len();
-    let err = client.set_position("102", 5_000, None).await.unwrap_err();
+    let err = client
+        .set_position("102", 5_000, None, None)
+        .await
+        .unwrap_err();
     assert!(!err.is_retryable(), "{err:?}");
     assert!(err.to_string().contains("10.9"), "{err}");
     assert_eq!(fake.requests().len(), before);
@@ -1369,7 +1383,7 @@ async fn jellyfin_10_8_is_read_and_marked_through_its_own_routes() {
     );
     let err = fake
         .client()
-        .set_position("102", 5_000, None)
+        .set_position("102", 5_000, None, None)
         .await
         .unwrap_err();
     assert!(
@@ -1447,7 +1461,7 @@ async fn plex_timeline_reports_name_the_library_and_the_backends_own_client() {
     };
 
     fake.client()
-        .set_position("102", 123_456, Some(8_000_000))
+        .set_position("102", 123_456, Some(8_000_000), None)
         .await
         .unwrap();
     assert_eq!(fake.item_state("102").position_ms, 123_456);
@@ -1469,7 +1483,7 @@ async fn plex_timeline_reports_name_the_library_and_the_backends_own_client() {
 
     // The same backend configured again (a restart): the same identifier.
     fake.client()
-        .set_position("102", 200_000, Some(8_000_000))
+        .set_position("102", 200_000, Some(8_000_000), None)
         .await
         .unwrap();
     assert_eq!(client_id(&timeline()), first);
@@ -1481,7 +1495,7 @@ async fn plex_timeline_reports_name_the_library_and_the_backends_own_client() {
     })
     .unwrap();
     other
-        .set_position("102", 300_000, Some(8_000_000))
+        .set_position("102", 300_000, Some(8_000_000), None)
         .await
         .unwrap();
     assert_eq!(

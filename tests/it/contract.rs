@@ -49,11 +49,11 @@ async fn exercise(client: &dyn BackendApi) {
         .await
         .expect("unplayed");
     client
-        .set_position("22", 90_000, Some(2_700_000))
+        .set_position("22", 90_000, Some(2_700_000), None)
         .await
         .expect("position");
     client
-        .set_position("21", 30_000, None)
+        .set_position("21", 30_000, None, None)
         .await
         .expect("position without duration");
 }

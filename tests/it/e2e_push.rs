@@ -396,9 +396,14 @@ async fn resume_positions_propagate_in_each_servers_unit() {
     w.sync_all().await;
     w.clear_logs();
 
-    // Plex pause at 10 min (ms) → Jellyfin and Emby get ticks.
+    // Plex pause at 10 min (ms) → Jellyfin and Emby get ticks, dated when the webhook came
+    // (their "Continue Watching" is ordered by the last played date).
     let mut meta = plex_movie_meta();
     meta.view_offset_ms = Some(600_000);
+    let sent = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
     accepted(
         &w,
         &plex_webhook("media.pause", w.plex.server_id(), 1, &meta),
@@ -429,6 +434,14 @@ async fn resume_positions_propagate_in_each_servers_unit() {
     assert_eq!(ticks(&w.jellyfin), vec![6_000_000_000]);
     assert_eq!(ticks(&w.emby), vec![6_000_000_000]);
     assert!(w.plex.writes().is_empty());
+    for (fake, item) in [(&w.jellyfin, JF_MOVIE), (&w.emby, EMBY_MOVIE)] {
+        // Whole seconds: the date is sent as RFC 3339 without fractions.
+        let at = fake
+            .item_state(item)
+            .last_played_at
+            .expect("a last played date");
+        assert!(at + 1_000 >= sent && at <= sent + 60_000, "{at} vs {sent}");
+    }
 
     // Jellyfin pause at 30 min (ticks) → Plex gets ms on its timeline, Emby ticks.
     w.app.wait_quiet(Duration::from_millis(200)).await;

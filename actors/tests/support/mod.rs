@@ -210,6 +210,7 @@ impl BackendApi for FakeBackend {
         item_id: &str,
         position_ms: u64,
         _duration_ms: Option<u64>,
+        _at: Option<Millis>,
     ) -> Result<(), BackendError> {
         self.record(Call::SetPosition(item_id.into(), position_ms));
         if let Some(e) = self.write_fault() {

@@ -10,7 +10,8 @@
 //!   `excludeLocationTypes` names `Virtual`
 //! - `GET /Items/{itemId}?userId`; an unknown id: 404 when it is a GUID, else 400 (binding)
 //! - `POST|DELETE /UserPlayedItems/{itemId}?userId(&datePlayed)` → `UserItemDataDto`
-//! - `GET|POST /UserItems/{itemId}/UserData?userId` (body `UpdateUserItemDataDto`, nullable fields)
+//! - `GET|POST /UserItems/{itemId}/UserData?userId` (body `UpdateUserItemDataDto`, nullable
+//!   fields; `LastPlayedDate` sets the item's last played date)
 //!
 //! Started with [`super::FakeServer::start_jellyfin_10_8`] it is a Jellyfin 10.8 instead
 //! (10.8.13 OpenAPI): version `10.8.13`, `GET /Users/{userId}/Items/{itemId}` and
@@ -441,6 +442,10 @@ pub(super) fn handle(inner: &Inner, st: &mut State, req: &FakeRequest) -> FakeRe
                 // UpdateUserItemDataDto: every field nullable, absent means unchanged.
                 let ticks = body.get("PlaybackPositionTicks").and_then(Value::as_i64);
                 let played = body.get("Played").and_then(Value::as_bool);
+                let last = body
+                    .get("LastPlayedDate")
+                    .and_then(Value::as_str)
+                    .and_then(parse_date);
                 let others = st
                     .other_user_data
                     .entry((user.clone(), id.to_string()))
@@ -456,6 +461,9 @@ pub(super) fn handle(inner: &Inner, st: &mut State, req: &FakeRequest) -> FakeRe
                 }
                 if let Some(t) = ticks {
                     s.position_ms = (t.max(0) / TICKS_PER_MS) as u64;
+                }
+                if last.is_some() {
+                    s.last_played_at = last;
                 }
                 let ms = s.position_ms;
                 if ticks.is_some() {

@@ -77,6 +77,16 @@ impl EmbyClient {
         })?;
         token.set_sensitive(true);
         headers.insert(HeaderName::from_static("x-emby-token"), token);
+        // Who is calling, as Emby's clients say it (the spec's `embyauth` form, without the
+        // token): writes that go through a session (mark played) want a client and device.
+        let client = format!(
+            "Emby Client=\"watchstate-rs\", Device=\"watchstate-rs\", DeviceId=\"watchstate-rs-{}\", Version=\"{}\"",
+            cfg.user_id.replace(['"', '\r', '\n'], ""),
+            env!("CARGO_PKG_VERSION"),
+        );
+        if let Ok(value) = HeaderValue::from_str(&client) {
+            headers.insert(HeaderName::from_static("x-emby-authorization"), value);
+        }
         headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
         Ok(EmbyClient {
             // The spec's security scheme is `api_key` in the query; the header is the

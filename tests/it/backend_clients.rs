@@ -810,6 +810,14 @@ async fn emby_sends_its_token_as_api_key_and_as_header() {
         assert_eq!(r.params("api_key"), [fake.token()], "{line}");
         let header = r.headers.get("x-emby-token").map(|v| v.to_str().unwrap());
         assert_eq!(header, Some(fake.token()), "{line}");
+        // The client and device, as Emby's own clients name them (without the token).
+        let who = r.headers["x-emby-authorization"].to_str().unwrap();
+        assert!(
+            who.starts_with("Emby Client=\"watchstate-rs\", Device=\"watchstate-rs\", DeviceId=\"watchstate-rs-")
+                && who.contains("Version=\""),
+            "{line}: {who}"
+        );
+        assert!(!who.contains(fake.token()), "{line}");
     }
     fake.assert_contract();
 }

@@ -183,7 +183,8 @@ impl BackendError {
 /// A media server, seen from one (user, backend) pair: every call is for that pair's user.
 #[async_trait]
 pub trait BackendApi: Send + Sync + 'static {
-    /// The server's identity; also the reachability check shown in status.
+    /// The server's identity: each scheduled sync from the start compares its id with the
+    /// configured `server_id`.
     async fn identity(&self) -> Result<ServerIdentity, BackendError>;
 
     /// One page of the user's movies and episodes. `cursor` is `None` for the first page and

@@ -63,6 +63,11 @@ pub enum PairMsg {
         /// See [`PairCore::on_sync_page`].
         touches_before: u64,
     },
+    /// The server's identity, read by the running sync's fetch task before its first page.
+    SyncIdentity {
+        run: u64,
+        identity: crate::backend::ServerIdentity,
+    },
     /// A push task finished.
     PushResult {
         entry_id: u64,
@@ -633,6 +638,7 @@ impl Actor for PairActor {
                 core.on_sync_page(run, result, touches_before)?;
                 core.pump_outbox();
             }
+            PairMsg::SyncIdentity { run, identity } => core.on_sync_identity(run, &identity),
             PairMsg::PushResult {
                 entry_id,
                 result,

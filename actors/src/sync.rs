@@ -100,6 +100,16 @@ async fn fetch_pages(
     // Each page starts a gap after the last one started; inside a page, a client that makes
     // several requests has each of them paced the same way.
     let pacer = RequestPacer::new(max_rps);
+    // A run from the start first asks the server who it is (paced like the pages): a url that
+    // reaches another server than `server_id` names is reported (see `on_sync_identity`).
+    if cursor.is_none() {
+        let found = RequestPacer::scope(pacer.clone(), backend.identity()).await;
+        if let Ok(identity) = found {
+            if me.cast(PairMsg::SyncIdentity { run, identity }).is_err() {
+                return;
+            }
+        }
+    }
     let mut last: Option<tokio::time::Instant> = None;
     loop {
         if let Some(l) = last {
@@ -208,6 +218,25 @@ impl PairCore {
         let mut batch = Batch::new();
         self.put_meta(&mut batch);
         self.commit(batch)
+    }
+
+    /// The server that this pair's url reaches, as the running sync found it. Another id than
+    /// the configured `server_id` means a wrong url or server id: webhooks from the server at
+    /// the url are not routed here, or items are read and written on another server than the
+    /// webhooks come from. Reported (status and log) at every run; the sync goes on, as
+    /// nothing tells which of the two is wrong.
+    pub fn on_sync_identity(&mut self, run: u64, identity: &crate::backend::ServerIdentity) {
+        if self.sync_run.as_ref().map(|r| r.id) != Some(run) {
+            return;
+        }
+        let found = crate::event::normalize_id(&identity.server_id);
+        if found.is_empty() || found == crate::event::normalize_id(&self.spec.server_id) {
+            return;
+        }
+        self.record_error(format!(
+            "the server at this backend's url says its id is {:?}, but its server_id is {:?}: check url and server_id (webhooks are routed by server_id; items are read from and written to the server at url)",
+            identity.server_id, self.spec.server_id
+        ));
     }
 
     /// A webhook or a confirmed push changed the state of the item at `slot`. A page of the

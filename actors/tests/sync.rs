@@ -969,3 +969,34 @@ async fn a_followed_copy_of_a_marked_item_is_followed() {
         Call::SetPlayed("a-plex".into(), false)
     );
 }
+
+/// A url that reaches another server than `server_id` names (a copied configuration, two
+/// servers): every sync reports it in the pair's status, and the sync still runs. The same
+/// id written another way (dashes, case) is no mismatch.
+#[tokio::test(start_paused = true)]
+async fn a_server_answering_with_another_id_is_reported_by_the_sync() {
+    let specs = vec![synced("alice", "jelly"), synced("bob", "jelly")];
+    let h = Harness::start_filled(specs, SyncSettings::default(), |fakes| {
+        let alice = &fakes[&PairKey::new("alice", "jelly")];
+        alice.state.lock().unwrap().server_id = "srv-other".into();
+        alice.add(movie("a-1", "tt1"));
+        let bob = &fakes[&PairKey::new("bob", "jelly")];
+        bob.state.lock().unwrap().server_id = "SRV-JELLY".into();
+    })
+    .await;
+    let alice = PairKey::new("alice", "jelly");
+    let bob = PairKey::new("bob", "jelly");
+    run_sync(&h, &alice, 1).await;
+    run_sync(&h, &bob, 1).await;
+
+    let s = h.status("alice", "jelly").await;
+    assert_eq!(s.sync.last_result.as_deref(), Some("ok"));
+    assert_eq!(s.sync.seen, 1);
+    let err = s.last_error.expect("the mismatch is reported");
+    assert!(
+        err.message.contains("\"srv-other\"") && err.message.contains("\"srv-jelly\""),
+        "{}",
+        err.message
+    );
+    assert_eq!(h.status("bob", "jelly").await.last_error, None);
+}

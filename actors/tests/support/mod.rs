@@ -40,6 +40,8 @@ pub struct FakeState {
     /// A page is read from the library before `list_gate` is waited for, so a page held at
     /// the gate shows the library as it was when its request started (a slow answer).
     pub pages_read_before_gate: bool,
+    /// The id `identity` answers; empty (the default) is not compared.
+    pub server_id: String,
 }
 
 /// A media server double: an in-memory library with per-user state, recording every call.
@@ -152,7 +154,7 @@ impl FakeBackend {
 impl BackendApi for FakeBackend {
     async fn identity(&self) -> Result<ServerIdentity, BackendError> {
         Ok(ServerIdentity {
-            server_id: "fake".into(),
+            server_id: self.state.lock().unwrap().server_id.clone(),
             name: None,
             version: None,
         })

@@ -207,6 +207,13 @@ pub trait BackendApi: Send + Sync + 'static {
         at: Option<Millis>,
     ) -> Result<(), BackendError>;
 
+    /// False once the client knows that the server cannot store a resume position (Jellyfin
+    /// before 10.9 has no API for it): position changes are then not queued for it, where
+    /// each would only become a dead letter.
+    fn accepts_positions(&self) -> bool {
+        true
+    }
+
     /// Set the resume position of an unplayed item; `at` is when it was reached (the
     /// item's last-played date where the server keeps one: Jellyfin and Emby order their
     /// "Continue Watching" by it).

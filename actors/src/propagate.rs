@@ -303,6 +303,11 @@ impl PairCore {
             if !s.progress || eff_played || pos <= s.progress_min.as_millis() as u64 {
                 return false;
             }
+            if !self.backend.accepts_positions() {
+                tracing::debug!(pair = %self.spec.key, item = %item_id,
+                    "position not sent: this server cannot store one");
+                return false;
+            }
             let eff_pos = self
                 .outbox
                 .wanted_position(&item_id)

@@ -274,6 +274,42 @@ async fn positions_propagate_with_minimum_and_threshold_in_ms() {
     assert_eq!(h.backend("alice", "jelly").writes().len(), jelly_writes);
 }
 
+/// A server that cannot store resume positions (Jellyfin 10.8) gets none queued: each would
+/// only become a dead letter. Played states still reach it.
+#[tokio::test(start_paused = true)]
+async fn a_server_that_cannot_store_positions_gets_none_queued() {
+    let mut h = Harness::start(three(), SyncSettings::default()).await;
+    let m = movie("x", "tt6");
+    register(&mut h, "alice", &["plex", "jelly", "emby"], &m, "n").await;
+    h.backend("alice", "jelly")
+        .state
+        .lock()
+        .unwrap()
+        .no_positions = true;
+    let mut ev = event(EventKind::Pause, &local(&m, "n", "plex"));
+    ev.position_ms = Some(600_000);
+    h.send("alice", "plex", ev);
+    h.settle().await;
+    assert_eq!(
+        h.backend("alice", "emby").writes(),
+        vec![Call::SetPosition("n-emby".into(), 600_000)]
+    );
+    assert!(h.backend("alice", "jelly").writes().is_empty());
+    let s = h.status("alice", "jelly").await;
+    assert_eq!((s.outbox.pending, s.outbox.dead_letters), (0, 0));
+
+    h.send(
+        "alice",
+        "plex",
+        event(EventKind::Scrobble, &local(&m, "n", "plex")),
+    );
+    h.settle().await;
+    assert_eq!(
+        h.backend("alice", "jelly").writes(),
+        vec![Call::SetPlayed("n-jelly".into(), true)]
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn switches_and_users_bound_propagation() {
     let mut specs = three();

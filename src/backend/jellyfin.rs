@@ -407,6 +407,12 @@ impl BackendApi for JellyfinClient {
         self.with_routes(|r| self.mark(r, id, played, at)).await
     }
 
+    /// Not on a server known to be older than 10.9 (its version is read by every sync's
+    /// identity check, or by the first call that needed the old routes).
+    fn accepts_positions(&self) -> bool {
+        !matches!(self.lock_routes().as_ref(), Some((Routes::Legacy, _)))
+    }
+
     async fn set_position(
         &self,
         item_id: &str,

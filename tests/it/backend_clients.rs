@@ -1323,8 +1323,11 @@ async fn emby_position_sends_back_the_whole_user_data() {
 async fn jellyfin_10_8_is_read_and_marked_through_its_own_routes() {
     let fake = FakeServer::start_jellyfin_10_8(library()).await;
     let client = fake.client();
+    assert!(client.accepts_positions(), "the version is not known yet");
     let id = client.identity().await.unwrap();
     assert_eq!(id.version.as_deref(), Some("10.8.13"));
+    // Known now: the actor queues no position for it.
+    assert!(!client.accepts_positions());
     let (items, _) = list_all(client.as_ref(), 4).await;
     assert_eq!(by_id(items).len(), 10);
     let movie = client.get_item("101").await.unwrap().expect("item 101");
@@ -1407,6 +1410,7 @@ async fn jellyfin_10_9_and_later_use_the_new_routes() {
     let client = fake.client();
     client.get_item("101").await.unwrap().expect("item 101");
     client.set_played("103", true, None).await.unwrap();
+    assert!(client.accepts_positions());
     let paths: Vec<String> = fake.requests().into_iter().map(|r| r.path).collect();
     assert!(paths.contains(&"/Items/101".to_string()), "{paths:?}");
     assert!(

@@ -42,6 +42,8 @@ pub struct FakeState {
     pub pages_read_before_gate: bool,
     /// The id `identity` answers; empty (the default) is not compared.
     pub server_id: String,
+    /// The server cannot store resume positions (`accepts_positions` is false).
+    pub no_positions: bool,
 }
 
 /// A media server double: an in-memory library with per-user state, recording every call.
@@ -152,6 +154,10 @@ impl FakeBackend {
 
 #[async_trait]
 impl BackendApi for FakeBackend {
+    fn accepts_positions(&self) -> bool {
+        !self.state.lock().unwrap().no_positions
+    }
+
     async fn identity(&self) -> Result<ServerIdentity, BackendError> {
         Ok(ServerIdentity {
             server_id: self.state.lock().unwrap().server_id.clone(),

@@ -82,8 +82,8 @@ async fn emby_client_requests_are_in_the_contract() {
 }
 
 /// The check can fail: a route no document defines (a user-data update under
-/// `/Users/{userId}`, which no Jellyfin version documents) and a wrong method are recorded
-/// as violations.
+/// `/Users/{userId}`, which no Jellyfin version documents), a wrong method, and a query
+/// name the operation does not document (a casing slip) are recorded as violations.
 #[tokio::test]
 async fn a_request_outside_the_contract_is_recorded() {
     let fake = FakeServer::start(FakeKind::Jellyfin, library()).await;
@@ -101,12 +101,23 @@ async fn a_request_outside_the_contract_is_recorded() {
         .send()
         .await
         .unwrap();
+    let items = |query: &str| base.join(&format!("Items?{query}")).unwrap();
+    let uid = fake.user_id();
+    http.get(items(&format!("userId={uid}&startIndex=0&limit=5")))
+        .send()
+        .await
+        .unwrap();
+    http.get(items(&format!("UserId={uid}&startIndex=0")))
+        .send()
+        .await
+        .unwrap();
     let v = fake.violations();
     assert_eq!(
         v,
         [
             format!("POST /Users/{}/Items/11/UserData", fake.user_id()),
             "PATCH /UserPlayedItems/11".to_string(),
+            "GET /Items: query parameter(s) [\"UserId\"] not documented for it".to_string(),
         ]
     );
     let panicked = std::panic::catch_unwind(|| fake.assert_contract());
@@ -119,7 +130,35 @@ fn the_contract_lists_hold_the_routes_of_design_section_10() {
     let plex = include_str!("../contracts/plex.txt");
     let jellyfin = include_str!("../contracts/jellyfin.txt");
     let emby = include_str!("../contracts/emby.txt");
-    let has = |list: &str, line: &str| list.lines().any(|l| l.trim() == line);
+    let has = |list: &str, line: &str| {
+        list.lines()
+            .any(|l| l.split(" ?").next().unwrap_or("").trim() == line)
+    };
+    // The query names the clients send are documented where the clients send them.
+    let names = |list: &str, op: &str| -> Vec<String> {
+        list.lines()
+            .find_map(|l| l.strip_prefix(op)?.strip_prefix(" ?"))
+            .map(|n| n.split(',').map(str::to_string).collect())
+            .unwrap_or_default()
+    };
+    for (list, op, name) in [
+        (
+            plex,
+            "GET /library/sections/{sectionId}/all",
+            "X-Plex-Container-Start",
+        ),
+        (plex, "GET /library/sections/{sectionId}/all", "type"),
+        (plex, "GET /library/metadata/{ids}", "includeGuids"),
+        (plex, "POST /:/timeline", "identifier"),
+        (jellyfin, "GET /Items", "startIndex"),
+        (emby, "GET /Users/{UserId}/Items", "api_key"),
+        (emby, "GET /Users/{UserId}/Items", "StartIndex"),
+    ] {
+        assert!(
+            names(list, op).iter().any(|n| n == name),
+            "{op} lacks {name}"
+        );
+    }
     for line in [
         "GET /identity",
         "GET /library/sections/all",

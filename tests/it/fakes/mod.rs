@@ -800,10 +800,11 @@ impl FakeResponse {
     }
 }
 
-/// The `(METHOD, path template)` list of a server.
+/// The `(METHOD, path template, query parameter names)` list of a server.
 struct Contract {
-    /// (method, segments); a `{..}` segment matches any one non-empty segment.
-    entries: Vec<(String, Vec<String>)>,
+    /// (method, segments, documented query names); a `{..}` segment matches any one
+    /// non-empty segment.
+    entries: Vec<(String, Vec<String>, Vec<String>)>,
 }
 
 impl Contract {
@@ -813,22 +814,32 @@ impl Contract {
             .map(str::trim)
             .filter(|l| !l.is_empty() && !l.starts_with('#'))
             .filter_map(|l| {
-                let (method, path) = l.split_once(' ')?;
+                let (method, rest) = l.split_once(' ')?;
+                let (path, names) = rest.split_once(" ?").unwrap_or((rest, ""));
                 let segs = path
                     .trim()
                     .trim_start_matches('/')
                     .split('/')
                     .map(str::to_string)
                     .collect();
-                Some((method.to_string(), segs))
+                let names = names
+                    .split(',')
+                    .filter(|n| !n.is_empty())
+                    .map(str::to_string)
+                    .collect();
+                Some((method.to_string(), segs, names))
             })
             .collect();
         Contract { entries }
     }
 
-    fn allows(&self, method: &str, path: &str) -> bool {
+    /// `None` when the request is one of the documented operations with only documented
+    /// query parameter names (compared exactly: a server built from the document may not
+    /// bind another casing), else what is wrong.
+    fn violation(&self, method: &str, path: &str, query: &[(String, String)]) -> Option<String> {
         let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-        self.entries.iter().any(|(m, template)| {
+        let mut unknown: Option<Vec<&str>> = None;
+        for (_, _, names) in self.entries.iter().filter(|(m, template, _)| {
             m == method
                 && template.len() == segs.len()
                 && template.iter().zip(&segs).all(|(t, s)| {
@@ -838,6 +849,22 @@ impl Contract {
                         t == s
                     }
                 })
+        }) {
+            let extra: Vec<&str> = query
+                .iter()
+                .map(|(k, _)| k.as_str())
+                .filter(|k| !names.iter().any(|n| n == k))
+                .collect();
+            if extra.is_empty() {
+                return None;
+            }
+            unknown = Some(extra);
+        }
+        Some(match unknown {
+            None => format!("{method} {path}"),
+            Some(extra) => {
+                format!("{method} {path}: query parameter(s) {extra:?} not documented for it")
+            }
         })
     }
 }
@@ -1235,8 +1262,8 @@ impl Inner {
         };
         let fault = {
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            if !self.contract.allows(&req.method, &req.path) {
-                st.violations.push(format!("{} {}", req.method, req.path));
+            if let Some(v) = self.contract.violation(&req.method, &req.path, &req.query) {
+                st.violations.push(v);
             }
             take_fault(&mut st.faults, is_write)
         };

@@ -10,8 +10,7 @@
 //! | `UserDataSaved`, `SaveReason` `PlaybackStart` / `PlaybackProgress` | progress |
 //! | `UserDataSaved`, `SaveReason` `PlaybackFinished` | scrobble, `played = true`, if `Played` at position 0 (or ≥ 90 %); else progress |
 //! | `UserDataSaved`, `SaveReason` `TogglePlayed` | mark_played / mark_unplayed by `Played` |
-//! | `UserDataSaved`, `SaveReason` `UpdateUserData` | mark_played if `Played`; else progress |
-//! | any of these without an item, a user or external ids (the plugin's test button) | test |
+//! | `UserDataSaved`, `SaveReason` `UpdateUserData` (a write of the user data through the API, ours included) | ignore |
 //! | `ItemAdded` | item_added (generic) |
 //! | anything else (other save reasons, `AuthenticationSuccess`, `SessionStart`, ...) | ignore |
 
@@ -77,17 +76,6 @@ pub fn decode(obj: &Obj<'_>) -> WebhookEvent {
         "itemadded" => (EventKind::ItemAdded, None),
         _ => (EventKind::Ignore, None),
     };
-    // The plugin's test button sends the server, the notification type and an item type
-    // only: no item, no user, no ids.
-    let is_test = kind != EventKind::Ignore
-        && ev.item_id.is_none()
-        && ev.user_id.is_none()
-        && ev.external_ids.is_empty();
-    let (kind, played) = if is_test {
-        (EventKind::Test, None)
-    } else {
-        (kind, played)
-    };
     ev.event = kind;
     ev.played = played;
     ev.generic = kind == EventKind::ItemAdded;
@@ -130,13 +118,6 @@ fn user_data_saved(
                 (EventKind::Progress, None)
             }
         }
-        // A client's write of the item's user data (`POST /UserItems/{id}/UserData`, Jellyfin
-        // 10.9+; other tools mark played this way). Played is asserted; unplayed is not (a
-        // write of the position alone leaves `Played` false), only the position is read.
-        "updateuserdata" => match bool_field(obj, "Played") {
-            Some(true) => (EventKind::MarkPlayed, Some(true)),
-            _ => (EventKind::Progress, None),
-        },
         "toggleplayed" => match bool_field(obj, "Played") {
             Some(true) => (EventKind::MarkPlayed, Some(true)),
             Some(false) => (EventKind::MarkUnplayed, Some(false)),
@@ -278,19 +259,16 @@ mod tests {
                 EventKind::Ignore,
                 None,
             ),
+            // Our own position writes come back with this reason (and `Played` is the item's
+            // state after any write, not an action): never read.
             (
                 json!({"NotificationType": "UserDataSaved", "SaveReason": "UpdateUserData", "Played": true}),
-                EventKind::MarkPlayed,
-                Some(true),
-            ),
-            (
-                json!({"NotificationType": "UserDataSaved", "SaveReason": "UpdateUserData", "Played": false, "PlaybackPositionTicks": 6000000000u64}),
-                EventKind::Progress,
+                EventKind::Ignore,
                 None,
             ),
             (
-                json!({"NotificationType": "UserDataSaved", "SaveReason": "UpdateUserData", "Played": ""}),
-                EventKind::Progress,
+                json!({"NotificationType": "UserDataSaved", "SaveReason": "UpdateUserData", "Played": false, "PlaybackPositionTicks": 6000000000u64}),
+                EventKind::Ignore,
                 None,
             ),
             (
@@ -329,36 +307,6 @@ mod tests {
             assert_eq!(ev.event, kind, "{extra}");
             assert_eq!(ev.played, played, "{extra}");
             assert_eq!(ev.generic, kind == EventKind::ItemAdded, "{extra}");
-        }
-    }
-
-    /// The plugin's test button (`TestController`): the server's fields, the notification
-    /// type and `ItemType` only. Answered as a test, not journaled as an event about nothing.
-    #[test]
-    fn the_plugins_test_button_is_a_test() {
-        for kind in ["ItemAdded", "PlaybackStart", "UserDataSaved"] {
-            let body = json!({"ServerId": "16588a9f062a40c4966586b1d220bffc",
-                "ServerName": "jf", "ServerVersion": "10.11.0", "ServerUrl": "http://jf:8096",
-                "NotificationType": kind, "ItemType": "Movie", "SaveReason": "TogglePlayed",
-                "Played": true});
-            let ev = decode(&parse_object(&body.to_string()));
-            assert_eq!(ev.event, EventKind::Test, "{kind}");
-            assert_eq!((ev.played, ev.generic), (None, false), "{kind}");
-        }
-        // A real event keeps its kind with only a user (a template without the item id),
-        // or only an item, or only external ids.
-        for extra in [
-            json!({"UserId": "u1"}),
-            json!({"ItemId": "i1"}),
-            json!({"Provider_imdb": "tt1"}),
-        ] {
-            let mut body = json!({"ServerId": "s", "NotificationType": "PlaybackStart",
-                                  "ItemType": "Movie"});
-            for (k, v) in extra.as_object().unwrap() {
-                body[k] = v.clone();
-            }
-            let ev = decode(&parse_object(&body.to_string()));
-            assert_eq!(ev.event, EventKind::Play, "{extra}");
         }
     }
 

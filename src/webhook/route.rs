@@ -145,7 +145,7 @@ impl RouteTable {
         {
             return RouteOutcome::Ignored {
                 reason: format!(
-                    "{} names no item (no item id, no external ids)",
+                    "{} names no item (no item id, no external ids): a test notification (the Jellyfin plugin's Test button sends none), or a template that leaves them out",
                     describe_event(event)
                 ),
             };

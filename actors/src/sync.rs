@@ -81,6 +81,9 @@ pub struct SyncRun {
     pub listed: std::collections::HashSet<String>,
     /// Items left alone as further copies of a film already listed.
     pub copies: u64,
+    /// The server at the url is not the configured one (see [`PairCore::on_sync_identity`]):
+    /// kept for the run's failure message, which would otherwise replace it in status.
+    pub identity_mismatch: Option<String>,
 }
 
 async fn fetch_pages(
@@ -214,6 +217,7 @@ impl PairCore {
             touched: HashMap::new(),
             listed: Default::default(),
             copies: 0,
+            identity_mismatch: None,
         });
         let mut batch = Batch::new();
         self.put_meta(&mut batch);
@@ -233,10 +237,14 @@ impl PairCore {
         if found.is_empty() || found == crate::event::normalize_id(&self.spec.server_id) {
             return;
         }
-        self.record_error(format!(
+        let message = format!(
             "the server at this backend's url says its id is {:?}, but its server_id is {:?}: check url and server_id (webhooks are routed by server_id; items are read from and written to the server at url)",
             identity.server_id, self.spec.server_id
-        ));
+        );
+        self.record_error(message.clone());
+        if let Some(run) = self.sync_run.as_mut() {
+            run.identity_mismatch = Some(message);
+        }
     }
 
     /// A webhook or a confirmed push changed the state of the item at `slot`. A page of the
@@ -457,7 +465,12 @@ impl PairCore {
         };
         m.next_at = Some(now + wait.as_millis() as Millis);
         if let Err(e) = &result {
-            self.record_error(format!("scheduled sync failed: {e}"));
+            // A wrong server is the likelier cause (another server does not know the user).
+            let message = match &run.identity_mismatch {
+                Some(mismatch) => format!("scheduled sync failed: {e}; {mismatch}"),
+                None => format!("scheduled sync failed: {e}"),
+            };
+            self.record_error(message);
         } else {
             tracing::info!(pair = %self.spec.key, seen = self.meta.sync.seen,
                 changed = self.meta.sync.changed, "scheduled sync finished");

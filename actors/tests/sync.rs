@@ -1000,3 +1000,35 @@ async fn a_server_answering_with_another_id_is_reported_by_the_sync() {
     );
     assert_eq!(h.status("bob", "jelly").await.last_error, None);
 }
+
+/// Another server usually does not know the configured user: the listing fails, and the
+/// failure's message keeps the mismatch, its likely cause.
+#[tokio::test(start_paused = true)]
+async fn a_failed_sync_on_another_server_keeps_the_mismatch_in_its_message() {
+    let h = Harness::start_filled(
+        vec![synced("alice", "jelly")],
+        SyncSettings::default(),
+        |f| {
+            let mut st = f[&PairKey::new("alice", "jelly")].state.lock().unwrap();
+            st.server_id = "srv-other".into();
+            st.unreachable = true;
+        },
+    )
+    .await;
+    h.handle
+        .sync_now(&PairKey::new("alice", "jelly"))
+        .await
+        .unwrap();
+    eventually("the run to fail", || async {
+        let s = h.status("alice", "jelly").await;
+        s.sync.runs_failed >= 1 && !s.sync.running
+    })
+    .await;
+    let err = h.status("alice", "jelly").await.last_error.unwrap();
+    assert!(
+        err.message.starts_with("scheduled sync failed: ")
+            && err.message.contains("says its id is \"srv-other\""),
+        "{}",
+        err.message
+    );
+}

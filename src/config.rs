@@ -429,6 +429,21 @@ impl Config {
                         "contains an empty id: list other ids of this user, e.g. [\"1\"] for the Plex owner".into(),
                     ));
                 }
+                let ids = std::iter::once(("user_id", &b.user_id))
+                    .chain(b.user_id_aliases.iter().map(|a| ("user_id_aliases", a)));
+                for (key, user_id) in ids {
+                    let id = (normalize_id(&b.server_id), normalize_id(user_id));
+                    if let Some(first) = seen.get(&id) {
+                        return Err((
+                            format!("{at}.{key}"),
+                            format!(
+                                "server_id {:?} with user id {:?} is already configured at {first}; one backend user can belong to one user only",
+                                b.server_id, user_id
+                            ),
+                        ));
+                    }
+                    seen.insert(id, at.clone());
+                }
                 // A Plex token is one account's: a second user id with it would read and write
                 // the first account's watch state. (Jellyfin and Emby API keys act for any user.)
                 if b.kind == BackendKind::Plex {
@@ -449,21 +464,6 @@ impl Config {
                             plex_tokens.insert(key, (at.clone(), user_id));
                         }
                     }
-                }
-                let ids = std::iter::once(("user_id", &b.user_id))
-                    .chain(b.user_id_aliases.iter().map(|a| ("user_id_aliases", a)));
-                for (key, user_id) in ids {
-                    let id = (normalize_id(&b.server_id), normalize_id(user_id));
-                    if let Some(first) = seen.get(&id) {
-                        return Err((
-                            format!("{at}.{key}"),
-                            format!(
-                                "server_id {:?} with user id {:?} is already configured at {first}; one backend user can belong to one user only",
-                                b.server_id, user_id
-                            ),
-                        ));
-                    }
-                    seen.insert(id, at.clone());
                 }
             }
         }

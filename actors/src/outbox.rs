@@ -520,7 +520,13 @@ impl PairCore {
                             entry.item_id,
                             entry.attempts
                         );
-                        self.push_failed(message, now);
+                        // Given up for good: always a warning. The last attempt of a server
+                        // that stays down is still part of its run of failures.
+                        tracing::warn!(pair = %self.spec.key, "{message}");
+                        if err.is_retryable() {
+                            let _ = self.push_failures.failed(now);
+                        }
+                        self.set_last_error(message);
                         self.outbox.dead.insert(entry_id, entry);
                     }
                 }
@@ -531,8 +537,9 @@ impl PairCore {
         self.commit(batch)
     }
 
-    /// A push attempt failed: the status shows it at once; the log gets a warning at the
-    /// first failure of a run and then once a minute, the rest at debug level.
+    /// A push attempt failed and will be retried: the status shows it at once; the log gets
+    /// a warning at the first failure of a run and then once a minute, the rest at debug
+    /// level.
     fn push_failed(&mut self, message: String, now: Millis) {
         match self.push_failures.failed(now) {
             FailureVerdict::Warn { left_out: 0 } => {

@@ -110,4 +110,40 @@ async fn an_outage_is_logged_once_a_minute_not_at_every_failed_attempt() {
         .await
         .last_error
         .is_some_and(|e| e.message.contains("connection refused")));
+
+    // A push given up for good (a 404) is always a warning, even within the minute, and is
+    // no run of failures: no "work again" line follows it.
+    for _ in 0..2 {
+        jelly.fault(BackendError::Client {
+            status: 404,
+            message: "item not found".into(),
+        });
+    }
+    for i in 0..2 {
+        let mut item = films[i].clone();
+        item.item_id = format!("o{i}-plex");
+        h.send("alice", "plex", event(EventKind::MarkUnplayed, &item));
+    }
+    eventually("two dead letters", || async {
+        h.status("alice", "jelly").await.outbox.dead_letters == 2
+    })
+    .await;
+    let mut item = films[2].clone();
+    item.item_id = "o2-plex".into();
+    h.send("alice", "plex", event(EventKind::MarkUnplayed, &item));
+    eventually("the next push to work", || async {
+        h.status("alice", "jelly").await.counters.pushed == 21
+    })
+    .await;
+    let lines = log.lines();
+    let dead: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("WARN") && l.contains("failed after 1 attempt(s)"))
+        .collect();
+    assert_eq!(dead.len(), 2, "{dead:#?}");
+    let again = lines
+        .iter()
+        .filter(|l| l.contains("work again after"))
+        .count();
+    assert_eq!(again, 1, "{lines:#?}");
 }

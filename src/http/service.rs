@@ -38,7 +38,8 @@ impl Routes for ServiceRoutes {
                     Method::POST | Method::PUT | Method::PATCH => {
                         self.webhook.handle(req, body).await
                     }
-                    _ => method_not_allowed("POST, PUT, PATCH"),
+                    // GET and HEAD are answered before the routes (a readiness probe).
+                    _ => method_not_allowed("GET, HEAD, POST, PUT, PATCH"),
                 });
             }
             if rest == "/metrics" {

@@ -217,7 +217,7 @@ export = false
         .await
         .unwrap();
     assert_eq!(r.status(), 405);
-    assert_eq!(r.headers()["allow"], "POST, PUT, PATCH");
+    assert_eq!(r.headers()["allow"], "GET, HEAD, POST, PUT, PATCH");
     t.stop().await;
 }
 

@@ -30,6 +30,9 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// First restart delay of a failed actor; doubles per consecutive failure up to the max.
 pub const RESTART_BASE: Duration = Duration::from_millis(500);
 pub const RESTART_MAX: Duration = Duration::from_secs(60);
+/// Messages kept for a pair that is down (besides webhooks and relayed changes, which are
+/// never kept: the restart re-reads them); past this many, the rest are dropped.
+pub const MAX_BUFFERED: usize = 1000;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ActorsError {
@@ -173,8 +176,10 @@ pub struct SupState {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     router: Arc<Router>,
-    /// Messages for pairs that are down, in arrival order.
+    /// Messages for pairs that are down, in arrival order (see [`SupState::buffer`]).
     buffered: HashMap<PairKey, Vec<PairMsg>>,
+    /// Pairs that dropped messages past [`MAX_BUFFERED`] since they went down (warned once).
+    overflowed: std::collections::HashSet<PairKey>,
     /// Which pair a linked actor is, to handle its supervision events.
     by_actor: HashMap<ActorId, PairKey>,
     /// Set by `Shutdown`: stopped actors are then not restarted.
@@ -206,6 +211,7 @@ impl SupState {
         let Some(args) = self.pair_args(key, restart) else {
             return;
         };
+        depth_of(&self.router, key).store(0, Ordering::Relaxed);
         let started = Actor::spawn_linked(None, PairActor, args, myself.get_cell()).await;
         self.register(myself, key, started);
     }
@@ -244,6 +250,36 @@ impl SupState {
         }
     }
 
+    /// A message for a pair whose actor is down. Webhooks and relayed changes are not kept:
+    /// they are durable (the journal, the relay records) and the restarted actor re-reads
+    /// them before any message, so a pair that stays down does not collect every webhook
+    /// for it in memory, nor get each one twice once back. Anything else (a catch-up state,
+    /// which the next sync sends again; a status query) waits for the restart, up to
+    /// [`MAX_BUFFERED`] per pair.
+    fn buffer(&mut self, key: PairKey, m: PairMsg) {
+        let counted = matches!(m, PairMsg::Webhook(_) | PairMsg::StateChanged { .. });
+        let durable = matches!(
+            m,
+            PairMsg::Webhook(_) | PairMsg::StateChanged { relay: Some(_), .. }
+        );
+        let queue = self.buffered.entry(key.clone()).or_default();
+        if !durable && queue.len() < MAX_BUFFERED {
+            queue.push(m);
+            return;
+        }
+        if counted {
+            let _ = depth_of(&self.router, &key).fetch_update(
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+                |d| d.checked_sub(1),
+            );
+        }
+        if !durable && self.overflowed.insert(key.clone()) {
+            tracing::warn!(pair = %key, max = MAX_BUFFERED,
+                "the pair is down with {MAX_BUFFERED} messages waiting; later ones are dropped until it is back (webhooks are kept in the journal, catch-up states come again with the next sync)");
+        }
+    }
+
     fn register(
         &mut self,
         myself: &ActorRef<SupMsg>,
@@ -253,14 +289,16 @@ impl SupState {
         match started {
             Ok((actor, _join)) => {
                 self.by_actor.insert(actor.get_id(), key.clone());
+                self.overflowed.remove(key);
                 let buffered = self.buffered.remove(key).unwrap_or_default();
-                // Messages that died with the old mailbox are gone (webhooks stay in the
-                // journal); count only what the new actor will really receive.
+                // The depth was reset before the start (messages that died with the old
+                // mailbox are gone; webhooks stay in the journal), and the replay counted what
+                // it queued: add what the new actor receives from the buffer.
                 let counted = buffered
                     .iter()
                     .filter(|m| matches!(m, PairMsg::Webhook(_) | PairMsg::StateChanged { .. }))
                     .count();
-                depth_of(&self.router, key).store(counted, Ordering::Relaxed);
+                depth_of(&self.router, key).fetch_add(counted, Ordering::Relaxed);
                 for m in buffered {
                     if let Err(e) = actor.send_message(m) {
                         tracing::warn!(pair = %key, "lost a buffered message: {e:?}");
@@ -327,6 +365,7 @@ impl Actor for Supervisor {
             clock: args.clock,
             router: args.router,
             buffered: HashMap::new(),
+            overflowed: Default::default(),
             by_actor: HashMap::new(),
             shutting_down: false,
         };
@@ -352,7 +391,7 @@ impl Actor for Supervisor {
                     None => m,
                 };
                 if !state.shutting_down {
-                    state.buffered.entry(key).or_default().push(m);
+                    state.buffer(key, m);
                 }
             }
             SupMsg::Restart(key) => {

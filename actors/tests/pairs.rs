@@ -451,6 +451,64 @@ async fn a_failed_actor_is_restarted_and_its_state_survives() {
     assert_eq!(h.journal_len(), 0);
 }
 
+/// Webhooks for a pair that is down are not kept in memory: they are in the journal, and the
+/// restarted actor replays them. Each is applied once (kept and replayed, each came twice),
+/// and a pair that stays down does not collect them all in memory.
+#[tokio::test(start_paused = true)]
+async fn webhooks_for_a_pair_that_is_down_are_replayed_once_from_the_journal() {
+    let store = Arc::new(FlakyStore::default());
+    let mut h = Harness::start_on(three(), SyncSettings::default(), store.clone()).await;
+    let m = movie("x", "tt14");
+    register(&mut h, "alice", &["plex", "jelly"], &m, "d").await;
+
+    store.fail.store(true, Ordering::SeqCst);
+    let mut seqs = vec![
+        h.send(
+            "alice",
+            "plex",
+            event(EventKind::Scrobble, &local(&m, "d", "plex")),
+        )
+        .seq,
+    ];
+    eventually("the actor to be down", || async {
+        let s = h.status("alice", "plex").await;
+        s.restarts >= 1 && matches!(s.state, ActorState::Backoff | ActorState::Failed)
+    })
+    .await;
+    // While it is down: five new films.
+    for i in 0..5 {
+        let added = movie(&format!("d{i}-plex"), &format!("tt14{i}"));
+        h.backend("alice", "plex").add(added.clone());
+        seqs.push(
+            h.send("alice", "plex", event(EventKind::ItemAdded, &added))
+                .seq,
+        );
+    }
+    store.fail.store(false, Ordering::SeqCst);
+    eventually("the actor to be back", || async { h.handle.ready().ready }).await;
+    h.settle().await;
+    let s = h.status("alice", "plex").await;
+    assert_eq!(s.items, 6);
+    let events = h
+        .handle
+        .recent_events(&PairKey::new("alice", "plex"), 100)
+        .await
+        .unwrap();
+    for seq in &seqs {
+        assert_eq!(
+            events.iter().filter(|e| e.seq == *seq).count(),
+            1,
+            "entry {seq} applied once after the restart: {events:#?}"
+        );
+    }
+    assert_eq!(s.mailbox_depth, 0);
+    assert_eq!(h.journal_len(), 0);
+    assert_eq!(
+        h.backend("alice", "jelly").writes(),
+        vec![Call::SetPlayed("d-jelly".into(), true)]
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn outbox_retries_with_backoff_and_honours_retry_after() {
     let mut h = Harness::start(three(), SyncSettings::default()).await;

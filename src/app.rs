@@ -2,7 +2,7 @@
 //! and back down again in order on shutdown. `serve`, the integration tests and the
 //! benchmarks all start the service through [`App::start`].
 
-use crate::backend::{self, ClientConfig};
+use crate::backend;
 use crate::config::Config;
 use crate::http::service::ServiceRoutes;
 use crate::http::webhook::{RequestLog, WebhookService};
@@ -62,15 +62,8 @@ impl App {
         let mut specs = Vec::new();
         let mut targets = Vec::new();
         for (user, name, b) in config.pairs() {
-            let client = backend::build_client(ClientConfig {
-                kind: b.kind,
-                base_url: b.parsed_url(),
-                token: b.token.clone(),
-                user_id: b.user_id.clone(),
-                timeout: config.sync.request_timeout,
-                ignore_libraries: b.ignore_libraries.clone(),
-            })
-            .map_err(|e| AppError::Actors(format!("users.{user}.backends.{name}: {e}")))?;
+            let client = backend::build_client(config.client_config(b))
+                .map_err(|e| AppError::Actors(format!("users.{user}.backends.{name}: {e}")))?;
             let key = PairKey::new(user, name);
             specs.push((
                 PairSpec {

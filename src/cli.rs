@@ -40,6 +40,9 @@ pub enum Command {
     Serve,
     /// Validate the configuration and exit (0 when valid).
     CheckConfig,
+    /// Ask every configured backend who it is and read the user's library: finds a wrong
+    /// url, server_id, token or user_id (0 when every backend answers as configured).
+    CheckServers,
     /// Print the API key (generated and stored at first use when server.api_key is unset).
     Apikey,
 }
@@ -69,6 +72,27 @@ pub fn main() -> ExitCode {
                 pairs
             );
             ExitCode::SUCCESS
+        }
+        Command::CheckServers => {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let checks = rt.block_on(crate::check::check_servers(&config));
+            for c in &checks {
+                println!("{c}");
+            }
+            if checks.iter().all(|c| c.ok) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
         Command::Apikey => {
             if let Some(k) = &config.server.api_key {

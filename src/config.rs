@@ -479,6 +479,18 @@ impl Config {
         })
     }
 
+    /// What the backend's HTTP client is built from.
+    pub fn client_config(&self, backend: &BackendConfig) -> crate::backend::ClientConfig {
+        crate::backend::ClientConfig {
+            kind: backend.kind,
+            base_url: backend.parsed_url(),
+            token: backend.token.clone(),
+            user_id: backend.user_id.clone(),
+            timeout: self.sync.request_timeout,
+            ignore_libraries: backend.ignore_libraries.clone(),
+        }
+    }
+
     /// The effective sync interval of one backend (its override, else `sync.interval`).
     pub fn sync_interval_of(&self, backend: &BackendConfig) -> Option<Duration> {
         backend.sync_interval.unwrap_or(self.sync.interval)

@@ -2,7 +2,8 @@
 //! the `watchstate-actors` crate (`actors/`); this crate turns bytes into its events and
 //! implements its traits.
 //!
-//! - [`cli`]: the `watchstate` command (serve, check-config, apikey);
+//! - [`cli`]: the `watchstate` command (serve, check-config, check-servers, apikey);
+//! - [`check`]: `check-servers`, which asks every configured backend who it is;
 //! - [`config`]: `config.toml`, typed and validated once;
 //! - [`logging`]: tracing set-up (text or JSON lines);
 //! - [`http`]: the warp server, authentication, request ids, JSON errors, the webhook intake
@@ -16,6 +17,7 @@
 
 pub mod app;
 pub mod backend;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod http;

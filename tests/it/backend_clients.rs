@@ -1724,3 +1724,93 @@ async fn jellyfin_lookup_of_an_id_that_is_no_guid_finds_nothing() {
         fake.assert_contract();
     }
 }
+
+/// `watchstate check-servers` against three fakes: one configured right, one whose
+/// `server_id` is another server's, one with a refused token. Each line says which, and no
+/// token is printed.
+#[tokio::test]
+async fn check_servers_finds_a_wrong_server_id_and_a_refused_token() {
+    let plex = FakeServer::start(FakeKind::Plex, library()).await;
+    let jellyfin = FakeServer::start(FakeKind::Jellyfin, library()).await;
+    let emby = FakeServer::start(FakeKind::Emby, library()).await;
+    let toml = [
+        crate::harness::backend_toml("alice", "plex", &plex, ""),
+        crate::harness::backend_toml("alice", "jelly", &jellyfin, "")
+            .replace(jellyfin.server_id(), "0123456789abcdef0123456789abcdef"),
+        crate::harness::backend_toml_for(
+            "alice",
+            "emby",
+            &emby,
+            emby.user_id(),
+            "not-the-emby-key",
+            "",
+        ),
+    ]
+    .concat();
+    let config = watchstate::config::Config::parse("t.toml", &toml, &Default::default()).unwrap();
+    let checks = watchstate::check::check_servers(&config).await;
+    let by_pair = |p: &str| checks.iter().find(|c| c.pair == p).cloned().unwrap();
+
+    let ok = by_pair("alice/plex");
+    assert!(ok.ok, "{ok}");
+    assert!(
+        ok.message
+            .contains("id matches; 10 movies and episodes listed"),
+        "{ok}"
+    );
+
+    let wrong = by_pair("alice/jelly");
+    assert!(!wrong.ok);
+    assert!(
+        wrong
+            .message
+            .contains(&format!("says its id is {:?}", jellyfin.server_id()))
+            && wrong.message.contains("0123456789abcdef0123456789abcdef"),
+        "{wrong}"
+    );
+
+    let refused = by_pair("alice/emby");
+    assert!(!refused.ok);
+    assert!(
+        refused.message.contains("the token was refused (401)"),
+        "{refused}"
+    );
+
+    for c in &checks {
+        let line = c.to_string();
+        for token in [
+            plex.token(),
+            jellyfin.token(),
+            emby.token(),
+            "not-the-emby-key",
+        ] {
+            assert!(!line.contains(token), "{line}");
+        }
+    }
+
+    // The command: a line per backend, exit 0 only when every one is right.
+    let dir = crate::harness::TestDir::new();
+    let path = dir.path().join("config.toml");
+    let run = |text: String| {
+        std::fs::write(&path, text).unwrap();
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_watchstate"))
+            .args(["check-servers", "--config"])
+            .arg(&path)
+            .output()
+    };
+    let out = run(crate::harness::backend_toml("alice", "plex", &plex, ""))
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.starts_with("alice/plex: ok: "), "{stdout}");
+    let unreachable = "\n[users.bob.backends.jelly]\ntype = \"jellyfin\"\nurl = \"http://127.0.0.1:9\"\ntoken = \"t\"\nserver_id = \"s\"\nuser_id = \"u\"\n";
+    let out = run(toml + unreachable).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert_eq!(stdout.lines().count(), 4, "{stdout}");
+    assert!(
+        stdout.contains("bob/jelly: FAILED: cannot reach the server at http://127.0.0.1:9"),
+        "{stdout}"
+    );
+}

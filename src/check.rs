@@ -73,6 +73,12 @@ async fn check_one(client: Arc<dyn BackendApi>, url: &str, server_id: &str) -> (
         );
     }
     match client.list_items(None, 1).await {
+        // Jellyfin and Emby list the items without the user's data for a user id they do not
+        // know (the scheduled sync reads no state from such items).
+        Ok(page) if page.items.iter().any(|i| i.state_unknown) => (
+            false,
+            format!("{about}: the server lists the library without this user's play state: check user_id (the server's id of this user)"),
+        ),
         Ok(page) => {
             let items = match page.total {
                 Some(n) => format!("{n} movies and episodes listed"),

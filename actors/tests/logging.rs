@@ -119,8 +119,8 @@ async fn an_outage_is_logged_once_a_minute_not_at_every_failed_attempt() {
             message: "item not found".into(),
         });
     }
-    for i in 0..2 {
-        let mut item = films[i].clone();
+    for (i, film) in films.iter().enumerate().take(2) {
+        let mut item = film.clone();
         item.item_id = format!("o{i}-plex");
         h.send("alice", "plex", event(EventKind::MarkUnplayed, &item));
     }

@@ -1733,8 +1733,26 @@ async fn check_servers_finds_a_wrong_server_id_and_a_refused_token() {
     let plex = FakeServer::start(FakeKind::Plex, library()).await;
     let jellyfin = FakeServer::start(FakeKind::Jellyfin, library()).await;
     let emby = FakeServer::start(FakeKind::Emby, library()).await;
+    let no_user_data = FakeServer::start(
+        FakeKind::Jellyfin,
+        FakeLibrary::new().with(
+            FakeItem::movie("101", "X")
+                .ext("imdb", "tt1")
+                .omit("UserData"),
+        ),
+    )
+    .await;
     let toml = [
         crate::harness::backend_toml("alice", "plex", &plex, ""),
+        crate::harness::backend_toml_for(
+            "carol",
+            "jelly",
+            &jellyfin,
+            "no-such-user",
+            jellyfin.token(),
+            "",
+        ),
+        crate::harness::backend_toml("dave", "jelly", &no_user_data, ""),
         crate::harness::backend_toml("alice", "jelly", &jellyfin, "")
             .replace(jellyfin.server_id(), "0123456789abcdef0123456789abcdef"),
         crate::harness::backend_toml_for(
@@ -1776,6 +1794,19 @@ async fn check_servers_finds_a_wrong_server_id_and_a_refused_token() {
         "{refused}"
     );
 
+    let unknown_user = by_pair("carol/jelly");
+    assert!(!unknown_user.ok);
+    assert!(
+        unknown_user.message.contains("check user_id"),
+        "{unknown_user}"
+    );
+    let no_state = by_pair("dave/jelly");
+    assert!(!no_state.ok);
+    assert!(
+        no_state.message.contains("without this user's play state"),
+        "{no_state}"
+    );
+
     for c in &checks {
         let line = c.to_string();
         for token in [
@@ -1808,7 +1839,7 @@ async fn check_servers_finds_a_wrong_server_id_and_a_refused_token() {
     let out = run(toml + unreachable).await.unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
-    assert_eq!(stdout.lines().count(), 4, "{stdout}");
+    assert_eq!(stdout.lines().count(), 6, "{stdout}");
     assert!(
         stdout.contains("bob/jelly: FAILED: cannot reach the server at http://127.0.0.1:9"),
         "{stdout}"

@@ -230,7 +230,13 @@ fn version_and_help() {
     assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
     let out = bin().arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    for word in ["serve", "check-config", "check-servers", "apikey", "--config"] {
+    for word in [
+        "serve",
+        "check-config",
+        "check-servers",
+        "apikey",
+        "--config",
+    ] {
         assert!(help.contains(word), "help mentions {word}: {help}");
     }
 }

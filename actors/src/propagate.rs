@@ -10,6 +10,9 @@ use crate::store::{Batch, PairKey, StoreError, Tree};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 
+/// The date an undated play is held at (see the scheduled sync's first sight): no real date.
+pub const UNDATED_PLAY: Millis = 1;
+
 /// A change applied by a sibling (U, A), sent to (U, X) (rule 4). Exactly one of `played`
 /// and `position_ms` is set: a played change clears the position by itself.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -296,7 +299,9 @@ impl PairCore {
             }
             PushAction::SetPlayed {
                 played,
-                at: played.then_some(sc.changed_at),
+                // A play of unknown date is held as 1 ms (the oldest state): it is sent
+                // without one, not as played on 1 January 1970.
+                at: (played && sc.changed_at > UNDATED_PLAY).then_some(sc.changed_at),
             }
         } else if let Some(pos) = sc.position_ms {
             let s = &self.settings;

@@ -381,7 +381,10 @@ impl PairCore {
                     // means none, which the catch-up of a backend added later would skip). It
                     // reaches servers that never changed the item, but does not beat an unmark
                     // made elsewhere, as "now" would for a backend just added.
-                    let at = r.last_played_at.unwrap_or(1).min(now);
+                    let at = r
+                        .last_played_at
+                        .unwrap_or(crate::propagate::UNDATED_PLAY)
+                        .min(now);
                     it.played = true;
                     it.played_at = at;
                     self.meta.sync.changed += 1;

@@ -564,6 +564,8 @@ async fn a_played_state_without_a_date_reaches_a_backend_added_later() {
     .await;
     h.settle().await;
     assert_eq!(plex.writes(), vec![Call::SetPlayed("a-plex".into(), true)]);
+    // Sent without a date, not as played in January 1970.
+    assert_eq!(plex.item("a-plex").last_played_at, None);
 }
 
 /// Counts the writes of pending entries (`p/` keys) of one pair.

@@ -533,7 +533,9 @@ impl PairCore {
             }
         }
         self.push_push_record(record);
-        self.put_meta(&mut batch);
+        // Counters and the last error: written within a second (a backlog of pushes would
+        // otherwise rewrite the meta at every result).
+        self.put_meta_soon(&mut batch);
         self.commit(batch)
     }
 

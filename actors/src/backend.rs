@@ -169,6 +169,20 @@ impl BackendError {
         }
     }
 
+    /// Whether the error says the server as a whole cannot take requests now (it is
+    /// unreachable, overloaded, behind a gateway that cannot reach it, or rate limiting), not
+    /// that this one request failed: every push to it waits, not only the one that failed.
+    /// A 500 is not one: it is often about one item.
+    pub fn is_server_wide(&self) -> bool {
+        match self {
+            BackendError::RateLimited { .. }
+            | BackendError::Timeout { .. }
+            | BackendError::Network { .. } => true,
+            BackendError::Server { status, .. } => matches!(status, 502..=504),
+            _ => false,
+        }
+    }
+
     /// The server's `Retry-After`, when it sent one.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {

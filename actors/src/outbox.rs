@@ -167,8 +167,9 @@ pub struct Outbox {
     pub in_flight: HashSet<u64>,
     /// Item id → queued entry ids, so "what is wanted for this item" needs no scan.
     by_item: HashMap<String, Vec<u64>>,
-    /// No push starts before this time: the server answered 429 with a `Retry-After`, which
-    /// holds for every push to it, not only the one that got it.
+    /// No push starts before this time: a push failed with an error about the whole server
+    /// (unreachable, a timeout, 502–504, 429 with its `Retry-After`), which holds every push
+    /// to it until that push's retry, not only the one that got it.
     pub hold_until: Millis,
 }
 
@@ -487,7 +488,11 @@ impl PairCore {
                 match schedule.next_delay(entry.attempts, &err, unit) {
                     Some(delay) => {
                         entry.due_at = now + delay.as_millis() as Millis;
-                        if matches!(err, BackendError::RateLimited { .. }) {
+                        // A server that is down or rate limiting gets no other push until this
+                        // one's retry: a backlog would otherwise send every entry's attempts
+                        // (thousands of requests a minute to a server saying it cannot take
+                        // them) and turn them all into dead letters together.
+                        if err.is_server_wide() {
                             self.outbox.hold_until = self.outbox.hold_until.max(entry.due_at);
                         }
                         record.result = "retry".into();
@@ -772,6 +777,41 @@ mod tests {
             s.next_delay(12, &server(), 0.5),
             Some(Duration::from_secs(300))
         );
+    }
+
+    /// Errors about the whole server hold every push; a 500 (often about one item) and the
+    /// errors that are not retried do not.
+    #[test]
+    fn which_errors_hold_every_push_to_the_server() {
+        let server = |status| BackendError::Server {
+            status,
+            message: String::new(),
+        };
+        for e in [
+            BackendError::Network {
+                message: "refused".into(),
+            },
+            BackendError::Timeout { after_ms: 30_000 },
+            BackendError::RateLimited {
+                retry_after_ms: None,
+            },
+            server(502),
+            server(503),
+            server(504),
+        ] {
+            assert!(e.is_server_wide(), "{e:?}");
+        }
+        for e in [
+            server(500),
+            BackendError::NotFound { what: "x".into() },
+            BackendError::Auth { status: 401 },
+            BackendError::Client {
+                status: 408,
+                message: String::new(),
+            },
+        ] {
+            assert!(!e.is_server_wide(), "{e:?}");
+        }
     }
 
     #[test]

@@ -746,6 +746,56 @@ async fn retry_after_holds_every_push_to_that_server() {
     assert!(jelly.item("r1-jelly").played && jelly.item("r2-jelly").played);
 }
 
+/// A server that is down while twenty pushes wait for it: after a failure that says the
+/// whole server is down, no other push goes out before that one's retry. Each round tries at
+/// most the few oldest pushes, instead of every push retrying on its own (about a hundred
+/// requests in these 30 s); once it is back, all twenty are delivered.
+#[tokio::test(start_paused = true)]
+async fn a_server_that_is_down_gets_a_few_probes_not_every_push() {
+    let mut h = Harness::start(three(), SyncSettings::default()).await;
+    let jelly = h.backend("alice", "jelly");
+    let mut films = Vec::new();
+    for i in 0..20 {
+        let m = movie(&format!("x{i}"), &format!("tt95{i:02}"));
+        register(&mut h, "alice", &["plex", "jelly"], &m, &format!("d{i}")).await;
+        films.push(m);
+    }
+    for _ in 0..1000 {
+        jelly.fault(BackendError::Network {
+            message: "connection refused".into(),
+        });
+    }
+    let start = tokio::time::Instant::now();
+    for (i, m) in films.iter().enumerate() {
+        h.send(
+            "alice",
+            "plex",
+            event(EventKind::Scrobble, &local(m, &format!("d{i}"), "plex")),
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let attempts = jelly.writes().len();
+    assert!(
+        (4..=30).contains(&attempts),
+        "{attempts} attempts in 30 s to a server that is down"
+    );
+    let by_item: std::collections::HashSet<_> = jelly
+        .calls()
+        .iter()
+        .filter(|(at, _)| *at - start < Duration::from_secs(30))
+        .map(|(_, c)| format!("{c:?}"))
+        .collect();
+    assert!(by_item.len() <= 8, "the oldest pushes probe: {by_item:?}");
+
+    jelly.state.lock().unwrap().write_faults.clear();
+    eventually("every push to land once the server is back", || async {
+        h.status("alice", "jelly").await.counters.pushed == 20
+    })
+    .await;
+    let s = h.status("alice", "jelly").await;
+    assert_eq!((s.outbox.pending, s.outbox.dead_letters), (0, 0));
+}
+
 /// As above, but the unmark is already running on Jellyfin (it cannot be dropped) when the
 /// user watches the film there: Jellyfin gets the play back right after it.
 #[tokio::test(start_paused = true)]

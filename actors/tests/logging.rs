@@ -62,10 +62,11 @@ async fn an_outage_is_logged_once_a_minute_not_at_every_failed_attempt() {
         films.push(m);
     }
     h.settle().await;
-    // Every push fails twice (connection refused), then works.
+    // Every push fails twice (a 500, which holds no other push), then works.
     for _ in 0..40 {
-        jelly.fault(BackendError::Network {
-            message: "connection refused".into(),
+        jelly.fault(BackendError::Server {
+            status: 500,
+            message: "database is locked".into(),
         });
     }
     for (i, m) in films.iter().enumerate() {
@@ -94,7 +95,7 @@ async fn an_outage_is_logged_once_a_minute_not_at_every_failed_attempt() {
         "one warning for 40 failures within a minute: {warnings:#?}"
     );
     assert!(
-        warnings[0].contains("connection refused"),
+        warnings[0].contains("database is locked"),
         "{}",
         warnings[0]
     );
@@ -109,7 +110,7 @@ async fn an_outage_is_logged_once_a_minute_not_at_every_failed_attempt() {
         .status("alice", "jelly")
         .await
         .last_error
-        .is_some_and(|e| e.message.contains("connection refused")));
+        .is_some_and(|e| e.message.contains("database is locked")));
 
     // A push given up for good (a 404) is always a warning, even within the minute, and is
     // no run of failures: no "work again" line follows it.

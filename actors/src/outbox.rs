@@ -134,6 +134,15 @@ impl PushAction {
     }
 }
 
+impl OutboxEntry {
+    /// Caused by a scheduled sync or its catch-up (`sync:<pair>`), not by a user's action
+    /// reported by a webhook: such pushes can come by the thousand (a backend added to the
+    /// configuration), so they wait behind the users' changes and are paced.
+    pub fn is_background(&self) -> bool {
+        self.request_id.starts_with("sync:")
+    }
+}
+
 /// One queued push, persisted as JSON.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OutboxEntry {
@@ -171,6 +180,9 @@ pub struct Outbox {
     /// (unreachable, a timeout, 502–504, 429 with its `Retry-After`), which holds every push
     /// to it until that push's retry, not only the one that got it.
     pub hold_until: Millis,
+    /// No push caused by a sync starts before this time ([`OutboxEntry::is_background`]):
+    /// they go out at `sync.max_requests_per_second` at most, as the sync's own requests do.
+    pub paced_until: Millis,
 }
 
 impl Outbox {
@@ -273,8 +285,9 @@ impl Outbox {
     }
 
     /// Entries to start now: due, not running, their item has nothing running and no older
-    /// entry waiting for its retry (an item's pushes go out in the order they were queued),
-    /// oldest first.
+    /// entry waiting for its retry (an item's pushes go out in the order they were queued).
+    /// The users' changes first, oldest first; then at most one push caused by a sync, once
+    /// its pace allows ([`Outbox::paced_until`]).
     pub fn ready(&self, now: Millis, max_in_flight: usize) -> Vec<u64> {
         if now < self.hold_until {
             return Vec::new();
@@ -286,6 +299,7 @@ impl Outbox {
             .map(|e| e.item_id.as_str())
             .collect();
         let mut out = Vec::new();
+        let mut background = None;
         let mut slots = max_in_flight.saturating_sub(self.in_flight.len());
         for (id, e) in &self.queue {
             if slots == 0 {
@@ -294,8 +308,17 @@ impl Outbox {
             if self.in_flight.contains(id) || !busy.insert(e.item_id.as_str()) || e.due_at > now {
                 continue;
             }
+            if e.is_background() {
+                if background.is_none() && now >= self.paced_until {
+                    background = Some(*id);
+                }
+                continue;
+            }
             out.push(*id);
             slots -= 1;
+        }
+        if slots > 0 {
+            out.extend(background);
         }
         out
     }
@@ -312,7 +335,14 @@ impl Outbox {
         self.queue
             .iter()
             .filter(|(id, e)| !self.in_flight.contains(id) && held.insert(e.item_id.as_str()))
-            .map(|(_, e)| e.due_at.max(self.hold_until))
+            .map(|(_, e)| {
+                let due = e.due_at.max(self.hold_until);
+                if e.is_background() {
+                    due.max(self.paced_until)
+                } else {
+                    due
+                }
+            })
             .min()
     }
 }
@@ -378,6 +408,12 @@ impl PairCore {
             let Some(entry) = self.outbox.queue.get(&id) else {
                 continue;
             };
+            if entry.is_background() {
+                let rps = self.settings.max_requests_per_second;
+                if rps > 0.0 {
+                    self.outbox.paced_until = now + (1000.0 / rps).ceil() as Millis;
+                }
+            }
             self.outbox.in_flight.insert(id);
             let backend = self.backend.clone();
             let me = self.myself.clone();

@@ -1034,3 +1034,64 @@ async fn a_failed_sync_on_another_server_keeps_the_mismatch_in_its_message() {
         err.message
     );
 }
+
+/// A backend that needs many plays at once (here from Plex's first sync): those pushes go out
+/// at `sync.max_requests_per_second`, like the sync's own requests, and a user's change
+/// reported by a webhook meanwhile does not wait behind them.
+#[tokio::test(start_paused = true)]
+async fn pushes_caused_by_a_sync_are_paced_and_a_users_change_goes_first() {
+    let specs = vec![synced("alice", "plex"), spec("alice", "jelly")];
+    let mut h = Harness::start_filled(specs, SyncSettings::default(), |h| {
+        for i in 0..30 {
+            let imdb = format!("tt70{i:02}");
+            let mut p = movie(&format!("b{i}-plex"), &imdb);
+            p.played = true;
+            p.last_played_at = Some(1_600_000_000_000);
+            fake(h, "plex").add(p);
+            fake(h, "jelly").add(movie(&format!("b{i}-jelly"), &imdb));
+        }
+        fake(h, "plex").add(movie("live-plex", "tt7100"));
+    })
+    .await;
+    // Jellyfin learns its items from webhooks (it has no scheduled sync here).
+    for i in 0..30 {
+        let item = movie(&format!("b{i}-jelly"), &format!("tt70{i:02}"));
+        h.send("alice", "jelly", event(EventKind::ItemAdded, &item));
+    }
+    let live = movie("live-jelly", "tt7100");
+    h.backend("alice", "jelly").add(live.clone());
+    h.send("alice", "jelly", event(EventKind::ItemAdded, &live));
+    let jelly = h.backend("alice", "jelly");
+    eventually("the first pushes of Plex's sync", || async {
+        !jelly.writes().is_empty()
+    })
+    .await;
+    h.send(
+        "alice",
+        "plex",
+        event(EventKind::MarkPlayed, &movie("live-plex", "tt7100")),
+    );
+    eventually("every push", || async { jelly.writes().len() == 31 }).await;
+
+    let writes = jelly.writes();
+    let live_at = writes
+        .iter()
+        .position(|w| *w == Call::SetPlayed("live-jelly".into(), true))
+        .unwrap();
+    assert!(
+        live_at <= 2,
+        "the user's change waited behind {live_at} pushes"
+    );
+    let times: Vec<_> = jelly
+        .calls()
+        .into_iter()
+        .filter(|(_, c)| matches!(c, Call::SetPlayed(id, _) if id != "live-jelly"))
+        .map(|(at, _)| at)
+        .collect();
+    assert_eq!(times.len(), 30);
+    let span = *times.last().unwrap() - times[0];
+    assert!(
+        span >= Duration::from_millis(2_900),
+        "30 pushes at 10 a second took {span:?}"
+    );
+}

@@ -695,7 +695,7 @@ impl Journal {
     /// [`Journal::open`] with another segment size (tests use small ones).
     fn open_sized(store: SledStore, segment_bytes: u64) -> Result<Journal, JournalError> {
         let index = Arc::new(JournalIndex::default());
-        let dir = store.path().join("journal");
+        let dir = store.path().join(crate::store::JOURNAL_DIR);
         let mut segments = Segments::open(&dir, &index)?;
         segments.segment_bytes = segment_bytes;
         store.attach_journal(index.clone());

@@ -53,6 +53,8 @@ const API_KEY: &[u8] = b"api_key";
 const SCHEMA_VERSION: &[u8] = b"schema_version";
 const SCHEMA: u32 = 1;
 const KEY_FILE: &str = "api_key";
+/// The journal's directory under `storage.path` (see `crate::journal`).
+pub const JOURNAL_DIR: &str = "journal";
 /// Written beside the database once it holds its schema version; lets `open` notice a
 /// database whose content sled silently dropped.
 const INITIALISED_FILE: &str = "watchstate-initialised";
@@ -133,12 +135,24 @@ impl SledStore {
         tracing::error!(
             corrupt = %aside.display(),
             "the database was corrupted; it was moved aside and a new one is created; \
-             every actor rebuilds its state through a full scheduled sync"
+             every actor rebuilds its state through a full scheduled sync (the journal of \
+             accepted webhooks and the API key are kept)"
         );
         std::fs::create_dir_all(path).map_err(|source| OpenError::CreateDir {
             path: path.to_path_buf(),
             source,
         })?;
+        // Not sled's: the journal (accepted webhooks not applied yet, replayed into the new
+        // database) and the generated API key (the senders' URLs carry it). They come back.
+        for name in [JOURNAL_DIR, KEY_FILE] {
+            let (from, to) = (aside.join(name), path.join(name));
+            if from.exists() {
+                if let Err(e) = std::fs::rename(&from, &to) {
+                    tracing::error!(from = %from.display(), error = %e,
+                        "cannot take this back from the moved database; move it back by hand before the next start");
+                }
+            }
+        }
         let db = Self::open_db(path, cache_bytes).map_err(|e| OpenError::Sled {
             path: path.to_path_buf(),
             message: e.to_string(),
@@ -254,8 +268,12 @@ impl SledStore {
             return String::from_utf8(v.to_vec())
                 .map_err(|_| StoreError("the stored API key is not text".into()));
         }
-        let bytes: [u8; 32] = rand::random();
-        let key = hex::encode(bytes);
+        // A key generated before (its file kept when a corrupted database was moved aside),
+        // else a new one.
+        let key = Self::read_key_file(&self.path).unwrap_or_else(|| {
+            let bytes: [u8; 32] = rand::random();
+            hex::encode(bytes)
+        });
         // Only the first writer wins, so two processes (serve and apikey) agree.
         match self
             .meta
@@ -465,6 +483,39 @@ mod tests {
             let s = SledStore::open(&path, 1 << 20).unwrap();
             assert!(s.moved_aside().is_none(), "round {round}");
         }
+    }
+
+    /// What is not sled's stays with the new database: the journal of accepted webhooks
+    /// (replayed into it) and the generated API key (the senders' URLs carry it).
+    #[test]
+    fn a_moved_aside_database_leaves_the_journal_and_the_api_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        let key = {
+            let s = SledStore::open(&path, 1 << 20).unwrap();
+            let key = s.api_key(None).unwrap();
+            s.flush().unwrap();
+            key
+        };
+        std::fs::create_dir_all(path.join(JOURNAL_DIR)).unwrap();
+        std::fs::write(path.join(JOURNAL_DIR).join("00000001.seg"), b"entries").unwrap();
+        std::fs::write(path.join("db"), vec![0x5a; 50_000]).unwrap();
+        let s = SledStore::open(&path, 1 << 20).unwrap();
+        let aside = s.moved_aside().expect("moved aside").to_path_buf();
+        assert!(aside.join("db").exists());
+        assert_eq!(
+            std::fs::read(path.join(JOURNAL_DIR).join("00000001.seg")).unwrap(),
+            b"entries"
+        );
+        assert!(!aside.join(JOURNAL_DIR).exists());
+        assert_eq!(s.api_key(None).unwrap(), key, "the same key after the move");
+        drop(s);
+        let s = SledStore::open(&path, 1 << 20).unwrap();
+        assert_eq!(
+            s.api_key(None).unwrap(),
+            key,
+            "and kept in the new database"
+        );
     }
 
     /// Whatever garbage is in the files, `open` gives a working store (the old one moved

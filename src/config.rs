@@ -320,6 +320,9 @@ impl Config {
                 ));
             }
         }
+        if let Some(level) = &self.log.level {
+            check_log_level(level).map_err(|m| ("log.level".to_string(), m))?;
+        }
         if self.storage.cache_bytes < 1024 * 1024 {
             return Err((
                 "storage.cache_bytes".into(),
@@ -495,6 +498,27 @@ impl Config {
     pub fn sync_interval_of(&self, backend: &BackendConfig) -> Option<Duration> {
         backend.sync_interval.unwrap_or(self.sync.interval)
     }
+}
+
+/// `log.level`: a level, or tracing's directives (`watchstate=debug,warn`). A bare word that
+/// is no level is valid for tracing (a target name) but turns every other line off, which is
+/// never what `"warning"` or `"verbose"` meant.
+fn check_log_level(text: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let hint = "write error, warn, info, debug or trace, or target=level directives such as \"watchstate=debug,warn\"";
+    for directive in text.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let level = match directive.split_once('=') {
+            Some((_, level)) => level.trim(),
+            None if directive.contains("::") || directive.contains('[') => continue,
+            None => directive,
+        };
+        if !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(level)) {
+            return Err(format!("{level:?} is not a log level: {hint}"));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(text)
+        .map(drop)
+        .map_err(|e| format!("{text:?} is not a log filter ({e}): {hint}"))
 }
 
 /// Names appear in URLs and storage keys: keep them to letters, digits, `_` and `-`.
@@ -726,6 +750,30 @@ mod tests {
             backend("jellyfin", "s1", "u2", "api-key"),
         )
         .expect("one Jellyfin API key for every user");
+    }
+
+    /// A level that is no level would turn the service's logs off (tracing reads a bare word
+    /// as a target name): refused with the levels to use.
+    #[test]
+    fn a_log_level_that_is_no_level_is_refused() {
+        for bad in ["warning", "verbose", "watchstate=loud", "info,chatty"] {
+            let err = parse(&format!("[log]\nlevel = \"{bad}\"\n")).unwrap_err();
+            assert_eq!(err.key, "log.level", "{bad}");
+            assert!(
+                err.message.contains("warn, info, debug"),
+                "{bad}: {}",
+                err.message
+            );
+        }
+        for good in [
+            "warn",
+            "INFO",
+            "watchstate=debug,warn",
+            "watchstate::journal=trace",
+        ] {
+            parse(&format!("[log]\nlevel = \"{good}\"\n"))
+                .unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
     }
 
     #[test]

@@ -419,7 +419,7 @@ impl PairCore {
             let me = self.myself.clone();
             let (item_id, action) = (entry.item_id.clone(), entry.action.clone());
             let changed_at = entry.changed_at;
-            tokio::spawn(async move {
+            let task = tokio::spawn(async move {
                 let started = tokio::time::Instant::now();
                 let result = run_push(backend, item_id, action, changed_at).await;
                 let latency_ms = started.elapsed().as_millis() as u64;
@@ -429,6 +429,7 @@ impl PairCore {
                     latency_ms,
                 });
             });
+            self.push_tasks.0.insert(id, task.abort_handle());
         }
         match self.outbox.next_due() {
             Some(due) if due > now => {
@@ -458,6 +459,7 @@ impl PairCore {
         latency_ms: u64,
     ) -> Result<(), StoreError> {
         self.outbox.in_flight.remove(&entry_id);
+        self.push_tasks.0.remove(&entry_id);
         let Some(mut entry) = self.outbox.queue.get(&entry_id).cloned() else {
             return Ok(());
         };

@@ -20,7 +20,7 @@ use crate::supervisor::{Router, SyncNowError};
 use crate::sync::{SyncMeta, SyncRun};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::task::JoinHandle;
@@ -187,6 +187,22 @@ pub struct PairCore {
     pub ignored_keys: std::collections::HashSet<u64>,
     /// Failed push attempts in a row, for logging an outage once a minute.
     pub push_failures: crate::outbox::FailureLog,
+    /// The running push tasks, aborted when the actor stops or fails (see [`PushTasks`]).
+    pub push_tasks: PushTasks,
+}
+
+/// Push tasks by outbox entry id. Dropped with the actor's state, for whatever reason it
+/// stops, they are aborted: a restarted actor sends its outbox again, and the old actor's
+/// pushes must not go on beside it (a Jellyfin play sent twice counts twice).
+#[derive(Default)]
+pub struct PushTasks(pub HashMap<u64, tokio::task::AbortHandle>);
+
+impl Drop for PushTasks {
+    fn drop(&mut self) {
+        for task in self.0.values() {
+            task.abort();
+        }
+    }
 }
 
 impl PairCore {
@@ -556,6 +572,7 @@ impl Actor for PairActor {
             lookups_paused: None,
             ignored_keys: Default::default(),
             push_failures: Default::default(),
+            push_tasks: Default::default(),
         };
         core.load()?;
         core.forget_stale_ignore_marks()?;

@@ -509,6 +509,50 @@ async fn webhooks_for_a_pair_that_is_down_are_replayed_once_from_the_journal() {
     );
 }
 
+/// An actor that fails while one of its pushes is running: the restarted actor sends the
+/// push again, and the old one's is aborted rather than sent beside it (a Jellyfin play sent
+/// twice counts twice).
+#[tokio::test(start_paused = true)]
+async fn a_failed_actors_running_push_is_not_sent_beside_the_restarted_ones() {
+    let store = Arc::new(FlakyStore::default());
+    let mut h = Harness::start_on(three(), SyncSettings::default(), store.clone()).await;
+    let m = movie("x", "tt15");
+    register(&mut h, "alice", &["plex", "jelly"], &m, "a").await;
+    let jelly = h.backend("alice", "jelly");
+    let held = jelly.write_gate.lock().await;
+    h.send(
+        "alice",
+        "plex",
+        event(EventKind::Scrobble, &local(&m, "a", "plex")),
+    );
+    eventually("the push to be running", || async {
+        h.status("alice", "jelly").await.outbox.in_flight == 1
+    })
+    .await;
+    // Jellyfin's actor fails (its store write fails), then comes back.
+    store.fail.store(true, Ordering::SeqCst);
+    h.send(
+        "alice",
+        "jelly",
+        event(EventKind::Progress, &local(&m, "a", "jelly")),
+    );
+    eventually("jellyfin's actor to fail", || async {
+        h.status("alice", "jelly").await.restarts >= 1
+    })
+    .await;
+    store.fail.store(false, Ordering::SeqCst);
+    eventually("the actor to be back", || async { h.handle.ready().ready }).await;
+    eventually("the push to be sent again", || async {
+        jelly.writes().len() == 2
+    })
+    .await;
+    drop(held);
+    h.settle().await;
+    assert_eq!(jelly.state.lock().unwrap().completed_writes, 1);
+    assert!(jelly.item("a-jelly").played);
+    assert_eq!(h.status("alice", "jelly").await.outbox.pending, 0);
+}
+
 #[tokio::test(start_paused = true)]
 async fn outbox_retries_with_backoff_and_honours_retry_after() {
     let mut h = Harness::start(three(), SyncSettings::default()).await;

@@ -44,6 +44,8 @@ pub struct FakeState {
     pub server_id: String,
     /// The server cannot store resume positions (`accepts_positions` is false).
     pub no_positions: bool,
+    /// Writes that got past `write_gate` (a write aborted while held there is not counted).
+    pub completed_writes: usize,
 }
 
 /// A media server double: an in-memory library with per-user state, recording every call.
@@ -199,6 +201,7 @@ impl BackendApi for FakeBackend {
     ) -> Result<(), BackendError> {
         self.record(Call::SetPlayed(item_id.into(), played));
         drop(self.write_gate.lock().await);
+        self.state.lock().unwrap().completed_writes += 1;
         if let Some(e) = self.write_fault() {
             return Err(e);
         }

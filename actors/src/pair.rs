@@ -82,6 +82,10 @@ pub enum PairMsg {
     CatchUp {
         requester: PairKey,
     },
+    /// A sibling sent every state of its catch-up (after them, in the same mailbox order).
+    CatchUpDone {
+        from: PairKey,
+    },
     RetryDeadLetters(RpcReplyPort<usize>),
     Status(RpcReplyPort<PairStatus>),
     RecentEvents(usize, RpcReplyPort<Vec<EventRecord>>),
@@ -110,6 +114,11 @@ pub struct PairMeta {
     /// The `ignore_libraries` the items' marks ([`Item::in_ignored_library`]) were made for.
     #[serde(default)]
     pub ignore_libraries: Vec<String>,
+    /// Siblings asked for their states after a completed sync (rule 8) that have not said
+    /// they sent them all ([`PairMsg::CatchUpDone`]): asked again at the next start, since
+    /// their answers live only in mailboxes and are lost with a stop.
+    #[serde(default)]
+    pub catch_up_from: Vec<PairKey>,
 }
 
 /// What the supervisor hands a pair actor at (re)start.
@@ -591,6 +600,7 @@ impl Actor for PairActor {
         core: &mut PairCore,
     ) -> Result<(), ActorProcessingErr> {
         core.schedule_first_sync();
+        core.ask_catch_up_again();
         core.pump_outbox();
         Ok(())
     }
@@ -670,6 +680,7 @@ impl Actor for PairActor {
             }
             PairMsg::WriteMeta => core.write_pending_meta()?,
             PairMsg::CatchUp { requester } => core.on_catch_up(&requester),
+            PairMsg::CatchUpDone { from } => core.on_catch_up_done(&from)?,
             PairMsg::RetryDeadLetters(reply) => {
                 let n = core.retry_dead_letters()?;
                 let _ = reply.send(n);

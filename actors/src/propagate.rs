@@ -371,7 +371,53 @@ impl PairCore {
     /// A sibling finished a sync: send it every state this pair knows a time for, so the
     /// sibling can push what its backend lacks (rule 8). Equal states cost it nothing.
     pub fn on_catch_up(&self, requester: &PairKey) {
-        if !self.spec.import || requester.user != self.spec.key.user {
+        if requester.user != self.spec.key.user {
+            return;
+        }
+        self.send_catch_up(requester);
+        // After the states, in the same mailbox: every one of them is handled before this.
+        self.send_to(
+            requester,
+            PairMsg::CatchUpDone {
+                from: self.spec.key.clone(),
+            },
+        );
+    }
+
+    /// The requester's sibling answered a catch-up completely: not asked again.
+    pub fn on_catch_up_done(&mut self, from: &PairKey) -> Result<(), StoreError> {
+        let before = self.meta.catch_up_from.len();
+        self.meta.catch_up_from.retain(|k| k != from);
+        if self.meta.catch_up_from.len() == before {
+            return Ok(());
+        }
+        let mut batch = Batch::new();
+        self.put_meta_soon(&mut batch);
+        self.commit(batch)
+    }
+
+    /// At start: siblings whose catch-up answer a stop may have cut short are asked again
+    /// (equal states cost nothing); those no longer configured are forgotten.
+    pub fn ask_catch_up_again(&mut self) {
+        let siblings: Vec<PairKey> = self
+            .router
+            .siblings(self.key())
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        self.meta.catch_up_from.retain(|k| siblings.contains(k));
+        for sibling in self.meta.catch_up_from.clone() {
+            self.send_to(
+                &sibling,
+                PairMsg::CatchUp {
+                    requester: self.spec.key.clone(),
+                },
+            );
+        }
+    }
+
+    fn send_catch_up(&self, requester: &PairKey) {
+        if !self.spec.import {
             return;
         }
         let request_id = format!("sync:{}", requester);

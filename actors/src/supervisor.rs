@@ -354,6 +354,9 @@ impl Actor for Supervisor {
         args: SupArgs,
     ) -> Result<SupState, ActorProcessingErr> {
         let order: Vec<PairKey> = args.specs.iter().map(|(s, _)| s.key.clone()).collect();
+        // Before any pair starts: a pair that sends to a sibling not started yet (a catch-up
+        // asked again at start) reaches the supervisor, which delivers it once all are up.
+        let _ = args.router.supervisor.set(myself.clone());
         let mut state = SupState {
             specs: args
                 .specs
@@ -534,7 +537,6 @@ impl SupervisorHandle {
         let (supervisor, _join) = Actor::spawn(None, Supervisor, args)
             .await
             .map_err(|e| ActorsError::Spawn(e.to_string()))?;
-        let _ = router.supervisor.set(supervisor.clone());
         Ok(SupervisorHandle {
             router,
             supervisor,

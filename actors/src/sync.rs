@@ -494,20 +494,31 @@ impl PairCore {
             self.ignored_keys = run.ignored_keys;
             self.drop_pending_of_ignored(&mut batch);
         }
+        // Stored with the run's result: asked again at the next start until answered.
+        let siblings: Vec<crate::store::PairKey> = if ok && self.spec.export {
+            self.router
+                .siblings(self.key())
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if !siblings.is_empty() {
+            self.meta.catch_up_from = siblings.clone();
+        }
         self.put_meta(&mut batch);
         self.commit(batch)?;
         if self.spec.sync_interval.is_some() {
             self.arm_sync_timer(wait);
         }
-        if ok && self.spec.export {
-            for (sibling, _) in self.router.siblings(self.key()) {
-                self.send_to(
-                    &sibling,
-                    PairMsg::CatchUp {
-                        requester: self.spec.key.clone(),
-                    },
-                );
-            }
+        for sibling in siblings {
+            self.send_to(
+                &sibling,
+                PairMsg::CatchUp {
+                    requester: self.spec.key.clone(),
+                },
+            );
         }
         Ok(())
     }

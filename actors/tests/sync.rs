@@ -1095,3 +1095,121 @@ async fn pushes_caused_by_a_sync_are_paced_and_a_users_change_goes_first() {
         "30 pushes at 10 a second took {span:?}"
     );
 }
+
+/// Fails the writes of one pair's keys while `fail` is set (its actor fails; the others go on).
+struct PairFailingStore {
+    inner: watchstate_actors::store::MemoryStore,
+    prefix: &'static str,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+impl watchstate_actors::store::Store for PairFailingStore {
+    fn get(
+        &self,
+        tree: watchstate_actors::store::Tree,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, watchstate_actors::store::StoreError> {
+        self.inner.get(tree, key)
+    }
+    fn scan_prefix(
+        &self,
+        tree: watchstate_actors::store::Tree,
+        prefix: &[u8],
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, watchstate_actors::store::StoreError> {
+        self.inner.scan_prefix(tree, prefix)
+    }
+    fn apply(
+        &self,
+        batch: watchstate_actors::store::Batch,
+    ) -> Result<(), watchstate_actors::store::StoreError> {
+        let ours = batch
+            .ops
+            .iter()
+            .any(|op| op.key.starts_with(self.prefix.as_bytes()));
+        if ours && self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(watchstate_actors::store::StoreError("disk on fire".into()));
+        }
+        self.inner.apply(batch)
+    }
+    fn flush(&self) -> Result<(), watchstate_actors::store::StoreError> {
+        Ok(())
+    }
+}
+
+/// Plex's answer to Jellyfin's catch-up lives only in mailboxes: here Plex's actor is down
+/// when the first sync of a newly added Jellyfin asks, and the request dies with its mailbox.
+/// Jellyfin asks again at the next start, instead of waiting for its next sync (12 h) to get
+/// the play that Plex had before Jellyfin was added.
+#[tokio::test(start_paused = true)]
+async fn a_catch_up_cut_short_is_asked_again_at_the_next_start() {
+    let store = Arc::new(PairFailingStore {
+        inner: watchstate_actors::store::MemoryStore::new(),
+        prefix: "alice/plex/",
+        fail: Default::default(),
+    });
+    let plex = FakeBackend::new();
+    let mut played = movie("a-plex", "tt1");
+    played.played = true;
+    played.last_played_at = Some(1_600_000_000_000);
+    plex.add(played.clone());
+    let backends: std::collections::HashMap<PairKey, Arc<FakeBackend>> =
+        [(PairKey::new("alice", "plex"), plex)]
+            .into_iter()
+            .collect();
+    let mut h = Harness::start_with(
+        vec![spec("alice", "plex")],
+        SyncSettings::default(),
+        store.clone(),
+        Arc::new(watchstate_actors::TestClock::new(1_700_000_000_000)),
+        backends,
+    )
+    .await;
+    h.send("alice", "plex", event(EventKind::Scrobble, &played));
+    h.settle().await;
+
+    // The user adds Jellyfin and restarts; Plex's actor goes down (its writes fail) before
+    // Jellyfin's first sync ends.
+    let jelly = FakeBackend::new();
+    jelly.add(movie("a-jelly", "tt1"));
+    h.backends
+        .insert(PairKey::new("alice", "jelly"), jelly.clone());
+    h.specs.push(synced("alice", "jelly"));
+    let mut h = h.restart().await;
+    store.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    // A new film on Plex: its registration fails, at every restart's replay too.
+    h.send(
+        "alice",
+        "plex",
+        event(EventKind::ItemAdded, &movie("z-plex", "tt9")),
+    );
+    eventually("Jellyfin's first sync while Plex is down", || async {
+        h.status("alice", "plex").await.restarts >= 1
+            && h.status("alice", "jelly").await.sync.runs_ok == 1
+    })
+    .await;
+    h.settle().await;
+    assert!(jelly.writes().is_empty(), "{:?}", jelly.writes());
+    let stored_asks = || {
+        use watchstate_actors::store::Store;
+        let m = store
+            .get(watchstate_actors::store::Tree::Pairs, b"alice/jelly/m")
+            .unwrap()
+            .unwrap();
+        let meta: watchstate_actors::pair::PairMeta = serde_json::from_slice(&m).unwrap();
+        meta.catch_up_from
+    };
+    assert_eq!(stored_asks(), vec![PairKey::new("alice", "plex")]);
+
+    store.fail.store(false, std::sync::atomic::Ordering::SeqCst);
+    let h = h.restart().await;
+    eventually("the play to reach Jellyfin", || async {
+        jelly.writes() == vec![Call::SetPlayed("a-jelly".into(), true)]
+    })
+    .await;
+    // Answered: not asked again at the start after.
+    eventually("the answer to be stored", || async {
+        stored_asks().is_empty()
+    })
+    .await;
+    drop(h);
+}

@@ -74,15 +74,9 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::CheckServers => {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
+            let rt = match runtime(tokio::runtime::Builder::new_current_thread()) {
                 Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
             let checks = rt.block_on(crate::check::check_servers(&config));
             for c in &checks {
@@ -129,15 +123,9 @@ pub fn main() -> ExitCode {
         Command::Serve => {
             // Held until the end of `serve`: dropping it writes out the queued log lines.
             let _logs = crate::logging::init(format, config.log.level.as_deref());
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let rt = match runtime(tokio::runtime::Builder::new_multi_thread()) {
                 Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
             match rt.block_on(crate::app::serve_until_signal(config)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -149,4 +137,12 @@ pub fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// The async runtime a command runs on; its failure is said on stderr.
+fn runtime(mut builder: tokio::runtime::Builder) -> Result<tokio::runtime::Runtime, ExitCode> {
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("error: cannot start the async runtime: {e}");
+        ExitCode::FAILURE
+    })
 }

@@ -568,11 +568,24 @@ async fn a_played_state_without_a_date_reaches_a_backend_added_later() {
     assert_eq!(plex.item("a-plex").last_played_at, None);
 }
 
-/// Counts the writes of pending entries (`p/` keys) of one pair.
+/// A store over memory that counts the writes of keys under `prefix` and, while `fail` is
+/// set, fails every batch that touches them (that pair's actor fails; the others go on).
 struct CountingStore {
     inner: watchstate_actors::store::MemoryStore,
     prefix: &'static str,
     writes: std::sync::atomic::AtomicUsize,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+impl CountingStore {
+    fn new(prefix: &'static str) -> Arc<Self> {
+        Arc::new(CountingStore {
+            inner: watchstate_actors::store::MemoryStore::new(),
+            prefix,
+            writes: Default::default(),
+            fail: Default::default(),
+        })
+    }
 }
 
 impl watchstate_actors::store::Store for CountingStore {
@@ -594,10 +607,16 @@ impl watchstate_actors::store::Store for CountingStore {
         &self,
         batch: watchstate_actors::store::Batch,
     ) -> Result<(), watchstate_actors::store::StoreError> {
+        let ours = |op: &&watchstate_actors::store::Op| op.key.starts_with(self.prefix.as_bytes());
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst)
+            && batch.ops.iter().any(|op| ours(&op))
+        {
+            return Err(watchstate_actors::store::StoreError("disk on fire".into()));
+        }
         let n = batch
             .ops
             .iter()
-            .filter(|op| op.value.is_some() && op.key.starts_with(self.prefix.as_bytes()))
+            .filter(|op| op.value.is_some() && ours(op))
             .count();
         self.writes
             .fetch_add(n, std::sync::atomic::Ordering::SeqCst);
@@ -612,11 +631,7 @@ impl watchstate_actors::store::Store for CountingStore {
 /// Jellyfin gets it again from Plex's catch-up: the same state is not written again.
 #[tokio::test(start_paused = true)]
 async fn a_catch_up_that_resends_a_pending_state_writes_nothing() {
-    let store = Arc::new(CountingStore {
-        inner: watchstate_actors::store::MemoryStore::new(),
-        prefix: "alice/jelly/p/",
-        writes: Default::default(),
-    });
+    let store = CountingStore::new("alice/jelly/p/");
     let plex = FakeBackend::new();
     let mut m = movie("a-plex", "tt1");
     m.played = true;
@@ -1096,57 +1111,14 @@ async fn pushes_caused_by_a_sync_are_paced_and_a_users_change_goes_first() {
     );
 }
 
-/// Fails the writes of one pair's keys while `fail` is set (its actor fails; the others go on).
-struct PairFailingStore {
-    inner: watchstate_actors::store::MemoryStore,
-    prefix: &'static str,
-    fail: std::sync::atomic::AtomicBool,
-}
-
-impl watchstate_actors::store::Store for PairFailingStore {
-    fn get(
-        &self,
-        tree: watchstate_actors::store::Tree,
-        key: &[u8],
-    ) -> Result<Option<Vec<u8>>, watchstate_actors::store::StoreError> {
-        self.inner.get(tree, key)
-    }
-    fn scan_prefix(
-        &self,
-        tree: watchstate_actors::store::Tree,
-        prefix: &[u8],
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, watchstate_actors::store::StoreError> {
-        self.inner.scan_prefix(tree, prefix)
-    }
-    fn apply(
-        &self,
-        batch: watchstate_actors::store::Batch,
-    ) -> Result<(), watchstate_actors::store::StoreError> {
-        let ours = batch
-            .ops
-            .iter()
-            .any(|op| op.key.starts_with(self.prefix.as_bytes()));
-        if ours && self.fail.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(watchstate_actors::store::StoreError("disk on fire".into()));
-        }
-        self.inner.apply(batch)
-    }
-    fn flush(&self) -> Result<(), watchstate_actors::store::StoreError> {
-        Ok(())
-    }
-}
-
 /// Plex's answer to Jellyfin's catch-up lives only in mailboxes: here Plex's actor is down
 /// when the first sync of a newly added Jellyfin asks, and the request dies with its mailbox.
 /// Jellyfin asks again at the next start, instead of waiting for its next sync (12 h) to get
 /// the play that Plex had before Jellyfin was added.
 #[tokio::test(start_paused = true)]
 async fn a_catch_up_cut_short_is_asked_again_at_the_next_start() {
-    let store = Arc::new(PairFailingStore {
-        inner: watchstate_actors::store::MemoryStore::new(),
-        prefix: "alice/plex/",
-        fail: Default::default(),
-    });
+    // Only Plex's writes fail while `fail` is set.
+    let store = CountingStore::new("alice/plex/");
     let plex = FakeBackend::new();
     let mut played = movie("a-plex", "tt1");
     played.played = true;

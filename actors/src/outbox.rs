@@ -180,6 +180,9 @@ pub struct Outbox {
     /// (unreachable, a timeout, 502–504, 429 with its `Retry-After`), which holds every push
     /// to it until that push's retry, not only the one that got it.
     pub hold_until: Millis,
+    /// The part of [`Outbox::hold_until`] a 429's `Retry-After` asked for: it stays when a
+    /// push works meanwhile, while the rest of the hold is lifted (the server answers).
+    pub retry_after_until: Millis,
     /// No push caused by a sync starts before this time ([`OutboxEntry::is_background`]):
     /// they go out at `sync.max_requests_per_second` at most, as the sync's own requests do.
     pub paced_until: Millis,
@@ -378,7 +381,11 @@ async fn run_push(
     changed_at: Millis,
 ) -> Result<(), BackendError> {
     match action {
-        PushAction::SetPlayed { played, at } => backend.set_played(&item_id, played, at).await,
+        // An undated play (held as 1 ms; entries queued before it was left out) goes without.
+        PushAction::SetPlayed { played, at } => {
+            let at = at.filter(|t| *t > crate::propagate::UNDATED_PLAY);
+            backend.set_played(&item_id, played, at).await
+        }
         PushAction::SetPosition {
             position_ms,
             duration_ms,
@@ -479,6 +486,9 @@ impl PairCore {
         };
         match result {
             Ok(()) => {
+                // The server answers: a hold for a failure that looked server-wide (one item
+                // that times out, say) is lifted; a 429's `Retry-After` still holds.
+                self.outbox.hold_until = self.outbox.retry_after_until;
                 if let Some(failed) = self.push_failures.succeeded() {
                     tracing::info!(pair = %self.spec.key, failed,
                         "pushes to this server work again after {failed} failed attempt(s)");
@@ -532,6 +542,10 @@ impl PairCore {
                         // them) and turn them all into dead letters together.
                         if err.is_server_wide() {
                             self.outbox.hold_until = self.outbox.hold_until.max(entry.due_at);
+                        }
+                        if matches!(err, BackendError::RateLimited { .. }) {
+                            self.outbox.retry_after_until =
+                                self.outbox.retry_after_until.max(entry.due_at);
                         }
                         record.result = "retry".into();
                         self.meta.metrics.push_retried += 1;

@@ -840,6 +840,50 @@ async fn a_server_that_is_down_gets_a_few_probes_not_every_push() {
     assert_eq!((s.outbox.pending, s.outbox.dead_letters), (0, 0));
 }
 
+/// A timeout on one push holds the others, but a push that works meanwhile shows that the
+/// server answers: the hold is lifted and the queue goes on at once (here the two pushes
+/// that waited go out without the second's wait).
+#[tokio::test(start_paused = true)]
+async fn a_push_that_works_lifts_the_hold_of_a_timeout() {
+    let mut h = Harness::start(three(), SyncSettings::default()).await;
+    let jelly = h.backend("alice", "jelly");
+    let mut films = Vec::new();
+    for i in 0..6 {
+        let m = movie(&format!("x{i}"), &format!("tt96{i:02}"));
+        register(&mut h, "alice", &["plex", "jelly"], &m, &format!("t{i}")).await;
+        films.push(m);
+    }
+    jelly.fault(BackendError::Timeout { after_ms: 30_000 });
+    let gate = jelly.write_gate.lock().await;
+    for (i, m) in films.iter().enumerate() {
+        h.send(
+            "alice",
+            "plex",
+            event(EventKind::Scrobble, &local(m, &format!("t{i}"), "plex")),
+        );
+    }
+    eventually("four pushes at the gate", || async {
+        jelly.writes().len() == 4
+    })
+    .await;
+    let released = tokio::time::Instant::now();
+    drop(gate);
+    eventually("the two waiting pushes", || async {
+        jelly.writes().len() >= 6
+    })
+    .await;
+    let calls = jelly.calls();
+    assert!(
+        calls[5].0 - released < Duration::from_millis(500),
+        "the last push waited {:?}",
+        calls[5].0 - released
+    );
+    eventually("every push to land", || async {
+        h.status("alice", "jelly").await.counters.pushed == 6
+    })
+    .await;
+}
+
 /// As above, but the unmark is already running on Jellyfin (it cannot be dropped) when the
 /// user watches the film there: Jellyfin gets the play back right after it.
 #[tokio::test(start_paused = true)]

@@ -198,6 +198,8 @@ pub struct PairCore {
     pub push_failures: crate::outbox::FailureLog,
     /// The running push tasks, aborted when the actor stops or fails (see [`PushTasks`]).
     pub push_tasks: PushTasks,
+    /// Started again by the supervisor after a failure (not at process start).
+    pub restarted: bool,
 }
 
 /// Push tasks by outbox entry id. Dropped with the actor's state, for whatever reason it
@@ -582,6 +584,7 @@ impl Actor for PairActor {
             ignored_keys: Default::default(),
             push_failures: Default::default(),
             push_tasks: Default::default(),
+            restarted: args.replay_journal,
         };
         core.load()?;
         core.forget_stale_ignore_marks()?;
@@ -600,7 +603,11 @@ impl Actor for PairActor {
         core: &mut PairCore,
     ) -> Result<(), ActorProcessingErr> {
         core.schedule_first_sync();
-        core.ask_catch_up_again();
+        // At process start only: an actor that keeps failing would otherwise have its
+        // siblings send every state at each restart.
+        if !core.restarted {
+            core.ask_catch_up_again();
+        }
         core.pump_outbox();
         Ok(())
     }

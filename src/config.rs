@@ -507,9 +507,13 @@ fn check_log_level(text: &str) -> Result<(), String> {
     const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
     let hint = "write error, warn, info, debug or trace, or target=level directives such as \"watchstate=debug,warn\"";
     for directive in text.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        // A span filter (`target[span{field=value}]=level`) is left to tracing's parser.
+        if directive.contains('[') {
+            continue;
+        }
         let level = match directive.split_once('=') {
             Some((_, level)) => level.trim(),
-            None if directive.contains("::") || directive.contains('[') => continue,
+            None if directive.contains("::") => continue,
             None => directive,
         };
         if !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(level)) {
@@ -770,6 +774,7 @@ mod tests {
             "INFO",
             "watchstate=debug,warn",
             "watchstate::journal=trace",
+            "watchstate[sync{pair=a}]=debug",
         ] {
             parse(&format!("[log]\nlevel = \"{good}\"\n"))
                 .unwrap_or_else(|e| panic!("{good}: {e}"));

@@ -28,6 +28,13 @@ pub enum OpenError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("the corrupted database was moved to {aside}, but {what} could not be taken back from it: {source}; move {what} from there into {path} by hand, then start again")]
+    TakeBack {
+        aside: PathBuf,
+        path: PathBuf,
+        what: &'static str,
+        source: std::io::Error,
+    },
 }
 
 /// The process's sled database.
@@ -144,13 +151,16 @@ impl SledStore {
         })?;
         // Not sled's: the journal (accepted webhooks not applied yet, replayed into the new
         // database) and the generated API key (the senders' URLs carry it). They come back.
+        // Not started without them: a journal left behind would never be replayed.
         for name in [JOURNAL_DIR, KEY_FILE] {
             let (from, to) = (aside.join(name), path.join(name));
             if from.exists() {
-                if let Err(e) = std::fs::rename(&from, &to) {
-                    tracing::error!(from = %from.display(), error = %e,
-                        "cannot take this back from the moved database; move it back by hand before the next start");
-                }
+                std::fs::rename(&from, &to).map_err(|source| OpenError::TakeBack {
+                    aside: aside.clone(),
+                    path: path.to_path_buf(),
+                    what: name,
+                    source,
+                })?;
             }
         }
         let db = Self::open_db(path, cache_bytes).map_err(|e| OpenError::Sled {

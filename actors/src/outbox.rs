@@ -287,49 +287,11 @@ impl Outbox {
             .filter_map(|id| self.queue.get(id))
     }
 
-    /// Entries to start now: due, not running, their item has nothing running and no older
-    /// entry waiting for its retry (an item's pushes go out in the order they were queued).
-    /// The users' changes first, oldest first; then at most one push caused by a sync, once
-    /// its pace allows ([`Outbox::paced_until`]).
-    pub fn ready(&self, now: Millis, max_in_flight: usize) -> Vec<u64> {
-        if now < self.hold_until {
-            return Vec::new();
-        }
-        let mut busy: HashSet<&str> = self
-            .in_flight
-            .iter()
-            .filter_map(|id| self.queue.get(id))
-            .map(|e| e.item_id.as_str())
-            .collect();
-        let mut out = Vec::new();
-        let mut background = None;
-        let mut slots = max_in_flight.saturating_sub(self.in_flight.len());
-        for (id, e) in &self.queue {
-            if slots == 0 {
-                break;
-            }
-            if self.in_flight.contains(id) || !busy.insert(e.item_id.as_str()) || e.due_at > now {
-                continue;
-            }
-            if e.is_background() {
-                if background.is_none() && now >= self.paced_until {
-                    background = Some(*id);
-                }
-                continue;
-            }
-            out.push(*id);
-            slots -= 1;
-        }
-        if slots > 0 {
-            out.extend(background);
-        }
-        out
-    }
-
-    /// The earliest due time of an entry that [`Outbox::ready`] could start: the oldest of its
-    /// item, with nothing of the item running.
-    pub fn next_due(&self) -> Option<Millis> {
-        let mut held: HashSet<&str> = self
+    /// The entries that may go next, in queue order: per item the oldest queued one, when
+    /// nothing of that item is running (an item's pushes go out in the order they were
+    /// queued). [`Outbox::ready`] and [`Outbox::next_due`] read this one rule.
+    fn candidates(&self) -> impl Iterator<Item = (u64, &OutboxEntry)> + '_ {
+        let mut seen: HashSet<&str> = self
             .in_flight
             .iter()
             .filter_map(|id| self.queue.get(id))
@@ -337,7 +299,40 @@ impl Outbox {
             .collect();
         self.queue
             .iter()
-            .filter(|(id, e)| !self.in_flight.contains(id) && held.insert(e.item_id.as_str()))
+            .filter(move |(id, e)| !self.in_flight.contains(id) && seen.insert(e.item_id.as_str()))
+            .map(|(id, e)| (*id, e))
+    }
+
+    /// Entries to start now: due candidates ([`Outbox::candidates`]). The users' changes
+    /// first, oldest first; then at most one push caused by a sync, once its pace allows
+    /// ([`Outbox::paced_until`]).
+    pub fn ready(&self, now: Millis, max_in_flight: usize) -> Vec<u64> {
+        let mut slots = max_in_flight.saturating_sub(self.in_flight.len());
+        if now < self.hold_until || slots == 0 {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        let mut background = None;
+        for (id, e) in self.candidates().filter(|(_, e)| e.due_at <= now) {
+            if e.is_background() {
+                if background.is_none() && now >= self.paced_until {
+                    background = Some(id);
+                }
+                continue;
+            }
+            out.push(id);
+            slots -= 1;
+            if slots == 0 {
+                return out;
+            }
+        }
+        out.extend(background);
+        out
+    }
+
+    /// The earliest time an entry could start (see [`Outbox::ready`]).
+    pub fn next_due(&self) -> Option<Millis> {
+        self.candidates()
             .map(|(_, e)| {
                 let due = e.due_at.max(self.hold_until);
                 if e.is_background() {

@@ -399,16 +399,26 @@ impl PairCore {
     /// At start: siblings whose catch-up answer a stop may have cut short are asked again
     /// (equal states cost nothing); those no longer configured are forgotten.
     pub fn ask_catch_up_again(&mut self) {
-        let siblings: Vec<PairKey> = self
-            .router
+        let siblings = self.sibling_keys();
+        self.meta.catch_up_from.retain(|k| siblings.contains(k));
+        self.ask_catch_up(&self.meta.catch_up_from);
+    }
+
+    /// The other pairs of this pair's user.
+    pub fn sibling_keys(&self) -> Vec<PairKey> {
+        self.router
             .siblings(self.key())
             .into_iter()
             .map(|(k, _)| k)
-            .collect();
-        self.meta.catch_up_from.retain(|k| siblings.contains(k));
-        for sibling in self.meta.catch_up_from.clone() {
+            .collect()
+    }
+
+    /// Ask `siblings` for every state they know (rule 8); each answers with
+    /// [`PairMsg::CatchUpDone`] after its states.
+    pub fn ask_catch_up(&self, siblings: &[PairKey]) {
+        for sibling in siblings {
             self.send_to(
-                &sibling,
+                sibling,
                 PairMsg::CatchUp {
                     requester: self.spec.key.clone(),
                 },

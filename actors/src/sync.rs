@@ -495,12 +495,8 @@ impl PairCore {
             self.drop_pending_of_ignored(&mut batch);
         }
         // Stored with the run's result: asked again at the next start until answered.
-        let siblings: Vec<crate::store::PairKey> = if ok && self.spec.export {
-            self.router
-                .siblings(self.key())
-                .into_iter()
-                .map(|(k, _)| k)
-                .collect()
+        let siblings = if ok && self.spec.export {
+            self.sibling_keys()
         } else {
             Vec::new()
         };
@@ -512,14 +508,7 @@ impl PairCore {
         if self.spec.sync_interval.is_some() {
             self.arm_sync_timer(wait);
         }
-        for sibling in siblings {
-            self.send_to(
-                &sibling,
-                PairMsg::CatchUp {
-                    requester: self.spec.key.clone(),
-                },
-            );
-        }
+        self.ask_catch_up(&siblings);
         Ok(())
     }
 

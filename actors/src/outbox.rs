@@ -303,7 +303,7 @@ impl Outbox {
             .map(|(id, e)| (*id, e))
     }
 
-    /// Entries to start now: due candidates ([`Outbox::candidates`]). The users' changes
+    /// Entries to start now: the due candidates (see `candidates`). The users' changes
     /// first, oldest first; then at most one push caused by a sync, once its pace allows
     /// ([`Outbox::paced_until`]).
     pub fn ready(&self, now: Millis, max_in_flight: usize) -> Vec<u64> {

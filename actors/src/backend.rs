@@ -134,8 +134,15 @@ pub enum BackendError {
     NotFound { what: String },
     #[error("rate limited by the media server{}", retry_after_text(.retry_after_ms))]
     RateLimited { retry_after_ms: Option<u64> },
-    #[error("media server error HTTP {status}: {message}")]
-    Server { status: u16, message: String },
+    #[error("media server error HTTP {status}: {message}{}", retry_after_text(.retry_after_ms))]
+    Server {
+        status: u16,
+        message: String,
+        /// The `Retry-After` of a 503 (a server in maintenance, or a proxy saying when it
+        /// will be back); absent in entries stored before it was kept.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
+    },
     #[error("request rejected with HTTP {status}: {message}")]
     Client { status: u16, message: String },
     #[error("request timed out after {after_ms} ms")]
@@ -183,14 +190,25 @@ impl BackendError {
         }
     }
 
-    /// The server's `Retry-After`, when it sent one.
+    /// The server's `Retry-After`, when it sent one (with a 429 or a 503).
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             BackendError::RateLimited {
                 retry_after_ms: Some(ms),
+            }
+            | BackendError::Server {
+                retry_after_ms: Some(ms),
+                ..
             } => Some(Duration::from_millis(*ms)),
             _ => None,
         }
+    }
+
+    /// Whether the server said how long to wait (a 429, with or without `Retry-After`, or a
+    /// 503 with one): that wait holds every push to it even when another push works
+    /// meanwhile.
+    pub fn asks_to_wait(&self) -> bool {
+        matches!(self, BackendError::RateLimited { .. }) || self.retry_after().is_some()
     }
 }
 

@@ -177,11 +177,12 @@ pub struct Outbox {
     /// Item id → queued entry ids, so "what is wanted for this item" needs no scan.
     by_item: HashMap<String, Vec<u64>>,
     /// No push starts before this time: a push failed with an error about the whole server
-    /// (unreachable, a timeout, 502–504, 429 with its `Retry-After`), which holds every push
+    /// (unreachable, a timeout, 502–504, 429; a `Retry-After` lengthens it), which holds every push
     /// to it until that push's retry, not only the one that got it.
     pub hold_until: Millis,
-    /// The part of [`Outbox::hold_until`] a 429's `Retry-After` asked for: it stays when a
-    /// push works meanwhile, while the rest of the hold is lifted (the server answers).
+    /// The part of [`Outbox::hold_until`] the server asked for (a 429, or a 503 with a
+    /// `Retry-After`): it stays when a push works meanwhile, while the rest of the hold is
+    /// lifted (the server answers).
     pub retry_after_until: Millis,
     /// No push caused by a sync starts before this time ([`OutboxEntry::is_background`]):
     /// they go out at `sync.max_requests_per_second` at most, as the sync's own requests do.
@@ -482,7 +483,8 @@ impl PairCore {
         match result {
             Ok(()) => {
                 // The server answers: a hold for a failure that looked server-wide (one item
-                // that times out, say) is lifted; a 429's `Retry-After` still holds.
+                // that times out, say) is lifted; a wait the server asked for (a 429, a 503's
+                // `Retry-After`) still holds.
                 self.outbox.hold_until = self.outbox.retry_after_until;
                 if let Some(failed) = self.push_failures.succeeded() {
                     tracing::info!(pair = %self.spec.key, failed,
@@ -538,7 +540,7 @@ impl PairCore {
                         if err.is_server_wide() {
                             self.outbox.hold_until = self.outbox.hold_until.max(entry.due_at);
                         }
-                        if matches!(err, BackendError::RateLimited { .. }) {
+                        if err.asks_to_wait() {
                             self.outbox.retry_after_until =
                                 self.outbox.retry_after_until.max(entry.due_at);
                         }
@@ -762,6 +764,7 @@ mod tests {
         BackendError::Server {
             status: 500,
             message: "x".into(),
+            retry_after_ms: None,
         }
     }
 
@@ -833,6 +836,7 @@ mod tests {
         let server = |status| BackendError::Server {
             status,
             message: String::new(),
+            retry_after_ms: None,
         };
         for e in [
             BackendError::Network {
@@ -892,6 +896,17 @@ mod tests {
             retry_after_ms: Some(7000),
         };
         assert_eq!(s.next_delay(1, &e, 0.9), Some(Duration::from_secs(7)));
+        // A 503 in maintenance says when it is back, too.
+        let maintenance = BackendError::Server {
+            status: 503,
+            message: "maintenance".into(),
+            retry_after_ms: Some(120_000),
+        };
+        assert_eq!(
+            s.next_delay(1, &maintenance, 0.9),
+            Some(Duration::from_secs(120))
+        );
+        assert!(maintenance.asks_to_wait() && !server().asks_to_wait());
         let j = RetrySchedule {
             jitter: 0.5,
             ..sched()

@@ -67,6 +67,7 @@ async fn an_outage_is_logged_once_a_minute_not_at_every_failed_attempt() {
         jelly.fault(BackendError::Server {
             status: 500,
             message: "database is locked".into(),
+            retry_after_ms: None,
         });
     }
     for (i, m) in films.iter().enumerate() {

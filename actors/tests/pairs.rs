@@ -562,6 +562,7 @@ async fn outbox_retries_with_backoff_and_honours_retry_after() {
     jelly.fault(BackendError::Server {
         status: 500,
         message: "oops".into(),
+        retry_after_ms: None,
     });
     jelly.fault(BackendError::RateLimited {
         retry_after_ms: Some(7_000),
@@ -569,13 +570,18 @@ async fn outbox_retries_with_backoff_and_honours_retry_after() {
     jelly.fault(BackendError::Network {
         message: "refused".into(),
     });
+    jelly.fault(BackendError::Server {
+        status: 503,
+        message: "maintenance".into(),
+        retry_after_ms: Some(30_000),
+    });
     h.send(
         "alice",
         "plex",
         event(EventKind::Scrobble, &local(&m, "o", "plex")),
     );
     eventually("delivery after retries", || async {
-        jelly.writes().len() == 4
+        jelly.writes().len() == 5
     })
     .await;
     h.settle().await;
@@ -586,7 +592,8 @@ async fn outbox_retries_with_backoff_and_honours_retry_after() {
         .map(|(t, _)| t)
         .collect();
     let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
-    // 1 s (±10 %) after the 500, at least the 7 s Retry-After after the 429, ~4 s after the third.
+    // 1 s (±10 %) after the 500, at least the 7 s Retry-After after the 429, ~4 s after the
+    // third, at least the 30 s Retry-After after the 503.
     assert!(
         gaps[0] >= Duration::from_millis(900) && gaps[0] <= Duration::from_millis(1200),
         "{gaps:?}"
@@ -596,6 +603,7 @@ async fn outbox_retries_with_backoff_and_honours_retry_after() {
         gaps[2] >= Duration::from_millis(3600) && gaps[2] <= Duration::from_millis(4500),
         "{gaps:?}"
     );
+    assert!(gaps[3] >= Duration::from_secs(30), "{gaps:?}");
     let s = h.status("alice", "jelly").await;
     assert_eq!(s.counters.pushed, 1);
     assert_eq!(s.outbox.dead_letters, 0);
@@ -623,6 +631,7 @@ async fn a_users_newer_action_beats_an_opposite_push_still_queued_for_it() {
         jelly.fault(BackendError::Server {
             status: 503,
             message: "busy".into(),
+            retry_after_ms: None,
         });
     }
     h.clock.advance(60_000);
@@ -995,6 +1004,7 @@ async fn permanent_errors_become_dead_letters_that_can_be_retried() {
         emby.fault(BackendError::Server {
             status: 503,
             message: "down".into(),
+            retry_after_ms: None,
         });
     }
     h.send(

@@ -372,6 +372,9 @@ pub fn classify_status(
         500..=599 => BackendError::Server {
             status: code,
             message,
+            // RFC 9110 §10.2.3: a 503's Retry-After says how long the service is expected to
+            // be unavailable; other 5xx do not carry one.
+            retry_after_ms: retry_after_ms.filter(|_| code == 503),
         },
         _ => BackendError::Client {
             status: code,
@@ -497,7 +500,23 @@ mod tests {
                 retry_after_ms: Some(5)
             }
         );
-        assert!(matches!(c(503), BackendError::Server { status: 503, .. }));
+        assert_eq!(
+            c(503),
+            BackendError::Server {
+                status: 503,
+                message: "x: body".into(),
+                retry_after_ms: Some(5)
+            }
+        );
+        // Only a 503's Retry-After is kept among the 5xx.
+        assert!(matches!(
+            c(502),
+            BackendError::Server {
+                status: 502,
+                retry_after_ms: None,
+                ..
+            }
+        ));
         assert!(matches!(c(400), BackendError::Client { status: 400, .. }));
     }
 

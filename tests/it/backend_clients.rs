@@ -379,6 +379,13 @@ async fn server_errors_and_rate_limits_are_classified(kind: FakeKind) {
     );
     assert_eq!(err.retry_after(), Some(Duration::from_secs(7)));
 
+    // A server in maintenance (or a proxy in front of it) says when it is back.
+    fake.inject(Fault::retry_after(503, "120"));
+    let err = client.set_played("101", true, None).await.unwrap_err();
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(120)), "{err:?}");
+    assert!(err.is_server_wide() && err.asks_to_wait());
+    assert!(err.to_string().contains("retry after 120 s"), "{err}");
+
     // A fault limited to writes leaves reads alone, then the write goes through.
     fake.inject(Fault::status(503).times(2).writes_only());
     assert!(client.get_item("104").await.unwrap().is_some());

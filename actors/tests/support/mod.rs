@@ -96,6 +96,7 @@ impl FakeBackend {
                 return Err(BackendError::Server {
                     status: 500,
                     message: "boom".into(),
+                    retry_after_ms: None,
                 });
             }
         }

@@ -462,8 +462,8 @@ pub struct Fault {
 pub enum FaultKind {
     /// Answer this status with a short text body.
     Status(u16),
-    /// Answer 429 with this `Retry-After` value (seconds or an HTTP date).
-    RateLimited { retry_after: String },
+    /// Answer this status (429, 503) with this `Retry-After` value (seconds or an HTTP date).
+    RetryAfter { status: u16, retry_after: String },
     /// Wait this long, then answer normally.
     Delay(Duration),
     /// Answer 200 with JSON of the wrong shape.
@@ -493,11 +493,17 @@ impl Fault {
     }
 
     pub fn rate_limited(retry_after: &str) -> Self {
+        Fault::retry_after(429, retry_after)
+    }
+
+    /// This status with a `Retry-After` (a 503 in maintenance, a 429).
+    pub fn retry_after(status: u16, retry_after: &str) -> Self {
         Fault {
-            kind: FaultKind::RateLimited {
+            kind: FaultKind::RetryAfter {
+                status,
                 retry_after: retry_after.to_string(),
             },
-            ..Fault::status(429)
+            ..Fault::status(status)
         }
     }
 
@@ -1273,8 +1279,11 @@ impl Inner {
             Some(FaultKind::Status(s)) => {
                 resp = Some(FakeResponse::status(s, "injected failure"));
             }
-            Some(FaultKind::RateLimited { retry_after }) => {
-                let mut r = FakeResponse::status(429, "too many requests");
+            Some(FaultKind::RetryAfter {
+                status,
+                retry_after,
+            }) => {
+                let mut r = FakeResponse::status(status, "try again later");
                 r.retry_after = Some(retry_after);
                 resp = Some(r);
             }

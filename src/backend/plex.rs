@@ -7,7 +7,11 @@
 //! Listing walks the movie and show sections of `/library/sections/all` in order: `type=1`
 //! (movies) in movie sections, `type=4` (episodes) in show sections, with `includeGuids=1`,
 //! `sort=addedAt` (the spec's `mediaQuery` sort: a fixed order, so that pages neither overlap
-//! nor miss items) and `X-Plex-Container-Start`/`-Size`; a section's size is `totalSize`, or
+//! nor miss items as items are added) and `X-Plex-Container-Start`/`-Size`. Items added in the
+//! same second tie; Plex documents no tie-break field for it (the spec lists none, `ratingKey`
+//! is reported to be refused with a 500, and an unknown sort field is answered with an error,
+//! which would stop every listing), so none is sent: ties keep the database's order from page
+//! to page as long as the section does not change during the walk. A section's size is `totalSize`, or
 //! the `X-Plex-Container-Total-Size` header when the body has none. The cursor is
 //! `<section key>:<offset>`.
 //!

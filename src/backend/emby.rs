@@ -273,7 +273,7 @@ impl BackendApi for EmbyClient {
             "mark {item_id} {}",
             if played { "played" } else { "unplayed" }
         );
-        self.http.send(req, &what).await.map(drop)
+        self.http.send_write(req, &what).await
     }
 
     async fn set_position(
@@ -327,7 +327,7 @@ impl BackendApi for EmbyClient {
             "UserData",
         ];
         let req = self.http.request(Method::POST, &route, &[])?.json(&body);
-        self.http.send(req, &what).await.map(drop)
+        self.http.send_write(req, &what).await
     }
 }
 

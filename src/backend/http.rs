@@ -167,6 +167,36 @@ impl HttpCore {
         Err(classify_status(status, retry_after, what, &route, &body))
     }
 
+    /// Sends a write (mark played or unplayed, a resume position) whose answer carries
+    /// nothing we read. A 2xx web page is not a confirmation: a URL that reaches a web app or
+    /// a proxy's sign-in page instead of the media server's API answers `200` with HTML to
+    /// every path, and the write never happened. None of the three servers answers a write
+    /// with HTML (JSON, XML or nothing), so such an answer is [`BackendError::BadResponse`].
+    pub async fn send_write(&self, req: RequestBuilder, what: &str) -> Result<(), BackendError> {
+        let resp = self.send(req, what).await?;
+        let html_type = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/html"));
+        if !html_type {
+            return Ok(());
+        }
+        let bytes = resp.bytes().await.map_err(|e| self.transport_error(e))?;
+        if !looks_like_html(&bytes) {
+            return Ok(());
+        }
+        Err(BackendError::BadResponse {
+            message: format!(
+                "{what}: the server answered with a web page, not the media server's API, so \
+                 nothing was changed; check the backend's url (a web app or a proxy's sign-in \
+                 page at {}?); it starts with \"{}\"",
+                self.host(),
+                self.snippet(&bytes)
+            ),
+        })
+    }
+
     /// Sends the request and decodes a 2xx JSON answer.
     pub async fn send_json<T: DeserializeOwned>(
         &self,
@@ -381,6 +411,21 @@ pub fn classify_status(
             message,
         },
     }
+}
+
+/// Whether a body is an HTML document (`<!DOCTYPE html`, `<html`, or a `<head>`/`<body>`
+/// fragment), after blanks and a byte order mark.
+fn looks_like_html(bytes: &[u8]) -> bool {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let start = bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(bytes.len());
+    let head = &bytes[start..bytes.len().min(start + 16)];
+    let head = head.to_ascii_lowercase();
+    ["<!doctype html", "<html", "<head", "<body"]
+        .iter()
+        .any(|p| head.starts_with(p.as_bytes()))
 }
 
 /// `Retry-After` as milliseconds from `now`: delta-seconds or an HTTP date (RFC 9110 §10.2.3).

@@ -214,7 +214,7 @@ impl JellyfinClient {
         };
         let req = self.http.request(method, &route, &query)?;
         let what = format!("mark {id} {}", if played { "played" } else { "unplayed" });
-        self.http.send(req, &what).await.map(drop)
+        self.http.send_write(req, &what).await
     }
 
     /// `POST /UserItems/{id}/UserData?userId=` with only the position (10.9+; 10.8 has no
@@ -248,7 +248,7 @@ impl JellyfinClient {
             .http
             .request(Method::POST, &["UserItems", id, "UserData"], &[self.user()])?
             .json(&body);
-        self.http.send(req, &what).await.map(drop)
+        self.http.send_write(req, &what).await
     }
 
     /// The server's version when it has been read (for messages).

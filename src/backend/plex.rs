@@ -593,7 +593,7 @@ impl PlexClient {
         what: &str,
     ) -> Result<(), BackendError> {
         let req = self.http.request(method, route, query)?;
-        self.http.send(req, what).await.map(drop)
+        self.http.send_write(req, what).await
     }
 }
 

@@ -414,6 +414,41 @@ async fn server_errors_and_rate_limits_are_classified(kind: FakeKind) {
     assert!(!err.is_retryable());
 }
 
+/// A URL that reaches a web app or a proxy's sign-in page answers 200 with HTML to every path:
+/// such an answer to a write is no confirmation. An empty 2xx (as Plex answers) still is.
+async fn a_web_page_does_not_confirm_a_write(kind: FakeKind) {
+    let fake = FakeServer::start(kind, library()).await;
+    let client = fake.client();
+    let page = "\n<!DOCTYPE html><html><head><title>Sign in</title></head><body>Log in to continue</body></html>";
+    fake.inject(Fault::body(200, "text/html; charset=utf-8", page).writes_only());
+    let err = client.set_played("102", true, None).await.unwrap_err();
+    assert!(matches!(err, BackendError::BadResponse { .. }), "{err:?}");
+    assert!(!err.is_retryable());
+    let text = err.to_string();
+    assert!(
+        text.contains("web page") && text.contains("Sign in"),
+        "{text}"
+    );
+    assert!(!text.contains(fake.token()), "token leaked: {text}");
+    assert!(!fake.item_state("102").played);
+
+    fake.inject(Fault::body(200, "text/html", page).writes_only());
+    let err = client
+        .set_position("102", 60_000, Some(6_000_000), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BackendError::BadResponse { .. }), "{err:?}");
+
+    // An empty answer labelled as HTML, and HTML under another content type, are not pages.
+    fake.inject(Fault::body(200, "text/html", "").writes_only());
+    client.set_played("102", true, None).await.unwrap();
+    fake.inject(Fault::body(200, "text/plain", page).writes_only());
+    client.set_played("102", true, None).await.unwrap();
+    // The server's own answer to a write is accepted as before.
+    client.set_played("102", true, None).await.unwrap();
+    assert!(fake.item_state("102").played);
+}
+
 async fn a_slow_server_times_out(kind: FakeKind) {
     let fake = FakeServer::start(kind, library()).await;
     let client = build_client(config(&fake, fake.token(), Duration::from_millis(200))).unwrap();
@@ -462,6 +497,7 @@ per_kind!(
     writes_to_unknown_items_are_not_found,
     a_bad_token_is_an_auth_error,
     server_errors_and_rate_limits_are_classified,
+    a_web_page_does_not_confirm_a_write,
     a_slow_server_times_out,
     a_closed_port_is_a_network_error,
 );

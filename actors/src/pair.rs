@@ -446,6 +446,8 @@ impl PairCore {
             ActorState::Syncing
         } else if self.depth.load(Ordering::Relaxed) > 0 {
             ActorState::Processing
+        } else if !self.outbox.in_flight.is_empty() {
+            ActorState::Pushing
         } else {
             ActorState::Idle
         }

@@ -9,9 +9,15 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ActorState {
+    /// Nothing to do (pushes may still wait in the outbox for their retry).
     Idle,
+    /// Events are waiting in its mailbox.
     Processing,
+    /// A scheduled sync (or a sync asked for) is running.
     Syncing,
+    /// Pushes to its server are running: a backlog (after a sync, or when the server comes
+    /// back) drains in this state.
+    Pushing,
     /// Failed and waiting for the supervisor's restart.
     Backoff,
     /// Failed and not restartable (its start failed repeatedly); see `last_error`.

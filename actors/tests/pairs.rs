@@ -696,6 +696,7 @@ async fn a_push_that_fails_after_a_newer_one_was_queued_is_not_retried_over_it()
         h.status("alice", "jelly").await.outbox.in_flight == 1
     })
     .await;
+    assert_eq!(h.status("alice", "jelly").await.state, ActorState::Pushing);
     h.clock.advance(60_000);
     h.send(
         "alice",

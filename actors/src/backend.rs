@@ -208,7 +208,11 @@ impl BackendError {
     /// 503 with one): that wait holds every push to it even when another push works
     /// meanwhile.
     pub fn asks_to_wait(&self) -> bool {
-        matches!(self, BackendError::RateLimited { .. }) || self.retry_after().is_some()
+        match self {
+            BackendError::RateLimited { .. } => true,
+            // A `Retry-After` date already past asks for nothing.
+            _ => self.retry_after().is_some_and(|d| !d.is_zero()),
+        }
     }
 }
 

@@ -541,8 +541,15 @@ impl PairCore {
                             self.outbox.hold_until = self.outbox.hold_until.max(entry.due_at);
                         }
                         if err.asks_to_wait() {
+                            // What the server asked for (capped), not this push's own backoff,
+                            // which a push that works may lift; a 429 without a `Retry-After`
+                            // waits out the backoff.
+                            let until = match err.retry_after().filter(|d| !d.is_zero()) {
+                                Some(ra) => now + ra.min(MAX_RETRY_AFTER).as_millis() as Millis,
+                                None => entry.due_at,
+                            };
                             self.outbox.retry_after_until =
-                                self.outbox.retry_after_until.max(entry.due_at);
+                                self.outbox.retry_after_until.max(until);
                         }
                         record.result = "retry".into();
                         self.meta.metrics.push_retried += 1;
@@ -907,6 +914,13 @@ mod tests {
             Some(Duration::from_secs(120))
         );
         assert!(maintenance.asks_to_wait() && !server().asks_to_wait());
+        // A Retry-After date already past asks for nothing.
+        let past = BackendError::Server {
+            status: 503,
+            message: "maintenance".into(),
+            retry_after_ms: Some(0),
+        };
+        assert!(!past.asks_to_wait());
         let j = RetrySchedule {
             jitter: 0.5,
             ..sched()

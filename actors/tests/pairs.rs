@@ -894,6 +894,57 @@ async fn a_push_that_works_lifts_the_hold_of_a_timeout() {
     .await;
 }
 
+/// A 503 in maintenance asks for 2 s (`Retry-After`) while the failed push's own backoff is a
+/// minute: every push waits the 2 s the server asked for, even after a push that works, but
+/// not the backoff, which that push lifts.
+#[tokio::test(start_paused = true)]
+async fn a_push_that_works_lifts_the_backoff_but_not_what_a_503_asked_for() {
+    let settings = SyncSettings {
+        retry_base: Duration::from_secs(60),
+        ..SyncSettings::default()
+    };
+    let mut h = Harness::start(three(), settings).await;
+    let jelly = h.backend("alice", "jelly");
+    let mut films = Vec::new();
+    for i in 0..6 {
+        let m = movie(&format!("y{i}"), &format!("tt97{i:02}"));
+        register(&mut h, "alice", &["plex", "jelly"], &m, &format!("u{i}")).await;
+        films.push(m);
+    }
+    jelly.fault(BackendError::Server {
+        status: 503,
+        message: "maintenance".into(),
+        retry_after_ms: Some(2_000),
+    });
+    let gate = jelly.write_gate.lock().await;
+    for (i, m) in films.iter().enumerate() {
+        h.send(
+            "alice",
+            "plex",
+            event(EventKind::Scrobble, &local(m, &format!("u{i}"), "plex")),
+        );
+    }
+    eventually("four pushes at the gate", || async {
+        jelly.writes().len() == 4
+    })
+    .await;
+    let released = tokio::time::Instant::now();
+    drop(gate);
+    eventually("the two waiting pushes", || async {
+        jelly.writes().len() >= 6
+    })
+    .await;
+    let waited = jelly.calls()[5].0 - released;
+    assert!(
+        waited >= Duration::from_millis(1_900) && waited < Duration::from_secs(10),
+        "the last push waited {waited:?}"
+    );
+    eventually("every push to land", || async {
+        h.status("alice", "jelly").await.counters.pushed == 6
+    })
+    .await;
+}
+
 /// As above, but the unmark is already running on Jellyfin (it cannot be dropped) when the
 /// user watches the film there: Jellyfin gets the play back right after it.
 #[tokio::test(start_paused = true)]

@@ -5,7 +5,7 @@
 use crate::backend;
 use crate::config::Config;
 use std::sync::Arc;
-use watchstate_actors::backend::{BackendApi, BackendError};
+use watchstate_actors::backend::{BackendApi, BackendError, ServerUser};
 use watchstate_actors::event::normalize_id;
 
 /// The outcome for one (user, backend).
@@ -31,11 +31,12 @@ pub async fn check_servers(config: &Config) -> Vec<BackendCheck> {
     for (user, name, b) in config.pairs() {
         let pair = format!("{user}/{name}");
         let server_id = b.server_id.clone();
+        let user_id = b.user_id.clone();
         let url = b.url.clone();
         let client = backend::build_client(config.client_config(b));
         tasks.push(tokio::spawn(async move {
             let (ok, message) = match client {
-                Ok(client) => check_one(client, &url, &server_id).await,
+                Ok(client) => check_one(client, &url, &server_id, &user_id).await,
                 Err(e) => (false, format!("cannot build the client: {e}")),
             };
             BackendCheck { pair, ok, message }
@@ -52,7 +53,12 @@ pub async fn check_servers(config: &Config) -> Vec<BackendCheck> {
     out
 }
 
-async fn check_one(client: Arc<dyn BackendApi>, url: &str, server_id: &str) -> (bool, String) {
+async fn check_one(
+    client: Arc<dyn BackendApi>,
+    url: &str,
+    server_id: &str,
+    user_id: &str,
+) -> (bool, String) {
     let identity = match client.identity().await {
         Ok(i) => i,
         Err(e) => return (false, format!("cannot reach the server at {url}: {e}")),
@@ -71,6 +77,23 @@ async fn check_one(client: Arc<dyn BackendApi>, url: &str, server_id: &str) -> (
                 identity.server_id
             ),
         );
+    }
+    // Jellyfin and Emby list their users for an API key: a `user_id` that is none of them is
+    // named with the ones it could be. (A token that may not list users goes on to the
+    // library check.)
+    if let Ok(Some(users)) = client.users().await {
+        if !users
+            .iter()
+            .any(|u| normalize_id(&u.id) == normalize_id(user_id))
+        {
+            return (
+                false,
+                format!(
+                    "{about}: user_id {user_id:?} is not a user of this server: check user_id; its users are {}",
+                    users_text(&users)
+                ),
+            );
+        }
     }
     match client.list_items(None, 1).await {
         // Jellyfin and Emby list the items without the user's data for a user id they do not
@@ -95,4 +118,22 @@ async fn check_one(client: Arc<dyn BackendApi>, url: &str, server_id: &str) -> (
             format!("{about}: reading the user's library failed: {e} (check user_id)"),
         ),
     }
+}
+
+/// `name (id)` of the first users, for a message.
+fn users_text(users: &[ServerUser]) -> String {
+    const SHOWN: usize = 20;
+    if users.is_empty() {
+        return "none (the server lists no user)".to_string();
+    }
+    let mut text = users
+        .iter()
+        .take(SHOWN)
+        .map(|u| format!("{:?} (id {})", u.name, u.id))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if users.len() > SHOWN {
+        text.push_str(&format!(" and {} more", users.len() - SHOWN));
+    }
+    text
 }

@@ -15,6 +15,13 @@ pub struct ServerIdentity {
     pub version: Option<String>,
 }
 
+/// A user of the server, as its user list names them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerUser {
+    pub id: String,
+    pub name: String,
+}
+
 /// One movie or episode as the backend reports it for the actor's user.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RemoteItem {
@@ -222,6 +229,13 @@ pub trait BackendApi: Send + Sync + 'static {
     /// The server's identity: each scheduled sync from the start compares its id with the
     /// configured `server_id`.
     async fn identity(&self) -> Result<ServerIdentity, BackendError>;
+
+    /// The server's users, where its API lists them for this token (Jellyfin and Emby with an
+    /// API key), to help pick `user_id`; `None` where it has no such list (Plex: a token is one
+    /// account).
+    async fn users(&self) -> Result<Option<Vec<ServerUser>>, BackendError> {
+        Ok(None)
+    }
 
     /// One page of the user's movies and episodes. `cursor` is `None` for the first page and
     /// otherwise a value of [`ItemPage::next`] returned earlier (possibly before a restart).

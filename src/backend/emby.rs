@@ -19,8 +19,8 @@
 use super::http::{format_compact_utc, format_rfc3339, item_id as plain_id, HttpCore};
 use super::lenient::{from_str_repaired, id_of};
 use super::mediabrowser::{
-    cache_shows, listed_page, ms_to_ticks, next_cursor, parse_cursor, to_remote, uncached_shows,
-    IgnoredLibraries, ItemDto, ItemsResult, PublicSystemInfo,
+    cache_shows, listed_page, ms_to_ticks, next_cursor, parse_cursor, server_users, to_remote,
+    uncached_shows, IgnoredLibraries, ItemDto, ItemsResult, PublicSystemInfo, UserDto,
 };
 use super::{ClientConfig, SeriesIdCache, SHOW_LOOKUP_BATCH};
 use async_trait::async_trait;
@@ -28,7 +28,9 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT};
 use reqwest::Method;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use watchstate_actors::backend::{BackendApi, BackendError, ItemPage, RemoteItem, ServerIdentity};
+use watchstate_actors::backend::{
+    BackendApi, BackendError, ItemPage, RemoteItem, ServerIdentity, ServerUser,
+};
 use watchstate_actors::event::Millis;
 
 /// `UserDataLastPlayedDate`/`UserDataPlayCount` make recent Emby servers include those fields
@@ -193,6 +195,19 @@ impl BackendApi for EmbyClient {
             .request(Method::GET, &["System", "Info", "Public"], &[])?;
         let info: PublicSystemInfo = self.http.send_json(req, "server identity").await?;
         info.into_identity("Emby")
+    }
+
+    /// `GET /Users/Query` (Emby 4.8's documented user list: a query result of `UserDto`).
+    async fn users(&self) -> Result<Option<Vec<ServerUser>>, BackendError> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct Users {
+            #[serde(default)]
+            items: Option<Vec<UserDto>>,
+        }
+        let req = self.http.request(Method::GET, &["Users", "Query"], &[])?;
+        let users: Users = self.http.send_json(req, "list users").await?;
+        Ok(Some(server_users(users.items.unwrap_or_default())))
     }
 
     async fn list_items(

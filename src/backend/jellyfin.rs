@@ -28,15 +28,18 @@
 
 use super::http::{format_rfc3339, item_id as plain_id, HttpCore};
 use super::mediabrowser::{
-    cache_shows, listed_page, ms_to_ticks, next_cursor, parse_cursor, to_remote, uncached_shows,
-    IgnoredLibraries, ItemDto, ItemsResult, PublicSystemInfo, UserDataUpdate,
+    cache_shows, listed_page, ms_to_ticks, next_cursor, parse_cursor, server_users, to_remote,
+    uncached_shows, IgnoredLibraries, ItemDto, ItemsResult, PublicSystemInfo, UserDataUpdate,
+    UserDto,
 };
 use super::{ClientConfig, SeriesIdCache, SHOW_LOOKUP_BATCH};
 use async_trait::async_trait;
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION};
 use reqwest::Method;
 use serde_json::value::RawValue;
-use watchstate_actors::backend::{BackendApi, BackendError, ItemPage, RemoteItem, ServerIdentity};
+use watchstate_actors::backend::{
+    BackendApi, BackendError, ItemPage, RemoteItem, ServerIdentity, ServerUser,
+};
 use watchstate_actors::event::Millis;
 
 /// The `fields` a listing asks for beyond the defaults.
@@ -324,6 +327,13 @@ impl JellyfinClient {
 impl BackendApi for JellyfinClient {
     async fn identity(&self) -> Result<ServerIdentity, BackendError> {
         self.public_info().await?.into_identity("Jellyfin")
+    }
+
+    /// `GET /Users` (an API key may read it; a user's own token gets 403).
+    async fn users(&self) -> Result<Option<Vec<ServerUser>>, BackendError> {
+        let req = self.http.request(Method::GET, &["Users"], &[])?;
+        let users: Vec<UserDto> = self.http.send_json(req, "list users").await?;
+        Ok(Some(server_users(users)))
     }
 
     async fn list_items(

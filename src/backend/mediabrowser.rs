@@ -8,7 +8,7 @@ use super::provider_key;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::collections::HashMap;
-use watchstate_actors::backend::{BackendError, ItemPage, RemoteItem, ServerIdentity};
+use watchstate_actors::backend::{BackendError, ItemPage, RemoteItem, ServerIdentity, ServerUser};
 use watchstate_actors::event::{ExternalIds, ItemType};
 
 /// Ticks per millisecond: .NET `TimeSpan` ticks are 100 ns.
@@ -20,6 +20,30 @@ pub fn ticks_to_ms(ticks: i64) -> u64 {
 
 pub fn ms_to_ticks(ms: u64) -> i64 {
     (ms as i64).saturating_mul(TICKS_PER_MS)
+}
+
+/// A `UserDto` of `GET /Users` (Jellyfin) or `GET /Users/Query` (Emby): its id and name.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct UserDto {
+    #[serde(default, deserialize_with = "opt_string_or_number")]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// The users with an id, in the server's order.
+pub fn server_users(users: Vec<UserDto>) -> Vec<ServerUser> {
+    users
+        .into_iter()
+        .filter_map(|u| {
+            let id = u.id.filter(|i| !i.is_empty())?;
+            Some(ServerUser {
+                name: u.name.unwrap_or_default(),
+                id,
+            })
+        })
+        .collect()
 }
 
 /// `GET /System/Info/Public`.

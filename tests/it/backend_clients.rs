@@ -1806,6 +1806,14 @@ async fn check_servers_finds_a_wrong_server_id_and_a_refused_token() {
             "not-the-emby-key",
             "",
         ),
+        crate::harness::backend_toml_for(
+            "erin",
+            "emby",
+            &emby,
+            "not-an-emby-user",
+            emby.token(),
+            "",
+        ),
     ]
     .concat();
     let config = watchstate::config::Config::parse("t.toml", &toml, &Default::default()).unwrap();
@@ -1837,12 +1845,21 @@ async fn check_servers_finds_a_wrong_server_id_and_a_refused_token() {
         "{refused}"
     );
 
-    let unknown_user = by_pair("carol/jelly");
-    assert!(!unknown_user.ok);
-    assert!(
-        unknown_user.message.contains("check user_id"),
-        "{unknown_user}"
-    );
+    // An unknown user id is named with the server's users (their names and ids).
+    for (pair, fake, wrong) in [
+        ("carol/jelly", &jellyfin, "no-such-user"),
+        ("erin/emby", &emby, "not-an-emby-user"),
+    ] {
+        let unknown_user = by_pair(pair);
+        assert!(!unknown_user.ok);
+        let m = &unknown_user.message;
+        assert!(
+            m.contains(&format!("user_id {wrong:?} is not a user of this server"))
+                && m.contains("check user_id")
+                && m.contains(&format!("\"user-{0}\" (id {0})", fake.user_id())),
+            "{unknown_user}"
+        );
+    }
     let no_state = by_pair("dave/jelly");
     assert!(!no_state.ok);
     assert!(
@@ -1850,6 +1867,8 @@ async fn check_servers_finds_a_wrong_server_id_and_a_refused_token() {
         "{no_state}"
     );
 
+    jellyfin.assert_contract();
+    emby.assert_contract();
     for c in &checks {
         let line = c.to_string();
         for token in [
@@ -1882,7 +1901,7 @@ async fn check_servers_finds_a_wrong_server_id_and_a_refused_token() {
     let out = run(toml + unreachable).await.unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
-    assert_eq!(stdout.lines().count(), 6, "{stdout}");
+    assert_eq!(stdout.lines().count(), 7, "{stdout}");
     assert!(
         stdout.contains("bob/jelly: FAILED: cannot reach the server at http://127.0.0.1:9"),
         "{stdout}"

@@ -16,7 +16,7 @@ use super::jellyfin::{
     item_json, parse_date, public_info, query_items, user_data_json, Render, OTHER_USER_DATA,
 };
 use super::{mediabrowser_token, FakeRequest, FakeResponse, Inner, State};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const TICKS_PER_MS: i64 = 10_000;
 
@@ -53,6 +53,10 @@ pub(super) fn handle(inner: &Inner, st: &mut State, req: &FakeRequest) -> FakeRe
     }
     if let ("GET", ["Items", id, "Ancestors"]) = (m, segs.as_slice()) {
         return super::jellyfin::ancestors(st, id);
+    }
+    if let ("GET", ["Users", "Query"]) = (m, segs.as_slice()) {
+        let users = st.user_dtos(&inner.server_id);
+        return FakeResponse::json(json!({"Items": users, "TotalRecordCount": users.len()}));
     }
     let ["Users", user, rest @ ..] = segs.as_slice() else {
         return FakeResponse::status(404, "no such route in the fake");

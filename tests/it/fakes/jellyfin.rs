@@ -394,6 +394,9 @@ pub(super) fn handle(inner: &Inner, st: &mut State, req: &FakeRequest) -> FakeRe
     if !authorized(st, req) {
         return FakeResponse::empty(401);
     }
+    if m == "GET" && segs == ["Users"] {
+        return FakeResponse::json(serde_json::Value::Array(st.user_dtos(&inner.server_id)));
+    }
     if inner.jellyfin_10_8 && !(m == "GET" && segs == ["Items"]) {
         return handle_10_8(inner, st, req);
     }

@@ -667,6 +667,23 @@ impl State {
         self.tokens.values().any(|u| u == user)
     }
 
+    /// The server's users as Jellyfin's and Emby's `UserDto` (`Name`, `Id`, a few of the
+    /// other fields), sorted by id.
+    pub(crate) fn user_dtos(&self, server_id: &str) -> Vec<serde_json::Value> {
+        let ids: std::collections::BTreeSet<&String> = self.tokens.values().collect();
+        ids.into_iter()
+            .map(|id| {
+                serde_json::json!({
+                    "Name": format!("user-{id}"),
+                    "ServerId": server_id,
+                    "Id": id,
+                    "HasPassword": true,
+                    "Policy": {"IsAdministrator": false, "IsDisabled": false},
+                })
+            })
+            .collect()
+    }
+
     /// Marks played like the servers do: count up, date, position cleared.
     pub(crate) fn mark_played(&mut self, user: &str, item: &str, at: Option<Millis>) {
         let s = self.state_mut(user, item);

@@ -850,78 +850,32 @@ async fn a_server_that_is_down_gets_a_few_probes_not_every_push() {
     assert_eq!((s.outbox.pending, s.outbox.dead_letters), (0, 0));
 }
 
-/// A timeout on one push holds the others, but a push that works meanwhile shows that the
-/// server answers: the hold is lifted and the queue goes on at once (here the two pushes
-/// that waited go out without the second's wait).
-#[tokio::test(start_paused = true)]
-async fn a_push_that_works_lifts_the_hold_of_a_timeout() {
-    let mut h = Harness::start(three(), SyncSettings::default()).await;
+/// Six films whose scrobbles reach Jellyfin, the first push failing with `fault` while four
+/// are held at the write gate: how long after the gate opens the sixth push goes out. Every
+/// push must land in the end.
+async fn sixth_push_wait_after_a_fault(
+    h: &mut Harness,
+    fault: BackendError,
+    tag: &str,
+    imdb: &str,
+) -> Duration {
     let jelly = h.backend("alice", "jelly");
     let mut films = Vec::new();
     for i in 0..6 {
-        let m = movie(&format!("x{i}"), &format!("tt96{i:02}"));
-        register(&mut h, "alice", &["plex", "jelly"], &m, &format!("t{i}")).await;
+        let m = movie(&format!("{tag}{i}"), &format!("{imdb}{i:02}"));
+        register(h, "alice", &["plex", "jelly"], &m, &format!("{tag}t{i}")).await;
         films.push(m);
     }
-    jelly.fault(BackendError::Timeout { after_ms: 30_000 });
+    jelly.fault(fault);
     let gate = jelly.write_gate.lock().await;
     for (i, m) in films.iter().enumerate() {
         h.send(
             "alice",
             "plex",
-            event(EventKind::Scrobble, &local(m, &format!("t{i}"), "plex")),
-        );
-    }
-    eventually("four pushes at the gate", || async {
-        jelly.writes().len() == 4
-    })
-    .await;
-    let released = tokio::time::Instant::now();
-    drop(gate);
-    eventually("the two waiting pushes", || async {
-        jelly.writes().len() >= 6
-    })
-    .await;
-    let calls = jelly.calls();
-    assert!(
-        calls[5].0 - released < Duration::from_millis(500),
-        "the last push waited {:?}",
-        calls[5].0 - released
-    );
-    eventually("every push to land", || async {
-        h.status("alice", "jelly").await.counters.pushed == 6
-    })
-    .await;
-}
-
-/// A 503 in maintenance asks for 2 s (`Retry-After`) while the failed push's own backoff is a
-/// minute: every push waits the 2 s the server asked for, even after a push that works, but
-/// not the backoff, which that push lifts.
-#[tokio::test(start_paused = true)]
-async fn a_push_that_works_lifts_the_backoff_but_not_what_a_503_asked_for() {
-    let settings = SyncSettings {
-        retry_base: Duration::from_secs(60),
-        ..SyncSettings::default()
-    };
-    let mut h = Harness::start(three(), settings).await;
-    let jelly = h.backend("alice", "jelly");
-    let mut films = Vec::new();
-    for i in 0..6 {
-        let m = movie(&format!("y{i}"), &format!("tt97{i:02}"));
-        register(&mut h, "alice", &["plex", "jelly"], &m, &format!("u{i}")).await;
-        films.push(m);
-    }
-    jelly.fault(BackendError::Server {
-        status: 503,
-        message: "maintenance".into(),
-        retry_after_ms: Some(2_000),
-    });
-    let gate = jelly.write_gate.lock().await;
-    for (i, m) in films.iter().enumerate() {
-        h.send(
-            "alice",
-            "plex",
-            event(EventKind::Scrobble, &local(m, &format!("u{i}"), "plex")),
+            event(
+                EventKind::Scrobble,
+                &local(m, &format!("{tag}t{i}"), "plex"),
+            ),
         );
     }
     eventually("four pushes at the gate", || async {
@@ -935,14 +889,47 @@ async fn a_push_that_works_lifts_the_backoff_but_not_what_a_503_asked_for() {
     })
     .await;
     let waited = jelly.calls()[5].0 - released;
-    assert!(
-        waited >= Duration::from_millis(1_900) && waited < Duration::from_secs(10),
-        "the last push waited {waited:?}"
-    );
     eventually("every push to land", || async {
         h.status("alice", "jelly").await.counters.pushed == 6
     })
     .await;
+    waited
+}
+
+/// A timeout on one push holds the others, but a push that works meanwhile shows that the
+/// server answers: the hold is lifted and the queue goes on at once (here the two pushes
+/// that waited go out without the second's wait).
+#[tokio::test(start_paused = true)]
+async fn a_push_that_works_lifts_the_hold_of_a_timeout() {
+    let mut h = Harness::start(three(), SyncSettings::default()).await;
+    let timeout = BackendError::Timeout { after_ms: 30_000 };
+    let waited = sixth_push_wait_after_a_fault(&mut h, timeout, "x", "tt96").await;
+    assert!(
+        waited < Duration::from_millis(500),
+        "the last push waited {waited:?}"
+    );
+}
+
+/// A 503 in maintenance asks for 2 s (`Retry-After`) while the failed push's own backoff is a
+/// minute: every push waits the 2 s the server asked for, even after a push that works, but
+/// not the backoff, which that push lifts.
+#[tokio::test(start_paused = true)]
+async fn a_push_that_works_lifts_the_backoff_but_not_what_a_503_asked_for() {
+    let settings = SyncSettings {
+        retry_base: Duration::from_secs(60),
+        ..SyncSettings::default()
+    };
+    let mut h = Harness::start(three(), settings).await;
+    let maintenance = BackendError::Server {
+        status: 503,
+        message: "maintenance".into(),
+        retry_after_ms: Some(2_000),
+    };
+    let waited = sixth_push_wait_after_a_fault(&mut h, maintenance, "y", "tt97").await;
+    assert!(
+        waited >= Duration::from_millis(1_900) && waited < Duration::from_secs(10),
+        "the last push waited {waited:?}"
+    );
 }
 
 /// As above, but the unmark is already running on Jellyfin (it cannot be dropped) when the

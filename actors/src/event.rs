@@ -224,12 +224,25 @@ impl JournalEntry {
 /// Server and user ids are compared case-insensitively with dashes removed
 /// (Jellyfin writes GUIDs with and without dashes, in either case).
 pub fn normalize_id(id: &str) -> String {
-    id.chars()
-        .filter(|c| *c != '-')
-        .flat_map(|c| c.to_lowercase())
-        .collect::<String>()
-        .trim()
-        .to_string()
+    // One allocation (routing calls this for every webhook): ASCII is lowered byte by byte,
+    // anything else as `char::to_lowercase` does; blanks at either end go afterwards, as
+    // removing dashes can bring some to the ends.
+    let mut out = String::with_capacity(id.len());
+    for c in id.chars() {
+        if c == '-' {
+            continue;
+        }
+        if c.is_ascii() {
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.extend(c.to_lowercase());
+        }
+    }
+    let end = out.trim_end().len();
+    out.truncate(end);
+    let start = out.len() - out.trim_start().len();
+    out.drain(..start);
+    out
 }
 
 /// A GUID as Jellyfin and Emby write one: 32 hex digits ("N" format) or 36 characters with
@@ -271,5 +284,9 @@ mod tests {
             "16588a9f062a40c4966586b1d220bffc"
         );
         assert_ne!(normalize_id("abc"), normalize_id("abd"));
+        // Blanks that removing dashes brings to the ends go too; non-ASCII is lowered.
+        assert_eq!(normalize_id("- Ab-C -"), "abc");
+        assert_eq!(normalize_id("\u{2003}ÄÖ-İd\t"), "äöi\u{307}d");
+        assert_eq!(normalize_id(" - "), "");
     }
 }

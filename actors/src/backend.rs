@@ -146,7 +146,7 @@ pub enum BackendError {
         status: u16,
         message: String,
         /// The `Retry-After` of a 503 (a server in maintenance, or a proxy saying when it
-        /// will be back); absent in entries stored before it was kept.
+        /// will be back); left out of the serialised form when there is none.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         retry_after_ms: Option<u64>,
     },

@@ -54,6 +54,15 @@ impl PairCore {
     pub async fn on_webhook(&mut self, entry: JournalEntry) -> Result<(), StoreError> {
         let mut batch = Batch::new();
         batch.remove(Tree::Journal, JournalEntry::key(entry.seq).to_vec());
+        // The second copy of an entry replayed at a restart (the router dispatched it too).
+        if let Some(applied) = self.replayed.get_mut(&entry.seq) {
+            if *applied {
+                tracing::debug!(pair = %self.spec.key, seq = entry.seq,
+                    "journal entry already replayed; acknowledged");
+                return self.commit(batch);
+            }
+            *applied = true;
+        }
         self.meta.counters.received += 1;
         let lookup = self.lookup_if_needed(&entry.event).await;
         let decision = self.decide(&entry, lookup, &mut batch);

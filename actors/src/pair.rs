@@ -200,6 +200,10 @@ pub struct PairCore {
     pub push_tasks: PushTasks,
     /// Started again by the supervisor after a failure (not at process start).
     pub restarted: bool,
+    /// The journal entries this actor queued to itself at a restart, and whether each has
+    /// been applied: one journalled while the actor started is also dispatched to it by the
+    /// router, and that second copy is only acknowledged, not applied and counted again.
+    pub replayed: HashMap<u64, bool>,
 }
 
 /// Push tasks by outbox entry id. Dropped with the actor's state, for whatever reason it
@@ -587,6 +591,7 @@ impl Actor for PairActor {
             push_failures: Default::default(),
             push_tasks: Default::default(),
             restarted: args.replay_journal,
+            replayed: HashMap::new(),
         };
         core.load()?;
         core.forget_stale_ignore_marks()?;
@@ -726,8 +731,11 @@ impl PairCore {
                 continue;
             }
             self.depth.fetch_add(1, Ordering::Relaxed);
+            let seq = entry.seq;
             if self.myself.cast(PairMsg::Webhook(Box::new(entry))).is_err() {
                 self.depth_down();
+            } else {
+                self.replayed.insert(seq, false);
             }
             n += 1;
         }

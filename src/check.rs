@@ -79,12 +79,13 @@ async fn check_one(
         );
     }
     // Jellyfin and Emby list their users for an API key: a `user_id` that is none of them is
-    // named with the ones it could be. (A token that may not list users goes on to the
-    // library check.)
+    // named with the ones it could be. (A token that may not list users, or a list read
+    // without ids, goes on to the library check: a server always has a user.)
     if let Ok(Some(users)) = client.users().await {
-        if !users
-            .iter()
-            .any(|u| normalize_id(&u.id) == normalize_id(user_id))
+        if !users.is_empty()
+            && !users
+                .iter()
+                .any(|u| normalize_id(&u.id) == normalize_id(user_id))
         {
             return (
                 false,
@@ -123,9 +124,6 @@ async fn check_one(
 /// `name (id)` of the first users, for a message.
 fn users_text(users: &[ServerUser]) -> String {
     const SHOWN: usize = 20;
-    if users.is_empty() {
-        return "none (the server lists no user)".to_string();
-    }
     let mut text = users
         .iter()
         .take(SHOWN)

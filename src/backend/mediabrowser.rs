@@ -26,9 +26,10 @@ pub fn ms_to_ticks(ms: u64) -> i64 {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct UserDto {
-    #[serde(default, deserialize_with = "opt_string_or_number")]
+    // Jellyfin documents a camelCase profile of its JSON too; either spelling is read.
+    #[serde(default, alias = "id", deserialize_with = "opt_string_or_number")]
     pub id: Option<String>,
-    #[serde(default)]
+    #[serde(default, alias = "name")]
     pub name: Option<String>,
 }
 
@@ -533,6 +534,28 @@ mod tests {
 
     fn item(json: serde_json::Value) -> ItemDto {
         serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn users_read_in_either_casing_and_without_an_id_are_left_out() {
+        let users: Vec<UserDto> = serde_json::from_str(
+            r#"[{"Name":"Alice","Id":"4a6b"},{"name":"bob","id":"5c7d"},{"Name":"no id"}]"#,
+        )
+        .unwrap();
+        let users = server_users(users);
+        assert_eq!(
+            users,
+            vec![
+                ServerUser {
+                    id: "4a6b".into(),
+                    name: "Alice".into()
+                },
+                ServerUser {
+                    id: "5c7d".into(),
+                    name: "bob".into()
+                }
+            ]
+        );
     }
 
     #[test]

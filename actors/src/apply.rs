@@ -57,6 +57,8 @@ impl PairCore {
         // The second copy of an entry replayed at a restart (the router dispatched it too).
         if let Some(applied) = self.replayed.get_mut(&entry.seq) {
             if *applied {
+                // No third copy comes: forgotten.
+                self.replayed.remove(&entry.seq);
                 tracing::debug!(pair = %self.spec.key, seq = entry.seq,
                     "journal entry already replayed; acknowledged");
                 return self.commit(batch);

@@ -202,7 +202,8 @@ pub struct PairCore {
     pub restarted: bool,
     /// The journal entries this actor queued to itself at a restart, and whether each has
     /// been applied: one journalled while the actor started is also dispatched to it by the
-    /// router, and that second copy is only acknowledged, not applied and counted again.
+    /// router, and that second copy is only acknowledged, not applied and counted again
+    /// (then the seq is forgotten).
     pub replayed: HashMap<u64, bool>,
 }
 

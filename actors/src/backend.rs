@@ -158,6 +158,12 @@ pub enum BackendError {
     Network { message: String },
     #[error("unexpected answer from the media server: {message}")]
     BadResponse { message: String },
+    /// A web page answered instead of the media server's API: the URL reaches a web app, a
+    /// proxy's sign-in page or a maintenance page. Every request to that URL gets it, so it
+    /// holds every push like a server that is down, and is retried: a maintenance page
+    /// passes, and a wrong URL ends as dead letters (retried by hand once it is fixed).
+    #[error("not the media server's API: {message}")]
+    WebPage { message: String },
 }
 
 fn retry_after_text(ms: &Option<u64>) -> String {
@@ -168,14 +174,15 @@ fn retry_after_text(ms: &Option<u64>) -> String {
 }
 
 impl BackendError {
-    /// Network errors, timeouts, 408, 429 and 5xx are retried (DESIGN.md §7); any other 4xx and
-    /// an answer we cannot read are not.
+    /// Network errors, timeouts, 408, 429, 5xx and a web page instead of the API are retried
+    /// (DESIGN.md §7); any other 4xx and an answer we cannot read are not.
     pub fn is_retryable(&self) -> bool {
         match self {
             BackendError::RateLimited { .. }
             | BackendError::Server { .. }
             | BackendError::Timeout { .. }
-            | BackendError::Network { .. } => true,
+            | BackendError::Network { .. }
+            | BackendError::WebPage { .. } => true,
             BackendError::Client { status, .. } => *status == 408,
             BackendError::Auth { .. }
             | BackendError::NotFound { .. }
@@ -191,7 +198,8 @@ impl BackendError {
         match self {
             BackendError::RateLimited { .. }
             | BackendError::Timeout { .. }
-            | BackendError::Network { .. } => true,
+            | BackendError::Network { .. }
+            | BackendError::WebPage { .. } => true,
             BackendError::Server { status, .. } => matches!(status, 502..=504),
             _ => false,
         }

@@ -856,6 +856,9 @@ mod tests {
             server(502),
             server(503),
             server(504),
+            BackendError::WebPage {
+                message: "sign in".into(),
+            },
         ] {
             assert!(e.is_server_wide(), "{e:?}");
         }
@@ -881,6 +884,17 @@ mod tests {
             message: "bad".into(),
         };
         assert_eq!(s.next_delay(1, &perm, 0.5), None);
+        let unreadable = BackendError::BadResponse {
+            message: "not json".into(),
+        };
+        assert_eq!(s.next_delay(1, &unreadable, 0.5), None);
+        // A web page instead of the API (a maintenance page, a proxy's sign-in page) is
+        // tried again, up to the attempts.
+        let page = BackendError::WebPage {
+            message: "maintenance".into(),
+        };
+        assert!(s.next_delay(1, &page, 0.5).is_some());
+        assert_eq!(s.next_delay(10, &page, 0.5), None);
         let timeout408 = BackendError::Client {
             status: 408,
             message: "t".into(),

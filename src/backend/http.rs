@@ -168,10 +168,11 @@ impl HttpCore {
     }
 
     /// Sends a write (mark played or unplayed, a resume position) whose answer carries
-    /// nothing we read. A 2xx web page is not a confirmation: a URL that reaches a web app or
-    /// a proxy's sign-in page instead of the media server's API answers `200` with HTML to
-    /// every path, and the write never happened. None of the three servers answers a write
-    /// with HTML (JSON, XML or nothing), so such an answer is [`BackendError::BadResponse`].
+    /// nothing we read. A 2xx web page is not a confirmation: a URL that reaches a web app, a
+    /// proxy's sign-in page or a maintenance page instead of the media server's API answers
+    /// `200` with HTML to every path, and the write never happened. None of the three servers
+    /// answers a write with HTML (JSON, XML or nothing), so such an answer is
+    /// [`BackendError::WebPage`].
     pub async fn send_write(&self, req: RequestBuilder, what: &str) -> Result<(), BackendError> {
         let resp = self.send(req, what).await?;
         let html_type = resp
@@ -186,15 +187,21 @@ impl HttpCore {
         if !looks_like_html(&bytes) {
             return Ok(());
         }
-        Err(BackendError::BadResponse {
+        Err(self.web_page(what, "text/html", &bytes))
+    }
+
+    /// [`BackendError::WebPage`] for an answer that is a web page.
+    fn web_page(&self, what: &str, content_type: &str, bytes: &[u8]) -> BackendError {
+        BackendError::WebPage {
             message: format!(
-                "{what}: the server answered with a web page, not the media server's API, so \
-                 nothing was changed; check the backend's url (a web app or a proxy's sign-in \
-                 page at {}?); it starts with \"{}\"",
+                "{what}: the server answered with a web page ({}), so nothing was read or \
+                 changed; check the backend's url (a web app, a proxy's sign-in page or a \
+                 maintenance page at {}?); it starts with \"{}\"",
+                self.redact(content_type),
                 self.host(),
-                self.snippet(&bytes)
+                self.snippet(bytes)
             ),
-        })
+        }
     }
 
     /// Sends the request and decodes a 2xx JSON answer.
@@ -221,12 +228,17 @@ impl HttpCore {
             .unwrap_or("none")
             .to_string();
         let bytes = resp.bytes().await.map_err(|e| self.transport_error(e))?;
-        let value = from_slice_repaired(&bytes, what).map_err(|e| BackendError::BadResponse {
-            message: format!(
-                "{what}: the answer is not the expected JSON ({e}); content type {}, it starts with \"{}\"",
-                self.redact(&content_type),
-                self.snippet(&bytes)
-            ),
+        let value = from_slice_repaired(&bytes, what).map_err(|e| {
+            if looks_like_html(&bytes) {
+                return self.web_page(what, &content_type, &bytes);
+            }
+            BackendError::BadResponse {
+                message: format!(
+                    "{what}: the answer is not the expected JSON ({e}); content type {}, it starts with \"{}\"",
+                    self.redact(&content_type),
+                    self.snippet(&bytes)
+                ),
+            }
         })?;
         Ok((value, headers))
     }
@@ -414,18 +426,38 @@ pub fn classify_status(
 }
 
 /// Whether a body is an HTML document (`<!DOCTYPE html`, `<html`, or a `<head>`/`<body>`
-/// fragment), after blanks and a byte order mark.
+/// fragment), after blanks, a byte order mark, comments (`<!-- … -->`, as many generated pages
+/// and proxies' error pages begin) and an XML declaration (XHTML).
 fn looks_like_html(bytes: &[u8]) -> bool {
-    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-    let start = bytes
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(bytes.len());
-    let head = &bytes[start..bytes.len().min(start + 16)];
-    let head = head.to_ascii_lowercase();
+    let mut rest = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    // Only the page's first 4 KiB are read: a document that has not begun by then is no page.
+    rest = &rest[..rest.len().min(4096)];
+    loop {
+        let start = rest
+            .iter()
+            .position(|b| !b.is_ascii_whitespace())
+            .unwrap_or(rest.len());
+        rest = &rest[start..];
+        let skip = if rest.starts_with(b"<!--") {
+            find(rest, b"-->").map(|end| end + 3)
+        } else if rest.len() >= 5 && rest[..5].eq_ignore_ascii_case(b"<?xml") {
+            find(rest, b"?>").map(|end| end + 2)
+        } else {
+            break;
+        };
+        match skip {
+            Some(n) => rest = &rest[n..],
+            None => return false,
+        }
+    }
+    let head = rest[..rest.len().min(16)].to_ascii_lowercase();
     ["<!doctype html", "<html", "<head", "<body"]
         .iter()
         .any(|p| head.starts_with(p.as_bytes()))
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 /// `Retry-After` as milliseconds from `now`: delta-seconds or an HTTP date (RFC 9110 §10.2.3).
@@ -628,6 +660,34 @@ mod tests {
             "<h1>Error</h1> GET http://h:1/Items?Ids=1&api_key=<redacted> (key <redacted>)"
         );
         assert!(!format!("{core:?}").contains("k3y"));
+    }
+
+    #[test]
+    fn a_web_page_is_known_behind_comments_and_an_xml_declaration() {
+        for page in [
+            "<!DOCTYPE html><html></html>",
+            "\u{feff}  <HTML lang=en>",
+            "<!-- generated by nginx -->\n<!doctype html>",
+            "<!-- a --><!--b-->\r\n<head><title>x</title>",
+            "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<!DOCTYPE html PUBLIC \"-//W3C//DTD XHTML 1.0\">",
+            "<?XML version=\"1.0\"?><html xmlns=\"http://www.w3.org/1999/xhtml\">",
+        ] {
+            assert!(looks_like_html(page.as_bytes()), "{page:?}");
+        }
+        for body in [
+            "",
+            "OK",
+            "{\"html\":1}",
+            "<?xml version=\"1.0\"?><MediaContainer size=\"0\"/>",
+            "<!-- a comment never closed <html>",
+            "<!-- x -->",
+            "<h1>Error</h1>",
+        ] {
+            assert!(!looks_like_html(body.as_bytes()), "{body:?}");
+        }
+        // A document that begins after 4 KiB of comment is not looked for.
+        let late = format!("<!--{}--><html>", "x".repeat(5000));
+        assert!(!looks_like_html(late.as_bytes()));
     }
 
     #[test]

@@ -422,8 +422,10 @@ async fn a_web_page_does_not_confirm_a_write(kind: FakeKind) {
     let page = "\n<!DOCTYPE html><html><head><title>Sign in</title></head><body>Log in to continue</body></html>";
     fake.inject(Fault::body(200, "text/html; charset=utf-8", page).writes_only());
     let err = client.set_played("102", true, None).await.unwrap_err();
-    assert!(matches!(err, BackendError::BadResponse { .. }), "{err:?}");
-    assert!(!err.is_retryable());
+    assert!(matches!(err, BackendError::WebPage { .. }), "{err:?}");
+    // Every request to that URL gets the page (a maintenance page passes): retried, and
+    // holding the other pushes meanwhile.
+    assert!(err.is_retryable() && err.is_server_wide(), "{err:?}");
     let text = err.to_string();
     assert!(
         text.contains("web page") && text.contains("Sign in"),
@@ -437,7 +439,7 @@ async fn a_web_page_does_not_confirm_a_write(kind: FakeKind) {
         .set_position("102", 60_000, Some(6_000_000), None)
         .await
         .unwrap_err();
-    assert!(matches!(err, BackendError::BadResponse { .. }), "{err:?}");
+    assert!(matches!(err, BackendError::WebPage { .. }), "{err:?}");
 
     // An empty answer labelled as HTML, and HTML under another content type, are not pages.
     fake.inject(Fault::body(200, "text/html", "").writes_only());
@@ -905,7 +907,7 @@ async fn emby_errors_never_show_the_token() {
     }
     fake.inject(Fault::echo_request(200));
     let err = client.list_items(None, 5).await.unwrap_err();
-    assert!(matches!(err, BackendError::BadResponse { .. }), "{err:?}");
+    assert!(matches!(err, BackendError::WebPage { .. }), "{err:?}");
     texts.push(format!("{err} / {err:?}"));
     fake.inject(Fault::redirect(307, "https://emby.example.com:8920/emby"));
     let err = client.set_position("102", 5_000, Some(10_000), None).await;
@@ -960,6 +962,7 @@ async fn an_answer_that_is_not_json_is_shown(kind: FakeKind) {
     fake.inject(Fault::body(200, "text/html; charset=utf-8", &page));
     let err = client.list_items(None, 5).await.unwrap_err();
     let text = err.to_string();
+    assert!(matches!(err, BackendError::WebPage { .. }), "{err:?}");
     assert!(text.contains("text/html"), "{text}");
     assert!(text.contains("<!DOCTYPE html>"), "{text}");
     assert!(text.contains("Sign in"), "{text}");

@@ -376,11 +376,11 @@ async fn run_push(
     action: PushAction,
     changed_at: Millis,
 ) -> Result<(), BackendError> {
-    match action {
+    let result = match &action {
         // An undated play (held as 1 ms; entries queued before it was left out) goes without.
         PushAction::SetPlayed { played, at } => {
             let at = at.filter(|t| *t > crate::propagate::UNDATED_PLAY);
-            backend.set_played(&item_id, played, at).await
+            backend.set_played(&item_id, *played, at).await
         }
         PushAction::SetPosition {
             position_ms,
@@ -388,8 +388,39 @@ async fn run_push(
         } => {
             let at = (changed_at > 0).then_some(changed_at);
             backend
-                .set_position(&item_id, position_ms, duration_ms, at)
+                .set_position(&item_id, *position_ms, *duration_ms, at)
                 .await
+        }
+    };
+    match result {
+        Err(err @ BackendError::WebPage { .. }) => {
+            if written_as_asked(backend.as_ref(), &item_id, &action).await {
+                Ok(())
+            } else {
+                Err(err)
+            }
+        }
+        other => other,
+    }
+}
+
+/// How far a position read back may be from the one written: Jellyfin and Emby keep ticks,
+/// Plex whole milliseconds, and a server may round to the second.
+const POSITION_READ_BACK_SLACK_MS: u64 = 1_000;
+
+/// A write answered with a web page: whether the item, read back, holds what was written.
+/// Plex's documents give a write's `200` the type `text/html`, so a server may confirm with
+/// a small page; a proxy's sign-in page or a web app (the case [`BackendError::WebPage`] is
+/// for) answers the read with a page too, and the push stays failed.
+async fn written_as_asked(backend: &dyn BackendApi, item_id: &str, action: &PushAction) -> bool {
+    let item = match backend.get_item(item_id).await {
+        Ok(Some(item)) if !item.state_unknown => item,
+        _ => return false,
+    };
+    match action {
+        PushAction::SetPlayed { played, .. } => item.played == *played,
+        PushAction::SetPosition { position_ms, .. } => {
+            item.position_ms.abs_diff(*position_ms) <= POSITION_READ_BACK_SLACK_MS
         }
     }
 }

@@ -170,9 +170,10 @@ impl HttpCore {
     /// Sends a write (mark played or unplayed, a resume position) whose answer carries
     /// nothing we read. A 2xx web page is not a confirmation: a URL that reaches a web app, a
     /// proxy's sign-in page or a maintenance page instead of the media server's API answers
-    /// `200` with HTML to every path, and the write never happened. None of the three servers
-    /// answers a write with HTML (JSON, XML or nothing), so such an answer is
-    /// [`BackendError::WebPage`].
+    /// `200` with HTML to every path, and the write never happened. Such an answer is
+    /// [`BackendError::WebPage`]; the push then reads the item back, which tells a server that
+    /// did write and confirmed with a small page (Plex's documents type a write's `200` as
+    /// `text/html`) from a page in front of it.
     pub async fn send_write(&self, req: RequestBuilder, what: &str) -> Result<(), BackendError> {
         let resp = self.send(req, what).await?;
         let html_type = resp

@@ -571,6 +571,62 @@ async fn a_429_retry_after_is_honoured() {
     w.stop().await;
 }
 
+/// A write answered `200` with a web page: a small page from a server that did the write
+/// (Plex's documents type a write's `200` as `text/html`) is confirmed by reading the item
+/// back; a proxy's sign-in page in front of a server that did nothing is retried.
+#[tokio::test]
+async fn a_write_answered_with_a_web_page_is_read_back_or_retried() {
+    let (p, j, e) = movie_libraries();
+    let w = World::start(p, j, e, SYNC, Extra::default()).await;
+    w.sync_all().await;
+    w.clear_logs();
+    w.plex.inject(
+        Fault::dressed(
+            "text/html",
+            "<html><head><title>OK</title></head><body><h1>200 OK</h1></body></html>",
+        )
+        .always()
+        .writes_only(),
+    );
+    let sign_in = "<!-- proxy -->\n<!DOCTYPE html><html><head><title>Sign in</title></head>\
+                   <body><form method=post></form></body></html>";
+    w.jellyfin
+        .inject(Fault::body(200, "text/html; charset=utf-8", sign_in).writes_only());
+
+    accepted(
+        &w,
+        &emby_webhook(
+            "item.markplayed",
+            w.emby.server_id(),
+            w.emby.user_id(),
+            &mb_movie(EMBY_MOVIE),
+        ),
+    )
+    .await;
+    let plex = wait_writes(&w.plex, 1, "the Plex scrobble").await;
+    assert!(is_played(&plex[0], &w.plex, PLEX_MOVIE), "{plex:?}");
+    let jf = wait_writes(&w.jellyfin, 1, "the Jellyfin push after the sign-in page").await;
+    assert!(is_played(&jf[0], &w.jellyfin, JF_MOVIE), "{jf:?}");
+    let attempts = played_attempts(&w.jellyfin, "/UserPlayedItems/");
+    assert_eq!(attempts.len(), 2, "one page, one retry: {attempts:?}");
+    w.app.wait_quiet(Duration::from_millis(200)).await;
+    let s = w.app.pair("alice", "plex").await;
+    assert_eq!(s["counters"]["pushed"], 1, "{s:#}");
+    assert_eq!(s["outbox"]["dead_letters"], 0, "{s:#}");
+    assert_eq!(s["outbox"]["pending"], 0, "{s:#}");
+    let scrobbles = w
+        .plex
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/:/scrobble")
+        .count();
+    assert_eq!(scrobbles, 1, "confirmed by the read-back, not retried");
+    let s = w.app.pair("alice", "jellyfin").await;
+    assert_eq!(s["counters"]["pushed"], 1, "{s:#}");
+    assert_eq!(s["outbox"]["dead_letters"], 0, "{s:#}");
+    w.stop().await;
+}
+
 #[tokio::test]
 async fn a_permanent_4xx_becomes_a_dead_letter_and_the_api_retries_it() {
     let (p, j, e) = movie_libraries();

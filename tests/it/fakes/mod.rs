@@ -481,6 +481,13 @@ pub enum FaultKind {
     /// Answer this 3xx status with `Location: <to><path>?<query>`, as a reverse proxy that
     /// moved the server (to https, or under a prefix) does: path and query kept.
     Redirect { status: u16, to: String },
+    /// Handle the request as usual (a write is applied), then answer its status with this
+    /// body and content type: a server that confirms with a small HTML page, as Plex's
+    /// documents allow for a write's `200` (`text/html`).
+    Dressed {
+        content_type: &'static str,
+        body: String,
+    },
 }
 
 impl Fault {
@@ -525,6 +532,17 @@ impl Fault {
         Fault {
             kind: FaultKind::Body {
                 status,
+                content_type,
+                body: body.to_string(),
+            },
+            ..Fault::status(0)
+        }
+    }
+
+    /// See [`FaultKind::Dressed`].
+    pub fn dressed(content_type: &'static str, body: &str) -> Self {
+        Fault {
+            kind: FaultKind::Dressed {
                 content_type,
                 body: body.to_string(),
             },
@@ -1291,6 +1309,7 @@ impl Inner {
             take_fault(&mut st.faults, is_write)
         };
         let mut resp = None;
+        let mut dress = None;
         match fault {
             Some(FaultKind::Delay(d)) => tokio::time::sleep(d).await,
             Some(FaultKind::Status(s)) => {
@@ -1331,6 +1350,7 @@ impl Inner {
                 r.location = Some(format!("{to}{}{}", req.path, req.raw_query()));
                 resp = Some(r);
             }
+            Some(FaultKind::Dressed { content_type, body }) => dress = Some((content_type, body)),
             Some(FaultKind::WrongJson) => {
                 resp = Some(FakeResponse::json(serde_json::json!([
                     "not", "the", "expected", "shape"
@@ -1344,6 +1364,11 @@ impl Inner {
             FakeKind::Jellyfin => jellyfin::handle(self, &mut st, &req),
             FakeKind::Emby => emby::handle(self, &mut st, &req),
         });
+        if let Some((content_type, body)) = dress {
+            resp.content_type = content_type;
+            resp.body = body;
+            resp.raw = None;
+        }
         for (marker, bytes) in &st.rewrites {
             let body = resp
                 .raw

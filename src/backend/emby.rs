@@ -109,8 +109,11 @@ impl EmbyClient {
     /// `GET /Users/{uid}/Items?Ids={id}&Fields=…&EnableUserData=true` (see the module doc).
     /// `None` when the server does not know it.
     async fn fetch_item(&self, item_id: &str) -> Result<Option<Box<RawValue>>, BackendError> {
+        // `Recursive`: the documents scope a query without `ParentId` to the root folder's
+        // children unless it is recursive; Emby finds ids anywhere either way.
         let query = [
             ("Ids", plain_id(item_id)?.to_string()),
+            ("Recursive", "true".to_string()),
             ("Fields", LIST_FIELDS.to_string()),
             ("EnableUserData", "true".to_string()),
         ];
@@ -175,6 +178,7 @@ impl EmbyClient {
         for batch in missing.chunks(SHOW_LOOKUP_BATCH) {
             let query = [
                 ("Ids", batch.join(",")),
+                ("Recursive", "true".to_string()),
                 ("Fields", "ProviderIds".to_string()),
             ];
             let req = self
@@ -328,6 +332,11 @@ impl BackendApi for EmbyClient {
             "PlaybackPositionTicks".into(),
             ms_to_ticks(position_ms).into(),
         );
+        // `Played` always goes with it (DESIGN.md §10): a server that left it out of the
+        // item would read its absence in the update as `false` anyway, so it is said.
+        if !body.get("Played").is_some_and(|v| v.is_boolean()) {
+            body.insert("Played".into(), false.into());
+        }
         // When it was reached: Emby orders "Continue Watching" by it.
         if let Some(at) = at {
             body.insert("LastPlayedDate".into(), format_rfc3339(at).into());

@@ -18,9 +18,9 @@
 //! Listings leave out `Virtual` items (`excludeLocationTypes`, in the 10.8 to 12.0 specs): the
 //! placeholders of missing episodes, which no other server has.
 //!
-//! Array query parameters (`includeItemTypes`, `fields`, `ids`) are `type: array` with the
-//! default `form`/`explode=true` style in the spec, so they are sent as repeated keys
-//! (`includeItemTypes=Movie&includeItemTypes=Episode`); Jellyfin also reads comma lists.
+//! Array query parameters (`includeItemTypes`, `fields`, `sortBy`, `ids`) are sent as one
+//! comma list each (`includeItemTypes=Movie,Episode`), as DESIGN.md §10 and the parameters'
+//! descriptions in the spec say; Jellyfin also reads repeated keys.
 //!
 //! `ignore_libraries`: items do not name their library, so a listing first lists the ignored
 //! libraries' ids (`GET /Items?parentId=…`) and a looked-up item reads its ancestors
@@ -57,9 +57,14 @@ const LIST_SORT: [&str; 2] = ["DateCreated", "SortName"];
 /// they would be unplayed items that no other server has. The PHP original sends it too.
 const LIST_EXCLUDED_LOCATIONS: [&str; 1] = ["Virtual"];
 
-/// `name=v1&name=v2…`: an array query parameter in the spec's (default, exploded) style.
-fn repeated<'a>(name: &'a str, values: &[&str]) -> Vec<(&'a str, String)> {
-    values.iter().map(|v| (name, v.to_string())).collect()
+/// `name=v1,v2…`: an array query parameter as one comma list, as DESIGN.md §10 writes the
+/// listing (`includeItemTypes=Movie,Episode&fields=ProviderIds,…`) and as each of these
+/// parameters' description in the Jellyfin documents says ("This allows multiple, comma
+/// delimited"). Jellyfin reads both this and repeated keys; a server that reads one value
+/// per name and splits it on commas reads only this one (with repeated keys it would see
+/// `Movie` alone and leave every episode out, without an error).
+fn comma_list<'a>(name: &'a str, values: &[&str]) -> [(&'a str, String); 1] {
+    [(name, values.join(","))]
 }
 
 /// Client for one Jellyfin user.
@@ -278,9 +283,9 @@ impl JellyfinClient {
                     ("parentId", lib.clone()),
                     ("recursive", "true".to_string()),
                 ];
-                query.extend(repeated("includeItemTypes", &LIST_TYPES));
-                query.extend(repeated("excludeLocationTypes", &LIST_EXCLUDED_LOCATIONS));
-                query.extend(repeated("sortBy", &LIST_SORT));
+                query.extend(comma_list("includeItemTypes", &LIST_TYPES));
+                query.extend(comma_list("excludeLocationTypes", &LIST_EXCLUDED_LOCATIONS));
+                query.extend(comma_list("sortBy", &LIST_SORT));
                 query.extend([
                     ("sortOrder", "Ascending".to_string()),
                     ("enableUserData", "false".to_string()),
@@ -312,9 +317,11 @@ impl JellyfinClient {
     async fn load_series(&self, items: &[ItemDto]) -> Result<(), BackendError> {
         let missing = uncached_shows(items, &self.series);
         for batch in missing.chunks(SHOW_LOOKUP_BATCH) {
-            let mut query = vec![self.user()];
-            query.extend(repeated("ids", batch));
-            query.extend(repeated("fields", &LIST_FIELDS));
+            // `recursive`: without `parentId` the documents scope a query to the root folder's
+            // children unless it is recursive; Jellyfin finds ids anywhere either way.
+            let mut query = vec![self.user(), ("recursive", "true".to_string())];
+            query.extend(comma_list("ids", batch));
+            query.extend(comma_list("fields", &LIST_FIELDS));
             let req = self.http.request(Method::GET, &["Items"], &query)?;
             let shows: ItemsResult = self.http.send_json(req, "list shows").await?;
             cache_shows(&self.series, batch, shows);
@@ -346,10 +353,10 @@ impl BackendApi for JellyfinClient {
             self.list_ignored(page_size).await?;
         }
         let mut query = vec![self.user(), ("recursive", "true".to_string())];
-        query.extend(repeated("includeItemTypes", &LIST_TYPES));
-        query.extend(repeated("excludeLocationTypes", &LIST_EXCLUDED_LOCATIONS));
-        query.extend(repeated("fields", &LIST_FIELDS));
-        query.extend(repeated("sortBy", &LIST_SORT));
+        query.extend(comma_list("includeItemTypes", &LIST_TYPES));
+        query.extend(comma_list("excludeLocationTypes", &LIST_EXCLUDED_LOCATIONS));
+        query.extend(comma_list("fields", &LIST_FIELDS));
+        query.extend(comma_list("sortBy", &LIST_SORT));
         query.extend([
             ("sortOrder", "Ascending".to_string()),
             ("enableUserData", "true".to_string()),

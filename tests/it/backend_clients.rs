@@ -201,7 +201,7 @@ async fn paging_requests_use_the_servers_parameters(kind: FakeKind) {
             let r = &lists[0];
             assert_eq!(r.param("userId"), Some(fake.user_id()));
             assert_eq!(r.param("recursive"), Some("true"));
-            assert_eq!(r.params("includeItemTypes"), ["Movie", "Episode"]);
+            assert_eq!(r.params("includeItemTypes"), ["Movie,Episode"]);
             assert_eq!(r.params("fields"), ["ProviderIds"]);
         }
         FakeKind::Emby => {
@@ -512,6 +512,44 @@ async fn a_retry_after_date_becomes_a_delay() {
     let err = fake.client().identity().await.unwrap_err();
     let ms = err.retry_after().expect("a retry-after").as_millis();
     assert!((100_000..=120_000).contains(&ms), "{ms} ms");
+}
+
+/// DESIGN.md §10: Emby's position update always says `Played`, even when the item read
+/// before it left it out; lookups by id are recursive (the documents scope a query without
+/// `ParentId` to the root folder's children otherwise).
+#[tokio::test]
+async fn emby_position_updates_say_played_and_lookups_are_recursive() {
+    let fake = FakeServer::start(FakeKind::Emby, library()).await;
+    let client = fake.client();
+    fake.rewrite_answers("\"Played\":false", b"\"Unsaid\":null");
+    client
+        .set_position("102", 60_000, Some(6_000_000), None)
+        .await
+        .unwrap();
+    let requests = fake.requests();
+    let lookup = requests
+        .iter()
+        .find(|r| r.method == "GET" && r.param("Ids") == Some("102"))
+        .expect("the item read before the update");
+    assert!(lookup.body.is_empty());
+    assert_eq!(lookup.param("Recursive"), Some("true"));
+    let update = requests
+        .iter()
+        .find(|r| r.path.ends_with("/Items/102/UserData"))
+        .expect("the update");
+    let body: serde_json::Value = serde_json::from_str(&update.body).unwrap();
+    assert_eq!(body["Played"], false, "{body}");
+    assert_eq!(body.get("Unsaid"), Some(&serde_json::Value::Null), "{body}");
+    assert_eq!(body["PlaybackPositionTicks"], 600_000_000i64);
+    // Episodes name their show: the show lookup is recursive too.
+    list_all(client.as_ref(), 20).await;
+    let shows = fake
+        .requests()
+        .into_iter()
+        .find(|r| r.param("Ids").is_some_and(|ids| ids.contains("200")))
+        .expect("a show lookup");
+    assert_eq!(shows.param("Recursive"), Some("true"));
+    fake.assert_contract();
 }
 
 #[tokio::test]
@@ -1127,8 +1165,11 @@ async fn plex_skips_a_section_it_cannot_address() {
     fake.assert_contract();
 }
 
+/// DESIGN.md §10 (`includeItemTypes=Movie,Episode&fields=ProviderIds,...`) and the Jellyfin
+/// documents' descriptions ("This allows multiple, comma delimited"): one comma list per
+/// array parameter, never the same key twice.
 #[tokio::test]
-async fn jellyfin_sends_array_parameters_as_repeated_keys() {
+async fn jellyfin_sends_array_parameters_as_comma_lists() {
     let fake = FakeServer::start(FakeKind::Jellyfin, library()).await;
     list_all(fake.client().as_ref(), 20).await;
     let requests = fake.requests();
@@ -1136,14 +1177,28 @@ async fn jellyfin_sends_array_parameters_as_repeated_keys() {
         .iter()
         .find(|r| r.path == "/Items" && r.param("startIndex").is_some())
         .expect("a listing request");
-    assert_eq!(listing.params("includeItemTypes"), ["Movie", "Episode"]);
+    assert_eq!(listing.params("includeItemTypes"), ["Movie,Episode"]);
     assert_eq!(listing.params("fields"), ["ProviderIds"]);
+    assert_eq!(listing.params("sortBy"), ["DateCreated,SortName"]);
+    assert_eq!(listing.params("excludeLocationTypes"), ["Virtual"]);
     let shows = requests
         .iter()
         .find(|r| r.path == "/Items" && r.param("ids").is_some())
         .expect("a show lookup");
-    assert!(shows.params("ids").iter().all(|id| !id.contains(',')));
-    assert_eq!(shows.params("ids"), ["200", "300"]);
+    assert_eq!(shows.params("ids"), ["200,300"]);
+    for r in &requests {
+        let mut names: Vec<&str> = r.query.iter().map(|(k, _)| k.as_str()).collect();
+        let all = names.len();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(
+            names.len(),
+            all,
+            "a key sent twice: {} {:?}",
+            r.path,
+            r.query
+        );
+    }
     fake.assert_contract();
 }
 
@@ -1176,7 +1231,7 @@ async fn show_lookups_are_batched(kind: FakeKind) {
                 .path
                 .strip_prefix("/library/metadata/")
                 .map(|ids| ids.split(',').count()),
-            FakeKind::Jellyfin => (r.param("ids").is_some()).then(|| r.params("ids").len()),
+            FakeKind::Jellyfin => r.param("ids").map(|ids| ids.split(',').count()),
             FakeKind::Emby => r.param("Ids").map(|ids| ids.split(',').count()),
         })
         .collect();
@@ -1287,7 +1342,7 @@ async fn listings_ask_for_a_stable_order(kind: FakeKind) {
         match kind {
             FakeKind::Plex => assert_eq!(r.param("sort"), Some("addedAt")),
             FakeKind::Jellyfin => {
-                assert_eq!(r.params("sortBy"), ["DateCreated", "SortName"]);
+                assert_eq!(r.params("sortBy"), ["DateCreated,SortName"]);
                 assert_eq!(r.params("sortOrder"), ["Ascending"]);
             }
             FakeKind::Emby => {

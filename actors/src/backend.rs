@@ -159,11 +159,17 @@ pub enum BackendError {
     #[error("unexpected answer from the media server: {message}")]
     BadResponse { message: String },
     /// A web page answered instead of the media server's API: the URL reaches a web app, a
-    /// proxy's sign-in page or a maintenance page. Every request to that URL gets it, so it
+    /// proxy's sign-in page or a maintenance page, and every request to it gets one. So it
     /// holds every push like a server that is down, and is retried: a maintenance page
-    /// passes, and a wrong URL ends as dead letters (retried by hand once it is fixed).
+    /// passes, and a wrong URL ends as dead letters (retried by hand once it is fixed). A
+    /// write answered with a page is read back first (the push's `read_back`): a server that
+    /// confirms writes with a small page is not this.
     #[error("not the media server's API: {message}")]
     WebPage { message: String },
+    /// A write was answered with a web page and the item, read back through the API, is not
+    /// in the state written. About this item only: retried, holding nothing else.
+    #[error("write not confirmed: {message}")]
+    Unconfirmed { message: String },
 }
 
 fn retry_after_text(ms: &Option<u64>) -> String {
@@ -182,7 +188,8 @@ impl BackendError {
             | BackendError::Server { .. }
             | BackendError::Timeout { .. }
             | BackendError::Network { .. }
-            | BackendError::WebPage { .. } => true,
+            | BackendError::WebPage { .. }
+            | BackendError::Unconfirmed { .. } => true,
             BackendError::Client { status, .. } => *status == 408,
             BackendError::Auth { .. }
             | BackendError::NotFound { .. }

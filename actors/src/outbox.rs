@@ -177,7 +177,8 @@ pub struct Outbox {
     /// Item id → queued entry ids, so "what is wanted for this item" needs no scan.
     by_item: HashMap<String, Vec<u64>>,
     /// No push starts before this time: a push failed with an error about the whole server
-    /// (unreachable, a timeout, 502–504, 429; a `Retry-After` lengthens it), which holds every push
+    /// (unreachable, a timeout, 502–504, 429, a web page instead of the API; a `Retry-After`
+    /// lengthens it), which holds every push
     /// to it until that push's retry, not only the one that got it.
     pub hold_until: Millis,
     /// The part of [`Outbox::hold_until`] the server asked for (a 429, or a 503 with a
@@ -394,11 +395,7 @@ async fn run_push(
     };
     match result {
         Err(err @ BackendError::WebPage { .. }) => {
-            if written_as_asked(backend.as_ref(), &item_id, &action).await {
-                Ok(())
-            } else {
-                Err(err)
-            }
+            read_back(backend.as_ref(), &item_id, &action, err).await
         }
         other => other,
     }
@@ -408,21 +405,58 @@ async fn run_push(
 /// Plex whole milliseconds, and a server may round to the second.
 const POSITION_READ_BACK_SLACK_MS: u64 = 1_000;
 
-/// A write answered with a web page: whether the item, read back, holds what was written.
-/// Plex's documents give a write's `200` the type `text/html`, so a server may confirm with
-/// a small page; a proxy's sign-in page or a web app (the case [`BackendError::WebPage`] is
-/// for) answers the read with a page too, and the push stays failed.
-async fn written_as_asked(backend: &dyn BackendApi, item_id: &str, action: &PushAction) -> bool {
-    let item = match backend.get_item(item_id).await {
-        Ok(Some(item)) if !item.state_unknown => item,
-        _ => return false,
+/// A write answered with a web page (`page`): the item is read back to tell a server that
+/// did the write from a page in front of it. Plex's documents give a write's `200` the type
+/// `text/html`, so a server may confirm with a small page. The outcome:
+/// - the item holds what was written: done (a date that came with a played state already
+///   there may not have been written: the state, which is what is synced, is right);
+/// - the read gets a page too (a proxy's sign-in page, a web app): `page`, which holds every
+///   push to the server;
+/// - the read fails otherwise: that error (a 500 about the item holds nothing, a refused
+///   token is not retried);
+/// - the item is not there: [`BackendError::NotFound`];
+/// - the server answered with the item in another state: [`BackendError::Unconfirmed`],
+///   retried without holding the other pushes (it is about this item).
+///
+/// In a paced sync backlog the read is a request the pace does not count; it only happens
+/// for answers that are pages.
+pub(crate) async fn read_back(
+    backend: &dyn BackendApi,
+    item_id: &str,
+    action: &PushAction,
+    page: BackendError,
+) -> Result<(), BackendError> {
+    let item =
+        match backend.get_item(item_id).await {
+            Ok(Some(item)) => item,
+            Ok(None) => return Err(BackendError::NotFound {
+                what: format!(
+                    "item {item_id}, read back after the server answered a write with a web page"
+                ),
+            }),
+            Err(BackendError::WebPage { .. }) => return Err(page),
+            Err(e) => return Err(e),
+        };
+    let (done, seen) = match action {
+        _ if item.state_unknown => (false, "no play state".to_string()),
+        PushAction::SetPlayed { played, .. } => (
+            item.played == *played,
+            if item.played { "played" } else { "unplayed" }.to_string(),
+        ),
+        PushAction::SetPosition { position_ms, .. } => (
+            item.position_ms.abs_diff(*position_ms) <= POSITION_READ_BACK_SLACK_MS,
+            format!("position {} ms", item.position_ms),
+        ),
     };
-    match action {
-        PushAction::SetPlayed { played, .. } => item.played == *played,
-        PushAction::SetPosition { position_ms, .. } => {
-            item.position_ms.abs_diff(*position_ms) <= POSITION_READ_BACK_SLACK_MS
-        }
+    if done {
+        return Ok(());
     }
+    Err(BackendError::Unconfirmed {
+        message: format!(
+            "{} of item {item_id} was answered with a web page, and the item read back shows {seen}",
+            action.describe()
+        ),
+    })
 }
 
 impl PairCore {
@@ -771,6 +805,132 @@ impl PairCore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::backend::RemoteItem;
+
+    /// A server for `read_back`: `get_item` answers `read`; nothing else is asked.
+    struct ReadBack {
+        read: Result<Option<RemoteItem>, BackendError>,
+    }
+
+    #[async_trait::async_trait]
+    impl BackendApi for ReadBack {
+        async fn identity(&self) -> Result<crate::backend::ServerIdentity, BackendError> {
+            Err(BackendError::Network {
+                message: "not asked".into(),
+            })
+        }
+        async fn list_items(
+            &self,
+            _cursor: Option<&str>,
+            _page_size: usize,
+        ) -> Result<crate::backend::ItemPage, BackendError> {
+            Err(BackendError::Network {
+                message: "not asked".into(),
+            })
+        }
+        async fn get_item(&self, _item_id: &str) -> Result<Option<RemoteItem>, BackendError> {
+            self.read.clone()
+        }
+        async fn set_played(
+            &self,
+            _item_id: &str,
+            _played: bool,
+            _at: Option<Millis>,
+        ) -> Result<(), BackendError> {
+            Err(BackendError::Network {
+                message: "not asked".into(),
+            })
+        }
+        async fn set_position(
+            &self,
+            _item_id: &str,
+            _position_ms: u64,
+            _duration_ms: Option<u64>,
+            _at: Option<Millis>,
+        ) -> Result<(), BackendError> {
+            Err(BackendError::Network {
+                message: "not asked".into(),
+            })
+        }
+    }
+
+    fn read_item(played: bool, position_ms: u64) -> RemoteItem {
+        RemoteItem {
+            item_id: "7".into(),
+            item_type: crate::event::ItemType::Movie,
+            title: None,
+            series_title: None,
+            year: None,
+            season: None,
+            episode: None,
+            external_ids: Default::default(),
+            series_external_ids: Default::default(),
+            played,
+            state_unknown: false,
+            last_played_at: None,
+            position_ms,
+            duration_ms: None,
+            library_id: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_answered_with_a_page_is_judged_by_the_item_read_back() {
+        let page = || BackendError::WebPage {
+            message: "sign in".into(),
+        };
+        let played = PushAction::SetPlayed {
+            played: true,
+            at: None,
+        };
+        let position = PushAction::SetPosition {
+            position_ms: 60_000,
+            duration_ms: None,
+        };
+        let run = |read, action: &PushAction| {
+            let action = action.clone();
+            async move { read_back(&ReadBack { read }, "7", &action, page()).await }
+        };
+        // Done: the state written, a position within a second.
+        assert_eq!(run(Ok(Some(read_item(true, 0))), &played).await, Ok(()));
+        assert_eq!(
+            run(Ok(Some(read_item(false, 60_900))), &position).await,
+            Ok(())
+        );
+        // The API answered with the item in another state: about this item only.
+        for (read, action) in [
+            (read_item(false, 0), &played),
+            (read_item(false, 58_000), &position),
+            (
+                RemoteItem {
+                    state_unknown: true,
+                    ..read_item(true, 60_000)
+                },
+                &played,
+            ),
+        ] {
+            let err = run(Ok(Some(read)), action).await.unwrap_err();
+            assert!(matches!(err, BackendError::Unconfirmed { .. }), "{err:?}");
+            assert!(err.is_retryable() && !err.is_server_wide(), "{err:?}");
+        }
+        let err = run(Ok(Some(read_item(false, 0))), &played)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("shows unplayed"), "{err}");
+        // A page answers the read too: the page, holding the server's pushes.
+        let err = run(Err(page()), &played).await.unwrap_err();
+        assert_eq!(err, page());
+        // Other read errors are their own; an item not there is not found.
+        let e500 = BackendError::Server {
+            status: 500,
+            message: "boom".into(),
+            retry_after_ms: None,
+        };
+        assert_eq!(run(Err(e500.clone()), &played).await, Err(e500));
+        let err = run(Ok(None), &position).await.unwrap_err();
+        assert!(matches!(err, BackendError::NotFound { .. }), "{err:?}");
+    }
 
     #[test]
     fn a_run_of_failures_warns_at_its_start_then_once_a_minute_and_ends_at_a_success() {

@@ -1,8 +1,9 @@
 //! Sending a request to a media server and classifying what went wrong (DESIGN.md §7 retries
 //! on the classification): 401/403 → `Auth`, 404 → `NotFound`, 429 → `RateLimited` with the
 //! `Retry-After`, 5xx → `Server`, 3xx (never followed) and other 4xx → `Client`, timeout →
-//! `Timeout`, no connection → `Network`, unreadable JSON → `BadResponse`. Also the date
-//! helpers the clients share.
+//! `Timeout`, no connection → `Network`, unreadable JSON → `BadResponse`, a web page instead
+//! of the API's answer (also a `2xx` one to a write) → `WebPage`. Also the date helpers the
+//! clients share.
 //!
 //! Tokens travel in default headers set at construction and, for Emby, also in the `api_key`
 //! query parameter of every URL. No error text shows a URL with its query: reqwest errors are
@@ -185,7 +186,10 @@ impl HttpCore {
             return Ok(());
         }
         let bytes = resp.bytes().await.map_err(|e| self.transport_error(e))?;
-        if !looks_like_html(&bytes) {
+        // Any text labelled HTML but JSON or XML (what these APIs answer) is taken for a page:
+        // a page missed would count a write that never happened, one taken wrongly costs one
+        // read of the item.
+        if is_blank(&bytes) || is_api_answer(&bytes) {
             return Ok(());
         }
         Err(self.web_page(what, "text/html", &bytes))
@@ -195,8 +199,8 @@ impl HttpCore {
     fn web_page(&self, what: &str, content_type: &str, bytes: &[u8]) -> BackendError {
         BackendError::WebPage {
             message: format!(
-                "{what}: the server answered with a web page ({}), so nothing was read or \
-                 changed; check the backend's url (a web app, a proxy's sign-in page or a \
+                "{what}: the server answered with a web page ({}), not the media server's \
+                 API; check the backend's url (a web app, a proxy's sign-in page or a \
                  maintenance page at {}?); it starts with \"{}\"",
                 self.redact(content_type),
                 self.host(),
@@ -457,6 +461,30 @@ fn looks_like_html(bytes: &[u8]) -> bool {
         .any(|p| head.starts_with(p.as_bytes()))
 }
 
+fn is_blank(bytes: &[u8]) -> bool {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    bytes.iter().all(|b| b.is_ascii_whitespace())
+}
+
+/// Whether a body reads as an answer of the media servers' APIs: JSON, an XML document that
+/// is not a web page, or Plex's `<MediaContainer>`.
+fn is_api_answer(bytes: &[u8]) -> bool {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let start = bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(bytes.len());
+    match bytes.get(start) {
+        Some(b'{' | b'[') => true,
+        Some(b'<') => {
+            let head = &bytes[start..];
+            let xml = head.len() >= 5 && head[..5].eq_ignore_ascii_case(b"<?xml");
+            (xml && !looks_like_html(bytes)) || head.starts_with(b"<MediaContainer")
+        }
+        _ => false,
+    }
+}
+
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
@@ -689,6 +717,30 @@ mod tests {
         // A document that begins after 4 KiB of comment is not looked for.
         let late = format!("<!--{}--><html>", "x".repeat(5000));
         assert!(!looks_like_html(late.as_bytes()));
+    }
+
+    #[test]
+    fn a_write_answer_labelled_html_is_an_api_answer_only_as_json_or_xml() {
+        for body in [
+            "{}",
+            " [1]",
+            "\u{feff}{\"ok\":true}",
+            "<?xml version=\"1.0\"?><MediaContainer size=\"0\"/>",
+            "<MediaContainer size=\"0\"/>",
+        ] {
+            assert!(is_api_answer(body.as_bytes()), "{body:?}");
+        }
+        for body in [
+            "OK",
+            "<h1>OK</h1>",
+            "<!-- a comment never closed <html>",
+            &format!("<!--{}--><html>", "x".repeat(5000)),
+            "<?xml version=\"1.0\"?><!DOCTYPE html><html>",
+            "<html><body>200 OK</body></html>",
+        ] {
+            assert!(!is_api_answer(body.as_bytes()), "{body:?}");
+        }
+        assert!(is_blank(b"\xEF\xBB\xBF \r\n") && !is_blank(b"OK"));
     }
 
     #[test]

@@ -423,8 +423,9 @@ async fn a_web_page_does_not_confirm_a_write(kind: FakeKind) {
     fake.inject(Fault::body(200, "text/html; charset=utf-8", page).writes_only());
     let err = client.set_played("102", true, None).await.unwrap_err();
     assert!(matches!(err, BackendError::WebPage { .. }), "{err:?}");
-    // Every request to that URL gets the page (a maintenance page passes): retried, and
-    // holding the other pushes meanwhile.
+    // A page in front of the server answers every request (a maintenance page passes):
+    // retried, and holding the other pushes meanwhile (the push reads the item back first:
+    // `e2e_push::a_write_answered_with_a_web_page_is_read_back_or_retried`).
     assert!(err.is_retryable() && err.is_server_wide(), "{err:?}");
     let text = err.to_string();
     assert!(
@@ -441,6 +442,16 @@ async fn a_web_page_does_not_confirm_a_write(kind: FakeKind) {
         .unwrap_err();
     assert!(matches!(err, BackendError::WebPage { .. }), "{err:?}");
 
+    // Text labelled HTML that is neither JSON nor XML is taken for a page (the push reads the
+    // item back before it counts it as failed): a page missed would count a lost write.
+    for body in ["OK", "<!-- a comment never closed", "<h1>Signed out</h1>"] {
+        fake.inject(Fault::body(200, "text/html", body).writes_only());
+        let err = client.set_played("102", true, None).await.unwrap_err();
+        assert!(
+            matches!(err, BackendError::WebPage { .. }),
+            "{body}: {err:?}"
+        );
+    }
     // An empty answer labelled as HTML, and HTML under another content type, are not pages.
     fake.inject(Fault::body(200, "text/html", "").writes_only());
     client.set_played("102", true, None).await.unwrap();
@@ -541,6 +552,19 @@ async fn emby_position_updates_say_played_and_lookups_are_recursive() {
     assert_eq!(body["Played"], false, "{body}");
     assert_eq!(body.get("Unsaid"), Some(&serde_json::Value::Null), "{body}");
     assert_eq!(body["PlaybackPositionTicks"], 600_000_000i64);
+    // A played item's `Played` is sent as it is.
+    client.set_played("104", true, None).await.unwrap();
+    client
+        .set_position("104", 30_000, Some(6_000_000), None)
+        .await
+        .unwrap();
+    let update = fake
+        .requests()
+        .into_iter()
+        .rfind(|r| r.path.ends_with("/Items/104/UserData"))
+        .expect("the second update");
+    let body: serde_json::Value = serde_json::from_str(&update.body).unwrap();
+    assert_eq!(body["Played"], true, "{body}");
     // Episodes name their show: the show lookup is recursive too.
     list_all(client.as_ref(), 20).await;
     let shows = fake

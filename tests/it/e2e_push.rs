@@ -609,6 +609,19 @@ async fn a_write_answered_with_a_web_page_is_read_back_or_retried() {
     assert!(is_played(&jf[0], &w.jellyfin, JF_MOVIE), "{jf:?}");
     let attempts = played_attempts(&w.jellyfin, "/UserPlayedItems/");
     assert_eq!(attempts.len(), 2, "one page, one retry: {attempts:?}");
+    // Between them, the item read back (unplayed: the page was in front of the server).
+    let reads = w
+        .jellyfin
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r.method == "GET"
+                && r.path.ends_with(JF_MOVIE)
+                && r.at > attempts[0].at
+                && r.at < attempts[1].at
+        })
+        .count();
+    assert_eq!(reads, 1, "the item read back after the page");
     w.app.wait_quiet(Duration::from_millis(200)).await;
     let s = w.app.pair("alice", "plex").await;
     assert_eq!(s["counters"]["pushed"], 1, "{s:#}");
@@ -621,6 +634,13 @@ async fn a_write_answered_with_a_web_page_is_read_back_or_retried() {
         .filter(|r| r.path == "/:/scrobble")
         .count();
     assert_eq!(scrobbles, 1, "confirmed by the read-back, not retried");
+    let reads = w
+        .plex
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == format!("/library/metadata/{PLEX_MOVIE}"))
+        .count();
+    assert!(reads >= 1, "the Plex item read back");
     let s = w.app.pair("alice", "jellyfin").await;
     assert_eq!(s["counters"]["pushed"], 1, "{s:#}");
     assert_eq!(s["outbox"]["dead_letters"], 0, "{s:#}");

@@ -377,13 +377,7 @@ impl PairCore {
             }
             // The user's own action here is newer than any sibling change still queued.
             self.drop_queued_pushes(&item_id, true, batch);
-            let item = self.items.get_mut(s);
-            item.played = played;
-            item.played_at = at;
-            if played {
-                item.position_ms = 0;
-                item.position_at = at;
-            }
+            self.items.get_mut(s).set_played(played, at);
             self.touch(s);
             self.put_item(batch, s);
         }

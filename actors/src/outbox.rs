@@ -426,17 +426,18 @@ pub(crate) async fn read_back(
     action: &PushAction,
     page: BackendError,
 ) -> Result<(), BackendError> {
-    let item =
-        match backend.get_item(item_id).await {
-            Ok(Some(item)) => item,
-            Ok(None) => return Err(BackendError::NotFound {
+    let item = match backend.get_item(item_id).await {
+        Ok(Some(item)) => item,
+        Ok(None) => {
+            return Err(BackendError::NotFound {
                 what: format!(
                     "item {item_id}, read back after the server answered a write with a web page"
                 ),
-            }),
-            Err(BackendError::WebPage { .. }) => return Err(page),
-            Err(e) => return Err(e),
-        };
+            })
+        }
+        Err(BackendError::WebPage { .. }) => return Err(page),
+        Err(e) => return Err(e),
+    };
     let (done, seen) = match action {
         _ if item.state_unknown => (false, "no play state".to_string()),
         PushAction::SetPlayed { played, .. } => (
@@ -563,12 +564,7 @@ impl PairCore {
                     let item = self.items.get_mut(slot);
                     match entry.action {
                         PushAction::SetPlayed { played, .. } => {
-                            item.played = played;
-                            item.played_at = entry.changed_at;
-                            if played {
-                                item.position_ms = 0;
-                                item.position_at = entry.changed_at;
-                            }
+                            item.set_played(played, entry.changed_at);
                         }
                         PushAction::SetPosition { position_ms, .. } => {
                             item.position_ms = position_ms;
@@ -700,13 +696,7 @@ impl PairCore {
             self.outbox.remove(id);
             batch.remove(Tree::Pairs, self.outbox_key(id));
         }
-        let item = self.items.get_mut(slot);
-        item.played = played;
-        item.played_at = changed_at;
-        if played {
-            item.position_ms = 0;
-            item.position_at = changed_at;
-        }
+        self.items.get_mut(slot).set_played(played, changed_at);
         self.touch(slot);
         self.put_item(batch, slot);
     }

@@ -197,6 +197,18 @@ pub struct Item {
 }
 
 impl Item {
+    /// A played-state change at `at`. Either way the resume position goes: marking played
+    /// clears it (DESIGN.md §6 rule 6), and marking unplayed resets it on Jellyfin, Emby and
+    /// Plex alike. A position reported while the item was played (a pause in the credits
+    /// after the scrobble) must not outlive an unmark: a later catch-up would send it to
+    /// the other servers as a resume point.
+    pub fn set_played(&mut self, played: bool, at: Millis) {
+        self.played = played;
+        self.played_at = at;
+        self.position_ms = 0;
+        self.position_at = at;
+    }
+
     pub fn new(item_id: &str, identity: &Identity, title: Option<&str>, now: Millis) -> Self {
         Item {
             item_id: item_id.into(),

@@ -405,11 +405,10 @@ impl PairCore {
                         now
                     };
                     let it = self.items.get_mut(slot);
-                    it.played = r.played;
-                    it.played_at = at;
-                    if r.played {
-                        it.position_ms = 0;
-                        it.position_at = at;
+                    it.set_played(r.played, at);
+                    if !r.played {
+                        // What the server holds now (watched again since the unmark).
+                        it.position_ms = r.position_ms;
                     }
                     self.meta.sync.changed += 1;
                     self.propagate(&identity, Some(r.played), None, at, &request_id, batch);

@@ -1185,3 +1185,50 @@ async fn a_catch_up_cut_short_is_asked_again_at_the_next_start() {
     .await;
     drop(h);
 }
+
+/// A position reported after the scrobble (a pause in the credits) is no resume point once
+/// the film is unmarked: the unmark clears it on every record, so a later catch-up sends no
+/// position to a server where the user unmarked it.
+#[tokio::test(start_paused = true)]
+async fn a_position_taken_while_played_does_not_outlive_an_unmark() {
+    let mut h = Harness::start_filled(three_synced(), SyncSettings::default(), |h| {
+        library(h, "tt1", "a", &[]);
+    })
+    .await;
+    wait_runs(&h, 1).await;
+    let on = |h: &Harness, b: &str| h.backend("alice", b).item(&format!("a-{b}"));
+    h.clock.advance(60_000);
+    let plex = on(&h, "plex");
+    h.send("alice", "plex", event(EventKind::MarkPlayed, &plex));
+    h.settle().await;
+    h.clock.advance(60_000);
+    let mut pause = event(EventKind::Pause, &plex);
+    pause.position_ms = Some(6_700_000);
+    h.send("alice", "plex", pause);
+    h.settle().await;
+    assert!(["jelly", "emby"].iter().all(|b| on(&h, b).played));
+
+    // Unmarked on Jellyfin: pushed to Plex and Emby.
+    h.clock.advance(60_000);
+    h.backend("alice", "jelly")
+        .set_state("a-jelly", false, None);
+    let jelly = on(&h, "jelly");
+    h.send("alice", "jelly", event(EventKind::MarkUnplayed, &jelly));
+    h.settle().await;
+    assert!(!on(&h, "plex").played && !on(&h, "emby").played);
+    let v = h.handle.item_states("alice", "imdb", "tt1").await;
+    for (pair, state) in &v {
+        let item = state.as_ref().unwrap().item.as_ref().unwrap();
+        assert_eq!((item.played, item.position_ms), (false, 0), "{pair:?}");
+    }
+
+    // Jellyfin's next run asks its siblings for what it missed: no resume point comes back.
+    h.clock.advance(60_000);
+    run_sync(&h, &PairKey::new("alice", "jelly"), 2).await;
+    let writes = h.backend("alice", "jelly").writes();
+    assert_eq!(
+        writes,
+        vec![Call::SetPlayed("a-jelly".into(), true)],
+        "only the first scrobble is written to Jellyfin"
+    );
+}

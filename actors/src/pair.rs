@@ -119,6 +119,12 @@ pub struct PairMeta {
     /// their answers live only in mailboxes and are lost with a stop.
     #[serde(default)]
     pub catch_up_from: Vec<PairKey>,
+    /// The id of the server the item records were read from (normalised), as the sync found
+    /// it. Another server at the url (a media server reinstalled with a new database, the
+    /// url pointed elsewhere) makes them another server's: see
+    /// [`PairCore::forget_records`].
+    #[serde(default)]
+    pub records_from: Option<String>,
 }
 
 /// What the supervisor hands a pair actor at (re)start.

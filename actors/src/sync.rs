@@ -234,17 +234,97 @@ impl PairCore {
             return;
         }
         let found = crate::event::normalize_id(&identity.server_id);
-        if found.is_empty() || found == crate::event::normalize_id(&self.spec.server_id) {
+        if found.is_empty() {
             return;
         }
-        let message = format!(
+        let mut replaced = None;
+        match self.meta.records_from.clone() {
+            Some(before) if before != found => {
+                replaced = Some(match self.forget_records(&before, &identity.server_id) {
+                    Ok(message) => message,
+                    Err(e) => format!(
+                        "cannot forget the records of the server this backend reached before: {e}"
+                    ),
+                });
+            }
+            Some(_) => {}
+            None => {
+                self.meta.records_from = Some(found.clone());
+                let mut batch = Batch::new();
+                self.put_meta(&mut batch);
+                if let Err(e) = self.commit(batch) {
+                    tracing::warn!(pair = %self.spec.key, error = %e, "cannot store the id of the server the records come from");
+                }
+            }
+        }
+        if found == crate::event::normalize_id(&self.spec.server_id) {
+            if let Some(message) = replaced {
+                self.record_error(message);
+            }
+            return;
+        }
+        let mut message = format!(
             "the server at this backend's url says its id is {:?}, but its server_id is {:?}: check url and server_id (webhooks are routed by server_id; items are read from and written to the server at url)",
             identity.server_id, self.spec.server_id
         );
+        if let Some(replaced) = replaced {
+            message = format!("{message}; {replaced}");
+        }
         self.record_error(message.clone());
         if let Some(run) = self.sync_run.as_mut() {
             run.identity_mismatch = Some(message);
         }
+    }
+
+    /// The server at the url is not the one the item records were read from: a media server
+    /// reinstalled with a new database, or the url pointed at another server. Its items all
+    /// look unplayed (or are other items under the same ids), so read against the old
+    /// records this run would unmark everything elsewhere. The records (and the queued
+    /// pushes and dead letters, which name the old server's item ids) are forgotten, and the
+    /// run reads the server as a backend just added: played items are changes, nothing is
+    /// unmarked elsewhere (rule 8), and the catch-up at its end sends it the user's states.
+    /// Kept: the states waiting for items this server does not have yet.
+    /// Returns what happened, for the status and the log.
+    pub fn forget_records(&mut self, before: &str, now_id: &str) -> Result<String, StoreError> {
+        let mut batch = Batch::new();
+        let records = self.items.len();
+        let item_keys: Vec<Vec<u8>> = self
+            .items
+            .iter()
+            .map(|(_, item)| self.item_key(&item.item_id))
+            .collect();
+        for key in item_keys {
+            batch.remove(Tree::Pairs, key);
+        }
+        let pushes = self.outbox.queue.len() + self.outbox.dead.len();
+        let outbox_keys: Vec<Vec<u8>> = self
+            .outbox
+            .queue
+            .keys()
+            .map(|id| self.outbox_key(*id))
+            .chain(self.outbox.dead.keys().map(|id| self.dead_key(*id)))
+            .collect();
+        for key in outbox_keys {
+            batch.remove(Tree::Pairs, key);
+        }
+        for (_, task) in self.push_tasks.0.drain() {
+            task.abort();
+        }
+        if let Some((_, t)) = self.outbox_timer.take() {
+            t.abort();
+        }
+        self.items = crate::state::Items::default();
+        self.outbox = crate::outbox::Outbox::default();
+        self.seen.clear();
+        if let Some(run) = self.sync_run.as_mut() {
+            run.touched.clear();
+        }
+        self.meta.records_from = Some(crate::event::normalize_id(now_id));
+        self.put_meta(&mut batch);
+        self.commit(batch)?;
+        Ok(format!(
+            "the server at this backend's url is another server (id {now_id:?}) than the one its records were read from (id {before:?}): a reinstalled server or a changed url; its {records} item record(s) and {pushes} queued push(es) and dead letter(s) are forgotten, and this sync reads it as a backend just added (nothing is unmarked elsewhere)"
+        ))
     }
 
     /// A webhook or a confirmed push changed the state of the item at `slot`. A page of the

@@ -1232,3 +1232,78 @@ async fn a_position_taken_while_played_does_not_outlive_an_unmark() {
         "only the first scrobble is written to Jellyfin"
     );
 }
+
+/// A media server reinstalled with a fresh database behind the same url: a new server id,
+/// every item unplayed, the item ids reused for other films. Read against the old records
+/// that would unmark everything elsewhere (and mix films up); instead the records are
+/// forgotten, the run reads it as a backend just added, and it gets the user's states back.
+#[tokio::test(start_paused = true)]
+async fn a_server_replaced_behind_the_url_unmarks_nothing_and_gets_the_states_back() {
+    let h = Harness::start_filled(three_synced(), SyncSettings::default(), |f| {
+        library(f, "tt1", "a", &["plex", "jelly", "emby"]);
+        library(f, "tt2", "b", &["plex", "jelly", "emby"]);
+        f[&PairKey::new("alice", "jelly")]
+            .state
+            .lock()
+            .unwrap()
+            .server_id = "srv-jelly".into();
+    })
+    .await;
+    wait_runs(&h, 1).await;
+    assert!(h.backends.values().all(|b| b.writes().is_empty()));
+    let queued_before = h.status("alice", "jelly").await;
+    assert_eq!(queued_before.items, 2);
+
+    // Reinstalled: a new id, nothing played, and "a-jelly" is now the other film.
+    let jelly = h.backend("alice", "jelly");
+    {
+        let mut st = jelly.state.lock().unwrap();
+        st.server_id = "srv-jelly-new".into();
+        st.items.clear();
+    }
+    jelly.add(movie("a-jelly", "tt2"));
+    jelly.add(movie("c-jelly", "tt1"));
+    h.clock.advance(60_000);
+    run_sync(&h, &PairKey::new("alice", "jelly"), 2).await;
+    h.settle().await;
+    for b in ["plex", "emby"] {
+        assert!(
+            h.backend("alice", b).writes().is_empty(),
+            "{b} was written: {:?}",
+            h.backend("alice", b).writes()
+        );
+        assert!(h.backend("alice", b).item(&format!("a-{b}")).played);
+    }
+    // The siblings' catch-up marks both films played on the new server, each under its id.
+    eventually("both films played on the new server", || async {
+        jelly.item("a-jelly").played && jelly.item("c-jelly").played
+    })
+    .await;
+    let mut writes = jelly.writes();
+    writes.sort_by_key(|c| format!("{c:?}"));
+    assert_eq!(
+        writes,
+        vec![
+            Call::SetPlayed("a-jelly".into(), true),
+            Call::SetPlayed("c-jelly".into(), true)
+        ]
+    );
+    let s = h.status("alice", "jelly").await;
+    assert_eq!(s.items, 2);
+    let err = s.last_error.expect("the replacement is reported");
+    assert!(
+        err.message.contains("another server") && err.message.contains("srv-jelly-new"),
+        "{}",
+        err.message
+    );
+    // A restart keeps the new server's records: the next run forgets nothing.
+    let h = h.restart().await;
+    h.clock.advance(60_000);
+    run_sync(&h, &PairKey::new("alice", "jelly"), 3).await;
+    let s = h.status("alice", "jelly").await;
+    assert_eq!(s.items, 2);
+    assert!(
+        !s.last_error.is_some_and(|e| e.message.contains("forgotten")
+            && e.at > watchstate_actors::Clock::now_ms(h.clock.as_ref()) - 30_000)
+    );
+}

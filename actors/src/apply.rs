@@ -272,7 +272,17 @@ impl PairCore {
                     batch,
                 );
             }
-            return self.apply_played(slot, &identity, played, at, &entry.request_id, batch);
+            // A mark (not a playback) is what a server reports about our own write.
+            let may_echo = matches!(ev.event, EventKind::MarkPlayed | EventKind::MarkUnplayed);
+            return self.apply_played(
+                slot,
+                &identity,
+                played,
+                may_echo,
+                at,
+                &entry.request_id,
+                batch,
+            );
         }
         match ev.position_ms {
             Some(pos) => self.apply_position(slot, &identity, pos, at, &entry.request_id, batch),
@@ -317,11 +327,13 @@ impl PairCore {
         Decision::new(Outcome::Applied, None)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn apply_played(
         &mut self,
         slot: Option<u32>,
         identity: &Identity,
         played: bool,
+        may_echo: bool,
         at: Millis,
         request_id: &str,
         batch: &mut Batch,
@@ -333,6 +345,13 @@ impl PairCore {
                 // queued for it (the push is being retried): the user's own action here, when
                 // newer, wins over it, here and on the siblings.
                 let item_id = item.item_id.to_string();
+                let opposite_queued = self
+                    .outbox
+                    .wanted_played(&item_id)
+                    .is_some_and(|(want, _)| want != played);
+                if may_echo && opposite_queued && self.late_echo(&item_id, played, true) {
+                    return Decision::new(Outcome::Unchanged, "late echo of our own push");
+                }
                 self.drop_stale_dead_letters(&item_id, true, at, batch);
                 match self.outbox.wanted_played(&item_id) {
                     Some((want, changed_at)) if want != played && at >= changed_at => {
@@ -366,10 +385,15 @@ impl PairCore {
             if at < item.played_at {
                 return Decision::new(Outcome::Ignored, "older than the stored state");
             }
-            // Our own push coming back before its confirmation: the echo of a sibling's change.
             let item_id = item.item_id.to_string();
+            let wanted = self.outbox.wanted_played(&item_id);
+            let opposite_queued = wanted.is_some_and(|(want, _)| want != played);
+            if may_echo && self.late_echo(&item_id, played, opposite_queued) {
+                return Decision::new(Outcome::Unchanged, "late echo of our own push");
+            }
             self.drop_stale_dead_letters(&item_id, true, at, batch);
-            if let Some((want, changed_at)) = self.outbox.wanted_played(&item_id) {
+            // Our own push coming back before its confirmation: the echo of a sibling's change.
+            if let Some((want, changed_at)) = wanted {
                 if want == played {
                     self.settle_echo(s, played, changed_at, batch);
                     return Decision::new(Outcome::Unchanged, "echo of our own push");

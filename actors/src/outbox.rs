@@ -560,6 +560,9 @@ impl PairCore {
                 batch.remove(Tree::Pairs, self.outbox_key(entry_id));
                 self.meta.counters.pushed += 1;
                 self.meta.metrics.push_ok += 1;
+                if let PushAction::SetPlayed { played, .. } = entry.action {
+                    self.note_confirmed(&entry.item_id, played);
+                }
                 if let Some(slot) = self.items.by_item_id(&entry.item_id) {
                     let item = self.items.get_mut(slot);
                     match entry.action {

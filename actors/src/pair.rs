@@ -127,6 +127,20 @@ pub struct PairMeta {
     pub records_from: Option<String>,
 }
 
+/// A played state a push wrote and the server confirmed.
+#[derive(Debug, Clone)]
+pub struct ConfirmedPlay {
+    pub item_id: Box<str>,
+    pub played: bool,
+    pub at: Millis,
+}
+
+/// How long the webhook a server sends about our own write is waited for.
+pub const ECHO_WINDOW_MS: Millis = 60_000;
+
+/// At most this many confirmed states are kept for [`PairCore::late_echo`].
+const CONFIRMED_KEPT: usize = 1024;
+
 /// What the supervisor hands a pair actor at (re)start.
 pub struct PairArgs {
     /// Kept by the supervisor, so a restarted actor gets the same configuration.
@@ -204,6 +218,10 @@ pub struct PairCore {
     pub push_failures: crate::outbox::FailureLog,
     /// The running push tasks, aborted when the actor stops or fails (see [`PushTasks`]).
     pub push_tasks: PushTasks,
+    /// Played states this server confirmed lately, oldest first (memory only): the webhook a
+    /// server sends about our own write may arrive after a later push of the item changed
+    /// it again (see [`PairCore::late_echo`]).
+    pub confirmed_lately: VecDeque<ConfirmedPlay>,
     /// Started again by the supervisor after a failure (not at process start).
     pub restarted: bool,
     /// The journal entries this actor queued to itself at a restart, and whether each has
@@ -228,6 +246,52 @@ impl Drop for PushTasks {
 }
 
 impl PairCore {
+    /// A push of `played` to `item_id` was confirmed now.
+    pub fn note_confirmed(&mut self, item_id: &str, played: bool) {
+        let at = self.now();
+        self.confirmed_lately
+            .retain(|c| at.saturating_sub(c.at) <= ECHO_WINDOW_MS);
+        if self.confirmed_lately.len() >= CONFIRMED_KEPT {
+            self.confirmed_lately.pop_front();
+        }
+        self.confirmed_lately.push_back(ConfirmedPlay {
+            item_id: item_id.into(),
+            played,
+            at,
+        });
+    }
+
+    /// Whether this server's report (a mark, not a playback) that `item_id` is `played` is the
+    /// late webhook about our own push of that state, not the user's action: we wrote `played`
+    /// within [`ECHO_WINDOW_MS`], and since then
+    /// wrote the opposite (`opposite_since`: confirmed after it, or still to go out). A user
+    /// who marks and unmarks quickly elsewhere makes two pushes here; the server's webhook
+    /// about the first may come after the second, and read as the user's newer action it
+    /// would put the first state back everywhere. Each confirmed push stands for one
+    /// webhook: it is used up.
+    pub fn late_echo(&mut self, item_id: &str, played: bool, opposite_queued: bool) -> bool {
+        let now = self.now();
+        self.confirmed_lately
+            .retain(|c| now.saturating_sub(c.at) <= ECHO_WINDOW_MS);
+        let Some(i) = self
+            .confirmed_lately
+            .iter()
+            .position(|c| &*c.item_id == item_id && c.played == played)
+        else {
+            return false;
+        };
+        let opposite_since = opposite_queued
+            || self
+                .confirmed_lately
+                .iter()
+                .skip(i + 1)
+                .any(|c| &*c.item_id == item_id && c.played != played);
+        if opposite_since {
+            self.confirmed_lately.remove(i);
+        }
+        opposite_since
+    }
+
     pub fn key(&self) -> &PairKey {
         &self.spec.key
     }
@@ -597,6 +661,7 @@ impl Actor for PairActor {
             ignored_keys: Default::default(),
             push_failures: Default::default(),
             push_tasks: Default::default(),
+            confirmed_lately: VecDeque::new(),
             restarted: args.replay_journal,
             replayed: HashMap::new(),
         };

@@ -182,6 +182,124 @@ async fn mark_unplayed_propagates() {
         .all(|(_, v)| !v.as_ref().unwrap().item.as_ref().unwrap().played));
 }
 
+/// Marked and unmarked on Plex within seconds: Jellyfin gets both pushes, and its webhook about
+/// the first comes after the second was confirmed. That is our own write coming back, not the
+/// user's newer action: it changes nothing, here or elsewhere. Once the wait for such echoes
+/// is over, the same report is the user's own action again.
+#[tokio::test(start_paused = true)]
+async fn a_late_echo_of_a_push_undone_since_changes_nothing() {
+    let mut h = Harness::start(three(), SyncSettings::default()).await;
+    let m = movie("x", "tt43");
+    register(&mut h, "alice", &["plex", "jelly", "emby"], &m, "m").await;
+    h.clock.advance(1_000);
+    h.send(
+        "alice",
+        "plex",
+        event(EventKind::MarkPlayed, &local(&m, "m", "plex")),
+    );
+    h.settle().await;
+    h.clock.advance(3_000);
+    h.send(
+        "alice",
+        "plex",
+        event(EventKind::MarkUnplayed, &local(&m, "m", "plex")),
+    );
+    h.settle().await;
+    let both = |b: &str| {
+        vec![
+            Call::SetPlayed(format!("m-{b}"), true),
+            Call::SetPlayed(format!("m-{b}"), false),
+        ]
+    };
+    assert_eq!(h.backend("alice", "jelly").writes(), both("jelly"));
+
+    // Jellyfin's webhook about the first push, late.
+    h.clock.advance(2_000);
+    let late = event(EventKind::MarkPlayed, &local(&m, "m", "jelly"));
+    h.send("alice", "jelly", late.clone());
+    h.settle().await;
+    let status = h.status("alice", "jelly").await;
+    let last = status.last_event.unwrap();
+    assert_eq!(
+        (last.outcome, last.reason.as_deref()),
+        (Outcome::Unchanged, Some("late echo of our own push"))
+    );
+    assert!(h.backend("alice", "plex").writes().is_empty());
+    assert_eq!(h.backend("alice", "emby").writes(), both("emby"));
+    assert_eq!(h.backend("alice", "jelly").writes(), both("jelly"));
+    // Its webhook about the second push: equal to what it holds.
+    h.send(
+        "alice",
+        "jelly",
+        event(EventKind::MarkUnplayed, &local(&m, "m", "jelly")),
+    );
+    h.settle().await;
+    assert!(h.backend("alice", "plex").writes().is_empty());
+
+    // Minutes later the user marks it played on Jellyfin: that is theirs, and goes out.
+    h.clock.advance(180_000);
+    h.send("alice", "jelly", late);
+    h.settle().await;
+    assert_eq!(
+        h.backend("alice", "plex").writes(),
+        vec![Call::SetPlayed("m-plex".into(), true)]
+    );
+    assert_eq!(h.backend("alice", "emby").writes().len(), 3);
+}
+
+/// As above, but Jellyfin's webhook about the first push comes while the second is still
+/// running there: it is not the user re-marking the film (a playback would be, see
+/// `a_users_newer_action_beats_an_opposite_push_already_running`), and the unmark stands.
+#[tokio::test(start_paused = true)]
+async fn a_late_echo_while_the_opposite_push_runs_changes_nothing() {
+    let mut h = Harness::start(three(), SyncSettings::default()).await;
+    let m = movie("x", "tt44");
+    register(&mut h, "alice", &["plex", "jelly", "emby"], &m, "k").await;
+    h.send(
+        "alice",
+        "plex",
+        event(EventKind::MarkPlayed, &local(&m, "k", "plex")),
+    );
+    h.settle().await;
+    let jelly = h.backend("alice", "jelly");
+    let held = jelly.write_gate.lock().await;
+    h.clock.advance(3_000);
+    h.send(
+        "alice",
+        "plex",
+        event(EventKind::MarkUnplayed, &local(&m, "k", "plex")),
+    );
+    eventually("the unmark to be running on jellyfin", || async {
+        h.status("alice", "jelly").await.outbox.in_flight == 1
+    })
+    .await;
+    h.clock.advance(1_000);
+    h.send(
+        "alice",
+        "jelly",
+        event(EventKind::MarkPlayed, &local(&m, "k", "jelly")),
+    );
+    eventually("the late echo to be handled", || async {
+        h.status("alice", "jelly")
+            .await
+            .last_event
+            .is_some_and(|e| e.reason.as_deref() == Some("late echo of our own push"))
+    })
+    .await;
+    drop(held);
+    h.settle().await;
+    assert!(!jelly.item("k-jelly").played, "{:?}", jelly.writes());
+    assert_eq!(
+        jelly.writes(),
+        vec![
+            Call::SetPlayed("k-jelly".into(), true),
+            Call::SetPlayed("k-jelly".into(), false)
+        ]
+    );
+    assert!(h.backend("alice", "plex").writes().is_empty());
+    assert_eq!(h.backend("alice", "emby").writes().len(), 2);
+}
+
 #[tokio::test(start_paused = true)]
 async fn legacy_series_id_episode_reaches_the_right_episode() {
     let mut h = Harness::start(three(), SyncSettings::default()).await;

@@ -379,7 +379,12 @@ impl PairCore {
                         self.propagate(identity, Some(played), None, at, request_id, batch);
                         return Decision::new(Outcome::Applied, None);
                     }
-                    _ => return Decision::new(Outcome::Unchanged, "state already equal"),
+                    _ => {
+                        if may_echo {
+                            self.echo_of_confirmed(&item_id, played);
+                        }
+                        return Decision::new(Outcome::Unchanged, "state already equal");
+                    }
                 }
             }
             if at < item.played_at {
@@ -395,6 +400,13 @@ impl PairCore {
             // Our own push coming back before its confirmation: the echo of a sibling's change.
             if let Some((want, changed_at)) = wanted {
                 if want == played {
+                    let running = self.outbox.entries_for(&item_id).any(|e| {
+                        self.outbox.in_flight.contains(&e.id)
+                            && matches!(e.action, crate::outbox::PushAction::SetPlayed { played: p, .. } if p == played)
+                    });
+                    if may_echo && running {
+                        self.echo_before_confirmation(&item_id, played);
+                    }
                     self.settle_echo(s, played, changed_at, batch);
                     return Decision::new(Outcome::Unchanged, "echo of our own push");
                 }

@@ -141,6 +141,12 @@ pub const ECHO_WINDOW_MS: Millis = 60_000;
 /// At most this many confirmed states are kept for [`PairCore::late_echo`].
 const CONFIRMED_KEPT: usize = 1024;
 
+/// The oldest entry about `item_id` and `played`.
+fn position_of(list: &VecDeque<ConfirmedPlay>, item_id: &str, played: bool) -> Option<usize> {
+    list.iter()
+        .position(|c| &*c.item_id == item_id && c.played == played)
+}
+
 /// What the supervisor hands a pair actor at (re)start.
 pub struct PairArgs {
     /// Kept by the supervisor, so a restarted actor gets the same configuration.
@@ -222,6 +228,9 @@ pub struct PairCore {
     /// server sends about our own write may arrive after a later push of the item changed
     /// it again (see [`PairCore::late_echo`]).
     pub confirmed_lately: VecDeque<ConfirmedPlay>,
+    /// Reports of a played state that came while our push of it was still running: its
+    /// confirmation then has had its echo, and is not kept for [`PairCore::late_echo`].
+    pub echoed_early: VecDeque<ConfirmedPlay>,
     /// Started again by the supervisor after a failure (not at process start).
     pub restarted: bool,
     /// The journal entries this actor queued to itself at a restart, and whether each has
@@ -246,11 +255,17 @@ impl Drop for PushTasks {
 }
 
 impl PairCore {
-    /// A push of `played` to `item_id` was confirmed now.
+    /// A push of `played` to `item_id` was confirmed now: kept for the server's report of it,
+    /// unless that report came already ([`PairCore::echo_before_confirmation`]).
     pub fn note_confirmed(&mut self, item_id: &str, played: bool) {
         let at = self.now();
-        self.confirmed_lately
-            .retain(|c| at.saturating_sub(c.at) <= ECHO_WINDOW_MS);
+        let recent = |c: &ConfirmedPlay| at.saturating_sub(c.at) <= ECHO_WINDOW_MS;
+        self.echoed_early.retain(recent);
+        self.confirmed_lately.retain(recent);
+        if let Some(i) = position_of(&self.echoed_early, item_id, played) {
+            self.echoed_early.remove(i);
+            return;
+        }
         if self.confirmed_lately.len() >= CONFIRMED_KEPT {
             self.confirmed_lately.pop_front();
         }
@@ -261,23 +276,39 @@ impl PairCore {
         });
     }
 
+    /// The server reported `played` for `item_id` while our push of that state runs: that
+    /// is its report of the push, which has had its echo once confirmed.
+    pub fn echo_before_confirmation(&mut self, item_id: &str, played: bool) {
+        if self.echoed_early.len() >= CONFIRMED_KEPT {
+            self.echoed_early.pop_front();
+        }
+        self.echoed_early.push_back(ConfirmedPlay {
+            item_id: item_id.into(),
+            played,
+            at: self.now(),
+        });
+    }
+
+    /// The server reported a state equal to what it holds: if we wrote it lately, that is
+    /// the report of our write, used up here so that it cannot stand for a later one.
+    pub fn echo_of_confirmed(&mut self, item_id: &str, played: bool) {
+        if let Some(i) = position_of(&self.confirmed_lately, item_id, played) {
+            self.confirmed_lately.remove(i);
+        }
+    }
+
     /// Whether this server's report (a mark, not a playback) that `item_id` is `played` is the
     /// late webhook about our own push of that state, not the user's action: we wrote `played`
-    /// within [`ECHO_WINDOW_MS`], and since then
-    /// wrote the opposite (`opposite_since`: confirmed after it, or still to go out). A user
-    /// who marks and unmarks quickly elsewhere makes two pushes here; the server's webhook
-    /// about the first may come after the second, and read as the user's newer action it
-    /// would put the first state back everywhere. Each confirmed push stands for one
-    /// webhook: it is used up.
+    /// within [`ECHO_WINDOW_MS`] and its report has not come yet, and since then we wrote the
+    /// opposite (`opposite_queued`: or it is still to go out). A user who marks and unmarks
+    /// quickly elsewhere makes two pushes here; the server's report of the first may come
+    /// after the second, and read as the user's newer action it would put the first state
+    /// back everywhere. Each confirmed push stands for one report: it is used up.
     pub fn late_echo(&mut self, item_id: &str, played: bool, opposite_queued: bool) -> bool {
         let now = self.now();
         self.confirmed_lately
             .retain(|c| now.saturating_sub(c.at) <= ECHO_WINDOW_MS);
-        let Some(i) = self
-            .confirmed_lately
-            .iter()
-            .position(|c| &*c.item_id == item_id && c.played == played)
-        else {
+        let Some(i) = position_of(&self.confirmed_lately, item_id, played) else {
             return false;
         };
         let opposite_since = opposite_queued
@@ -662,6 +693,7 @@ impl Actor for PairActor {
             push_failures: Default::default(),
             push_tasks: Default::default(),
             confirmed_lately: VecDeque::new(),
+            echoed_early: VecDeque::new(),
             restarted: args.replay_journal,
             replayed: HashMap::new(),
         };
@@ -751,7 +783,7 @@ impl Actor for PairActor {
                 core.on_sync_page(run, result, touches_before)?;
                 core.pump_outbox();
             }
-            PairMsg::SyncIdentity { run, identity } => core.on_sync_identity(run, &identity),
+            PairMsg::SyncIdentity { run, identity } => core.on_sync_identity(run, &identity)?,
             PairMsg::PushResult {
                 entry_id,
                 result,

@@ -403,7 +403,9 @@ impl std::hash::Hasher for Prehashed {
     }
 }
 
-/// All items of one pair with both indexes. Items are never removed, so a slot is stable.
+/// All items of one pair with both indexes. Items are never removed, so a slot is stable;
+/// only a pair whose server was replaced drops them all at once (`PairCore::forget_records`),
+/// clearing every slot it kept.
 #[derive(Debug, Default)]
 pub struct Items {
     slots: Vec<Item>,

@@ -103,15 +103,25 @@ async fn fetch_pages(
     // Each page starts a gap after the last one started; inside a page, a client that makes
     // several requests has each of them paced the same way.
     let pacer = RequestPacer::new(max_rps);
-    // A run from the start first asks the server who it is (paced like the pages): a url that
-    // reaches another server than `server_id` names is reported (see `on_sync_identity`).
-    if cursor.is_none() {
-        let found = RequestPacer::scope(pacer.clone(), backend.identity()).await;
-        if let Ok(identity) = found {
-            if me.cast(PairMsg::SyncIdentity { run, identity }).is_err() {
-                return;
-            }
+    // Every run, resumed ones too, first asks the server who it is (paced like the pages): a
+    // url that reaches another server than `server_id` names is reported, and another server
+    // than the records were read from has them forgotten before any page is compared with
+    // them (see `on_sync_identity`). A run that cannot ask fails: its pages would be read
+    // against records nothing says are that server's.
+    let found = RequestPacer::scope(pacer.clone(), backend.identity()).await;
+    let sent = match found {
+        Ok(identity) => me.cast(PairMsg::SyncIdentity { run, identity }),
+        Err(e) => {
+            let _ = me.cast(PairMsg::SyncPage {
+                run,
+                result: Err(e),
+                touches_before: touches.load(Ordering::Acquire),
+            });
+            return;
         }
+    };
+    if sent.is_err() {
+        return;
     }
     let mut last: Option<tokio::time::Instant> = None;
     loop {
@@ -229,51 +239,49 @@ impl PairCore {
     /// the url are not routed here, or items are read and written on another server than the
     /// webhooks come from. Reported (status and log) at every run; the sync goes on, as
     /// nothing tells which of the two is wrong.
-    pub fn on_sync_identity(&mut self, run: u64, identity: &crate::backend::ServerIdentity) {
+    pub fn on_sync_identity(
+        &mut self,
+        run: u64,
+        identity: &crate::backend::ServerIdentity,
+    ) -> Result<(), StoreError> {
         if self.sync_run.as_ref().map(|r| r.id) != Some(run) {
-            return;
+            return Ok(());
         }
         let found = crate::event::normalize_id(&identity.server_id);
         if found.is_empty() {
-            return;
+            return Ok(());
         }
-        let mut replaced = None;
+        let mut message = None;
         match self.meta.records_from.clone() {
             Some(before) if before != found => {
-                replaced = Some(match self.forget_records(&before, &identity.server_id) {
-                    Ok(message) => message,
-                    Err(e) => format!(
-                        "cannot forget the records of the server this backend reached before: {e}"
-                    ),
-                });
+                message = Some(self.forget_records(&before, &identity.server_id)?);
             }
             Some(_) => {}
             None => {
                 self.meta.records_from = Some(found.clone());
                 let mut batch = Batch::new();
                 self.put_meta(&mut batch);
-                if let Err(e) = self.commit(batch) {
-                    tracing::warn!(pair = %self.spec.key, error = %e, "cannot store the id of the server the records come from");
-                }
+                self.commit(batch)?;
             }
         }
-        if found == crate::event::normalize_id(&self.spec.server_id) {
-            if let Some(message) = replaced {
-                self.record_error(message);
+        if found != crate::event::normalize_id(&self.spec.server_id) {
+            let mismatch = format!(
+                "the server at this backend's url says its id is {:?}, but its server_id is {:?}: check url and server_id (webhooks are routed by server_id; items are read from and written to the server at url)",
+                identity.server_id, self.spec.server_id
+            );
+            message = Some(match message {
+                Some(replaced) => format!("{mismatch}; {replaced}"),
+                None => mismatch,
+            });
+        }
+        if let Some(message) = message {
+            self.record_error(message.clone());
+            // Kept for the run's failure message, which would otherwise replace it.
+            if let Some(run) = self.sync_run.as_mut() {
+                run.identity_mismatch = Some(message);
             }
-            return;
         }
-        let mut message = format!(
-            "the server at this backend's url says its id is {:?}, but its server_id is {:?}: check url and server_id (webhooks are routed by server_id; items are read from and written to the server at url)",
-            identity.server_id, self.spec.server_id
-        );
-        if let Some(replaced) = replaced {
-            message = format!("{message}; {replaced}");
-        }
-        self.record_error(message.clone());
-        if let Some(run) = self.sync_run.as_mut() {
-            run.identity_mismatch = Some(message);
-        }
+        Ok(())
     }
 
     /// The server at the url is not the one the item records were read from: a media server
@@ -283,29 +291,31 @@ impl PairCore {
     /// pushes and dead letters, which name the old server's item ids) are forgotten, and the
     /// run reads the server as a backend just added: played items are changes, nothing is
     /// unmarked elsewhere (rule 8), and the catch-up at its end sends it the user's states.
-    /// Kept: the states waiting for items this server does not have yet.
+    /// Kept: the states waiting for items this server does not have yet. A run resumed from
+    /// a checkpoint reads the rest of the library so; the items before the checkpoint are
+    /// registered again by the next run or by their webhooks.
     /// Returns what happened, for the status and the log.
     pub fn forget_records(&mut self, before: &str, now_id: &str) -> Result<String, StoreError> {
         let mut batch = Batch::new();
         let records = self.items.len();
-        let item_keys: Vec<Vec<u8>> = self
-            .items
-            .iter()
-            .map(|(_, item)| self.item_key(&item.item_id))
-            .collect();
-        for key in item_keys {
-            batch.remove(Tree::Pairs, key);
+        for (_, item) in self.items.iter() {
+            batch.remove(Tree::Pairs, self.item_key(&item.item_id));
         }
         let pushes = self.outbox.queue.len() + self.outbox.dead.len();
-        let outbox_keys: Vec<Vec<u8>> = self
-            .outbox
-            .queue
-            .keys()
-            .map(|id| self.outbox_key(*id))
-            .chain(self.outbox.dead.keys().map(|id| self.dead_key(*id)))
-            .collect();
-        for key in outbox_keys {
-            batch.remove(Tree::Pairs, key);
+        for id in self.outbox.queue.keys() {
+            batch.remove(Tree::Pairs, self.outbox_key(*id));
+        }
+        for id in self.outbox.dead.keys() {
+            batch.remove(Tree::Pairs, self.dead_key(*id));
+        }
+        let kept = self
+            .meta
+            .records_from
+            .replace(crate::event::normalize_id(now_id));
+        self.put_meta(&mut batch);
+        if let Err(e) = self.commit(batch) {
+            self.meta.records_from = kept;
+            return Err(e);
         }
         for (_, task) in self.push_tasks.0.drain() {
             task.abort();
@@ -313,15 +323,14 @@ impl PairCore {
         if let Some((_, t)) = self.outbox_timer.take() {
             t.abort();
         }
+        // Slots and item ids of the old server go with it.
         self.items = crate::state::Items::default();
         self.outbox = crate::outbox::Outbox::default();
         self.seen.clear();
+        self.confirmed_lately.clear();
         if let Some(run) = self.sync_run.as_mut() {
             run.touched.clear();
         }
-        self.meta.records_from = Some(crate::event::normalize_id(now_id));
-        self.put_meta(&mut batch);
-        self.commit(batch)?;
         Ok(format!(
             "the server at this backend's url is another server (id {now_id:?}) than the one its records were read from (id {before:?}): a reinstalled server or a changed url; its {records} item record(s) and {pushes} queued push(es) and dead letter(s) are forgotten, and this sync reads it as a backend just added (nothing is unmarked elsewhere)"
         ))
@@ -492,6 +501,10 @@ impl PairCore {
                     }
                     self.meta.sync.changed += 1;
                     self.propagate(&identity, Some(r.played), None, at, &request_id, batch);
+                    if !r.played && self.settings.progress && r.position_ms > min {
+                        let pos = Some(r.position_ms);
+                        self.propagate(&identity, None, pos, at, &request_id, batch);
+                    }
                 }
             } else if !r.played
                 && r.position_ms != item.position_ms

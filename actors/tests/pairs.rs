@@ -300,6 +300,43 @@ async fn a_late_echo_while_the_opposite_push_runs_changes_nothing() {
     assert_eq!(h.backend("alice", "emby").writes().len(), 2);
 }
 
+/// Marked and unmarked on Plex: Jellyfin reports each write in order, or not at all. Either
+/// way a mark the user then makes on Jellyfin is theirs: reports that came use up their
+/// writes, and writes whose report never comes are waited for a minute only.
+#[tokio::test(start_paused = true)]
+async fn after_its_echoes_or_a_minute_a_mark_on_the_target_is_the_users() {
+    for echoes in [true, false] {
+        let mut h = Harness::start(three(), SyncSettings::default()).await;
+        let m = movie("x", "tt45");
+        register(&mut h, "alice", &["plex", "jelly", "emby"], &m, "j").await;
+        for kind in [EventKind::MarkPlayed, EventKind::MarkUnplayed] {
+            h.clock.advance(2_000);
+            h.send("alice", "plex", event(kind, &local(&m, "j", "plex")));
+            h.settle().await;
+            if echoes {
+                h.send("alice", "jelly", event(kind, &local(&m, "j", "jelly")));
+                h.settle().await;
+            }
+        }
+        assert_eq!(h.backend("alice", "jelly").writes().len(), 2);
+        assert!(h.backend("alice", "plex").writes().is_empty());
+        h.clock.advance(if echoes { 5_000 } else { 61_000 });
+        h.send(
+            "alice",
+            "jelly",
+            event(EventKind::MarkPlayed, &local(&m, "j", "jelly")),
+        );
+        h.settle().await;
+        let last = h.status("alice", "jelly").await.last_event.unwrap();
+        assert_eq!(last.outcome, Outcome::Applied, "echoes: {echoes}: {last:?}");
+        assert_eq!(
+            h.backend("alice", "plex").writes(),
+            vec![Call::SetPlayed("j-plex".into(), true)],
+            "echoes: {echoes}"
+        );
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn legacy_series_id_episode_reaches_the_right_episode() {
     let mut h = Harness::start(three(), SyncSettings::default()).await;

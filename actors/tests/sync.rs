@@ -1307,3 +1307,130 @@ async fn a_server_replaced_behind_the_url_unmarks_nothing_and_gets_the_states_ba
             && e.at > watchstate_actors::Clock::now_ms(h.clock.as_ref()) - 30_000)
     );
 }
+
+/// Plex and Jellyfin with four films played on both; Plex's server id is set.
+async fn four_played(page_size: usize) -> Harness {
+    let settings = SyncSettings {
+        page_size,
+        ..SyncSettings::default()
+    };
+    let specs = vec![synced("alice", "plex"), synced("alice", "jelly")];
+    let h = Harness::start_filled(specs, settings, |f| {
+        for (i, imdb) in ["tt1", "tt2", "tt3", "tt4"].iter().enumerate() {
+            for b in ["plex", "jelly"] {
+                let mut m = movie(&format!("{i}-{b}"), imdb);
+                m.played = true;
+                m.last_played_at = Some(1_600_000_000_000);
+                fake(f, b).add(m);
+            }
+        }
+        fake(f, "plex").state.lock().unwrap().server_id = "srv-plex".into();
+    })
+    .await;
+    wait_runs(&h, 1).await;
+    assert!(h.backends.values().all(|b| b.writes().is_empty()));
+    h
+}
+
+/// The server replaced between a run that failed half way and the run that resumes it from
+/// its checkpoint: the resumed run asks who the server is too, and unmarks nothing.
+#[tokio::test(start_paused = true)]
+async fn a_run_resumed_from_its_checkpoint_checks_the_server_too() {
+    let h = four_played(2).await;
+    let plex = h.backend("alice", "plex");
+    plex.state.lock().unwrap().list_fail_at.push("2".into());
+    h.clock.advance(60_000);
+    h.handle
+        .sync_now(&PairKey::new("alice", "plex"))
+        .await
+        .unwrap();
+    eventually("the run to fail at its second page", || async {
+        h.status("alice", "plex").await.sync.runs_failed == 1
+    })
+    .await;
+    {
+        let mut st = plex.state.lock().unwrap();
+        st.server_id = "srv-plex-new".into();
+        for item in st.items.values_mut() {
+            item.played = false;
+            item.last_played_at = None;
+        }
+    }
+    h.clock.advance(60_000);
+    run_sync(&h, &PairKey::new("alice", "plex"), 2).await;
+    let lists = plex.lists();
+    assert_eq!(
+        lists.last(),
+        Some(&Some("2".to_string())),
+        "resumed at the checkpoint: {lists:?}"
+    );
+    let jelly = h.backend("alice", "jelly");
+    assert!(
+        jelly
+            .writes()
+            .iter()
+            .all(|c| !matches!(c, Call::SetPlayed(_, false))),
+        "unmarked on jellyfin: {:?}",
+        jelly.writes()
+    );
+    let err = h.status("alice", "plex").await.last_error.unwrap();
+    assert!(err.message.contains("forgotten"), "{}", err.message);
+}
+
+/// A run that cannot ask the server who it is fails: its pages would be compared with
+/// records nothing says are that server's.
+#[tokio::test(start_paused = true)]
+async fn a_run_that_cannot_ask_who_the_server_is_fails_and_changes_nothing() {
+    let h = four_played(10).await;
+    let plex = h.backend("alice", "plex");
+    {
+        let mut st = plex.state.lock().unwrap();
+        st.identity_fails = true;
+        for item in st.items.values_mut() {
+            item.played = false;
+        }
+    }
+    let lists_before = plex.lists().len();
+    h.clock.advance(60_000);
+    h.handle
+        .sync_now(&PairKey::new("alice", "plex"))
+        .await
+        .unwrap();
+    eventually("the run to fail", || async {
+        let s = h.status("alice", "plex").await;
+        s.sync.runs_failed == 1 && !s.sync.running
+    })
+    .await;
+    h.settle().await;
+    let s = h.status("alice", "plex").await;
+    assert!(
+        s.sync
+            .last_result
+            .as_deref()
+            .is_some_and(|r| r.contains("connection reset")),
+        "{:?}",
+        s.sync.last_result
+    );
+    assert_eq!(plex.lists().len(), lists_before, "no page was read");
+    assert!(h.backend("alice", "jelly").writes().is_empty());
+}
+
+/// Unmarked on Plex without a webhook and partly watched again since: the sync finds both,
+/// and the other servers get the unmark and then the resume position.
+#[tokio::test(start_paused = true)]
+async fn an_unmark_found_by_the_sync_takes_the_position_along() {
+    let h = four_played(10).await;
+    h.backend("alice", "plex").update("0-plex", |it| {
+        it.played = false;
+        it.position_ms = 600_000;
+    });
+    h.clock.advance(60_000);
+    run_sync(&h, &PairKey::new("alice", "plex"), 2).await;
+    assert_eq!(
+        h.backend("alice", "jelly").writes(),
+        vec![
+            Call::SetPlayed("0-jelly".into(), false),
+            Call::SetPosition("0-jelly".into(), 600_000)
+        ]
+    );
+}

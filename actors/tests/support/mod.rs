@@ -42,6 +42,8 @@ pub struct FakeState {
     pub pages_read_before_gate: bool,
     /// The id `identity` answers; empty (the default) is not compared.
     pub server_id: String,
+    /// When set, `identity` fails with a network error.
+    pub identity_fails: bool,
     /// The server cannot store resume positions (`accepts_positions` is false).
     pub no_positions: bool,
     /// Writes that got past `write_gate` (a write aborted while held there is not counted).
@@ -162,6 +164,11 @@ impl BackendApi for FakeBackend {
     }
 
     async fn identity(&self) -> Result<ServerIdentity, BackendError> {
+        if self.state.lock().unwrap().identity_fails {
+            return Err(BackendError::Network {
+                message: "connection reset".into(),
+            });
+        }
         Ok(ServerIdentity {
             server_id: self.state.lock().unwrap().server_id.clone(),
             name: None,

@@ -49,6 +49,35 @@ fn local(
     item
 }
 
+/// `kind` reported by Plex about `m` (`<prefix>-plex`), and everything it caused done.
+async fn on_plex(
+    h: &mut Harness,
+    m: &watchstate_actors::backend::RemoteItem,
+    prefix: &str,
+    kind: EventKind,
+) {
+    h.send("alice", "plex", event(kind, &local(m, prefix, "plex")));
+    h.settle().await;
+}
+
+/// An unmark on Plex whose push to Jellyfin is running: the caller holds Jellyfin's write
+/// gate.
+async fn unmark_running_on_jelly(
+    h: &mut Harness,
+    m: &watchstate_actors::backend::RemoteItem,
+    prefix: &str,
+) {
+    h.send(
+        "alice",
+        "plex",
+        event(EventKind::MarkUnplayed, &local(m, prefix, "plex")),
+    );
+    eventually("the unmark to be running on jellyfin", || async {
+        h.status("alice", "jelly").await.outbox.in_flight == 1
+    })
+    .await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn generic_item_added_reaches_every_users_actor_and_drains_the_journal() {
     let mut h = Harness::start(
@@ -255,24 +284,11 @@ async fn a_late_echo_while_the_opposite_push_runs_changes_nothing() {
     let mut h = Harness::start(three(), SyncSettings::default()).await;
     let m = movie("x", "tt44");
     register(&mut h, "alice", &["plex", "jelly", "emby"], &m, "k").await;
-    h.send(
-        "alice",
-        "plex",
-        event(EventKind::MarkPlayed, &local(&m, "k", "plex")),
-    );
-    h.settle().await;
+    on_plex(&mut h, &m, "k", EventKind::MarkPlayed).await;
     let jelly = h.backend("alice", "jelly");
     let held = jelly.write_gate.lock().await;
     h.clock.advance(3_000);
-    h.send(
-        "alice",
-        "plex",
-        event(EventKind::MarkUnplayed, &local(&m, "k", "plex")),
-    );
-    eventually("the unmark to be running on jellyfin", || async {
-        h.status("alice", "jelly").await.outbox.in_flight == 1
-    })
-    .await;
+    unmark_running_on_jelly(&mut h, &m, "k").await;
     h.clock.advance(1_000);
     h.send(
         "alice",
@@ -1106,24 +1122,11 @@ async fn a_users_newer_action_beats_an_opposite_push_already_running() {
     let mut h = Harness::start(three(), SyncSettings::default()).await;
     let m = movie("x", "tt83");
     register(&mut h, "alice", &["plex", "jelly", "emby"], &m, "n").await;
-    h.send(
-        "alice",
-        "plex",
-        event(EventKind::Scrobble, &local(&m, "n", "plex")),
-    );
-    h.settle().await;
+    on_plex(&mut h, &m, "n", EventKind::Scrobble).await;
     let jelly = h.backend("alice", "jelly");
     let held = jelly.write_gate.lock().await;
     h.clock.advance(60_000);
-    h.send(
-        "alice",
-        "plex",
-        event(EventKind::MarkUnplayed, &local(&m, "n", "plex")),
-    );
-    eventually("the unmark to be running on jellyfin", || async {
-        h.status("alice", "jelly").await.outbox.in_flight == 1
-    })
-    .await;
+    unmark_running_on_jelly(&mut h, &m, "n").await;
     h.clock.advance(1_000);
     h.send(
         "alice",

@@ -64,6 +64,17 @@ async fn accepted(w: &World, body: &crate::harness::WebhookBody) -> String {
         .to_string()
 }
 
+/// Emby's `item.markplayed` of the movie, accepted.
+async fn emby_marks_the_movie_played(w: &World) {
+    let body = emby_webhook(
+        "item.markplayed",
+        w.emby.server_id(),
+        w.emby.user_id(),
+        &mb_movie(EMBY_MOVIE),
+    );
+    accepted(w, &body).await;
+}
+
 /// Wait until the actor `backend` has received `n` webhook events in total.
 async fn wait_received(w: &World, backend: &str, n: u64) {
     eventually(
@@ -125,16 +136,7 @@ async fn plex_scrobble_marks_played_once_on_jellyfin_and_emby_and_the_echo_stops
         ),
     )
     .await;
-    accepted(
-        &w,
-        &emby_webhook(
-            "item.markplayed",
-            w.emby.server_id(),
-            w.emby.user_id(),
-            &mb_movie(EMBY_MOVIE),
-        ),
-    )
-    .await;
+    emby_marks_the_movie_played(&w).await;
     wait_received(&w, "jellyfin", received_jf + 1).await;
     wait_received(&w, "emby", received_em + 1).await;
     w.app.wait_quiet(Duration::from_millis(500)).await;
@@ -593,16 +595,7 @@ async fn a_write_answered_with_a_web_page_is_read_back_or_retried() {
     w.jellyfin
         .inject(Fault::body(200, "text/html; charset=utf-8", sign_in).writes_only());
 
-    accepted(
-        &w,
-        &emby_webhook(
-            "item.markplayed",
-            w.emby.server_id(),
-            w.emby.user_id(),
-            &mb_movie(EMBY_MOVIE),
-        ),
-    )
-    .await;
+    emby_marks_the_movie_played(&w).await;
     let plex = wait_writes(&w.plex, 1, "the Plex scrobble").await;
     assert!(is_played(&plex[0], &w.plex, PLEX_MOVIE), "{plex:?}");
     let jf = wait_writes(&w.jellyfin, 1, "the Jellyfin push after the sign-in page").await;
@@ -867,16 +860,7 @@ async fn a_change_before_any_sync_waits_as_pending_and_the_first_syncs_apply_it(
     let w = World::start(p, j, e, SYNC, Extra::default()).await;
     // Nothing synced yet: Plex and Jellyfin know no item. Marked played in Emby's UI.
     w.emby.set_played_directly(EMBY_MOVIE, true);
-    accepted(
-        &w,
-        &emby_webhook(
-            "item.markplayed",
-            w.emby.server_id(),
-            w.emby.user_id(),
-            &mb_movie(EMBY_MOVIE),
-        ),
-    )
-    .await;
+    emby_marks_the_movie_played(&w).await;
     eventually(
         DEADLINE,
         "the change pending on Plex and Jellyfin",

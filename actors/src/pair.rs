@@ -119,10 +119,10 @@ pub struct PairMeta {
     /// their answers live only in mailboxes and are lost with a stop.
     #[serde(default)]
     pub catch_up_from: Vec<PairKey>,
-    /// The id of the server the item records were read from (normalised), as the sync found
-    /// it. Another server at the url (a media server reinstalled with a new database, the
-    /// url pointed elsewhere) makes them another server's: see
-    /// [`PairCore::forget_records`].
+    /// Whose the item records are: `<server id>/<user id>` (normalised), the server's id as
+    /// the sync found it and the configured user's. Another server at the url (a media
+    /// server reinstalled with a new database, the url pointed elsewhere) or another user
+    /// makes them someone else's: see [`PairCore::forget_records`].
     #[serde(default)]
     pub records_from: Option<String>,
 }

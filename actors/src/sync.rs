@@ -252,13 +252,30 @@ impl PairCore {
             return Ok(());
         }
         let mut message = None;
+        // Whose records they are: the server's id and the user's (another user's played
+        // items read as this user's unmarks just the same).
+        let user = crate::event::normalize_id(&self.spec.backend_user_id);
+        let records = format!("{found}/{user}");
         match self.meta.records_from.clone() {
-            Some(before) if before != found => {
-                message = Some(self.forget_records(&before, &identity.server_id)?);
+            Some(before) if before != records => {
+                let (before_server, before_user) =
+                    before.split_once('/').unwrap_or((before.as_str(), ""));
+                let why = if before_server != found {
+                    format!(
+                        "the server at this backend's url is another server (id {:?}) than the one its records were read from (id {before_server:?}): a reinstalled server or a changed url",
+                        identity.server_id
+                    )
+                } else {
+                    format!(
+                        "the backend's user_id is now {:?}, and its records were read for user {before_user:?}",
+                        self.spec.backend_user_id
+                    )
+                };
+                message = Some(self.forget_records(records, &why)?);
             }
             Some(_) => {}
             None => {
-                self.meta.records_from = Some(found.clone());
+                self.meta.records_from = Some(records);
                 let mut batch = Batch::new();
                 self.put_meta(&mut batch);
                 self.commit(batch)?;
@@ -284,8 +301,9 @@ impl PairCore {
         Ok(())
     }
 
-    /// The server at the url is not the one the item records were read from: a media server
-    /// reinstalled with a new database, or the url pointed at another server. Its items all
+    /// The server at the url is not the one the item records were read from (a media server
+    /// reinstalled with a new database, or the url pointed at another server), or they were
+    /// read for another user (`user_id` corrected in the configuration). Its items all
     /// look unplayed (or are other items under the same ids), so read against the old
     /// records this run would unmark everything elsewhere. The records (and the queued
     /// pushes and dead letters, which name the old server's item ids) are forgotten, and the
@@ -295,9 +313,9 @@ impl PairCore {
     /// a checkpoint reads the rest of the library so; the items before the checkpoint are
     /// registered again by the next run or by their webhooks.
     /// Returns what happened, for the status and the log.
-    pub fn forget_records(&mut self, before: &str, now_id: &str) -> Result<String, StoreError> {
+    pub fn forget_records(&mut self, records: String, why: &str) -> Result<String, StoreError> {
         let mut batch = Batch::new();
-        let records = self.items.len();
+        let count = self.items.len();
         for (_, item) in self.items.iter() {
             batch.remove(Tree::Pairs, self.item_key(&item.item_id));
         }
@@ -308,10 +326,7 @@ impl PairCore {
         for id in self.outbox.dead.keys() {
             batch.remove(Tree::Pairs, self.dead_key(*id));
         }
-        let kept = self
-            .meta
-            .records_from
-            .replace(crate::event::normalize_id(now_id));
+        let kept = self.meta.records_from.replace(records);
         self.put_meta(&mut batch);
         if let Err(e) = self.commit(batch) {
             self.meta.records_from = kept;
@@ -332,7 +347,7 @@ impl PairCore {
             run.touched.clear();
         }
         Ok(format!(
-            "the server at this backend's url is another server (id {now_id:?}) than the one its records were read from (id {before:?}): a reinstalled server or a changed url; its {records} item record(s) and {pushes} queued push(es) and dead letter(s) are forgotten, and this sync reads it as a backend just added (nothing is unmarked elsewhere)"
+            "{why}; its {count} item record(s) and {pushes} queued push(es) and dead letter(s) are forgotten, and this sync reads it as a backend just added (nothing is unmarked elsewhere)"
         ))
     }
 

@@ -1434,3 +1434,48 @@ async fn an_unmark_found_by_the_sync_takes_the_position_along() {
         ]
     );
 }
+
+/// `user_id` corrected in the configuration: the records were another user's, whose played
+/// films this user has not watched. Read as this user's unmarks they would unmark them
+/// everywhere; instead they are forgotten and the server is read as a backend just added.
+#[tokio::test(start_paused = true)]
+async fn another_user_id_reads_the_backend_as_new_and_unmarks_nothing() {
+    let mut h = four_played(10).await;
+    for item in h
+        .backend("alice", "plex")
+        .state
+        .lock()
+        .unwrap()
+        .items
+        .values_mut()
+    {
+        item.played = false;
+    }
+    let plex = h
+        .specs
+        .iter_mut()
+        .find(|s| s.key.backend == "plex")
+        .unwrap();
+    plex.backend_user_id = "other-account".into();
+    let h = h.restart().await;
+    h.clock.advance(60_000);
+    run_sync(&h, &PairKey::new("alice", "plex"), 2).await;
+    assert!(
+        h.backend("alice", "jelly").writes().is_empty(),
+        "{:?}",
+        h.backend("alice", "jelly").writes()
+    );
+    let s = h.status("alice", "plex").await;
+    let err = s.last_error.expect("the change is reported");
+    assert!(
+        err.message.contains("user_id is now \"other-account\"")
+            && err.message.contains("forgotten"),
+        "{}",
+        err.message
+    );
+    // Jellyfin's played films reach the new account's server (the catch-up).
+    eventually("the films marked played on plex", || async {
+        (0..4).all(|i| h.backend("alice", "plex").item(&format!("{i}-plex")).played)
+    })
+    .await;
+}

@@ -248,7 +248,7 @@ impl PairCore {
                 self.seen_soon(s);
             }
             self.apply_pending_for(s, batch);
-        } else if let Some(s) = self.items.find(&identity) {
+        } else if let Some(s) = self.items.find_own(&identity) {
             slot = Some(s);
         }
         if ev.event == EventKind::ItemAdded {

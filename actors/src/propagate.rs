@@ -64,12 +64,31 @@ impl Pending {
     /// The entry for this identity. An index key counts only while the entry it names still
     /// has it: an entry's identity can change (a merge brings other season and episode
     /// numbers), and a key left from before must not hand its state to another item.
+    ///
+    /// As [`crate::state::Items::find`]: an episode numbered otherwise is taken only when
+    /// nothing better matches and no id contradicts (the parts of a double episode share an
+    /// IMDb id; one part's state must not go to the other).
     pub fn find(&self, identity: &Identity) -> Option<u64> {
-        identity.index_keys().iter().find_map(|k| {
-            let id = *self.by_key.get(k)?;
-            let entry = self.entries.get(&id)?;
-            entry.identity.index_keys().contains(k).then_some(id)
-        })
+        let mut numbered_otherwise = None;
+        for k in identity.index_keys() {
+            let Some(&id) = self.by_key.get(&k) else {
+                continue;
+            };
+            let Some(entry) = self.entries.get(&id) else {
+                continue;
+            };
+            if !entry.identity.index_keys().contains(&k) {
+                continue;
+            }
+            let theirs = &entry.identity;
+            if !identity.numbered_otherwise(theirs.season, theirs.episode) {
+                return Some(id);
+            }
+            if numbered_otherwise.is_none() && !identity.contradicts(theirs) {
+                numbered_otherwise = Some(id);
+            }
+        }
+        numbered_otherwise
     }
 
     pub fn get_mut(&mut self, id: u64) -> Option<&mut PendingEntry> {

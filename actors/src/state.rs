@@ -27,6 +27,25 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// Whether `other`, found under one of this identity's keys, may still be another item:
+    /// both are episodes numbered differently. Another server may number a show otherwise
+    /// (absolute or by season), so that alone does not tell; [`Identity::contradicts`] does.
+    pub fn numbered_otherwise(&self, season: Option<u32>, episode: Option<u32>) -> bool {
+        self.item_type == ItemType::Episode
+            && matches!(
+                (self.season.zip(self.episode), season.zip(episode)),
+                (Some(a), Some(b)) if a != b
+            )
+    }
+
+    /// Whether the two name different items: a provider both have an own id of, with other
+    /// values (the two parts of a double episode share an IMDb id, not their TVDB ids).
+    pub fn contradicts(&self, other: &Identity) -> bool {
+        self.ids
+            .iter()
+            .any(|(p, v)| other.ids.get(p).is_some_and(|w| w != v))
+    }
+
     /// True when the identity can match anything: own ids, or series ids with both numbers.
     pub fn is_usable(&self) -> bool {
         !self.index_keys().is_empty()
@@ -447,8 +466,40 @@ impl Items {
     }
 
     /// The slot of the item this identity names, if known (rule 1).
+    /// The record of an item another server describes (a sibling's change). An episode
+    /// found under one of its ids with other season and episode numbers is taken only when
+    /// nothing better matches and no id of theirs contradicts: servers may number a show
+    /// differently (absolute or by season), and a shared episode id is then the only link.
     pub fn find(&self, identity: &Identity) -> Option<u32> {
-        identity.index_keys().iter().find_map(|k| self.find_key(k))
+        self.find_matching(identity, false)
+    }
+
+    /// The record of an item this pair's own server describes (its webhook, its listing).
+    /// An episode with other season and episode numbers than the identity's is another
+    /// episode, whatever id they share: two parts of a double episode often carry one IMDb
+    /// id, and taken for one another, the second would take over the first's record.
+    pub fn find_own(&self, identity: &Identity) -> Option<u32> {
+        self.find_matching(identity, true)
+    }
+
+    fn find_matching(&self, identity: &Identity, own_server: bool) -> Option<u32> {
+        let mut numbered_otherwise = None;
+        for key in identity.index_keys() {
+            let Some(slot) = self.find_key(&key) else {
+                continue;
+            };
+            let item = &self.slots[slot as usize];
+            if !identity.numbered_otherwise(item.season, item.episode) {
+                return Some(slot);
+            }
+            if !own_server
+                && numbered_otherwise.is_none()
+                && !identity.contradicts(&item.identity())
+            {
+                numbered_otherwise = Some(slot);
+            }
+        }
+        numbered_otherwise
     }
 
     /// The slot for an index key such as `m:imdb:tt1` (for the items endpoint).
@@ -496,7 +547,7 @@ impl Items {
         now: Millis,
         keep_state: bool,
     ) -> Upserted {
-        let existing = self.by_item_id(item_id).or_else(|| self.find(identity));
+        let existing = self.by_item_id(item_id).or_else(|| self.find_own(identity));
         match existing {
             Some(slot) => {
                 let old = self.slots[slot as usize].identity();
@@ -644,6 +695,45 @@ mod tests {
             ..other
         }
         .is_usable());
+    }
+
+    #[test]
+    fn the_two_parts_of_a_double_episode_sharing_an_imdb_id_stay_two() {
+        let mut items = Items::default();
+        let part = |tvdb: &str, e: u32| Identity {
+            item_type: ItemType::Episode,
+            ids: ids(&[("imdb", "tt1"), ("tvdb", tvdb)]),
+            series_ids: ids(&[("tvdb", "9")]),
+            season: Some(1),
+            episode: Some(e),
+        };
+        let (e1, e2) = (part("101", 1), part("102", 2));
+        let first = items.upsert("e1", &e1, None, 1, false);
+        let second = items.upsert("e2", &e2, None, 1, false);
+        assert!(second.is_new && second.renamed_from.is_none(), "{second:?}");
+        assert_ne!(first.slot, second.slot);
+        assert_eq!(&*items.get(first.slot).item_id, "e1");
+        for find in [Items::find, Items::find_own] {
+            assert_eq!(find(&items, &e1), Some(first.slot));
+            assert_eq!(find(&items, &e2), Some(second.slot));
+            // Known only by the shared id, with its numbers: still the right part.
+            let by_imdb = |e| Identity {
+                ids: ids(&[("imdb", "tt1")]),
+                ..part("", e)
+            };
+            assert_eq!(find(&items, &by_imdb(2)), Some(second.slot));
+            assert_eq!(find(&items, &by_imdb(1)), Some(first.slot));
+        }
+        // Numbered otherwise by another server (absolute order) with the same episode id:
+        // that server's change still finds it; this server's own item is another one.
+        let absolute = Identity {
+            ids: ids(&[("tvdb", "102")]),
+            season: Some(1),
+            episode: Some(58),
+            ..e2.clone()
+        };
+        assert_eq!(items.find(&absolute), Some(second.slot));
+        assert_eq!(items.find_own(&absolute), None);
     }
 
     #[test]

@@ -428,7 +428,9 @@ impl PairCore {
         // follows; this one is left alone (taken over, the record would swap copies on every
         // run, and with them its state).
         if known_id.is_none() && usable {
-            if let (Some(run), Some(other)) = (self.sync_run.as_ref(), self.items.find(&identity)) {
+            if let (Some(run), Some(other)) =
+                (self.sync_run.as_ref(), self.items.find_own(&identity))
+            {
                 if run.listed.contains(&*self.items.get(other).item_id) {
                     if let Some(run) = self.sync_run.as_mut() {
                         run.copies += 1;
@@ -443,7 +445,7 @@ impl PairCore {
         let known = self
             .items
             .by_item_id(&r.item_id)
-            .or_else(|| self.items.find(&identity));
+            .or_else(|| self.items.find_own(&identity));
         let up = self
             .items
             .upsert(&r.item_id, &identity, r.title.as_deref(), now, false);

@@ -1479,3 +1479,33 @@ async fn another_user_id_reads_the_backend_as_new_and_unmarks_nothing() {
     })
     .await;
 }
+
+/// A double episode whose two parts carry one IMDb id (as IMDb lists them): both parts are
+/// tracked on each server, and a play of the second part marks the second part elsewhere.
+#[tokio::test(start_paused = true)]
+async fn the_parts_of_a_double_episode_sharing_an_imdb_id_sync_apart() {
+    let specs = vec![synced("alice", "plex"), synced("alice", "jelly")];
+    let h = Harness::start_filled(specs, SyncSettings::default(), |f| {
+        for b in ["plex", "jelly"] {
+            for (e, tvdb) in [(1, "101"), (2, "102")] {
+                let mut ep = episode(&format!("e{e}-{b}"), tvdb, "9", 1, e);
+                ep.external_ids.insert("imdb".into(), "tt1".into());
+                if b == "plex" && e == 2 {
+                    ep.played = true;
+                    ep.last_played_at = Some(1_600_000_000_000);
+                }
+                fake(f, b).add(ep);
+            }
+        }
+    })
+    .await;
+    wait_runs(&h, 1).await;
+    for b in ["plex", "jelly"] {
+        let s = h.status("alice", b).await;
+        assert_eq!(s.items, 2, "{b}");
+    }
+    assert_eq!(
+        h.backend("alice", "jelly").writes(),
+        vec![Call::SetPlayed("e2-jelly".into(), true)]
+    );
+}

@@ -148,6 +148,7 @@ fn spec(k: usize) -> PairSpec {
         backend_user_id: format!("{k}"),
         import: true,
         export: true,
+        import_unplayed: true,
         sync_interval: None,
         ignore_libraries: Vec::new(),
     }

@@ -73,6 +73,7 @@ impl App {
                     backend_user_id: b.user_id.clone(),
                     import: b.import,
                     export: b.export,
+                    import_unplayed: b.import_unplayed,
                     sync_interval: config.sync_interval_of(b),
                     ignore_libraries: b.ignore_libraries.clone(),
                 },

@@ -182,6 +182,10 @@ pub struct BackendConfig {
     /// false: never push to this backend.
     #[serde(default = "yes")]
     pub export: bool,
+    /// false: this backend's unmarks (webhook or found by the sync) change nothing; its
+    /// plays and positions still do (WatchState's `DISABLE_MARK_UNPLAYED`).
+    #[serde(default = "yes")]
+    pub import_unplayed: bool,
     /// Overrides `sync.interval` for this backend.
     #[serde(default, deserialize_with = "de_opt_interval")]
     pub sync_interval: Option<Option<Duration>>,

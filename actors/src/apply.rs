@@ -262,6 +262,12 @@ impl PairCore {
             return Decision::new(Outcome::Ignored, "import disabled for this backend");
         }
         if let Some(played) = ev.asserts_played() {
+            if !played && !self.spec.import_unplayed {
+                return Decision::new(
+                    Outcome::Ignored,
+                    "unmarks from this backend are not imported (import_unplayed = false)",
+                );
+            }
             if ev.sender == Sender::Tautulli {
                 return self.apply_reported_play(
                     slot,

@@ -20,6 +20,9 @@ pub struct PairSpec {
     pub import: bool,
     /// `false`: nothing is ever pushed to this backend.
     pub export: bool,
+    /// `false`: this backend's unmarks (webhook or found by the sync) change nothing; its
+    /// plays and positions still do.
+    pub import_unplayed: bool,
     /// How often the scheduled sync runs; `None` disables it for this pair.
     pub sync_interval: Option<Duration>,
     /// Library ids whose events and items are ignored.

@@ -501,6 +501,8 @@ impl PairCore {
             } else if item.played != r.played {
                 if wanted.map(|w| w.0) == Some(r.played) {
                     self.settle_echo(slot, r.played, wanted.map(|w| w.1).unwrap_or(now), batch);
+                } else if !r.played && !self.spec.import_unplayed {
+                    // `import_unplayed = false`: the backend's unmarks change nothing.
                 } else {
                     let at = if r.played {
                         r.last_played_at

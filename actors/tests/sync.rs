@@ -1509,3 +1509,57 @@ async fn the_parts_of_a_double_episode_sharing_an_imdb_id_sync_apart() {
         vec![Call::SetPlayed("e2-jelly".into(), true)]
     );
 }
+
+/// `import_unplayed = false` (WatchState's `DISABLE_MARK_UNPLAYED`): a backend that reports
+/// films unplayed by itself (Jellyfin set to date items by when they were scanned, after a
+/// file is replaced) unmarks nothing, by webhook or by sync; its plays still go out.
+#[tokio::test(start_paused = true)]
+async fn a_backend_that_may_not_unmark_unmarks_nothing_and_still_marks() {
+    let specs = vec![
+        PairSpec {
+            import_unplayed: false,
+            ..synced("alice", "jelly")
+        },
+        synced("alice", "plex"),
+    ];
+    let mut h = Harness::start_filled(specs, SyncSettings::default(), |f| {
+        library(f, "tt1", "a", &["plex", "jelly"]);
+        library(f, "tt2", "b", &["plex", "jelly"]);
+        library(f, "tt3", "c", &[]);
+    })
+    .await;
+    wait_runs(&h, 1).await;
+    let jelly = h.backend("alice", "jelly");
+    // By webhook.
+    h.clock.advance(60_000);
+    jelly.set_state("a-jelly", false, None);
+    h.send(
+        "alice",
+        "jelly",
+        event(EventKind::MarkUnplayed, &jelly.item("a-jelly")),
+    );
+    h.settle().await;
+    let last = h.status("alice", "jelly").await.last_event.unwrap();
+    assert_eq!(last.outcome, watchstate_actors::status::Outcome::Ignored);
+    assert!(last.reason.unwrap().contains("import_unplayed = false"));
+    // By sync.
+    jelly.set_state("b-jelly", false, None);
+    h.clock.advance(60_000);
+    run_sync(&h, &PairKey::new("alice", "jelly"), 2).await;
+    assert!(
+        h.backend("alice", "plex").writes().is_empty(),
+        "{:?}",
+        h.backend("alice", "plex").writes()
+    );
+    // A play still goes out.
+    h.send(
+        "alice",
+        "jelly",
+        event(EventKind::MarkPlayed, &jelly.item("c-jelly")),
+    );
+    h.settle().await;
+    assert_eq!(
+        h.backend("alice", "plex").writes(),
+        vec![Call::SetPlayed("c-plex".into(), true)]
+    );
+}

@@ -690,6 +690,46 @@ async fn a_permanent_4xx_becomes_a_dead_letter_and_the_api_retries_it() {
     w.stop().await;
 }
 
+/// `import_unplayed = false` in `config.toml`: Jellyfin's plays go out, its unmarks do not.
+#[tokio::test]
+async fn import_unplayed_false_sends_plays_but_not_unmarks() {
+    let (p, j, e) = movie_libraries();
+    let extra = Extra {
+        plex: "",
+        jellyfin: "import_unplayed = false",
+        emby: "",
+    };
+    let w = World::start(p, j, e, SYNC, extra).await;
+    w.sync_all().await;
+    w.clear_logs();
+    for played in [true, false] {
+        let body = jellyfin_user_data_saved(
+            w.jellyfin.server_id(),
+            w.jellyfin.user_id(),
+            &mb_movie(JF_MOVIE),
+            "TogglePlayed",
+            played,
+            0,
+        );
+        accepted(&w, &body).await;
+        wait_received(&w, "jellyfin", if played { 1 } else { 2 }).await;
+        w.app.wait_quiet(Duration::from_millis(300)).await;
+    }
+    let plex = wait_writes(&w.plex, 1, "the play on Plex").await;
+    assert!(is_played(&plex[0], &w.plex, PLEX_MOVIE), "{plex:?}");
+    assert_eq!((w.plex.writes().len(), w.emby.writes().len()), (1, 1));
+    assert!(w.emby.item_state(EMBY_MOVIE).played);
+    let jf = w.app.pair("alice", "jellyfin").await;
+    assert_eq!(jf["last_event"]["outcome"], "ignored", "{jf:#}");
+    assert!(
+        jf["last_event"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("import_unplayed = false")),
+        "{jf:#}"
+    );
+    w.stop().await;
+}
+
 #[tokio::test]
 async fn export_false_is_never_written_and_import_false_changes_nothing_elsewhere() {
     let (p, j, e) = movie_libraries();

@@ -346,6 +346,7 @@ pub fn spec(user: &str, backend: &str) -> PairSpec {
         backend_user_id: format!("{user}-id"),
         import: true,
         export: true,
+        import_unplayed: true,
         sync_interval: None,
         ignore_libraries: Vec::new(),
     }

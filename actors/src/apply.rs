@@ -262,7 +262,22 @@ impl PairCore {
             return Decision::new(Outcome::Ignored, "import disabled for this backend");
         }
         if let Some(played) = ev.asserts_played() {
-            if !played && !self.spec.import_unplayed {
+            // `import_unplayed = false`: an unmark of an item held as played is not taken
+            // (one of ours coming back, with our unmark of it queued, is handled as usual).
+            let refused = !played
+                && !self.spec.import_unplayed
+                && slot.is_none_or(|s| {
+                    let item = self.items.get(s);
+                    item.played
+                        && self
+                            .outbox
+                            .wanted_played(&item.item_id)
+                            .is_none_or(|(want, _)| want)
+                });
+            if refused {
+                if let Some(s) = slot {
+                    self.restore_played(s, &identity, &entry.request_id, batch);
+                }
                 return Decision::new(
                     Outcome::Ignored,
                     "unmarks from this backend are not imported (import_unplayed = false)",
@@ -331,6 +346,36 @@ impl PairCore {
         }
         self.propagate(identity, Some(played), None, at, request_id, batch);
         Decision::new(Outcome::Applied, None)
+    }
+
+    /// `import_unplayed = false` and the server reports the item at `slot`, held as played,
+    /// unplayed: the unmark is not taken, and the server gets the played state back, dated
+    /// as before (as WatchState's export restores it). The record follows the server until
+    /// the push is confirmed.
+    pub fn restore_played(
+        &mut self,
+        slot: u32,
+        identity: &Identity,
+        request_id: &str,
+        batch: &mut Batch,
+    ) {
+        let item = self.items.get(slot);
+        if !item.played {
+            return;
+        }
+        let at = item.played_at;
+        self.items.get_mut(slot).set_played(false, at);
+        self.touch(slot);
+        self.put_item(batch, slot);
+        let back = StateChanged {
+            identity: identity.clone(),
+            played: Some(true),
+            position_ms: None,
+            changed_at: at,
+            origin: self.spec.key.clone(),
+            request_id: request_id.to_string(),
+        };
+        self.want(slot, &back, batch);
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -69,7 +69,7 @@ impl Pending {
     /// nothing better matches and no id contradicts (the parts of a double episode share an
     /// IMDb id; one part's state must not go to the other).
     pub fn find(&self, identity: &Identity) -> Option<u64> {
-        let mut numbered_otherwise = None;
+        let mut fallback = None;
         for k in identity.index_keys() {
             let Some(&id) = self.by_key.get(&k) else {
                 continue;
@@ -80,15 +80,13 @@ impl Pending {
             if !entry.identity.index_keys().contains(&k) {
                 continue;
             }
-            let theirs = &entry.identity;
-            if !identity.numbered_otherwise(theirs.season, theirs.episode) {
-                return Some(id);
-            }
-            if numbered_otherwise.is_none() && !identity.contradicts(theirs) {
-                numbered_otherwise = Some(id);
+            match identity.match_rank(&entry.identity, false) {
+                Some(0) => return Some(id),
+                Some(_) => fallback = fallback.or(Some(id)),
+                None => {}
             }
         }
-        numbered_otherwise
+        fallback
     }
 
     pub fn get_mut(&mut self, id: u64) -> Option<&mut PendingEntry> {

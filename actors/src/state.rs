@@ -27,23 +27,39 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// Whether `other`, found under one of this identity's keys, may still be another item:
-    /// both are episodes numbered differently. Another server may number a show otherwise
-    /// (absolute or by season), so that alone does not tell; [`Identity::contradicts`] does.
-    pub fn numbered_otherwise(&self, season: Option<u32>, episode: Option<u32>) -> bool {
-        self.item_type == ItemType::Episode
-            && matches!(
-                (self.season.zip(self.episode), season.zip(episode)),
-                (Some(a), Some(b)) if a != b
-            )
-    }
-
-    /// Whether the two name different items: a provider both have an own id of, with other
-    /// values (the two parts of a double episode share an IMDb id, not their TVDB ids).
-    pub fn contradicts(&self, other: &Identity) -> bool {
-        self.ids
+    /// How well `other`, found under one of this identity's index keys, matches it: `Some(0)`
+    /// for a match, `Some(1)` for one taken only when nothing better is found, `None` for
+    /// another item. Movies match by any key (a key names its type). Episodes:
+    /// - an own id of theirs that differs (the two parts of a double episode share an IMDb
+    ///   id, not their TVDB ids; DVD order puts another episode at these numbers) makes them
+    ///   two episodes;
+    /// - the same season and episode numbers (or none to compare) match;
+    /// - other numbers: on this pair's own server, another episode; from another server,
+    ///   which may number the show otherwise (absolute order), a fallback, when they share
+    ///   an episode id other than IMDb's (which the parts of a double episode share).
+    pub fn match_rank(&self, other: &Identity, own_server: bool) -> Option<u8> {
+        if self.item_type != ItemType::Episode {
+            return Some(0);
+        }
+        let differing = self
+            .ids
             .iter()
-            .any(|(p, v)| other.ids.get(p).is_some_and(|w| w != v))
+            .any(|(p, v)| other.ids.get(p).is_some_and(|w| !same_id(v, w)));
+        if differing {
+            return None;
+        }
+        let numbered_otherwise = matches!(
+            (self.season.zip(self.episode), other.season.zip(other.episode)),
+            (Some(a), Some(b)) if a != b
+        );
+        if !numbered_otherwise {
+            return Some(0);
+        }
+        let shares_episode_id = self
+            .ids
+            .iter()
+            .any(|(p, v)| p != "imdb" && other.ids.get(p).is_some_and(|w| same_id(v, w)));
+        (!own_server && shares_episode_id).then_some(1)
     }
 
     /// True when the identity can match anything: own ids, or series ids with both numbers.
@@ -96,6 +112,16 @@ impl Identity {
         }
         s
     }
+}
+
+/// Whether two ids of one provider are the same: case aside (`TT0133093`), and leading zeros
+/// of a number aside (`0123`), as servers write them differently.
+fn same_id(a: &str, b: &str) -> bool {
+    if a.eq_ignore_ascii_case(b) {
+        return true;
+    }
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
+    digits(a) && digits(b) && a.trim_start_matches('0') == b.trim_start_matches('0')
 }
 
 /// Call `f` with each index key of an identity given by its parts (see
@@ -467,39 +493,39 @@ impl Items {
 
     /// The slot of the item this identity names, if known (rule 1).
     /// The record of an item another server describes (a sibling's change). An episode
-    /// found under one of its ids with other season and episode numbers is taken only when
-    /// nothing better matches and no id of theirs contradicts: servers may number a show
-    /// differently (absolute or by season), and a shared episode id is then the only link.
+    /// with another own id of the same provider is another episode; one found under a shared
+    /// id with other season and episode numbers is taken only when nothing better matches
+    /// and they share an episode id other than IMDb's (see [`Identity::match_rank`]):
+    /// servers may number a show differently (absolute or by season).
     pub fn find(&self, identity: &Identity) -> Option<u32> {
         self.find_matching(identity, false)
     }
 
     /// The record of an item this pair's own server describes (its webhook, its listing).
-    /// An episode with other season and episode numbers than the identity's is another
-    /// episode, whatever id they share: two parts of a double episode often carry one IMDb
-    /// id, and taken for one another, the second would take over the first's record.
+    /// An episode with other season and episode numbers than the identity's, or another own
+    /// id of the same provider, is another episode, whatever id they share: two parts of a
+    /// double episode often carry one IMDb id, and taken for one another, the second would
+    /// take over the first's record.
     pub fn find_own(&self, identity: &Identity) -> Option<u32> {
         self.find_matching(identity, true)
     }
 
     fn find_matching(&self, identity: &Identity, own_server: bool) -> Option<u32> {
-        let mut numbered_otherwise = None;
+        let mut fallback = None;
         for key in identity.index_keys() {
             let Some(slot) = self.find_key(&key) else {
                 continue;
             };
-            let item = &self.slots[slot as usize];
-            if !identity.numbered_otherwise(item.season, item.episode) {
+            if identity.item_type != ItemType::Episode {
                 return Some(slot);
             }
-            if !own_server
-                && numbered_otherwise.is_none()
-                && !identity.contradicts(&item.identity())
-            {
-                numbered_otherwise = Some(slot);
+            match identity.match_rank(&self.slots[slot as usize].identity(), own_server) {
+                Some(0) => return Some(slot),
+                Some(_) => fallback = fallback.or(Some(slot)),
+                None => {}
             }
         }
-        numbered_otherwise
+        fallback
     }
 
     /// The slot for an index key such as `m:imdb:tt1` (for the items endpoint).
@@ -734,6 +760,41 @@ mod tests {
         };
         assert_eq!(items.find(&absolute), Some(second.slot));
         assert_eq!(items.find_own(&absolute), None);
+        // Known by the shared IMDb id and numbers alone (no show ids): no part is taken for
+        // the other; from another server, without another shared id, no guess is made.
+        let imdb_only = |e| Identity {
+            ids: ids(&[("imdb", "TT1")]),
+            series_ids: ExternalIds::new(),
+            ..part("", e)
+        };
+        for e in [1, 2] {
+            let found = items.find(&imdb_only(e));
+            assert!(
+                found.is_none() || found == Some(if e == 1 { first.slot } else { second.slot }),
+                "part {e} found as {found:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn another_servers_order_matches_by_episode_id_and_never_by_numbers_against_it() {
+        let mut items = Items::default();
+        let aired = |tvdb: &str, e: u32| Identity {
+            item_type: ItemType::Episode,
+            ids: ids(&[("tvdb", tvdb)]),
+            series_ids: ids(&[("tvdb", "9")]),
+            season: Some(1),
+            episode: Some(e),
+        };
+        let e5 = items.upsert("a5", &aired("105", 5), None, 1, false).slot;
+        let e7 = items.upsert("a7", &aired("107", 7), None, 1, false).slot;
+        // DVD order puts aired episode 7 at 5: its TVDB id decides, not the numbers.
+        let dvd = aired("107", 5);
+        assert_eq!(items.find(&dvd), Some(e7));
+        assert_eq!(items.find_own(&dvd), None);
+        assert_eq!(items.find(&aired("105", 5)), Some(e5));
+        assert!(same_id("TT0133093", "tt0133093") && same_id("0123", "123"));
+        assert!(!same_id("tt123", "tt0123") && !same_id("12", "123"));
     }
 
     #[test]

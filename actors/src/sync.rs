@@ -253,10 +253,21 @@ impl PairCore {
         }
         let mut message = None;
         // Whose records they are: the server's id and the user's (another user's played
-        // items read as this user's unmarks just the same).
-        let user = crate::event::normalize_id(&self.spec.backend_user_id);
+        // items read as this user's unmarks just the same). A Plex client reads the token's
+        // account whatever `user_id` says, so there the server's id alone tells.
+        let user = match self.spec.kind {
+            crate::event::BackendKind::Plex => String::new(),
+            _ => crate::event::normalize_id(&self.spec.backend_user_id),
+        };
         let records = format!("{found}/{user}");
         match self.meta.records_from.clone() {
+            // Written by a build that kept the server's id alone: the same server.
+            Some(before) if !before.contains('/') && before == found => {
+                self.meta.records_from = Some(records);
+                let mut batch = Batch::new();
+                self.put_meta(&mut batch);
+                self.commit(batch)?;
+            }
             Some(before) if before != records => {
                 let (before_server, before_user) =
                     before.split_once('/').unwrap_or((before.as_str(), ""));
@@ -502,7 +513,9 @@ impl PairCore {
                 if wanted.map(|w| w.0) == Some(r.played) {
                     self.settle_echo(slot, r.played, wanted.map(|w| w.1).unwrap_or(now), batch);
                 } else if !r.played && !self.spec.import_unplayed {
-                    // `import_unplayed = false`: the backend's unmarks change nothing.
+                    // `import_unplayed = false`: the unmark is not taken; the server gets the
+                    // played state back.
+                    self.restore_played(slot, &identity, &request_id, batch);
                 } else {
                     let at = if r.played {
                         r.last_played_at

@@ -1542,6 +1542,12 @@ async fn a_backend_that_may_not_unmark_unmarks_nothing_and_still_marks() {
     let last = h.status("alice", "jelly").await.last_event.unwrap();
     assert_eq!(last.outcome, watchstate_actors::status::Outcome::Ignored);
     assert!(last.reason.unwrap().contains("import_unplayed = false"));
+    // The server gets its played state back (as WatchState's export restores it).
+    assert_eq!(
+        jelly.writes(),
+        vec![Call::SetPlayed("a-jelly".into(), true)]
+    );
+    assert!(jelly.item("a-jelly").played);
     // By sync.
     jelly.set_state("b-jelly", false, None);
     h.clock.advance(60_000);
@@ -1551,6 +1557,11 @@ async fn a_backend_that_may_not_unmark_unmarks_nothing_and_still_marks() {
         "{:?}",
         h.backend("alice", "plex").writes()
     );
+    assert_eq!(
+        jelly.writes().last(),
+        Some(&Call::SetPlayed("b-jelly".into(), true))
+    );
+    assert!(jelly.item("b-jelly").played);
     // A play still goes out.
     h.send(
         "alice",
@@ -1562,4 +1573,35 @@ async fn a_backend_that_may_not_unmark_unmarks_nothing_and_still_marks() {
         h.backend("alice", "plex").writes(),
         vec![Call::SetPlayed("c-plex".into(), true)]
     );
+}
+
+/// A Plex client reads the token's account whatever `user_id` says: changing `user_id` there
+/// (the owner's account id for `1`, as the README advises with Tautulli) forgets nothing.
+#[tokio::test(start_paused = true)]
+async fn another_user_id_on_plex_forgets_nothing() {
+    let mut h = four_played(10).await;
+    let plex = h
+        .specs
+        .iter_mut()
+        .find(|s| s.key.backend == "plex")
+        .unwrap();
+    plex.kind = watchstate_actors::event::BackendKind::Plex;
+    let h = h.restart().await;
+    h.clock.advance(60_000);
+    run_sync(&h, &PairKey::new("alice", "plex"), 2).await;
+    // (Its kind changed above: that run read it anew.)
+    let before = h.status("alice", "plex").await.last_error;
+    let mut h = h;
+    let plex = h
+        .specs
+        .iter_mut()
+        .find(|s| s.key.backend == "plex")
+        .unwrap();
+    plex.backend_user_id = "1".into();
+    let h = h.restart().await;
+    h.clock.advance(60_000);
+    run_sync(&h, &PairKey::new("alice", "plex"), 3).await;
+    let s = h.status("alice", "plex").await;
+    assert_eq!(s.last_error, before, "records forgotten again");
+    assert_eq!(s.items, 4);
 }

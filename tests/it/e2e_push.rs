@@ -690,7 +690,8 @@ async fn a_permanent_4xx_becomes_a_dead_letter_and_the_api_retries_it() {
     w.stop().await;
 }
 
-/// `import_unplayed = false` in `config.toml`: Jellyfin's plays go out, its unmarks do not.
+/// `import_unplayed = false` in `config.toml`: Jellyfin's plays go out, its unmarks do not,
+/// and it gets the played state back.
 #[tokio::test]
 async fn import_unplayed_false_sends_plays_but_not_unmarks() {
     let (p, j, e) = movie_libraries();
@@ -719,6 +720,9 @@ async fn import_unplayed_false_sends_plays_but_not_unmarks() {
     assert!(is_played(&plex[0], &w.plex, PLEX_MOVIE), "{plex:?}");
     assert_eq!((w.plex.writes().len(), w.emby.writes().len()), (1, 1));
     assert!(w.emby.item_state(EMBY_MOVIE).played);
+    // Jellyfin gets its played state back.
+    let jf = wait_writes(&w.jellyfin, 1, "the play restored on Jellyfin").await;
+    assert!(is_played(&jf[0], &w.jellyfin, JF_MOVIE), "{jf:?}");
     let jf = w.app.pair("alice", "jellyfin").await;
     assert_eq!(jf["last_event"]["outcome"], "ignored", "{jf:#}");
     assert!(

@@ -262,17 +262,15 @@ impl PairCore {
             return Decision::new(Outcome::Ignored, "import disabled for this backend");
         }
         if let Some(played) = ev.asserts_played() {
-            // `import_unplayed = false`: an unmark of an item held as played is not taken
-            // (one of ours coming back, with our unmark of it queued, is handled as usual).
+            // `import_unplayed = false`: the backend's unmark is not taken (one of ours coming
+            // back, with our unmark of the item queued, is handled as usual).
             let refused = !played
                 && !self.spec.import_unplayed
                 && slot.is_none_or(|s| {
-                    let item = self.items.get(s);
-                    item.played
-                        && self
-                            .outbox
-                            .wanted_played(&item.item_id)
-                            .is_none_or(|(want, _)| want)
+                    let item_id = &self.items.get(s).item_id;
+                    self.outbox
+                        .wanted_played(item_id)
+                        .is_none_or(|(want, _)| want)
                 });
             if refused {
                 if let Some(s) = slot {
@@ -349,9 +347,10 @@ impl PairCore {
     }
 
     /// `import_unplayed = false` and the server reports the item at `slot`, held as played,
-    /// unplayed: the unmark is not taken, and the server gets the played state back, dated
-    /// as before (as WatchState's export restores it). The record follows the server until
-    /// the push is confirmed.
+    /// unplayed: the unmark is not taken (the record stays played, so catch-ups and later
+    /// comparisons go by it), and the server gets the played state back, dated as before
+    /// (as WatchState's export restores it), unless a push of it is queued already or
+    /// nothing is written to this backend.
     pub fn restore_played(
         &mut self,
         slot: u32,
@@ -360,13 +359,17 @@ impl PairCore {
         batch: &mut Batch,
     ) {
         let item = self.items.get(slot);
-        if !item.played {
+        let item_id = item.item_id.to_string();
+        if !item.played
+            || !self.spec.export
+            || self
+                .outbox
+                .wanted_played(&item_id)
+                .is_some_and(|(want, _)| want)
+        {
             return;
         }
         let at = item.played_at;
-        self.items.get_mut(slot).set_played(false, at);
-        self.touch(slot);
-        self.put_item(batch, slot);
         let back = StateChanged {
             identity: identity.clone(),
             played: Some(true),
@@ -375,7 +378,11 @@ impl PairCore {
             origin: self.spec.key.clone(),
             request_id: request_id.to_string(),
         };
-        self.want(slot, &back, batch);
+        let action = crate::outbox::PushAction::SetPlayed {
+            played: true,
+            at: (at > crate::propagate::UNDATED_PLAY).then_some(at),
+        };
+        self.queue_push(item_id, action, &back, batch);
     }
 
     #[allow(clippy::too_many_arguments)]

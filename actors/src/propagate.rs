@@ -80,7 +80,7 @@ impl Pending {
             if !entry.identity.index_keys().contains(&k) {
                 continue;
             }
-            match identity.match_rank(&entry.identity, false) {
+            match identity.match_rank_of(&entry.identity, false) {
                 Some(0) => return Some(id),
                 Some(_) => fallback = fallback.or(Some(id)),
                 None => {}
@@ -348,6 +348,18 @@ impl PairCore {
         } else {
             return false;
         };
+        self.queue_push(item_id, action, sc, batch);
+        true
+    }
+
+    /// Queue a push of `action` for `item_id`, caused by the change `sc`.
+    pub fn queue_push(
+        &mut self,
+        item_id: String,
+        action: PushAction,
+        sc: &StateChanged,
+        batch: &mut Batch,
+    ) {
         let now = self.now();
         let entry = OutboxEntry {
             id: self.next_id(),
@@ -366,7 +378,6 @@ impl PairCore {
             batch.remove(Tree::Pairs, self.outbox_key(removed));
         }
         self.put_outbox(batch, &entry);
-        true
     }
 
     fn record_conflict(&mut self, sc: &StateChanged, held_at: Millis, wanted: String) {

@@ -27,39 +27,49 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// How well `other`, found under one of this identity's index keys, matches it: `Some(0)`
-    /// for a match, `Some(1)` for one taken only when nothing better is found, `None` for
-    /// another item. Movies match by any key (a key names its type). Episodes:
-    /// - an own id of theirs that differs (the two parts of a double episode share an IMDb
-    ///   id, not their TVDB ids; DVD order puts another episode at these numbers) makes them
-    ///   two episodes;
+    /// How well an item found under one of this identity's index keys (its own ids
+    /// `other_ids`, its numbers) matches it: `Some(0)` for a match, `Some(1)` for one taken
+    /// only when nothing better is found, `None` for another item. Movies match by any key
+    /// (a key names its type). Episodes:
+    /// - an own id of theirs other than IMDb's that differs (the two parts of a double
+    ///   episode share an IMDb id, not their TVDB ids; DVD order puts another episode at
+    ///   these numbers) makes them two episodes (IMDb ids are left out: servers give an
+    ///   episode its show's now and then);
     /// - the same season and episode numbers (or none to compare) match;
     /// - other numbers: on this pair's own server, another episode; from another server,
     ///   which may number the show otherwise (absolute order), a fallback, when they share
     ///   an episode id other than IMDb's (which the parts of a double episode share).
-    pub fn match_rank(&self, other: &Identity, own_server: bool) -> Option<u8> {
+    pub fn match_rank<'a>(
+        &self,
+        other_ids: impl Iterator<Item = (&'a str, &'a str)> + Clone,
+        season: Option<u32>,
+        episode: Option<u32>,
+        own_server: bool,
+    ) -> Option<u8> {
         if self.item_type != ItemType::Episode {
             return Some(0);
         }
-        let differing = self
-            .ids
-            .iter()
-            .any(|(p, v)| other.ids.get(p).is_some_and(|w| !same_id(v, w)));
-        if differing {
+        let theirs = |p: &str| other_ids.clone().find(|(q, _)| *q == p).map(|(_, w)| w);
+        let episode_ids = || self.ids.iter().filter(|(p, _)| p.as_str() != "imdb");
+        if episode_ids().any(|(p, v)| theirs(p).is_some_and(|w| !same_id(v, w))) {
             return None;
         }
         let numbered_otherwise = matches!(
-            (self.season.zip(self.episode), other.season.zip(other.episode)),
+            (self.season.zip(self.episode), season.zip(episode)),
             (Some(a), Some(b)) if a != b
         );
         if !numbered_otherwise {
             return Some(0);
         }
-        let shares_episode_id = self
-            .ids
-            .iter()
-            .any(|(p, v)| p != "imdb" && other.ids.get(p).is_some_and(|w| same_id(v, w)));
+        let shares_episode_id =
+            episode_ids().any(|(p, v)| theirs(p).is_some_and(|w| same_id(v, w)));
         (!own_server && shares_episode_id).then_some(1)
+    }
+
+    /// [`Identity::match_rank`] against another identity.
+    pub fn match_rank_of(&self, other: &Identity, own_server: bool) -> Option<u8> {
+        let ids = other.ids.iter().map(|(p, v)| (p.as_str(), v.as_str()));
+        self.match_rank(ids, other.season, other.episode, own_server)
     }
 
     /// True when the identity can match anything: own ids, or series ids with both numbers.
@@ -194,7 +204,7 @@ fn unpack_ids(s: &str) -> ExternalIds {
 }
 
 /// The (provider, id) pairs of a packed id string, borrowed.
-fn packed_pairs(s: &str) -> impl Iterator<Item = (&str, &str)> {
+fn packed_pairs(s: &str) -> impl Iterator<Item = (&str, &str)> + Clone {
     s.split(PAIR_SEP).filter_map(|kv| kv.split_once(KV_SEP))
 }
 
@@ -519,7 +529,9 @@ impl Items {
             if identity.item_type != ItemType::Episode {
                 return Some(slot);
             }
-            match identity.match_rank(&self.slots[slot as usize].identity(), own_server) {
+            let item = &self.slots[slot as usize];
+            let ids = packed_pairs(&item.ids);
+            match identity.match_rank(ids, item.season, item.episode, own_server) {
                 Some(0) => return Some(slot),
                 Some(_) => fallback = fallback.or(Some(slot)),
                 None => {}
@@ -763,16 +775,17 @@ mod tests {
         // Known by the shared IMDb id and numbers alone (no show ids): no part is taken for
         // the other; from another server, without another shared id, no guess is made.
         let imdb_only = |e| Identity {
-            ids: ids(&[("imdb", "TT1")]),
+            ids: ids(&[("imdb", "tt1")]),
             series_ids: ExternalIds::new(),
             ..part("", e)
         };
-        for e in [1, 2] {
+        // The key leads to one of the parts: it is taken for that part only.
+        let key_holder = items.find_key("e:imdb:tt1").expect("indexed");
+        for (e, slot) in [(1, first.slot), (2, second.slot)] {
             let found = items.find(&imdb_only(e));
-            assert!(
-                found.is_none() || found == Some(if e == 1 { first.slot } else { second.slot }),
-                "part {e} found as {found:?}"
-            );
+            let expected = (slot == key_holder).then_some(slot);
+            assert_eq!(found, expected, "part {e}");
+            assert_eq!(items.find_own(&imdb_only(e)), expected, "part {e}");
         }
     }
 

@@ -261,8 +261,14 @@ impl PairCore {
         };
         let records = format!("{found}/{user}");
         match self.meta.records_from.clone() {
-            // Written by a build that kept the server's id alone: the same server.
-            Some(before) if !before.contains('/') && before == found => {
+            // Written by a build that kept the server's id alone, or (Plex) the user's with
+            // it: the same server.
+            Some(before)
+                if before != records
+                    && (!before.contains('/')
+                        || self.spec.kind == crate::event::BackendKind::Plex)
+                    && before.split('/').next() == Some(found.as_str()) =>
+            {
                 self.meta.records_from = Some(records);
                 let mut batch = Batch::new();
                 self.put_meta(&mut batch);

@@ -1605,3 +1605,59 @@ async fn another_user_id_on_plex_forgets_nothing() {
     assert_eq!(s.last_error, before, "records forgotten again");
     assert_eq!(s.items, 4);
 }
+
+/// `import_unplayed = false`: an unmark reported again while the restoring push is still
+/// failing is refused too; and without `export` nothing is restored, while the other
+/// backends' catch-ups still see the film as played there.
+#[tokio::test(start_paused = true)]
+async fn a_refused_unmark_stays_refused_while_restoring_and_without_export() {
+    for export in [true, false] {
+        let specs = vec![
+            PairSpec {
+                import_unplayed: false,
+                export,
+                ..synced("alice", "jelly")
+            },
+            synced("alice", "plex"),
+        ];
+        let mut h = Harness::start_filled(specs, SyncSettings::default(), |f| {
+            library(f, "tt1", "a", &["plex", "jelly"]);
+        })
+        .await;
+        wait_runs(&h, 1).await;
+        let jelly = h.backend("alice", "jelly");
+        // The restoring push is held running while the unmark comes again.
+        let held = jelly.write_gate.lock().await;
+        jelly.set_state("a-jelly", false, None);
+        for _ in 0..2 {
+            h.clock.advance(30_000);
+            h.send(
+                "alice",
+                "jelly",
+                event(EventKind::MarkUnplayed, &jelly.item("a-jelly")),
+            );
+            eventually("the unmark to be handled", || async {
+                h.status("alice", "jelly").await.last_event.is_some_and(|e| {
+                    e.reason.as_deref()
+                        == Some("unmarks from this backend are not imported (import_unplayed = false)")
+                })
+            })
+            .await;
+        }
+        drop(held);
+        h.settle().await;
+        // Plex finishes a sync: Jellyfin's catch-up answer says played.
+        h.clock.advance(60_000);
+        run_sync(&h, &PairKey::new("alice", "plex"), 2).await;
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        h.settle().await;
+        assert!(
+            h.backend("alice", "plex").writes().is_empty(),
+            "export {export}: {:?}",
+            h.backend("alice", "plex").writes()
+        );
+        assert_eq!(jelly.item("a-jelly").played, export, "export {export}");
+        let s = h.status("alice", "jelly").await;
+        assert_eq!(s.outbox.dead_letters, 0, "export {export}");
+    }
+}

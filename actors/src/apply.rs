@@ -403,15 +403,14 @@ impl PairCore {
                 // queued for it (the push is being retried): the user's own action here, when
                 // newer, wins over it, here and on the siblings.
                 let item_id = item.item_id.to_string();
-                let opposite_queued = self
-                    .outbox
-                    .wanted_played(&item_id)
-                    .is_some_and(|(want, _)| want != played);
+                let wanted = self.outbox.wanted_played(&item_id);
+                let opposite_queued = wanted.is_some_and(|(want, _)| want != played);
                 if may_echo && opposite_queued && self.late_echo(&item_id, played, true) {
                     return Decision::new(Outcome::Unchanged, "late echo of our own push");
                 }
+                // Dead letters only: the queue, and `wanted`, stay as they are.
                 self.drop_stale_dead_letters(&item_id, true, at, batch);
-                match self.outbox.wanted_played(&item_id) {
+                match wanted {
                     Some((want, changed_at)) if want != played && at >= changed_at => {
                         self.drop_queued_pushes(&item_id, true, batch);
                         self.items.get_mut(s).played_at = at;

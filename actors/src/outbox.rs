@@ -801,6 +801,12 @@ mod tests {
 
     use crate::backend::RemoteItem;
 
+    fn not_asked() -> BackendError {
+        BackendError::Network {
+            message: "not asked".into(),
+        }
+    }
+
     /// A server for `read_back`: `get_item` answers `read`; nothing else is asked.
     struct ReadBack {
         read: Result<Option<RemoteItem>, BackendError>,
@@ -809,18 +815,14 @@ mod tests {
     #[async_trait::async_trait]
     impl BackendApi for ReadBack {
         async fn identity(&self) -> Result<crate::backend::ServerIdentity, BackendError> {
-            Err(BackendError::Network {
-                message: "not asked".into(),
-            })
+            Err(not_asked())
         }
         async fn list_items(
             &self,
             _cursor: Option<&str>,
             _page_size: usize,
         ) -> Result<crate::backend::ItemPage, BackendError> {
-            Err(BackendError::Network {
-                message: "not asked".into(),
-            })
+            Err(not_asked())
         }
         async fn get_item(&self, _item_id: &str) -> Result<Option<RemoteItem>, BackendError> {
             self.read.clone()
@@ -831,9 +833,7 @@ mod tests {
             _played: bool,
             _at: Option<Millis>,
         ) -> Result<(), BackendError> {
-            Err(BackendError::Network {
-                message: "not asked".into(),
-            })
+            Err(not_asked())
         }
         async fn set_position(
             &self,
@@ -842,9 +842,7 @@ mod tests {
             _duration_ms: Option<u64>,
             _at: Option<Millis>,
         ) -> Result<(), BackendError> {
-            Err(BackendError::Network {
-                message: "not asked".into(),
-            })
+            Err(not_asked())
         }
     }
 

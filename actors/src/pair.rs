@@ -141,6 +141,14 @@ pub const ECHO_WINDOW_MS: Millis = 60_000;
 /// At most this many confirmed states are kept for [`PairCore::late_echo`].
 const CONFIRMED_KEPT: usize = 1024;
 
+/// Adds `play` at the end of `list`, the oldest going past [`CONFIRMED_KEPT`].
+fn push_capped(list: &mut VecDeque<ConfirmedPlay>, play: ConfirmedPlay) {
+    if list.len() >= CONFIRMED_KEPT {
+        list.pop_front();
+    }
+    list.push_back(play);
+}
+
 /// The oldest entry about `item_id` and `played`.
 fn position_of(list: &VecDeque<ConfirmedPlay>, item_id: &str, played: bool) -> Option<usize> {
     list.iter()
@@ -258,35 +266,37 @@ impl PairCore {
     /// A push of `played` to `item_id` was confirmed now: kept for the server's report of it,
     /// unless that report came already ([`PairCore::echo_before_confirmation`]).
     pub fn note_confirmed(&mut self, item_id: &str, played: bool) {
-        let at = self.now();
-        let recent = |c: &ConfirmedPlay| at.saturating_sub(c.at) <= ECHO_WINDOW_MS;
-        self.echoed_early.retain(recent);
-        self.confirmed_lately.retain(recent);
+        let at = self.forget_old_echoes();
         if let Some(i) = position_of(&self.echoed_early, item_id, played) {
             self.echoed_early.remove(i);
             return;
         }
-        if self.confirmed_lately.len() >= CONFIRMED_KEPT {
-            self.confirmed_lately.pop_front();
-        }
-        self.confirmed_lately.push_back(ConfirmedPlay {
+        let play = ConfirmedPlay {
             item_id: item_id.into(),
             played,
             at,
-        });
+        };
+        push_capped(&mut self.confirmed_lately, play);
+    }
+
+    /// Drops what is older than [`ECHO_WINDOW_MS`]; returns now.
+    fn forget_old_echoes(&mut self) -> Millis {
+        let now = self.now();
+        let recent = |c: &ConfirmedPlay| now.saturating_sub(c.at) <= ECHO_WINDOW_MS;
+        self.echoed_early.retain(recent);
+        self.confirmed_lately.retain(recent);
+        now
     }
 
     /// The server reported `played` for `item_id` while our push of that state runs: that
     /// is its report of the push, which has had its echo once confirmed.
     pub fn echo_before_confirmation(&mut self, item_id: &str, played: bool) {
-        if self.echoed_early.len() >= CONFIRMED_KEPT {
-            self.echoed_early.pop_front();
-        }
-        self.echoed_early.push_back(ConfirmedPlay {
+        let play = ConfirmedPlay {
             item_id: item_id.into(),
             played,
             at: self.now(),
-        });
+        };
+        push_capped(&mut self.echoed_early, play);
     }
 
     /// The server reported a state equal to what it holds: if we wrote it lately, that is
@@ -305,9 +315,7 @@ impl PairCore {
     /// after the second, and read as the user's newer action it would put the first state
     /// back everywhere. Each confirmed push stands for one report: it is used up.
     pub fn late_echo(&mut self, item_id: &str, played: bool, opposite_queued: bool) -> bool {
-        let now = self.now();
-        self.confirmed_lately
-            .retain(|c| now.saturating_sub(c.at) <= ECHO_WINDOW_MS);
+        self.forget_old_echoes();
         let Some(i) = position_of(&self.confirmed_lately, item_id, played) else {
             return false;
         };

@@ -261,20 +261,14 @@ impl PairCore {
         };
         let records = format!("{found}/{user}");
         match self.meta.records_from.clone() {
-            // Written by a build that kept the server's id alone, or (Plex) the user's with
-            // it: the same server.
+            Some(before) if before == records => {}
+            // Another server, or another user's records. A key of the same server written
+            // without the user's part, or (Plex) with one, is only rewritten below.
             Some(before)
-                if before != records
-                    && (!before.contains('/')
-                        || self.spec.kind == crate::event::BackendKind::Plex)
-                    && before.split('/').next() == Some(found.as_str()) =>
+                if before.split('/').next() != Some(found.as_str())
+                    || (before.contains('/')
+                        && self.spec.kind != crate::event::BackendKind::Plex) =>
             {
-                self.meta.records_from = Some(records);
-                let mut batch = Batch::new();
-                self.put_meta(&mut batch);
-                self.commit(batch)?;
-            }
-            Some(before) if before != records => {
                 let (before_server, before_user) =
                     before.split_once('/').unwrap_or((before.as_str(), ""));
                 let why = if before_server != found {
@@ -290,8 +284,7 @@ impl PairCore {
                 };
                 message = Some(self.forget_records(records, &why)?);
             }
-            Some(_) => {}
-            None => {
+            _ => {
                 self.meta.records_from = Some(records);
                 let mut batch = Batch::new();
                 self.put_meta(&mut batch);

@@ -434,15 +434,10 @@ pub fn classify_status(
 /// fragment), after blanks, a byte order mark, comments (`<!-- … -->`, as many generated pages
 /// and proxies' error pages begin) and an XML declaration (XHTML).
 fn looks_like_html(bytes: &[u8]) -> bool {
-    let mut rest = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     // Only the page's first 4 KiB are read: a document that has not begun by then is no page.
-    rest = &rest[..rest.len().min(4096)];
+    let mut rest = &bytes[..bytes.len().min(4096)];
     loop {
-        let start = rest
-            .iter()
-            .position(|b| !b.is_ascii_whitespace())
-            .unwrap_or(rest.len());
-        rest = &rest[start..];
+        rest = text_start(rest);
         let skip = if rest.starts_with(b"<!--") {
             find(rest, b"-->").map(|end| end + 3)
         } else if rest.len() >= 5 && rest[..5].eq_ignore_ascii_case(b"<?xml") {
@@ -461,23 +456,27 @@ fn looks_like_html(bytes: &[u8]) -> bool {
         .any(|p| head.starts_with(p.as_bytes()))
 }
 
-fn is_blank(bytes: &[u8]) -> bool {
-    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-    bytes.iter().all(|b| b.is_ascii_whitespace())
-}
-
-/// Whether a body reads as an answer of the media servers' APIs: JSON, an XML document that
-/// is not a web page, or Plex's `<MediaContainer>`.
-fn is_api_answer(bytes: &[u8]) -> bool {
+/// The text after a byte order mark and blanks.
+fn text_start(bytes: &[u8]) -> &[u8] {
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     let start = bytes
         .iter()
         .position(|b| !b.is_ascii_whitespace())
         .unwrap_or(bytes.len());
-    match bytes.get(start) {
+    &bytes[start..]
+}
+
+fn is_blank(bytes: &[u8]) -> bool {
+    text_start(bytes).is_empty()
+}
+
+/// Whether a body reads as an answer of the media servers' APIs: JSON, an XML document that
+/// is not a web page, or Plex's `<MediaContainer>`.
+fn is_api_answer(bytes: &[u8]) -> bool {
+    let head = text_start(bytes);
+    match head.first() {
         Some(b'{' | b'[') => true,
         Some(b'<') => {
-            let head = &bytes[start..];
             let xml = head.len() >= 5 && head[..5].eq_ignore_ascii_case(b"<?xml");
             (xml && !looks_like_html(bytes)) || head.starts_with(b"<MediaContainer")
         }
